@@ -1,0 +1,373 @@
+//! Typed client of the daemon's REST API (`tfc-api`) over its Unix socket.
+//!
+//! One HTTP/1.1 connection per request: a CLI run makes one or two requests,
+//! and a fresh connection cannot inherit a broken state from an earlier one.
+//! Every answer is kept both decoded and as the JSON the daemon sent, so
+//! `--json` prints exactly what the daemon said.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use tfc_api::{CreateVmRequest, ErrorBody, VmInfo, VmList};
+use tfc_core::VmId;
+use tokio::net::UnixStream;
+
+/// How long an ordinary request may take. The daemon is local and answers
+/// from memory, or after a bounded stop; silence this long means it is stuck.
+const REQUEST_LIMIT: Duration = Duration::from_secs(120);
+
+/// Extra time a waiting create gets beyond its own wait timeout, so the
+/// daemon's timeout answer arrives before ours fires.
+const WAIT_MARGIN: Duration = Duration::from_secs(30);
+
+/// Longest excerpt of an unexpected answer quoted in an error.
+const EXCERPT_CHARS: usize = 200;
+
+/// An exchange with the daemon that did not produce the expected answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the tfc daemon at {}: is `tfc serve` running?", socket.display())]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build the request {method} {path}")]
+    BuildRequest {
+        method: Method,
+        path: String,
+        #[source]
+        source: http::Error,
+    },
+    #[error("HTTP exchange with the tfc daemon failed")]
+    Exchange(#[source] hyper::Error),
+    #[error("the tfc daemon did not answer {method} {path} within {} s", limit.as_secs())]
+    TimedOut {
+        method: Method,
+        path: String,
+        limit: Duration,
+    },
+    /// The daemon refused the request and said why.
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error(
+        "the tfc daemon answered {status} with a body that is not an error document: {excerpt}"
+    )]
+    UnexpectedAnswer { status: StatusCode, excerpt: String },
+    #[error("cannot encode the request body")]
+    Encode(#[source] serde_json::Error),
+    #[error("cannot decode the tfc daemon's answer to {method} {path}")]
+    Decode {
+        method: Method,
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A non-2xx answer carrying the daemon's [`ErrorBody`]. Displays as the
+/// daemon's message, plus the VM's state when the daemon reported it and the
+/// message does not already say it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub body: ErrorBody,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.body.message)?;
+        if let Some(state) = self.body.state {
+            if !self.body.message.contains(state.as_str()) {
+                write!(f, " (state: {state})")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A decoded answer and the JSON document it was decoded from.
+#[derive(Debug)]
+pub struct Answer<T> {
+    pub value: T,
+    pub json: serde_json::Value,
+}
+
+/// A lifecycle verb with its own endpoint, `POST /v1/vms/{id}/{verb}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmAction {
+    Pause,
+    Resume,
+    Stop,
+}
+
+impl VmAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            VmAction::Pause => "pause",
+            VmAction::Resume => "resume",
+            VmAction::Stop => "stop",
+        }
+    }
+}
+
+/// The daemon's API, one method per endpoint the CLI uses.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: PathBuf) -> Self {
+        Self { socket }
+    }
+
+    /// `POST /v1/vms`. A waiting create may take as long as the boot, so it is
+    /// bounded by its own timeout (plus a margin) or, without one, only by the
+    /// daemon's boot timeout.
+    pub async fn create_vm(
+        &self,
+        request: &CreateVmRequest,
+    ) -> Result<Answer<VmInfo>, ClientError> {
+        let limit = match (request.wait, request.wait_timeout_ms) {
+            (false, _) => Some(REQUEST_LIMIT),
+            (true, Some(ms)) => Some(Duration::from_millis(ms) + WAIT_MARGIN),
+            (true, None) => None,
+        };
+        let body = serde_json::to_vec(request).map_err(ClientError::Encode)?;
+        self.call(Method::POST, "/v1/vms".to_owned(), Some(body), limit)
+            .await
+    }
+
+    /// `GET /v1/vms`.
+    pub async fn list_vms(&self) -> Result<Answer<VmList>, ClientError> {
+        self.call(Method::GET, "/v1/vms".to_owned(), None, Some(REQUEST_LIMIT))
+            .await
+    }
+
+    /// `GET /v1/vms/{id}`.
+    pub async fn get_vm(&self, id: &VmId) -> Result<Answer<VmInfo>, ClientError> {
+        self.call(
+            Method::GET,
+            format!("/v1/vms/{id}"),
+            None,
+            Some(REQUEST_LIMIT),
+        )
+        .await
+    }
+
+    /// `POST /v1/vms/{id}/pause|resume|stop`.
+    pub async fn act(&self, id: &VmId, action: VmAction) -> Result<Answer<VmInfo>, ClientError> {
+        let path = format!("/v1/vms/{id}/{}", action.as_str());
+        self.call(Method::POST, path, None, Some(REQUEST_LIMIT))
+            .await
+    }
+
+    /// `DELETE /v1/vms/{id}?force=...`.
+    pub async fn delete_vm(&self, id: &VmId, force: bool) -> Result<(), ClientError> {
+        let path = format!("/v1/vms/{id}?force={force}");
+        self.exchange(Method::DELETE, path, None, Some(REQUEST_LIMIT))
+            .await
+            .map(drop)
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Vec<u8>>,
+        limit: Option<Duration>,
+    ) -> Result<Answer<T>, ClientError> {
+        let bytes = self
+            .exchange(method.clone(), path.clone(), body, limit)
+            .await?;
+        let decode = |source| ClientError::Decode {
+            method: method.clone(),
+            path: path.clone(),
+            source,
+        };
+        let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(decode)?;
+        let value = T::deserialize(&json).map_err(decode)?;
+        Ok(Answer { value, json })
+    }
+
+    /// Sends one request on a fresh connection; returns the body of a 2xx
+    /// answer and turns anything else into [`ClientError::Refused`].
+    async fn exchange(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Vec<u8>>,
+        limit: Option<Duration>,
+    ) -> Result<Bytes, ClientError> {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
+        let request = build_request(&method, &path, body)?;
+        tracing::debug!(%method, %path, socket = %self.socket.display(), "request");
+        let answer = send(stream, request);
+        let (status, bytes) =
+            match limit {
+                Some(limit) => tokio::time::timeout(limit, answer).await.map_err(|_| {
+                    ClientError::TimedOut {
+                        method: method.clone(),
+                        path: path.clone(),
+                        limit,
+                    }
+                })??,
+                None => answer.await?,
+            };
+        tracing::debug!(%method, %path, %status, bytes = bytes.len(), "answer");
+        if status.is_success() {
+            Ok(bytes)
+        } else {
+            Err(refusal(status, &bytes))
+        }
+    }
+}
+
+fn build_request(
+    method: &Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Request<Full<Bytes>>, ClientError> {
+    let builder = Request::builder()
+        .method(method.clone())
+        .uri(path)
+        .header(header::HOST, "localhost")
+        .header(header::ACCEPT, "application/json");
+    let built = match body {
+        Some(body) => builder
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body))),
+        None => builder.body(Full::new(Bytes::new())),
+    };
+    built.map_err(|source| ClientError::BuildRequest {
+        method: method.clone(),
+        path: path.to_owned(),
+        source,
+    })
+}
+
+async fn send(
+    stream: UnixStream,
+    request: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes), ClientError> {
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(ClientError::Exchange)?;
+    // The connection task drives the socket; its failures also fail
+    // `send_request`, which is where they are reported.
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "connection to the daemon ended with an error");
+        }
+    });
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(ClientError::Exchange)?;
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(ClientError::Exchange)?
+        .to_bytes();
+    Ok((status, bytes))
+}
+
+/// A non-2xx answer: the daemon's [`ErrorBody`] if it sent one.
+fn refusal(status: StatusCode, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) => ClientError::Refused(Refusal { body }),
+        Err(_) => {
+            let text = String::from_utf8_lossy(bytes);
+            let mut excerpt: String = text.trim().chars().take(EXCERPT_CHARS).collect();
+            if text.trim().chars().count() > EXCERPT_CHARS {
+                excerpt.push('…');
+            }
+            if excerpt.is_empty() {
+                excerpt.push_str("(empty)");
+            }
+            ClientError::UnexpectedAnswer { status, excerpt }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tfc_api::ErrorCode;
+    use tfc_core::VmState;
+
+    use super::*;
+
+    #[test]
+    fn a_refusal_adds_the_state_only_when_the_message_lacks_it() {
+        let body = br#"{"code":"invalid_state","message":"VM busy","state":"paused"}"#;
+        assert_eq!(
+            refusal(StatusCode::CONFLICT, body).to_string(),
+            "VM busy (state: paused)"
+        );
+    }
+
+    #[test]
+    fn a_refusal_reads_as_the_daemons_message_and_state() {
+        let body = br#"{"code":"invalid_state","message":"cannot pause VM vm-1: it is stopped","state":"stopped"}"#;
+        let err = refusal(StatusCode::CONFLICT, body);
+        assert_eq!(err.to_string(), "cannot pause VM vm-1: it is stopped");
+        match err {
+            ClientError::Refused(r) => {
+                assert_eq!(r.body.code, ErrorCode::InvalidState);
+                assert_eq!(r.body.state, Some(VmState::Stopped));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refusal_without_state_is_just_the_message() {
+        let err = refusal(
+            StatusCode::NOT_FOUND,
+            br#"{"code":"not_found","message":"no VM with id vm-000000000000"}"#,
+        );
+        assert_eq!(err.to_string(), "no VM with id vm-000000000000");
+    }
+
+    #[test]
+    fn a_non_json_error_is_quoted_briefly() {
+        let err = refusal(StatusCode::BAD_GATEWAY, "x".repeat(500).as_bytes());
+        let text = err.to_string();
+        assert!(
+            text.starts_with("the tfc daemon answered 502 Bad Gateway"),
+            "{text}"
+        );
+        assert!(text.ends_with('…') && text.len() < 300, "{text}");
+        let empty = refusal(StatusCode::INTERNAL_SERVER_ERROR, b"").to_string();
+        assert!(empty.ends_with("(empty)"), "{empty}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_says_to_start_the_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("absent.sock");
+        let err = Client::new(socket.clone()).list_vms().await.unwrap_err();
+        assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot reach the tfc daemon at {}: is `tfc serve` running?",
+                socket.display()
+            )
+        );
+    }
+}

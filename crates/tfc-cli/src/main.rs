@@ -1,0 +1,231 @@
+//! `tfc`: the command-line face of Terraphim Firecracker. `tfc serve` runs the
+//! daemon; every other command is a client of its API on the Unix socket, or a
+//! host-side tool (`doctor`, `assets`) that needs no daemon.
+//!
+//! Layout:
+//! - [`client`]: typed client of the daemon's REST API over its Unix socket.
+//! - [`vm`]: `tfc vm ...`, the VM lifecycle commands.
+//! - [`view`]: human views of VMs (list, detail, boot timeline).
+//! - [`table`]: column-aligned text.
+//! - [`serve`]: `tfc serve`, the daemon in this process.
+//! - [`doctor`]: `tfc doctor`, checks that this host can run VMs.
+//! - [`assets`]: `tfc assets`, the kernel, root filesystem and Firecracker binary.
+//! - [`bench`]: `tfc bench`, raw Firecracker vs tfc, measured in the same run.
+
+mod assets;
+mod bench;
+mod client;
+mod doctor;
+mod serve;
+mod table;
+mod view;
+mod vm;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Help heading of the options every command takes.
+const GLOBAL: &str = "Global options";
+
+/// Manage Firecracker microVMs.
+#[derive(Debug, Parser)]
+#[command(name = "tfc", version)]
+struct Cli {
+    /// The daemon's API socket [default: $TFC_SOCKET, else /run/tfc/tfc.sock as root,
+    /// else $XDG_RUNTIME_DIR/tfc/tfc.sock]
+    #[arg(long, global = true, value_name = "PATH", help_heading = GLOBAL)]
+    socket: Option<PathBuf>,
+    /// Data directory (assets, VM directories) [default: $TFC_DATA_DIR, else /var/lib/tfc
+    /// as root, else ~/.local/share/tfc]
+    #[arg(long, global = true, value_name = "DIR", help_heading = GLOBAL)]
+    data_dir: Option<PathBuf>,
+    /// Log filter, e.g. `debug` or `tfc_daemon=debug` [default: $RUST_LOG, else `info`
+    /// for serve and `warn` otherwise]
+    #[arg(long, global = true, value_name = "FILTER", help_heading = GLOBAL)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: own this host's VMs and serve the API on the socket.
+    Serve(serve::ServeArgs),
+    /// Create, inspect and control VMs (needs `tfc serve`).
+    #[command(subcommand)]
+    Vm(vm::VmCmd),
+    /// Check that this host can run Firecracker VMs.
+    Doctor(doctor::DoctorArgs),
+    /// Build or inspect the kernel, root filesystem and Firecracker binary.
+    #[command(subcommand)]
+    Assets(assets::AssetsCmd),
+    /// Measure tfc against raw Firecracker on this host (needs built assets).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+    /// Print the socket and data directory this invocation would use.
+    Paths {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {}", render_error(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_level.as_deref(), default_level)?;
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(tfc_host::paths::data_dir);
+    let mut stdout = std::io::stdout();
+    match cli.command {
+        Command::Serve(args) => {
+            let overrides = serve::Overrides {
+                socket: cli.socket,
+                data_dir: cli.data_dir,
+            };
+            serve::run(args, overrides, &mut stdout)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Vm(cmd) => {
+            let socket = cli.socket.unwrap_or_else(tfc_host::paths::socket_path);
+            let client = client::Client::new(socket);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(vm::run(cmd, &client, &mut stdout))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor(args) => {
+            let code = doctor::run(args, &data_dir)?;
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+        Command::Assets(cmd) => {
+            assets::run(cmd, &data_dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(cmd) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(bench::run(cmd, &data_dir))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Paths { json } => {
+            let socket = cli.socket.unwrap_or_else(tfc_host::paths::socket_path);
+            if json {
+                let paths = serde_json::json!({"socket": socket, "data_dir": data_dir});
+                println!("{}", serde_json::to_string_pretty(&paths)?);
+            } else {
+                println!("socket:   {}", socket.display());
+                println!("data_dir: {}", data_dir.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `--log-level`, else `RUST_LOG`, else `default`.
+fn init_logging(flag: Option<&str>, default: &str) -> anyhow::Result<()> {
+    let filter = match (flag, std::env::var("RUST_LOG")) {
+        (Some(flag), _) => {
+            EnvFilter::try_new(flag).with_context(|| format!("invalid --log-level {flag:?}"))?
+        }
+        (None, Ok(env)) if !env.is_empty() => {
+            EnvFilter::try_new(&env).with_context(|| format!("invalid RUST_LOG {env:?}"))?
+        }
+        (None, _) => EnvFilter::new(default),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    Ok(())
+}
+
+/// One line: what failed, then every cause once, in parentheses:
+/// `cannot reach the tfc daemon at /x: is ... running? (No such file ...)`.
+fn render_error(err: &anyhow::Error) -> String {
+    let mut chain = err.chain().map(ToString::to_string);
+    let mut line = chain.next().unwrap_or_default();
+    let causes: Vec<String> = chain.collect();
+    if !causes.is_empty() {
+        line.push_str(&format!(" ({})", causes.join(": ")));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn an_error_chain_is_printed_once_on_one_line() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let err = anyhow::Error::new(io).context("cannot reach the tfc daemon at /s");
+        assert_eq!(
+            render_error(&err),
+            "cannot reach the tfc daemon at /s (entity not found)"
+        );
+        let err = anyhow::Error::new(std::io::Error::other("inner"))
+            .context("middle")
+            .context("outer");
+        assert_eq!(render_error(&err), "outer (middle: inner)");
+        assert_eq!(render_error(&anyhow::anyhow!("alone")), "alone");
+    }
+
+    #[test]
+    fn timeout_needs_wait_and_vcpus_has_limits() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(args)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        };
+        let err = parse(&["tfc", "vm", "create", "--timeout", "5"]).unwrap_err();
+        assert!(err.contains("--wait"), "{err}");
+        let err = parse(&["tfc", "vm", "create", "--vcpus", "0"]).unwrap_err();
+        assert!(err.contains("--vcpus") && err.contains("1..=32"), "{err}");
+        let err = parse(&["tfc", "vm", "show", "../healthz"]).unwrap_err();
+        assert!(err.contains("may contain only"), "{err}");
+        parse(&[
+            "tfc",
+            "--socket",
+            "/s",
+            "vm",
+            "create",
+            "--wait",
+            "--timeout",
+            "5",
+            "--json",
+        ])
+        .unwrap();
+    }
+}

@@ -1,0 +1,331 @@
+//! Human views of VMs: the `vm ls` table, the `vm show` page, the summary
+//! printed by `vm create --wait`, and the boot timeline they share.
+//!
+//! The views are pure: "now" is a parameter (Unix milliseconds), so the same
+//! record always renders the same text.
+
+use tfc_api::VmInfo;
+use tfc_core::{BootPhase, BootTimeline, Readiness};
+
+use crate::table::{Align, Fields, Table};
+
+/// `vm ls`: one row per VM, oldest first.
+pub fn list(vms: &[VmInfo], now_ms: u64) -> String {
+    let mut vms: Vec<&VmInfo> = vms.iter().collect();
+    vms.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+    let mut table = Table::new(&[
+        ("ID", Align::Left),
+        ("TYPE", Align::Left),
+        ("STATE", Align::Left),
+        ("VCPUS", Align::Right),
+        ("MEM", Align::Right),
+        ("PID", Align::Right),
+        ("AGE", Align::Right),
+        ("BOOT", Align::Right),
+    ]);
+    for vm in vms {
+        table.push(vec![
+            vm.id.clone(),
+            vm.spec.vm_type.to_string(),
+            vm.state.to_string(),
+            vm.spec.vcpus.to_string(),
+            format!("{}MiB", vm.spec.memory_mib),
+            vm.pid.map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
+            age(now_ms.saturating_sub(vm.created_at_ms)),
+            boot_time(&vm.timeline).unwrap_or_else(|| "-".to_owned()),
+        ]);
+    }
+    table.to_string()
+}
+
+/// `vm show`: every field as `key: value`, then the boot timeline.
+pub fn detail(vm: &VmInfo, now_ms: u64) -> String {
+    let mut fields = Fields::default();
+    fields.push("id", vm.id.as_str());
+    fields.push("state", vm.state.as_str());
+    fields.push("type", vm.spec.vm_type.as_str());
+    fields.push("vcpus", vm.spec.vcpus.to_string());
+    fields.push("memory", format!("{} MiB", vm.spec.memory_mib));
+    fields.push(
+        "pid",
+        vm.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+    );
+    fields.push("created", moment(vm.created_at_ms, now_ms));
+    fields.push("updated", moment(vm.updated_at_ms, now_ms));
+    if let Some(boot) = boot_time(&vm.timeline) {
+        fields.push("boot", boot);
+    }
+    fields.push("kernel", vm.spec.kernel.display().to_string());
+    fields.push("rootfs", vm.spec.rootfs.display().to_string());
+    fields.push("boot args", vm.spec.boot_args.as_str());
+    fields.push("readiness", readiness(&vm.spec.readiness));
+    fields.push("workdir", vm.workdir.as_str());
+    fields.push("console log", vm.console_log.as_str());
+    if let Some(failure) = &vm.failure {
+        fields.push("failure", failure.as_str());
+    }
+    if let Some(exit) = &vm.exit {
+        fields.push("exit", exit.description.as_str());
+    }
+    format!("{fields}\n{}", timeline(&vm.timeline))
+}
+
+/// After `vm create --wait`: the id alone on the first line (as without
+/// `--wait`), a short summary, then the boot timeline.
+pub fn created(vm: &VmInfo) -> String {
+    let mut fields = Fields::default();
+    let state = match boot_time(&vm.timeline) {
+        Some(boot) => format!("{} (boot {boot})", vm.state),
+        None => vm.state.to_string(),
+    };
+    fields.push("state", state);
+    fields.push(
+        "type",
+        format!(
+            "{}, {} vCPU, {} MiB",
+            vm.spec.vm_type, vm.spec.vcpus, vm.spec.memory_mib
+        ),
+    );
+    if let Some(exit) = &vm.exit {
+        fields.push("exit", exit.description.as_str());
+    }
+    fields.push("console log", vm.console_log.as_str());
+    format!("{}\n{fields}\n{}", vm.id, timeline(&vm.timeline))
+}
+
+/// Each boot phase with its time since the create request and the time it
+/// took after the phase before it.
+pub fn timeline(timeline: &BootTimeline) -> String {
+    if timeline.0.is_empty() {
+        return "timeline: no boot phase reached\n".to_owned();
+    }
+    let mut table = Table::new(&[
+        ("PHASE", Align::Left),
+        ("AT", Align::Right),
+        ("DELTA", Align::Right),
+    ]);
+    let mut previous_us = 0;
+    for mark in &timeline.0 {
+        table.push(vec![
+            phase_name(mark.phase).to_owned(),
+            ms(mark.at_us),
+            format!("+{}", ms(mark.at_us.saturating_sub(previous_us))),
+        ]);
+        previous_us = mark.at_us;
+    }
+    table.to_string()
+}
+
+fn phase_name(phase: BootPhase) -> &'static str {
+    match phase {
+        BootPhase::Spawned => "spawned",
+        BootPhase::ApiReady => "api_ready",
+        BootPhase::Configured => "configured",
+        BootPhase::InstanceStarted => "instance_started",
+        BootPhase::Ready => "ready",
+    }
+}
+
+fn readiness(readiness: &Readiness) -> String {
+    match readiness {
+        Readiness::ConsoleLine { contains } => format!("console line containing {contains:?}"),
+    }
+}
+
+/// Time from the create request to Ready, if the VM got there.
+fn boot_time(timeline: &BootTimeline) -> Option<String> {
+    timeline.at(BootPhase::Ready).map(ms)
+}
+
+/// Microseconds as milliseconds with one decimal: `21.3ms`.
+fn ms(us: u64) -> String {
+    format!("{}.{}ms", us / 1000, us % 1000 / 100)
+}
+
+/// An age in its largest whole unit: `42s`, `5m`, `3h`, `2d`.
+fn age(elapsed_ms: u64) -> String {
+    let secs = elapsed_ms / 1000;
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86_400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+/// A Unix time in milliseconds as `2023-11-14 22:13:20 UTC (5m ago)`.
+fn moment(unix_ms: u64, now_ms: u64) -> String {
+    format!(
+        "{} ({} ago)",
+        utc(unix_ms),
+        age(now_ms.saturating_sub(unix_ms))
+    )
+}
+
+/// A Unix time in milliseconds as a UTC date and time, to the second.
+fn utc(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (days, of_day) = (secs / 86_400, secs % 86_400);
+    let (hour, minute, second) = (of_day / 3600, of_day % 3600 / 60, of_day % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's `civil_from_days`):
+    // count from 0000-03-01 so the leap day ends each 400-year era's years.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = era * 400 + year_of_era + u64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02} UTC")
+}
+
+#[cfg(test)]
+mod tests {
+    use tfc_api::ExitInfo;
+    use tfc_core::{PhaseMark, VmSpec, VmState, VmTypeName};
+
+    use super::*;
+
+    const NOW_MS: u64 = 1_700_000_000_000;
+
+    fn vm(id: &str, state: VmState, created_at_ms: u64) -> VmInfo {
+        VmInfo {
+            id: id.to_owned(),
+            state,
+            spec: VmSpec {
+                vm_type: VmTypeName::new("default").unwrap(),
+                vcpus: 2,
+                memory_mib: 256,
+                kernel: "/data/assets/vmlinux".into(),
+                rootfs: "/data/assets/rootfs.ext4".into(),
+                boot_args: "console=ttyS0 reboot=k panic=1".to_owned(),
+                readiness: Readiness::default(),
+            },
+            pid: Some(4242),
+            created_at_ms,
+            updated_at_ms: created_at_ms + 30,
+            timeline: BootTimeline(vec![
+                PhaseMark {
+                    phase: BootPhase::Spawned,
+                    at_us: 412,
+                },
+                PhaseMark {
+                    phase: BootPhase::ApiReady,
+                    at_us: 3_100,
+                },
+                PhaseMark {
+                    phase: BootPhase::Ready,
+                    at_us: 21_345,
+                },
+            ]),
+            failure: None,
+            exit: None,
+            workdir: format!("/data/vms/{id}"),
+            console_log: format!("/data/vms/{id}/console.log"),
+        }
+    }
+
+    #[test]
+    fn timeline_shows_time_since_request_and_delta() {
+        assert_eq!(
+            timeline(&vm("vm-a", VmState::Ready, 0).timeline),
+            "PHASE          AT    DELTA\n\
+             spawned     0.4ms   +0.4ms\n\
+             api_ready   3.1ms   +2.6ms\n\
+             ready      21.3ms  +18.2ms\n"
+        );
+        assert_eq!(
+            timeline(&BootTimeline::default()),
+            "timeline: no boot phase reached\n"
+        );
+    }
+
+    #[test]
+    fn list_is_sorted_oldest_first_with_placeholders_for_missing_values() {
+        let mut young = vm("vm-b", VmState::Booting, NOW_MS - 5_000);
+        young.pid = None;
+        young.timeline.0.truncate(1);
+        let old = vm("vm-a", VmState::Paused, NOW_MS - 7_200_000);
+        assert_eq!(
+            list(&[young, old], NOW_MS),
+            "ID    TYPE     STATE    VCPUS     MEM   PID  AGE    BOOT\n\
+             vm-a  default  paused       2  256MiB  4242   2h  21.3ms\n\
+             vm-b  default  booting      2  256MiB     -   5s       -\n"
+        );
+        assert_eq!(
+            list(&[], NOW_MS),
+            "ID  TYPE  STATE  VCPUS  MEM  PID  AGE  BOOT\n"
+        );
+    }
+
+    #[test]
+    fn detail_names_every_field_and_the_failure() {
+        let mut failed = vm("vm-a", VmState::Failed, NOW_MS - 90_000);
+        failed.pid = None;
+        failed.failure = Some("boot timed out after 180 s".to_owned());
+        failed.exit = Some(ExitInfo {
+            code: None,
+            signal: Some(9),
+            description: "killed by signal 9 (SIGKILL)".to_owned(),
+        });
+        let text = detail(&failed, NOW_MS);
+        for line in [
+            "id:          vm-a\n",
+            "state:       failed\n",
+            "memory:      256 MiB\n",
+            "pid:         -\n",
+            "created:     2023-11-14 22:11:50 UTC (1m ago)\n",
+            "boot:        21.3ms\n",
+            "readiness:   console line containing \"Run /init as init process\"\n",
+            "console log: /data/vms/vm-a/console.log\n",
+            "failure:     boot timed out after 180 s\n",
+            "exit:        killed by signal 9 (SIGKILL)\n",
+            "\nPHASE ",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn created_starts_with_the_id_alone() {
+        let text = created(&vm("vm-a", VmState::Ready, NOW_MS));
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("vm-a"));
+        assert_eq!(lines.next(), Some("state:       ready (boot 21.3ms)"));
+        assert_eq!(lines.next(), Some("type:        default, 2 vCPU, 256 MiB"));
+        assert!(text.contains("\nready "), "{text}");
+    }
+
+    #[test]
+    fn ages_use_their_largest_whole_unit() {
+        assert_eq!(age(0), "0s");
+        assert_eq!(age(59_999), "59s");
+        assert_eq!(age(60_000), "1m");
+        assert_eq!(age(3_599_999), "59m");
+        assert_eq!(age(3_600_000), "1h");
+        assert_eq!(age(86_400_000 * 3), "3d");
+    }
+
+    #[test]
+    fn milliseconds_truncate_to_one_decimal() {
+        assert_eq!(ms(0), "0.0ms");
+        assert_eq!(ms(999), "0.9ms");
+        assert_eq!(ms(25_431_112), "25431.1ms");
+    }
+
+    #[test]
+    fn utc_dates_match_known_instants() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(951_868_799_999), "2000-02-29 23:59:59 UTC");
+        assert_eq!(utc(1_700_000_000_000), "2023-11-14 22:13:20 UTC");
+        assert_eq!(utc(4_107_542_400_000), "2100-03-01 00:00:00 UTC");
+    }
+}

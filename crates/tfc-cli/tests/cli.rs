@@ -1,0 +1,387 @@
+//! The `tfc` binary end to end (tier 0): `tfc serve` with the fake backend as a
+//! child process in a private directory, driven by `tfc vm ...` invocations
+//! exactly as a user would type them.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const TFC: &str = env!("CARGO_BIN_EXE_tfc");
+
+/// A well-formed id that no daemon hands out in these tests.
+const UNKNOWN_ID: &str = "vm-000000000000";
+
+const FAKE_CONFIG: &str = "[daemon]\nbackend = \"fake\"\n";
+
+/// A `tfc` run's outcome, with stdout and stderr as text.
+#[derive(Debug)]
+struct Run {
+    args: Vec<String>,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn from_output(args: &[&str], output: Output) -> Self {
+        Self {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Stdout of a run that must succeed.
+    fn ok(self) -> String {
+        assert!(
+            self.status.success(),
+            "tfc {:?} failed: {self:#?}",
+            self.args
+        );
+        self.stdout
+    }
+
+    /// Stdout of a successful run, parsed as JSON.
+    fn json(self) -> Value {
+        let args = self.args.clone();
+        let stdout = self.ok();
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("tfc {args:?} printed no JSON ({e}): {stdout}"))
+    }
+
+    /// The single stderr line of a run that must fail with exit code 1.
+    fn error_line(self) -> String {
+        assert_eq!(
+            self.status.code(),
+            Some(1),
+            "tfc {:?}: {self:#?}",
+            self.args
+        );
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "tfc {:?}: one error line expected: {self:#?}",
+            self.args
+        );
+        assert!(lines[0].starts_with("error: "), "{self:#?}");
+        lines[0].to_owned()
+    }
+}
+
+/// Runs `tfc` against `socket`, with no logging from the environment so that
+/// stderr holds only what the command itself reports.
+fn tfc_at(socket: &Path, args: &[&str]) -> Run {
+    let output = Command::new(TFC)
+        .args(args)
+        .env("TFC_SOCKET", socket)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("tfc runs");
+    Run::from_output(args, output)
+}
+
+/// `tfc serve` running with the fake backend in its own temporary directory.
+/// Dropping it ends the daemon (by its pid), also when a test panics.
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("tfc.toml");
+        std::fs::write(&config, FAKE_CONFIG).expect("config written");
+        let socket = dir.path().join("tfc.sock");
+        let log = File::create(dir.path().join("daemon.log")).expect("log file");
+        let child = Command::new(TFC)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("TFC_SOCKET", &socket)
+            .env("TFC_DATA_DIR", dir.path().join("data"))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("tfc serve starts");
+        // The guard exists before the wait, so a daemon that never comes up is
+        // still ended.
+        let mut daemon = Self { child, dir, socket };
+        daemon.wait_until_listening();
+        daemon
+    }
+
+    fn wait_until_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("tfc serve exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tfc serve did not listen on {} within 30 s:\n{}",
+                self.socket.display(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn tfc(&self, args: &[&str]) -> Run {
+        tfc_at(&self.socket, args)
+    }
+
+    fn state_of(&self, id: &str) -> String {
+        let vm = self.tfc(&["vm", "show", id, "--json"]).json();
+        vm["state"].as_str().expect("state is a string").to_owned()
+    }
+
+    /// Sends SIGTERM and waits for the daemon to exit; None if it did not
+    /// within `limit`.
+    fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own
+        // child, not yet reaped, so it cannot name another process.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.terminate(Duration::from_secs(10)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn a_vm_goes_through_its_life_from_the_command_line() {
+    let mut daemon = Daemon::start();
+
+    let created = daemon.tfc(&["vm", "create", "--wait", "--json"]).json();
+    assert_eq!(created["state"], "ready", "{created:#}");
+    let id = created["id"].as_str().expect("id").to_owned();
+    let phases: Vec<&str> = created["timeline"]
+        .as_array()
+        .expect("timeline is a list")
+        .iter()
+        .map(|m| m["phase"].as_str().expect("phase"))
+        .collect();
+    assert_eq!(phases.last(), Some(&"ready"), "{created:#}");
+
+    let table = daemon.tfc(&["vm", "ls"]).ok();
+    let header = table.lines().next().expect("header");
+    for column in ["ID", "TYPE", "STATE", "VCPUS", "MEM", "PID", "AGE", "BOOT"] {
+        assert!(header.contains(column), "{column} missing: {table}");
+    }
+    let row = table.lines().find(|l| l.starts_with(&id)).expect("row");
+    assert!(row.contains(" ready ") && row.contains("ms"), "{table}");
+
+    let listed = daemon.tfc(&["vm", "ls", "--json"]).json();
+    assert_eq!(listed["vms"][0]["id"], id.as_str(), "{listed:#}");
+
+    let page = daemon.tfc(&["vm", "show", &id]).ok();
+    for line in [
+        format!("id:          {id}\n"),
+        "state:       ready\n".to_owned(),
+        "console log: ".to_owned(),
+        "\nPHASE ".to_owned(),
+    ] {
+        assert!(page.contains(&line), "{line:?} missing from:\n{page}");
+    }
+    assert_eq!(
+        daemon.tfc(&["vm", "show", &id, "--json"]).json()["id"],
+        id.as_str()
+    );
+
+    assert_eq!(
+        daemon.tfc(&["vm", "pause", &id]).ok(),
+        format!("{id}: paused\n")
+    );
+    let resumed = daemon.tfc(&["vm", "resume", &id, "--json"]).json();
+    assert_eq!(resumed["state"], "running", "{resumed:#}");
+
+    let stopped = daemon.tfc(&["vm", "stop", &id, "--json"]).json();
+    assert!(
+        ["stopping", "stopped"].contains(&stopped["state"].as_str().unwrap_or_default()),
+        "{stopped:#}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.state_of(&id) != "stopped" {
+        assert!(Instant::now() < deadline, "VM never reached stopped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let refused = daemon.tfc(&["vm", "pause", &id]).error_line();
+    assert!(refused.contains("stopped"), "{refused}");
+
+    assert_eq!(daemon.tfc(&["vm", "rm", &id]).ok(), format!("{id}\n"));
+    let listed = daemon.tfc(&["vm", "ls", "--json"]).json();
+    assert_eq!(listed["vms"], Value::Array(vec![]), "{listed:#}");
+
+    let unknown = daemon.tfc(&["vm", "rm", UNKNOWN_ID]).error_line();
+    assert!(unknown.contains(UNKNOWN_ID), "{unknown}");
+
+    let status = daemon
+        .terminate(Duration::from_secs(10))
+        .expect("daemon exits on SIGTERM");
+    assert!(status.success(), "daemon exit {status}:\n{}", daemon.log());
+}
+
+#[test]
+fn create_without_wait_prints_the_id_and_rm_needs_force_while_alive() {
+    let daemon = Daemon::start();
+
+    let out = daemon
+        .tfc(&[
+            "vm",
+            "create",
+            "--vcpus",
+            "2",
+            "--memory",
+            "256",
+            "--boot-arg",
+            "quiet",
+        ])
+        .ok();
+    let id = out.trim_end().to_owned();
+    assert_eq!(out, format!("{id}\n"), "only the id is printed");
+    assert!(id.starts_with("vm-"), "{out}");
+    let vm = daemon.tfc(&["vm", "show", &id, "--json"]).json();
+    assert_eq!(vm["spec"]["vcpus"], 2, "{vm:#}");
+    assert_eq!(vm["spec"]["memory_mib"], 256, "{vm:#}");
+    assert!(
+        vm["spec"]["boot_args"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with(" quiet"),
+        "{vm:#}"
+    );
+
+    let refused = daemon.tfc(&["vm", "rm", &id]).error_line();
+    assert!(
+        refused.contains("it is creating")
+            || refused.contains("it is booting")
+            || refused.contains("it is ready"),
+        "{refused}"
+    );
+    assert!(refused.contains("delete with force"), "{refused}");
+    assert_eq!(
+        daemon.tfc(&["vm", "rm", "--force", &id]).ok(),
+        format!("{id}\n")
+    );
+    daemon.tfc(&["vm", "show", &id]).error_line();
+}
+
+#[test]
+fn create_with_wait_prints_id_summary_and_timeline() {
+    let daemon = Daemon::start();
+
+    let out = daemon
+        .tfc(&["vm", "create", "--wait", "--timeout", "30"])
+        .ok();
+    let mut lines = out.lines();
+    let id = lines.next().expect("id line");
+    assert!(id.starts_with("vm-"), "{out}");
+    assert!(out.contains("state:       ready (boot "), "{out}");
+    let timeline = out.split("\nPHASE").nth(1).expect("timeline table");
+    assert!(
+        timeline.contains("\nready ") && timeline.contains("+"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_values_are_refused_before_any_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("nobody.sock");
+    for (args, expected) in [
+        (&["vm", "create", "--vcpus", "0"][..], "1..=32"),
+        (&["vm", "create", "--memory", "1"][..], "--memory"),
+        (&["vm", "create", "--timeout", "5"][..], "--wait"),
+        (&["vm", "show", "../../etc"][..], "may contain only"),
+    ] {
+        let run = tfc_at(&socket, args);
+        assert_eq!(run.status.code(), Some(2), "{run:#?}");
+        assert!(run.stderr.contains(expected), "{run:#?}");
+        assert!(!run.stderr.contains("cannot reach"), "{run:#?}");
+    }
+}
+
+#[test]
+fn a_missing_daemon_is_reported_in_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("nobody.sock");
+    let line = tfc_at(&socket, &["vm", "ls"]).error_line();
+    let expected = format!(
+        "error: cannot reach the tfc daemon at {}: is `tfc serve` running? (",
+        socket.display()
+    );
+    assert!(line.starts_with(&expected), "{line}");
+
+    let flag = dir.path().join("flag.sock");
+    let line = tfc_at(
+        &socket,
+        &["--socket", flag.to_str().expect("utf-8"), "vm", "ls"],
+    )
+    .error_line();
+    assert!(
+        line.contains(&flag.display().to_string()),
+        "--socket wins over TFC_SOCKET: {line}"
+    );
+}
+
+#[test]
+fn serve_with_a_missing_config_names_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("absent.toml");
+    let mut child = Command::new(TFC)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("TFC_SOCKET", dir.path().join("tfc.sock"))
+        .env("TFC_DATA_DIR", dir.path().join("data"))
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tfc serve starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tfc serve kept running with a missing config");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let run = Run::from_output(&["serve"], child.wait_with_output().expect("output"));
+    let line = run.error_line();
+    assert!(line.contains(&config.display().to_string()), "{line}");
+}

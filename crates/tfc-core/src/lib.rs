@@ -1,0 +1,18 @@
+//! Domain model of Terraphim Firecracker. Pure logic, no I/O: everything here is
+//! decided from its inputs alone, so it is tested exhaustively without a VMM.
+//!
+//! Layout:
+//! - [`id`]: validated identifiers of VMs and VM types.
+//! - [`spec`]: what a VM is made of (kernel, rootfs, vCPUs, memory, boot args, readiness).
+//! - [`state`]: the VM lifecycle, [`VmState`], and its single transition function.
+//! - [`timeline`]: per-phase boot timing of one VM.
+
+pub mod id;
+pub mod spec;
+pub mod state;
+pub mod timeline;
+
+pub use id::{IdError, VmId, VmTypeName};
+pub use spec::{Readiness, SpecError, VmSpec};
+pub use state::{transition, InvalidTransition, VmEvent, VmState};
+pub use timeline::{BootPhase, BootTimeline, PhaseMark};

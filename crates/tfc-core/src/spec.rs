@@ -1,0 +1,165 @@
+//! What a VM is made of. A [`VmSpec`] is fully resolved: the daemon merges the VM
+//! type from the configuration with the caller's overrides before building one, so
+//! everything downstream works from a single validated value.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::VmTypeName;
+
+/// Firecracker accepts 1 to 32 vCPUs.
+pub const MAX_VCPUS: u8 = 32;
+/// Smallest guest memory that boots the project's kernel with room to spare.
+pub const MIN_MEMORY_MIB: u32 = 32;
+/// Upper bound on guest memory for one VM (64 GiB).
+pub const MAX_MEMORY_MIB: u32 = 65_536;
+/// The x86 kernel command line holds at most 2048 bytes, and Firecracker appends
+/// its own device entries, so callers get less than that.
+pub const MAX_BOOT_ARGS_LEN: usize = 1536;
+
+/// How the daemon decides that a booted VM is Ready.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Readiness {
+    /// A line of the serial console contains this text (by default the kernel's
+    /// `Run /init as init process`, printed just before it starts init).
+    ConsoleLine { contains: String },
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness::ConsoleLine {
+            contains: "Run /init as init process".to_owned(),
+        }
+    }
+}
+
+/// A complete description of one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VmSpec {
+    /// The VM type this spec was resolved from.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub vm_type: VmTypeName,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub kernel: PathBuf,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub rootfs: PathBuf,
+    pub boot_args: String,
+    pub readiness: Readiness,
+}
+
+/// Why a spec is not acceptable. Each variant names the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("vcpus must be between 1 and {MAX_VCPUS}, got {0}")]
+    Vcpus(u8),
+    #[error("memory_mib must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB}, got {0}")]
+    Memory(u32),
+    #[error("boot_args is longer than {MAX_BOOT_ARGS_LEN} bytes")]
+    BootArgsTooLong,
+    #[error("boot_args must be printable ASCII on one line")]
+    BootArgsCharacters,
+    #[error("boot_args must not declare devices ({0:?}); devices come from the VM type")]
+    BootArgsDevice(String),
+    #[error("readiness text must not be empty")]
+    EmptyReadiness,
+}
+
+impl VmSpec {
+    /// Checks every field against the limits above.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(SpecError::Vcpus(self.vcpus));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(SpecError::Memory(self.memory_mib));
+        }
+        validate_boot_args(&self.boot_args)?;
+        match &self.readiness {
+            Readiness::ConsoleLine { contains } if contains.is_empty() => {
+                Err(SpecError::EmptyReadiness)
+            }
+            Readiness::ConsoleLine { .. } => Ok(()),
+        }
+    }
+}
+
+/// Boot arguments may tune the kernel but may not add devices behind the VMM's back.
+pub fn validate_boot_args(args: &str) -> Result<(), SpecError> {
+    if args.len() > MAX_BOOT_ARGS_LEN {
+        return Err(SpecError::BootArgsTooLong);
+    }
+    if !args.chars().all(|c| c == ' ' || c.is_ascii_graphic()) {
+        return Err(SpecError::BootArgsCharacters);
+    }
+    if let Some(word) = args
+        .split_whitespace()
+        .find(|w| w.starts_with("virtio_mmio.device="))
+    {
+        return Err(SpecError::BootArgsDevice(word.to_owned()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            vm_type: VmTypeName::new("default").unwrap(),
+            vcpus: 1,
+            memory_mib: 128,
+            kernel: "/k".into(),
+            rootfs: "/r".into(),
+            boot_args: "console=ttyS0 reboot=k panic=1".into(),
+            readiness: Readiness::default(),
+        }
+    }
+
+    #[test]
+    fn valid_spec_passes() {
+        assert_eq!(spec().validate(), Ok(()));
+    }
+
+    #[test]
+    fn each_limit_is_enforced() {
+        type Mutation = fn(&mut VmSpec);
+        let cases: Vec<(Mutation, SpecError)> = vec![
+            (|s| s.vcpus = 0, SpecError::Vcpus(0)),
+            (|s| s.vcpus = 33, SpecError::Vcpus(33)),
+            (|s| s.memory_mib = 8, SpecError::Memory(8)),
+            (|s| s.memory_mib = 70_000, SpecError::Memory(70_000)),
+            (
+                |s| s.boot_args = "a".repeat(2000),
+                SpecError::BootArgsTooLong,
+            ),
+            (
+                |s| s.boot_args = "x\ny".into(),
+                SpecError::BootArgsCharacters,
+            ),
+            (
+                |s| s.boot_args = "quiet virtio_mmio.device=4K@0xd0000000:5".into(),
+                SpecError::BootArgsDevice("virtio_mmio.device=4K@0xd0000000:5".into()),
+            ),
+            (
+                |s| {
+                    s.readiness = Readiness::ConsoleLine {
+                        contains: String::new(),
+                    }
+                },
+                SpecError::EmptyReadiness,
+            ),
+        ];
+        for (mutate, expected) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            assert_eq!(s.validate(), Err(expected));
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The REST API: routes, handlers, the OpenAPI document and the single mapping of
+//! domain errors to HTTP answers. Handlers only translate; the manager decides.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use tfc_api::{CreateVmRequest, ErrorBody, ErrorCode, Health, VmInfo, VmList};
+use utoipa::OpenApi;
+
+use crate::manager::{ManagerError, VmManager};
+use crate::vm::{self, VmError, VmOp};
+
+/// Largest request body accepted; every body of this API is small.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// An error answer: status from [`status_for`], JSON [`ErrorBody`].
+#[derive(Debug)]
+pub struct ApiError(ErrorBody);
+
+/// The one place that maps error codes to HTTP statuses.
+pub fn status_for(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidState => StatusCode::CONFLICT,
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::BackendError => StatusCode::BAD_GATEWAY,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl ApiError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self(ErrorBody {
+            code,
+            message: message.into(),
+            state: None,
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (status_for(self.0.code), Json(self.0)).into_response()
+    }
+}
+
+impl From<ManagerError> for ApiError {
+    fn from(err: ManagerError) -> Self {
+        let message = vm::describe(&err);
+        let (code, state) = match &err {
+            ManagerError::NotFound(_) => (ErrorCode::NotFound, None),
+            ManagerError::BadId(_)
+            | ManagerError::UnknownType { .. }
+            | ManagerError::BadSpec(_) => (ErrorCode::InvalidRequest, None),
+            ManagerError::NoAsset { .. } => (ErrorCode::Unavailable, None),
+            ManagerError::NotDeletable { state, .. } => (ErrorCode::InvalidState, Some(*state)),
+            ManagerError::Workdir { .. } => (ErrorCode::Internal, None),
+            ManagerError::Vm(VmError::InvalidState { state, .. }) => {
+                (ErrorCode::InvalidState, Some(*state))
+            }
+            ManagerError::Vm(VmError::Backend { .. }) => (ErrorCode::BackendError, None),
+        };
+        Self(ErrorBody {
+            code,
+            message,
+            state,
+        })
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        ApiError::new(ErrorCode::InvalidRequest, rejection.body_text())
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Terraphim Firecracker API",
+        description = "Manage Firecracker microVMs on one host. Served on a Unix socket."
+    ),
+    paths(
+        health, create_vm, list_vms, get_vm, pause_vm, resume_vm, stop_vm, delete_vm
+    ),
+    components(schemas(
+        CreateVmRequest,
+        VmInfo,
+        VmList,
+        ErrorBody,
+        ErrorCode,
+        Health,
+        tfc_api::ExitInfo
+    ))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of this API, pretty-printed.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
+}
+
+/// The API router over `manager`.
+pub fn router(manager: VmManager) -> Router {
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/vms", post(create_vm).get(list_vms))
+        .route("/v1/vms/{id}", get(get_vm).delete(delete_vm))
+        .route("/v1/vms/{id}/pause", post(pause_vm))
+        .route("/v1/vms/{id}/resume", post(resume_vm))
+        .route("/v1/vms/{id}/stop", post(stop_vm))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(manager)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        "no such endpoint; see /v1/openapi.json",
+    )
+}
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        openapi_json(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+async fn health(State(manager): State<VmManager>) -> Json<Health> {
+    Json(Health {
+        status: "ok".to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        backend: manager.backend_name().to_owned(),
+        vms: manager.count(),
+    })
+}
+
+/// Create a VM. Without `wait` the answer comes at once with state `creating`;
+/// with it, once the VM is `ready` or has `failed` (the record says why).
+#[utoipa::path(post, path = "/v1/vms", request_body = CreateVmRequest, responses(
+    (status = 201, body = VmInfo),
+    (status = 400, body = ErrorBody, description = "bad body, unknown VM type, invalid spec"),
+    (status = 503, body = ErrorBody, description = "assets missing")
+))]
+async fn create_vm(
+    State(manager): State<VmManager>,
+    body: Result<Json<CreateVmRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<VmInfo>), ApiError> {
+    let Json(request) = body?;
+    let info = manager.create(request).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+#[utoipa::path(get, path = "/v1/vms", responses((status = 200, body = VmList)))]
+async fn list_vms(State(manager): State<VmManager>) -> Json<VmList> {
+    Json(VmList {
+        vms: manager.list(),
+    })
+}
+
+#[utoipa::path(get, path = "/v1/vms/{id}", params(("id" = String, Path)), responses(
+    (status = 200, body = VmInfo),
+    (status = 404, body = ErrorBody)
+))]
+async fn get_vm(
+    State(manager): State<VmManager>,
+    Path(id): Path<String>,
+) -> Result<Json<VmInfo>, ApiError> {
+    Ok(Json(manager.get(&id)?))
+}
+
+async fn vm_op(manager: &VmManager, id: &str, op: VmOp) -> Result<Json<VmInfo>, ApiError> {
+    Ok(Json(manager.op(id, op).await?))
+}
+
+/// Pause the vCPUs. Allowed in `ready` and `running`; results in `paused`.
+#[utoipa::path(post, path = "/v1/vms/{id}/pause", params(("id" = String, Path)), responses(
+    (status = 200, body = VmInfo),
+    (status = 404, body = ErrorBody),
+    (status = 409, body = ErrorBody, description = "not allowed in the VM's state"),
+    (status = 502, body = ErrorBody, description = "the VMM refused")
+))]
+async fn pause_vm(
+    State(manager): State<VmManager>,
+    Path(id): Path<String>,
+) -> Result<Json<VmInfo>, ApiError> {
+    vm_op(&manager, &id, VmOp::Pause).await
+}
+
+/// Resume the vCPUs. Allowed in `paused` and `snapshotted`; results in `running`.
+#[utoipa::path(post, path = "/v1/vms/{id}/resume", params(("id" = String, Path)), responses(
+    (status = 200, body = VmInfo),
+    (status = 404, body = ErrorBody),
+    (status = 409, body = ErrorBody, description = "not allowed in the VM's state"),
+    (status = 502, body = ErrorBody, description = "the VMM refused")
+))]
+async fn resume_vm(
+    State(manager): State<VmManager>,
+    Path(id): Path<String>,
+) -> Result<Json<VmInfo>, ApiError> {
+    vm_op(&manager, &id, VmOp::Resume).await
+}
+
+/// Stop the VMM (SIGTERM, then SIGKILL after the grace period). Allowed in every
+/// state but `stopping`, `stopped` and `failed`; results in `stopped`.
+#[utoipa::path(post, path = "/v1/vms/{id}/stop", params(("id" = String, Path)), responses(
+    (status = 200, body = VmInfo),
+    (status = 404, body = ErrorBody),
+    (status = 409, body = ErrorBody, description = "not allowed in the VM's state")
+))]
+async fn stop_vm(
+    State(manager): State<VmManager>,
+    Path(id): Path<String>,
+) -> Result<Json<VmInfo>, ApiError> {
+    vm_op(&manager, &id, VmOp::Stop).await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct DeleteParams {
+    /// Stop the VM first if it is still live.
+    #[serde(default)]
+    #[param(required = false)]
+    force: bool,
+}
+
+/// Delete a VM and its files. Allowed in `stopped` and `failed`, or in any state
+/// with `force=true` (the VM is stopped first).
+#[utoipa::path(delete, path = "/v1/vms/{id}", params(("id" = String, Path), DeleteParams), responses(
+    (status = 204),
+    (status = 404, body = ErrorBody),
+    (status = 409, body = ErrorBody, description = "VM still live and force not set")
+))]
+async fn delete_vm(
+    State(manager): State<VmManager>,
+    Path(id): Path<String>,
+    params: Result<Query<DeleteParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Query(params) =
+        params.map_err(|r| ApiError::new(ErrorCode::InvalidRequest, r.body_text()))?;
+    manager.delete(&id, params.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,199 @@
+//! A scriptable stand-in for a VMM, for tests and demos of everything above the
+//! backend seam. It runs on tokio's clock, so tests can pause and advance time.
+//! It never stands in for Firecracker in a test that claims to test Firecracker.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tfc_core::BootPhase;
+use tokio::sync::watch;
+
+use super::{BackendError, CreateRequest, ExitReason, VmBackend, VmMachine};
+
+/// What the fake does next. Shared by the backend and the test that scripts it.
+#[derive(Debug, Clone, Default)]
+pub struct FakeScript {
+    /// Time from `boot` to ready.
+    pub boot_latency: Duration,
+    /// Fail the next `create` with this message.
+    pub fail_next_create: Option<String>,
+    /// Fail the next `wait_ready` with this message.
+    pub fail_next_boot: Option<String>,
+    /// Machines created from now on "crash" (exit by SIGKILL) this long after boot.
+    pub crash_after: Option<Duration>,
+    /// Fail every pause/resume with this message.
+    pub fail_pause_resume: Option<String>,
+}
+
+/// The fake backend.
+#[derive(Debug, Clone, Default)]
+pub struct FakeBackend {
+    script: Arc<Mutex<FakeScript>>,
+}
+
+impl FakeBackend {
+    pub fn new(boot_latency: Duration) -> Self {
+        Self {
+            script: Arc::new(Mutex::new(FakeScript {
+                boot_latency,
+                ..FakeScript::default()
+            })),
+        }
+    }
+
+    /// Changes what the fake does next.
+    pub fn script(&self, change: impl FnOnce(&mut FakeScript)) {
+        change(&mut self.script.lock().expect("fake script lock"));
+    }
+
+    fn snapshot(&self) -> FakeScript {
+        self.script.lock().expect("fake script lock").clone()
+    }
+}
+
+/// One fake VM.
+#[derive(Debug)]
+pub struct FakeMachine {
+    script: Arc<Mutex<FakeScript>>,
+    boot_latency: Duration,
+    crash_after: Option<Duration>,
+    exit_tx: Arc<watch::Sender<Option<ExitReason>>>,
+    exit_rx: watch::Receiver<Option<ExitReason>>,
+}
+
+const KILLED: ExitReason = ExitReason {
+    code: None,
+    signal: Some(libc::SIGKILL),
+};
+
+/// Records the first way the machine ended; later ones are ignored, as with a
+/// real process.
+fn end(tx: &watch::Sender<Option<ExitReason>>, reason: ExitReason) {
+    tx.send_if_modified(|slot| {
+        let first = slot.is_none();
+        if first {
+            *slot = Some(reason);
+        }
+        first
+    });
+}
+
+impl VmBackend for FakeBackend {
+    type Machine = FakeMachine;
+
+    async fn create(
+        &self,
+        _request: CreateRequest<'_>,
+        mark: &mut (dyn FnMut(BootPhase) + Send),
+    ) -> Result<FakeMachine, BackendError> {
+        let next = self.snapshot();
+        if let Some(message) = next.fail_next_create {
+            self.script(|s| s.fail_next_create = None);
+            return Err(BackendError::Scripted(message));
+        }
+        for phase in [
+            BootPhase::Spawned,
+            BootPhase::ApiReady,
+            BootPhase::Configured,
+        ] {
+            mark(phase);
+        }
+        let (exit_tx, exit_rx) = watch::channel(None);
+        Ok(FakeMachine {
+            script: self.script.clone(),
+            boot_latency: next.boot_latency,
+            crash_after: next.crash_after,
+            exit_tx: Arc::new(exit_tx),
+            exit_rx,
+        })
+    }
+}
+
+impl FakeMachine {
+    fn exited(&self) -> Option<ExitReason> {
+        *self.exit_rx.borrow()
+    }
+
+    fn end(&self, reason: ExitReason) {
+        end(&self.exit_tx, reason);
+    }
+
+    fn gone(&self, verb: &str) -> Result<(), BackendError> {
+        match self.exited() {
+            Some(reason) => Err(BackendError::Scripted(format!(
+                "cannot {verb}: process {reason}"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl VmMachine for FakeMachine {
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+
+    async fn boot(&self) -> Result<(), BackendError> {
+        self.gone("boot")?;
+        if let Some(after) = self.crash_after {
+            let tx = self.exit_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                end(&tx, KILLED);
+            });
+        }
+        Ok(())
+    }
+
+    async fn wait_ready(&self) -> Result<(), BackendError> {
+        tokio::select! {
+            _ = tokio::time::sleep(self.boot_latency) => {}
+            reason = self.wait_exit() => {
+                return Err(BackendError::ExitedDuringBoot { reason, tail: String::new() });
+            }
+        }
+        let failure = self
+            .script
+            .lock()
+            .expect("fake script lock")
+            .fail_next_boot
+            .take();
+        match failure {
+            Some(message) => Err(BackendError::Scripted(message)),
+            None => Ok(()),
+        }
+    }
+
+    async fn pause(&self) -> Result<(), BackendError> {
+        self.gone("pause")?;
+        let failure = self
+            .script
+            .lock()
+            .expect("fake script lock")
+            .fail_pause_resume
+            .clone();
+        failure.map_or(Ok(()), |m| Err(BackendError::Scripted(m)))
+    }
+
+    async fn resume(&self) -> Result<(), BackendError> {
+        self.pause().await
+    }
+
+    async fn stop(&self) -> ExitReason {
+        self.end(ExitReason {
+            code: Some(0),
+            signal: None,
+        });
+        self.wait_exit().await
+    }
+
+    async fn wait_exit(&self) -> ExitReason {
+        let mut rx = self.exit_rx.clone();
+        let reason = rx.wait_for(Option::is_some).await.map(|r| *r);
+        reason.ok().flatten().unwrap_or(KILLED)
+    }
+
+    fn console_tail(&self) -> Vec<String> {
+        Vec::new()
+    }
+}

@@ -1,0 +1,236 @@
+//! The Firecracker backend: one `firecracker` process per VM, configured through
+//! its API socket, readiness read from its serial console.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tfc_core::{BootPhase, Readiness, VmSpec};
+use tfc_firecracker::models::{BootSource, Drive, MachineConfiguration};
+use tfc_firecracker::{ExitReason, FirecrackerProcess, SpawnConfig, StopPolicy};
+
+use super::{BackendError, CreateRequest, VmBackend, VmMachine};
+
+/// Console text the kernel prints when it panics; a boot that shows it has failed.
+const PANIC_LINE: &str = "Kernel panic";
+/// Firecracker itself starts in a few milliseconds; this only bounds a wedged start.
+const API_READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Settings shared by every Firecracker VM of the daemon.
+#[derive(Debug, Clone)]
+pub struct FirecrackerBackend {
+    pub binary: PathBuf,
+    pub boot_timeout: Duration,
+    pub console_log_limit: u64,
+    pub stop: StopPolicy,
+}
+
+/// One VM backed by a Firecracker process.
+#[derive(Debug)]
+pub struct FirecrackerMachine {
+    process: FirecrackerProcess,
+    readiness: String,
+    boot_timeout: Duration,
+    stop: StopPolicy,
+}
+
+fn require_file(what: &'static str, path: &Path) -> Result<(), BackendError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(BackendError::AssetMissing {
+            what,
+            path: path.display().to_string(),
+        })
+    }
+}
+
+/// Firecracker reports a missing or unusable /dev/kvm only at `InstanceStart`, as a
+/// generic fault; checking first gives the user an error that says what to do.
+fn check_kvm() -> Result<(), BackendError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(drop)
+        .map_err(|e| BackendError::NoKvm(e.to_string()))
+}
+
+impl FirecrackerBackend {
+    async fn configure(process: &FirecrackerProcess, spec: &VmSpec) -> Result<(), BackendError> {
+        let api = process.api();
+        api.put_machine_config(&MachineConfiguration {
+            vcpu_count: spec.vcpus,
+            mem_size_mib: spec.memory_mib,
+            smt: None,
+            track_dirty_pages: None,
+            huge_pages: None,
+        })
+        .await
+        .map_err(BackendError::Configure)?;
+        api.put_boot_source(&BootSource {
+            kernel_image_path: spec.kernel.display().to_string(),
+            boot_args: Some(spec.boot_args.clone()),
+            initrd_path: None,
+        })
+        .await
+        .map_err(BackendError::Configure)?;
+        // Read-only root: many VMs share one base image.
+        api.put_drive(&Drive {
+            drive_id: "rootfs".to_owned(),
+            path_on_host: Some(spec.rootfs.display().to_string()),
+            is_root_device: true,
+            is_read_only: Some(true),
+            partuuid: None,
+            cache_type: None,
+            io_engine: None,
+            rate_limiter: None,
+        })
+        .await
+        .map_err(BackendError::Configure)
+    }
+}
+
+impl VmBackend for FirecrackerBackend {
+    type Machine = FirecrackerMachine;
+
+    async fn create(
+        &self,
+        request: CreateRequest<'_>,
+        mark: &mut (dyn FnMut(BootPhase) + Send),
+    ) -> Result<FirecrackerMachine, BackendError> {
+        let spec = request.spec;
+        require_file("kernel", &spec.kernel)?;
+        require_file("rootfs", &spec.rootfs)?;
+        check_kvm()?;
+        let Readiness::ConsoleLine { contains } = &spec.readiness;
+        let process = FirecrackerProcess::spawn(&SpawnConfig {
+            binary: self.binary.clone(),
+            workdir: request.workdir.to_owned(),
+            id: request.id.to_string(),
+            console_log_limit: self.console_log_limit,
+            watch_for: vec![contains.clone(), PANIC_LINE.to_owned()],
+            extra_args: Vec::new(),
+        })
+        .await
+        .map_err(BackendError::Spawn)?;
+        mark(BootPhase::Spawned);
+        let machine = FirecrackerMachine {
+            process,
+            readiness: contains.clone(),
+            boot_timeout: self.boot_timeout,
+            stop: self.stop,
+        };
+        // From here on a failure must not leave the process behind.
+        let configured = async {
+            machine
+                .process
+                .wait_api_ready(API_READY_TIMEOUT)
+                .await
+                .map_err(BackendError::Spawn)?;
+            mark(BootPhase::ApiReady);
+            Self::configure(&machine.process, spec).await?;
+            mark(BootPhase::Configured);
+            Ok::<(), BackendError>(())
+        }
+        .await;
+        match configured {
+            Ok(()) => Ok(machine),
+            Err(e) => {
+                machine.process.stop(StopPolicy::default()).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl FirecrackerMachine {
+    fn tail_text(&self) -> String {
+        let tail = self.process.console().tail();
+        if tail.is_empty() {
+            "  (no console output)".to_owned()
+        } else {
+            tail.iter()
+                .map(|l| format!("  {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    }
+}
+
+impl VmMachine for FirecrackerMachine {
+    fn pid(&self) -> Option<u32> {
+        Some(self.process.pid())
+    }
+
+    async fn boot(&self) -> Result<(), BackendError> {
+        self.process
+            .api()
+            .instance_start()
+            .await
+            .map_err(BackendError::InstanceStart)
+    }
+
+    async fn wait_ready(&self) -> Result<(), BackendError> {
+        let console = self.process.console();
+        let outcome = tokio::time::timeout(self.boot_timeout, async {
+            tokio::select! {
+                ready = console.wait_for(&self.readiness) => ready.map(drop).map_err(|_| None),
+                panic = console.wait_for(PANIC_LINE) => match panic {
+                    Ok(line) => Err(Some(line)),
+                    Err(_) => Err(None),
+                },
+            }
+        })
+        .await;
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(Some(line))) => Err(BackendError::GuestPanic { line }),
+            // The console closed: the process is gone.
+            Ok(Err(None)) => {
+                let reason = self.process.wait_exit().await;
+                Err(BackendError::ExitedDuringBoot {
+                    reason,
+                    tail: self.tail_text(),
+                })
+            }
+            Err(_) => Err(BackendError::ReadyTimeout {
+                timeout_s: self.boot_timeout.as_secs(),
+                tail: self.tail_text(),
+            }),
+        }
+    }
+
+    async fn pause(&self) -> Result<(), BackendError> {
+        self.process
+            .api()
+            .pause()
+            .await
+            .map_err(|source| BackendError::Api {
+                verb: "pause",
+                source,
+            })
+    }
+
+    async fn resume(&self) -> Result<(), BackendError> {
+        self.process
+            .api()
+            .resume()
+            .await
+            .map_err(|source| BackendError::Api {
+                verb: "resume",
+                source,
+            })
+    }
+
+    async fn stop(&self) -> ExitReason {
+        self.process.stop(self.stop).await
+    }
+
+    async fn wait_exit(&self) -> ExitReason {
+        self.process.wait_exit().await
+    }
+
+    fn console_tail(&self) -> Vec<String> {
+        self.process.console().tail()
+    }
+}

@@ -1,0 +1,174 @@
+//! The seam between the control plane and a VMM. [`VmBackend`] creates machines;
+//! [`VmMachine`] has the lifecycle verbs of one VM. Firecracker implements both;
+//! so does a scriptable fake for fast tests of everything above the seam. The
+//! daemon holds the [`Backend`] enum, which dispatches without boxing.
+
+pub mod fake;
+pub mod firecracker;
+
+use std::future::Future;
+use std::path::Path;
+
+use tfc_core::{BootPhase, VmId, VmSpec};
+
+pub use self::fake::{FakeBackend, FakeMachine, FakeScript};
+pub use self::firecracker::{FirecrackerBackend, FirecrackerMachine};
+
+/// How a VMM process ended, as the VM record shows it.
+pub use tfc_firecracker::ExitReason;
+
+/// A backend step that failed. The message says what to do where a user can act.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(
+        "{what} not found at {path}: run `tfc assets build` or fix the VM type's `{what}` path"
+    )]
+    AssetMissing { what: &'static str, path: String },
+    #[error("/dev/kvm is not usable ({0}): run on a host with KVM enabled and access to /dev/kvm")]
+    NoKvm(String),
+    #[error("starting the VMM failed")]
+    Spawn(#[source] tfc_firecracker::ProcessError),
+    #[error("configuring the VMM failed")]
+    Configure(#[source] tfc_firecracker::ApiError),
+    #[error("starting the guest failed")]
+    InstanceStart(#[source] tfc_firecracker::ApiError),
+    #[error("the VMM refused to {verb}")]
+    Api {
+        verb: &'static str,
+        #[source]
+        source: tfc_firecracker::ApiError,
+    },
+    #[error("guest kernel panicked: {line}")]
+    GuestPanic { line: String },
+    #[error("guest not ready within {timeout_s} s; last console lines:\n{tail}")]
+    ReadyTimeout { timeout_s: u64, tail: String },
+    #[error("VMM {reason} during boot; last console lines:\n{tail}")]
+    ExitedDuringBoot { reason: ExitReason, tail: String },
+    #[error("fake backend: {0}")]
+    Scripted(String),
+}
+
+/// What a backend needs to create one VM.
+#[derive(Debug, Clone, Copy)]
+pub struct CreateRequest<'a> {
+    pub id: &'a VmId,
+    pub spec: &'a VmSpec,
+    /// The VM's own directory; it exists and is empty.
+    pub workdir: &'a Path,
+}
+
+/// Creates machines.
+pub trait VmBackend {
+    type Machine: VmMachine;
+
+    /// Prepares a VM up to the point of booting (VMM spawned and configured),
+    /// calling `mark` as each phase is reached.
+    fn create(
+        &self,
+        request: CreateRequest<'_>,
+        mark: &mut (dyn FnMut(BootPhase) + Send),
+    ) -> impl Future<Output = Result<Self::Machine, BackendError>> + Send;
+}
+
+/// The lifecycle verbs of one VM. Each is called only in the states the VM
+/// state machine allows (the VM owner checks before calling).
+pub trait VmMachine: Send + Sync {
+    /// Process id of the VMM, when it is a real process.
+    fn pid(&self) -> Option<u32>;
+
+    /// Starts the guest. Allowed once, after `create`.
+    fn boot(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Resolves once the spec's readiness check passes (bounded by the backend's
+    /// boot timeout).
+    fn wait_ready(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Allowed on a running guest.
+    fn pause(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Allowed on a paused guest.
+    fn resume(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Stops the VMM, escalating as needed, and reports how it ended.
+    fn stop(&self) -> impl Future<Output = ExitReason> + Send;
+
+    /// Resolves when the VMM has ended, for whatever reason.
+    fn wait_exit(&self) -> impl Future<Output = ExitReason> + Send;
+
+    /// Last console lines, for failure reports.
+    fn console_tail(&self) -> Vec<String>;
+}
+
+/// The backend the daemon runs with, chosen from configuration.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Firecracker(FirecrackerBackend),
+    Fake(FakeBackend),
+}
+
+/// A machine of either backend.
+#[derive(Debug)]
+pub enum Machine {
+    Firecracker(FirecrackerMachine),
+    Fake(FakeMachine),
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Firecracker(_) => "firecracker",
+            Backend::Fake(_) => "fake",
+        }
+    }
+}
+
+impl VmBackend for Backend {
+    type Machine = Machine;
+
+    async fn create(
+        &self,
+        request: CreateRequest<'_>,
+        mark: &mut (dyn FnMut(BootPhase) + Send),
+    ) -> Result<Machine, BackendError> {
+        match self {
+            Backend::Firecracker(b) => b.create(request, mark).await.map(Machine::Firecracker),
+            Backend::Fake(b) => b.create(request, mark).await.map(Machine::Fake),
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $m:ident => $body:expr) => {
+        match $self {
+            Machine::Firecracker($m) => $body,
+            Machine::Fake($m) => $body,
+        }
+    };
+}
+
+impl VmMachine for Machine {
+    fn pid(&self) -> Option<u32> {
+        dispatch!(self, m => m.pid())
+    }
+    async fn boot(&self) -> Result<(), BackendError> {
+        dispatch!(self, m => m.boot().await)
+    }
+    async fn wait_ready(&self) -> Result<(), BackendError> {
+        dispatch!(self, m => m.wait_ready().await)
+    }
+    async fn pause(&self) -> Result<(), BackendError> {
+        dispatch!(self, m => m.pause().await)
+    }
+    async fn resume(&self) -> Result<(), BackendError> {
+        dispatch!(self, m => m.resume().await)
+    }
+    async fn stop(&self) -> ExitReason {
+        dispatch!(self, m => m.stop().await)
+    }
+    async fn wait_exit(&self) -> ExitReason {
+        dispatch!(self, m => m.wait_exit().await)
+    }
+    fn console_tail(&self) -> Vec<String> {
+        dispatch!(self, m => m.console_tail())
+    }
+}

@@ -1,0 +1,420 @@
+//! `tfc serve` configuration: TOML, unknown keys refused, validated at start with
+//! errors that name the offending key. The embedded defaults
+//! (`default-config.toml`) are the documentation of every key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tfc_core::{spec, IdError, VmTypeName};
+
+/// The embedded default configuration.
+pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub firecracker: FirecrackerConfig,
+    #[serde(default)]
+    pub fake: FakeConfig,
+    #[serde(default = "default_vm_types")]
+    pub vm_types: BTreeMap<String, VmTypeConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    Firecracker,
+    Fake,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Firecracker => "firecracker",
+            BackendKind::Fake => "fake",
+        }
+    }
+}
+
+/// What SIGTERM does to VMs that are running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShutdownPolicy {
+    /// Stop every VM and remove its files. (Until VM records are durable, VMs
+    /// left running would be orphans, so this is the only policy offered.)
+    Stop,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    pub socket: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    #[serde(default = "default_backend")]
+    pub backend: BackendKind,
+    #[serde(default = "default_shutdown_policy")]
+    pub shutdown_policy: ShutdownPolicy,
+    #[serde(default = "default_vm_type_name")]
+    pub default_vm_type: String,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            data_dir: None,
+            backend: default_backend(),
+            shutdown_policy: default_shutdown_policy(),
+            default_vm_type: default_vm_type_name(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirecrackerConfig {
+    pub binary: Option<PathBuf>,
+    #[serde(default = "default_boot_timeout")]
+    pub boot_timeout_secs: u64,
+    #[serde(default = "default_console_limit")]
+    pub console_log_limit_kib: u64,
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace_ms: u64,
+}
+
+impl Default for FirecrackerConfig {
+    fn default() -> Self {
+        Self {
+            binary: None,
+            boot_timeout_secs: default_boot_timeout(),
+            console_log_limit_kib: default_console_limit(),
+            stop_grace_ms: default_stop_grace(),
+        }
+    }
+}
+
+/// The fake backend's defaults; tests script it further in code.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FakeConfig {
+    #[serde(default = "default_fake_boot_ms")]
+    pub boot_ms: u64,
+}
+
+impl Default for FakeConfig {
+    fn default() -> Self {
+        Self {
+            boot_ms: default_fake_boot_ms(),
+        }
+    }
+}
+
+/// A VM type: the recipe callers name in `POST /v1/vms`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmTypeConfig {
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    /// Kernel image; the built assets' kernel if omitted.
+    pub kernel: Option<PathBuf>,
+    /// Root filesystem image, attached read-only; the built assets' if omitted.
+    pub rootfs: Option<PathBuf>,
+    /// Kernel command line; the built assets' profile args if omitted.
+    pub boot_args: Option<String>,
+    /// Console text that marks the VM Ready.
+    #[serde(default = "default_readiness_line")]
+    pub readiness_line: String,
+}
+
+fn default_backend() -> BackendKind {
+    BackendKind::Firecracker
+}
+fn default_shutdown_policy() -> ShutdownPolicy {
+    ShutdownPolicy::Stop
+}
+fn default_vm_type_name() -> String {
+    "default".to_owned()
+}
+fn default_boot_timeout() -> u64 {
+    180
+}
+fn default_console_limit() -> u64 {
+    1024
+}
+fn default_stop_grace() -> u64 {
+    2000
+}
+fn default_fake_boot_ms() -> u64 {
+    20
+}
+fn default_vcpus() -> u8 {
+    1
+}
+fn default_memory() -> u32 {
+    128
+}
+fn default_readiness_line() -> String {
+    "Run /init as init process".to_owned()
+}
+fn default_vm_types() -> BTreeMap<String, VmTypeConfig> {
+    BTreeMap::from([(
+        "default".to_owned(),
+        VmTypeConfig {
+            vcpus: default_vcpus(),
+            memory_mib: default_memory(),
+            kernel: None,
+            rootfs: None,
+            boot_args: None,
+            readiness_line: default_readiness_line(),
+        },
+    )])
+}
+
+impl Config {
+    /// Reads `path`, or the embedded defaults when `None`, and validates it.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Self::parse(&text, &path.display().to_string())
+            }
+            None => Self::parse(DEFAULT_CONFIG, "<embedded defaults>"),
+        }
+    }
+
+    /// Parses and validates configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fc = &self.firecracker;
+        if !(1..=3600).contains(&fc.boot_timeout_secs) {
+            return Err(invalid(
+                "firecracker.boot_timeout_secs",
+                "must be between 1 and 3600",
+            ));
+        }
+        if !(4..=1024 * 1024).contains(&fc.console_log_limit_kib) {
+            return Err(invalid(
+                "firecracker.console_log_limit_kib",
+                "must be between 4 and 1048576",
+            ));
+        }
+        if fc.stop_grace_ms > 60_000 {
+            return Err(invalid(
+                "firecracker.stop_grace_ms",
+                "must be at most 60000",
+            ));
+        }
+        if let Some(binary) = &fc.binary {
+            if !binary.is_absolute() {
+                return Err(invalid("firecracker.binary", "must be an absolute path"));
+            }
+        }
+        if self.fake.boot_ms > 600_000 {
+            return Err(invalid("fake.boot_ms", "must be at most 600000"));
+        }
+        for (key, path) in [
+            ("daemon.socket", &self.daemon.socket),
+            ("daemon.data_dir", &self.daemon.data_dir),
+        ] {
+            if path.as_ref().is_some_and(|p| !p.is_absolute()) {
+                return Err(invalid(key, "must be an absolute path"));
+            }
+        }
+        if self.vm_types.is_empty() {
+            return Err(invalid("vm_types", "at least one VM type is required"));
+        }
+        for (name, vm_type) in &self.vm_types {
+            let key = |field: &str| format!("vm_types.{name}.{field}");
+            VmTypeName::new(name.as_str())
+                .map_err(|e: IdError| invalid(format!("vm_types.{name}"), e.to_string()))?;
+            if vm_type.vcpus == 0 || vm_type.vcpus > spec::MAX_VCPUS {
+                return Err(invalid(
+                    key("vcpus"),
+                    format!("must be between 1 and {}", spec::MAX_VCPUS),
+                ));
+            }
+            if !(spec::MIN_MEMORY_MIB..=spec::MAX_MEMORY_MIB).contains(&vm_type.memory_mib) {
+                return Err(invalid(
+                    key("memory_mib"),
+                    format!(
+                        "must be between {} and {}",
+                        spec::MIN_MEMORY_MIB,
+                        spec::MAX_MEMORY_MIB
+                    ),
+                ));
+            }
+            for (field, path) in [("kernel", &vm_type.kernel), ("rootfs", &vm_type.rootfs)] {
+                if path.as_ref().is_some_and(|p| !p.is_absolute()) {
+                    return Err(invalid(key(field), "must be an absolute path"));
+                }
+            }
+            if let Some(args) = &vm_type.boot_args {
+                spec::validate_boot_args(args)
+                    .map_err(|e| invalid(key("boot_args"), e.to_string()))?;
+            }
+            if vm_type.readiness_line.is_empty() {
+                return Err(invalid(key("readiness_line"), "must not be empty"));
+            }
+        }
+        if !self.vm_types.contains_key(&self.daemon.default_vm_type) {
+            return Err(invalid(
+                "daemon.default_vm_type",
+                format!(
+                    "names VM type {:?}, which is not defined under [vm_types]",
+                    self.daemon.default_vm_type
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The socket path: `TFC_SOCKET`, else the config, else the standard path.
+    pub fn socket_path(&self) -> PathBuf {
+        match std::env::var_os("TFC_SOCKET").filter(|v| !v.is_empty()) {
+            Some(path) => PathBuf::from(path),
+            None => self
+                .daemon
+                .socket
+                .clone()
+                .unwrap_or_else(tfc_host::paths::socket_path),
+        }
+    }
+
+    /// The data directory: `TFC_DATA_DIR`, else the config, else the standard path.
+    pub fn data_dir(&self) -> PathBuf {
+        match std::env::var_os("TFC_DATA_DIR").filter(|v| !v.is_empty()) {
+            Some(path) => PathBuf::from(path),
+            None => self
+                .daemon
+                .data_dir
+                .clone()
+                .unwrap_or_else(tfc_host::paths::data_dir),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        let config = Config::load(None).unwrap();
+        assert_eq!(config.daemon.backend, BackendKind::Firecracker);
+        assert_eq!(config.vm_types["default"].memory_mib, 128);
+    }
+
+    #[test]
+    fn an_empty_file_means_defaults() {
+        let config = Config::parse("", "t").unwrap();
+        assert!(config.vm_types.contains_key("default"));
+        assert_eq!(config.firecracker.boot_timeout_secs, 180);
+    }
+
+    /// Each bad config names the key at fault.
+    #[test]
+    fn invalid_configs_name_the_key() {
+        let cases = [
+            ("[daemon]\nbackend = \"qemu\"", "backend"),
+            ("[daemon]\nbogus = 1", "bogus"),
+            ("[nonsense]\nx = 1", "nonsense"),
+            ("[daemon]\nsocket = \"relative.sock\"", "daemon.socket"),
+            ("[daemon]\ndata_dir = \"rel\"", "daemon.data_dir"),
+            (
+                "[daemon]\ndefault_vm_type = \"big\"",
+                "daemon.default_vm_type",
+            ),
+            ("[daemon]\nshutdown_policy = \"explode\"", "shutdown_policy"),
+            (
+                "[firecracker]\nboot_timeout_secs = 0",
+                "firecracker.boot_timeout_secs",
+            ),
+            (
+                "[firecracker]\nconsole_log_limit_kib = 1",
+                "firecracker.console_log_limit_kib",
+            ),
+            (
+                "[firecracker]\nstop_grace_ms = 100000",
+                "firecracker.stop_grace_ms",
+            ),
+            ("[firecracker]\nbinary = \"fc\"", "firecracker.binary"),
+            (
+                "[firecracker]\nboot_timeout_secs = \"long\"",
+                "boot_timeout_secs",
+            ),
+            ("[fake]\nboot_ms = 9999999", "fake.boot_ms"),
+            ("[vm_types.default]\nvcpus = 0", "vm_types.default.vcpus"),
+            ("[vm_types.default]\nvcpus = 300", "vcpus"),
+            (
+                "[vm_types.default]\nmemory_mib = 1",
+                "vm_types.default.memory_mib",
+            ),
+            (
+                "[vm_types.default]\nkernel = \"vmlinux\"",
+                "vm_types.default.kernel",
+            ),
+            (
+                "[vm_types.default]\nrootfs = \"r.ext4\"",
+                "vm_types.default.rootfs",
+            ),
+            (
+                "[vm_types.default]\nboot_args = \"virtio_mmio.device=4K@0x1:5\"",
+                "vm_types.default.boot_args",
+            ),
+            (
+                "[vm_types.default]\nreadiness_line = \"\"",
+                "vm_types.default.readiness_line",
+            ),
+            ("[vm_types.default]\ncolour = \"red\"", "colour"),
+            ("[vm_types.\"Bad Name\"]\nvcpus = 1", "vm_types.Bad Name"),
+            ("[vm_types]", "vm_types"),
+            ("daemon = 3", "daemon"),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(text, "case").expect_err(text).to_string();
+            assert!(
+                err.contains(key),
+                "error for {text:?} does not name {key:?}: {err}"
+            );
+        }
+    }
+}

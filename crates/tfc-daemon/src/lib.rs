@@ -1,0 +1,210 @@
+//! The tfc daemon: owns every VM on the host and serves the REST API on a Unix
+//! socket.
+//!
+//! Layout:
+//! - [`config`]: TOML configuration, validated at start.
+//! - [`backend`]: the VMM seam (Firecracker, and a scriptable fake for tests).
+//! - [`vm`]: the owner task of one VM; the only code that changes its state.
+//! - [`manager`]: the table of VMs; resolves requests into specs.
+//! - [`api`]: HTTP routes, OpenAPI document, error-to-status mapping.
+//! - [`reaper`]: start-up cleanup of what an earlier daemon left behind.
+
+pub mod api;
+pub mod backend;
+pub mod config;
+pub mod manager;
+pub mod reaper;
+pub mod vm;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+
+use crate::backend::{Backend, FakeBackend, FirecrackerBackend};
+use crate::config::{BackendKind, Config, ConfigError};
+use crate::manager::VmManager;
+
+/// Why the daemon could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("invalid configuration")]
+    Config(#[from] ConfigError),
+    #[error("cannot create directory {path}")]
+    Directory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("firecracker binary not found (tried: {tried}): run `tfc assets build`, put firecracker on PATH, or set firecracker.binary")]
+    NoFirecracker { tried: String },
+    #[error("a tfc daemon is already serving on {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("cannot listen on {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("API server failed")]
+    Serve(#[source] std::io::Error),
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Options of `tfc serve`.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Configuration file; the embedded defaults when `None`.
+    pub config_path: Option<PathBuf>,
+    /// API socket; overrides `TFC_SOCKET` and the configuration.
+    pub socket: Option<PathBuf>,
+    /// Data directory; overrides `TFC_DATA_DIR` and the configuration.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Finds the firecracker binary: configuration, then the built assets, then PATH.
+fn resolve_firecracker(config: &Config, data_dir: &Path) -> Result<PathBuf, DaemonError> {
+    let mut tried = Vec::new();
+    if let Some(binary) = &config.firecracker.binary {
+        if binary.is_file() {
+            return Ok(binary.clone());
+        }
+        tried.push(format!("firecracker.binary = {}", binary.display()));
+    }
+    match tfc_host::assets::load_manifest(data_dir) {
+        Ok(manifest) if manifest.firecracker.path.is_file() => {
+            return Ok(manifest.firecracker.path.clone())
+        }
+        Ok(manifest) => tried.push(format!("assets: {}", manifest.firecracker.path.display())),
+        Err(_) => tried.push(format!("assets in {} (none built)", data_dir.display())),
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("firecracker");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    tried.push("PATH".to_owned());
+    Err(DaemonError::NoFirecracker {
+        tried: tried.join(", "),
+    })
+}
+
+/// Builds the configured backend. Firecracker is never replaced by the fake when
+/// it is missing: the caller gets an error that says what to do.
+pub fn build_backend(config: &Config, data_dir: &Path) -> Result<Backend, DaemonError> {
+    Ok(match config.daemon.backend {
+        BackendKind::Fake => {
+            Backend::Fake(FakeBackend::new(Duration::from_millis(config.fake.boot_ms)))
+        }
+        BackendKind::Firecracker => {
+            let fc = &config.firecracker;
+            Backend::Firecracker(FirecrackerBackend {
+                binary: resolve_firecracker(config, data_dir)?,
+                boot_timeout: Duration::from_secs(fc.boot_timeout_secs),
+                console_log_limit: fc.console_log_limit_kib * 1024,
+                stop: tfc_firecracker::StopPolicy {
+                    ctrl_alt_del_grace: None,
+                    term_grace: Duration::from_millis(fc.stop_grace_ms),
+                },
+            })
+        }
+    })
+}
+
+fn create_dir(path: &Path) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(path).map_err(|source| DaemonError::Directory {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Binds the API socket, mode 0600. A socket file nobody answers on is stale and
+/// replaced; one that answers belongs to a running daemon and is left alone.
+pub fn bind(socket: &Path) -> Result<UnixListener, DaemonError> {
+    if let Some(parent) = socket.parent() {
+        create_dir(parent)?;
+    }
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return Err(DaemonError::AlreadyRunning(socket.to_owned()));
+        }
+        let _ = std::fs::remove_file(socket);
+    }
+    let bind_err = |source| DaemonError::Bind {
+        path: socket.to_owned(),
+        source,
+    };
+    let listener = UnixListener::bind(socket).map_err(bind_err)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    Ok(listener)
+}
+
+/// Installs the SIGTERM and SIGINT handlers now, so a signal that arrives while
+/// the daemon starts up is not lost, and resolves on the first signal.
+fn termination_signal() -> Result<impl std::future::Future<Output = ()>, DaemonError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received: shutting down"),
+        }
+    })
+}
+
+/// Serves the API on `listener` until `stop` resolves; then stops taking
+/// requests, stops every VM of `manager` and removes their files. Stopping the VMs
+/// also ends requests still waiting on a boot, so the server can drain.
+pub async fn serve_until(
+    listener: UnixListener,
+    manager: VmManager,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            stop.await;
+            let _ = stop_tx.send(());
+            manager.shutdown().await;
+        })
+    };
+    let served = axum::serve(listener, api::router(manager))
+        .with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        })
+        .await;
+    let _ = shutdown.await;
+    served.map_err(DaemonError::Serve)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, then stops every VM, removes their
+/// files and the socket, and returns.
+pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
+    let stop = termination_signal()?;
+    let config = Config::load(options.config_path.as_deref())?;
+    let data_dir = options.data_dir.unwrap_or_else(|| config.data_dir());
+    create_dir(&data_dir)?;
+    let backend = build_backend(&config, &data_dir)?;
+    reaper::reap_orphans(&manager::vms_dir(&data_dir));
+    let socket = options.socket.unwrap_or_else(|| config.socket_path());
+    let listener = bind(&socket)?;
+    tracing::info!(
+        socket = %socket.display(),
+        data_dir = %data_dir.display(),
+        backend = backend.name(),
+        "tfc daemon listening"
+    );
+    let manager = VmManager::new(backend, config, data_dir);
+    let served = serve_until(listener, manager, stop).await;
+    let _ = std::fs::remove_file(&socket);
+    served?;
+    tracing::info!("tfc daemon stopped");
+    Ok(())
+}

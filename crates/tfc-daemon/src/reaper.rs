@@ -1,0 +1,121 @@
+//! Start-up cleanup. VM records live in memory, so VMs from an earlier daemon
+//! that died without its shutdown cannot be re-adopted: their Firecracker
+//! processes are ended and their directories removed, so nothing leaks.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::vm::{ProcessRecord, PROCESS_RECORD};
+
+/// What start-up cleanup found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReapReport {
+    /// Leftover VM directories removed.
+    pub dirs_removed: usize,
+    /// Leftover Firecracker processes ended (pids).
+    pub killed: Vec<u32>,
+}
+
+/// True when `record` still names a live (not zombie) process: same pid, same
+/// start time, so a recycled pid is never mistaken for our VMM.
+fn still_running(record: &ProcessRecord) -> bool {
+    if tfc_firecracker::process::process_start_ticks(record.pid) != Some(record.start_ticks) {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", record.pid)).unwrap_or_default();
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
+}
+
+/// Ends leftover VMM processes recorded under `vms_dir` and removes their
+/// directories.
+pub fn reap_orphans(vms_dir: &Path) -> ReapReport {
+    let mut report = ReapReport::default();
+    let Ok(entries) = std::fs::read_dir(vms_dir) else {
+        return report;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let record = std::fs::read(dir.join(PROCESS_RECORD))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<ProcessRecord>(&bytes).ok());
+        if let Some(record) = record.filter(still_running) {
+            // SAFETY: kill has no memory-safety preconditions; the pid and start
+            // time were just checked to name the process this data dir started.
+            unsafe { libc::kill(record.pid as libc::pid_t, libc::SIGKILL) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while still_running(&record) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            tracing::warn!(pid = record.pid, dir = %dir.display(), "ended VMM left by an earlier daemon");
+            report.killed.push(record.pid);
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => report.dirs_removed += 1,
+            Err(err) => {
+                tracing::warn!(dir = %dir.display(), %err, "cannot remove leftover VM directory")
+            }
+        }
+    }
+    if report.dirs_removed > 0 {
+        tracing::info!(
+            dirs = report.dirs_removed,
+            killed = report.killed.len(),
+            "cleaned up after an earlier daemon"
+        );
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kills_recorded_process_and_removes_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let live = dir.path().join("vm-live");
+        std::fs::create_dir(&live).unwrap();
+        let record = ProcessRecord {
+            pid,
+            start_ticks: tfc_firecracker::process::process_start_ticks(pid).unwrap(),
+        };
+        std::fs::write(
+            live.join(PROCESS_RECORD),
+            serde_json::to_vec(&record).unwrap(),
+        )
+        .unwrap();
+        // A record whose start time does not match must not be signalled.
+        let stale = dir.path().join("vm-stale");
+        std::fs::create_dir(&stale).unwrap();
+        let me = std::process::id();
+        let wrong = ProcessRecord {
+            pid: me,
+            start_ticks: 1,
+        };
+        std::fs::write(
+            stale.join(PROCESS_RECORD),
+            serde_json::to_vec(&wrong).unwrap(),
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("vm-empty")).unwrap();
+
+        let report = reap_orphans(dir.path());
+        assert_eq!(report.killed, vec![pid]);
+        assert_eq!(report.dirs_removed, 3);
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

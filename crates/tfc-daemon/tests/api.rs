@@ -1,0 +1,352 @@
+//! Tier 0: the daemon through its real HTTP router against the fake backend.
+//! Every endpoint, every error code, bad bodies, illegal transitions.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tfc_daemon::backend::{Backend, FakeBackend};
+use tfc_daemon::config::Config;
+use tfc_daemon::manager::VmManager;
+use tower::ServiceExt;
+
+struct Harness {
+    app: axum::Router,
+    fake: FakeBackend,
+    dir: tempfile::TempDir,
+}
+
+fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::parse("[daemon]\nbackend = \"fake\"\n", "test").unwrap();
+    let fake = FakeBackend::new(Duration::from_millis(20));
+    let manager = VmManager::new(Backend::Fake(fake.clone()), config, dir.path().to_owned());
+    Harness {
+        app: tfc_daemon::api::router(manager),
+        fake,
+        dir,
+    }
+}
+
+impl Harness {
+    async fn send(&self, method: Method, uri: &str, body: Option<&str>) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request
+            .body(Body::from(body.unwrap_or_default().to_owned()))
+            .unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| panic!("non-JSON answer: {}", String::from_utf8_lossy(&bytes)))
+        };
+        (status, value)
+    }
+
+    async fn create(&self, body: &str) -> Value {
+        let (status, vm) = self.send(Method::POST, "/v1/vms", Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{vm}");
+        vm
+    }
+
+    async fn op(&self, id: &str, op: &str) -> (StatusCode, Value) {
+        self.send(Method::POST, &format!("/v1/vms/{id}/{op}"), None)
+            .await
+    }
+
+    async fn state_of(&self, id: &str) -> String {
+        let (_, vm) = self.send(Method::GET, &format!("/v1/vms/{id}"), None).await;
+        vm["state"].as_str().unwrap().to_owned()
+    }
+
+    async fn wait_state(&self, id: &str, want: &str) {
+        for _ in 0..500 {
+            if self.state_of(id).await == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("VM {id} never reached {want}: {}", self.state_of(id).await);
+    }
+}
+
+fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert!(!body["message"].as_str().unwrap_or("").is_empty(), "{body}");
+}
+
+#[tokio::test]
+async fn health_reports_backend_and_count() {
+    let h = harness();
+    let (status, body) = h.send(Method::GET, "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["backend"], "fake");
+    assert_eq!(body["vms"], 0);
+}
+
+#[tokio::test]
+async fn full_lifecycle_through_the_api() {
+    let h = harness();
+    let vm = h
+        .create(r#"{"wait": true, "vcpus": 2, "memory_mib": 256}"#)
+        .await;
+    let id = vm["id"].as_str().unwrap().to_owned();
+    assert_eq!(vm["state"], "ready");
+    assert_eq!(vm["spec"]["vcpus"], 2);
+    assert_eq!(vm["spec"]["memory_mib"], 256);
+    let phases: Vec<&str> = vm["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "spawned",
+            "api_ready",
+            "configured",
+            "instance_started",
+            "ready"
+        ]
+    );
+    let times: Vec<u64> = vm["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["at_us"].as_u64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert!(std::path::Path::new(vm["workdir"].as_str().unwrap()).is_dir());
+
+    let (status, list) = h.send(Method::GET, "/v1/vms", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["vms"].as_array().unwrap().len(), 1);
+
+    let (status, vm) = h.op(&id, "pause").await;
+    assert_eq!(
+        (status, vm["state"].as_str()),
+        (StatusCode::OK, Some("paused"))
+    );
+    let (status, body) = h.op(&id, "pause").await;
+    assert_error(status, &body, StatusCode::CONFLICT, "invalid_state");
+    assert_eq!(body["state"], "paused");
+
+    let (status, vm) = h.op(&id, "resume").await;
+    assert_eq!(
+        (status, vm["state"].as_str()),
+        (StatusCode::OK, Some("running"))
+    );
+    let (status, body) = h.op(&id, "resume").await;
+    assert_error(status, &body, StatusCode::CONFLICT, "invalid_state");
+
+    let (status, vm) = h.op(&id, "stop").await;
+    assert_eq!(
+        (status, vm["state"].as_str()),
+        (StatusCode::OK, Some("stopped"))
+    );
+    assert_eq!(vm["exit"]["code"], 0);
+    for op in ["stop", "pause", "resume"] {
+        let (status, body) = h.op(&id, op).await;
+        assert_error(status, &body, StatusCode::CONFLICT, "invalid_state");
+        assert_eq!(body["state"], "stopped");
+    }
+
+    let (status, body) = h.send(Method::DELETE, &format!("/v1/vms/{id}"), None).await;
+    assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
+    let (status, body) = h.send(Method::GET, &format!("/v1/vms/{id}"), None).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(
+        std::fs::read_dir(h.dir.path().join("vms")).unwrap().count(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn create_without_wait_answers_at_once_then_boots() {
+    let h = harness();
+    h.fake
+        .script(|s| s.boot_latency = Duration::from_millis(200));
+    let vm = h.create("{}").await;
+    assert_eq!(vm["state"], "creating");
+    let id = vm["id"].as_str().unwrap();
+    assert_eq!(vm["spec"]["vm_type"], "default");
+    // Booting refuses pause and resume but accepts stop.
+    h.wait_state(id, "booting").await;
+    let (status, body) = h.op(id, "pause").await;
+    assert_error(status, &body, StatusCode::CONFLICT, "invalid_state");
+    assert_eq!(body["state"], "booting");
+    let (status, vm) = h.op(id, "stop").await;
+    assert_eq!(
+        (status, vm["state"].as_str()),
+        (StatusCode::OK, Some("stopped"))
+    );
+}
+
+#[tokio::test]
+async fn delete_refuses_live_vms_unless_forced() {
+    let h = harness();
+    let vm = h.create(r#"{"wait": true}"#).await;
+    let id = vm["id"].as_str().unwrap();
+    let (status, body) = h.send(Method::DELETE, &format!("/v1/vms/{id}"), None).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "invalid_state");
+    assert_eq!(body["state"], "ready");
+    let (status, body) = h
+        .send(Method::DELETE, &format!("/v1/vms/{id}?force=maybe"), None)
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, _) = h
+        .send(Method::DELETE, &format!("/v1/vms/{id}?force=true"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(!std::path::Path::new(vm["workdir"].as_str().unwrap()).exists());
+}
+
+#[tokio::test]
+async fn bad_bodies_are_refused_with_clear_errors() {
+    let h = harness();
+    let cases = [
+        ("{", "EOF"),
+        ("\"text\"", "invalid type"),
+        ("null", "invalid type"),
+        (r#"{"vcpus": "two"}"#, "vcpus"),
+        (r#"{"colour": "red"}"#, "unknown field `colour`"),
+        (r#"{"vcpus": 0}"#, "vcpus"),
+        (r#"{"vcpus": 33}"#, "vcpus"),
+        (r#"{"vcpus": 300}"#, "vcpus"),
+        (r#"{"memory_mib": 4}"#, "memory_mib"),
+        (r#"{"vm_type": "huge"}"#, "unknown VM type \"huge\""),
+        (r#"{"vm_type": "../x"}"#, "unknown VM type"),
+        (
+            r#"{"extra_boot_args": "virtio_mmio.device=4K@0xd0000000:5"}"#,
+            "must not declare devices",
+        ),
+        (r#"{"extra_boot_args": "a\nb"}"#, "one line"),
+    ];
+    for (body, needle) in cases {
+        let (status, answer) = h.send(Method::POST, "/v1/vms", Some(body)).await;
+        assert_error(status, &answer, StatusCode::BAD_REQUEST, "invalid_request");
+        let message = answer["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+    // A body without a JSON content type.
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/vms")
+        .body(Body::from("{}"))
+        .unwrap();
+    let response = h.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // Oversized bodies.
+    let huge = format!(r#"{{"extra_boot_args": "{}"}}"#, "a".repeat(100_000));
+    let (status, body) = h.send(Method::POST, "/v1/vms", Some(&huge)).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    // Nothing was created by any of it.
+    let (_, list) = h.send(Method::GET, "/v1/vms", None).await;
+    assert_eq!(list["vms"], json!([]));
+}
+
+#[tokio::test]
+async fn unknown_ids_and_routes() {
+    let h = harness();
+    let (status, body) = h.send(Method::GET, "/v1/vms/vm-000000000000", None).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = h.op("vm-000000000000", "pause").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = h
+        .send(Method::DELETE, "/v1/vms/vm-000000000000", None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = h.send(Method::GET, "/v1/vms/Bad.Id", None).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, body) = h.send(Method::GET, "/v1/nothing", None).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, _) = h.send(Method::PUT, "/v1/vms", Some("{}")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn backend_failures_surface_in_the_record_and_status() {
+    let h = harness();
+    h.fake
+        .script(|s| s.fail_next_create = Some("no room".into()));
+    let vm = h.create(r#"{"wait": true}"#).await;
+    assert_eq!(vm["state"], "failed");
+    assert!(vm["failure"].as_str().unwrap().contains("no room"), "{vm}");
+
+    h.fake
+        .script(|s| s.fail_next_boot = Some("guest hung".into()));
+    let vm = h.create(r#"{"wait": true}"#).await;
+    assert_eq!(vm["state"], "failed");
+    assert!(
+        vm["failure"].as_str().unwrap().contains("guest hung"),
+        "{vm}"
+    );
+
+    let vm = h.create(r#"{"wait": true}"#).await;
+    let id = vm["id"].as_str().unwrap();
+    h.fake
+        .script(|s| s.fail_pause_resume = Some("vmm said no".into()));
+    let (status, body) = h.op(id, "pause").await;
+    assert_error(status, &body, StatusCode::BAD_GATEWAY, "backend_error");
+    assert!(body["message"].as_str().unwrap().contains("vmm said no"));
+    assert_eq!(
+        h.state_of(id).await,
+        "ready",
+        "a refused pause changes nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_vmm_that_dies_leaves_a_failed_vm_with_the_exit_reason() {
+    let h = harness();
+    h.fake
+        .script(|s| s.crash_after = Some(Duration::from_millis(100)));
+    let vm = h.create(r#"{"wait": true}"#).await;
+    let id = vm["id"].as_str().unwrap();
+    assert_eq!(vm["state"], "ready");
+    h.wait_state(id, "failed").await;
+    let (_, vm) = h.send(Method::GET, &format!("/v1/vms/{id}"), None).await;
+    assert_eq!(vm["exit"]["signal"], 9, "{vm}");
+    assert!(vm["failure"].as_str().unwrap().contains("SIGKILL"), "{vm}");
+    // A failed VM may be deleted without force.
+    let (status, _) = h.send(Method::DELETE, &format!("/v1/vms/{id}"), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn wait_timeout_returns_the_vm_as_it_is() {
+    let h = harness();
+    h.fake.script(|s| s.boot_latency = Duration::from_secs(5));
+    let vm = h.create(r#"{"wait": true, "wait_timeout_ms": 50}"#).await;
+    assert_eq!(vm["state"], "booting");
+}
+
+#[tokio::test]
+async fn openapi_document_is_served_and_matches_the_committed_copy() {
+    let h = harness();
+    let (status, doc) = h.send(Method::GET, "/v1/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["paths"]["/v1/vms/{id}/pause"]["post"].is_object());
+    let generated = tfc_daemon::api::openapi_json();
+    let committed_path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(&committed_path, format!("{generated}\n")).unwrap();
+    }
+    let committed = std::fs::read_to_string(&committed_path).unwrap_or_default();
+    assert!(
+        committed.trim_end() == generated.trim_end(),
+        "docs/openapi.json is stale: run `UPDATE_OPENAPI=1 cargo test -p tfc-daemon --test api` and commit it"
+    );
+}

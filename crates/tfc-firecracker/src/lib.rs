@@ -1,0 +1,21 @@
+//! Firecracker adapter, pinned to Firecracker v1.12.1.
+//!
+//! Layout, bottom up:
+//! - [`models`]: hand-written wire structs of the Firecracker API we use. Private
+//!   to the adapter's callers' concerns: the daemon's domain types live in `tfc-core`.
+//! - [`client`]: HTTP/1.1 over the API Unix socket; Firecracker's `fault_message`
+//!   becomes part of our error.
+//! - [`console`]: bounded capture of the serial console with line watching (readiness).
+//! - [`process`]: spawn, wait for the API socket, detect exit, graceful stop, cleanup.
+
+pub mod client;
+pub mod console;
+pub mod models;
+pub mod process;
+
+pub use client::{ApiClient, ApiError};
+pub use console::{ConsoleError, ConsoleWatch};
+pub use process::{ExitReason, FirecrackerProcess, ProcessError, SpawnConfig, StopPolicy};
+
+/// The Firecracker release whose API these models follow.
+pub const FIRECRACKER_API_VERSION: &str = "1.12.1";
