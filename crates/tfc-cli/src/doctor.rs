@@ -23,8 +23,8 @@ pub fn run(args: DoctorArgs, data_dir: &Path) -> anyhow::Result<i32> {
     if args.boot_probe {
         match boot::run(data_dir, boot::DEFAULT_TIMEOUT, &mut |l| eprintln!("{l}")) {
             Ok(v) => eprintln!(
-                "[boot-probe] guest userspace: {:?} after {:.1} s (init reached: {}): {}",
-                v.guest_userspace,
+                "[boot-probe] guest userspace: {} after {:.1} s (init reached: {}): {}",
+                v.guest_userspace.as_str(),
                 v.seconds_to_verdict,
                 v.seconds_to_init
                     .map(|s| format!("{s:.1} s"))
@@ -48,8 +48,11 @@ pub fn run(args: DoctorArgs, data_dir: &Path) -> anyhow::Result<i32> {
 
 fn print_table(r: &HostReport) {
     println!(
-        "host kernel {}, kvm {:?}, recommended profile {}, guest userspace {:?}",
-        r.host_kernel, r.kvm, r.recommended_profile, r.guest_userspace
+        "host kernel {}, kvm {}, recommended profile {}, guest userspace {}",
+        r.host_kernel,
+        r.kvm.as_str(),
+        r.recommended_profile,
+        r.guest_userspace.as_str()
     );
     let name_w = r.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
     for c in &r.checks {

@@ -95,27 +95,47 @@ struct Daemon {
 
 impl Daemon {
     fn start() -> Self {
+        Self::start_with(FAKE_CONFIG)
+    }
+
+    fn start_with(config_text: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("tfc.toml");
-        std::fs::write(&config, FAKE_CONFIG).expect("config written");
+        std::fs::write(dir.path().join("tfc.toml"), config_text).expect("config written");
         let socket = dir.path().join("tfc.sock");
-        let log = File::create(dir.path().join("daemon.log")).expect("log file");
-        let child = Command::new(TFC)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("TFC_SOCKET", &socket)
-            .env("TFC_DATA_DIR", dir.path().join("data"))
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("tfc serve starts");
+        let child = Self::spawn(dir.path(), &socket);
         // The guard exists before the wait, so a daemon that never comes up is
         // still ended.
         let mut daemon = Self { child, dir, socket };
         daemon.wait_until_listening();
         daemon
+    }
+
+    fn spawn(dir: &Path, socket: &Path) -> Child {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join("daemon.log"))
+            .expect("log file");
+        Command::new(TFC)
+            .arg("serve")
+            .arg("--config")
+            .arg(dir.join("tfc.toml"))
+            .env("TFC_SOCKET", socket)
+            .env("TFC_DATA_DIR", dir.join("data"))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("tfc serve starts")
+    }
+
+    /// Kills the daemon with SIGKILL (no shutdown runs) and starts a new one on
+    /// the same socket and data directory.
+    fn crash_and_restart(&mut self) {
+        self.child.kill().expect("SIGKILL the daemon");
+        self.child.wait().expect("reap the daemon");
+        self.child = Self::spawn(self.dir.path(), &self.socket);
+        self.wait_until_listening();
     }
 
     fn wait_until_listening(&mut self) {
@@ -384,4 +404,63 @@ fn serve_with_a_missing_config_names_the_file() {
     let run = Run::from_output(&["serve"], child.wait_with_output().expect("output"));
     let line = run.error_line();
     assert!(line.contains(&config.display().to_string()), "{line}");
+}
+
+fn process_alive(pid: u64) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // A zombie has exited; only its parent's wait is pending.
+    !stat.is_empty() && !stat.contains(") Z ")
+}
+
+/// Tier 1: a daemon killed with SIGKILL leaves a real Firecracker behind; the
+/// next `tfc serve` must end it and remove its files before serving.
+#[test]
+#[ignore = "tier 1: needs KVM, firecracker and built assets; run by the project's test command"]
+fn a_killed_daemon_leaves_nothing_behind_once_restarted() {
+    let assets = std::env::var_os("TFC_ASSETS_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(tfc_host::paths::data_dir);
+    let manifest = tfc_host::assets::load_manifest(&assets)
+        .unwrap_or_else(|e| panic!("tier-1 tests need built assets ({e})"));
+    let config = format!(
+        "[firecracker]\nbinary = {:?}\n[vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {:?}\n",
+        manifest.firecracker.path, manifest.kernel.vmlinux, manifest.rootfs.path, manifest.boot_args,
+    );
+    let mut daemon = Daemon::start_with(&config);
+    let created = daemon.tfc(&["vm", "create", "--json"]).json();
+    let id = created["id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pid = loop {
+        let vm = daemon.tfc(&["vm", "show", &id, "--json"]).json();
+        if let Some(pid) = vm["pid"].as_u64() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no firecracker pid: {vm:#}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let vm_dir = daemon.dir.path().join("data/vms").join(&id);
+    assert!(vm_dir.is_dir());
+
+    daemon.crash_and_restart();
+    // The new daemon has ended the orphan and removed its directory before it
+    // started listening.
+    assert!(
+        !process_alive(pid),
+        "firecracker {pid} leaked:\n{}",
+        daemon.log()
+    );
+    assert!(!vm_dir.exists(), "VM directory leaked");
+    assert_eq!(
+        daemon.tfc(&["vm", "ls", "--json"]).json()["vms"],
+        serde_json::json!([])
+    );
+    assert!(
+        daemon.log().contains("ended VMM left by an earlier daemon"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(
+        daemon.terminate(Duration::from_secs(10)).map(|s| s.code()),
+        Some(Some(0))
+    );
 }

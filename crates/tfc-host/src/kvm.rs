@@ -14,17 +14,29 @@ pub const KVM_API_VERSION: i32 = 12;
 
 /// The KVM implementation behind `/dev/kvm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
 pub enum KvmKind {
     /// `kvm_pvm`: this host is itself a VM without hardware virtualization.
+    #[serde(rename = "kvm_pvm")]
     Pvm,
+    #[serde(rename = "kvm_intel")]
     Intel,
+    #[serde(rename = "kvm_amd")]
     Amd,
     /// No KVM module is loaded (or sysfs is unreadable).
+    #[serde(rename = "none")]
     None,
 }
 
 impl KvmKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KvmKind::Pvm => "kvm_pvm",
+            KvmKind::Intel => "kvm_intel",
+            KvmKind::Amd => "kvm_amd",
+            KvmKind::None => "none",
+        }
+    }
+
     pub fn recommended_profile(self) -> Profile {
         match self {
             KvmKind::Pvm => Profile::Nested,
@@ -173,6 +185,7 @@ mod tests {
         let d = detect_in(dir.path(), CPUINFO_PLAIN);
         assert_eq!(d.kind, KvmKind::Pvm);
         assert_eq!(d.kind.recommended_profile(), Profile::Nested);
+        assert_eq!(serde_json::to_value(d.kind).ok(), Some("kvm_pvm".into()));
         assert!(d.evidence.contains("kvm_pvm"), "{}", d.evidence);
         assert!(d.evidence.contains("no vmx/svm"), "{}", d.evidence);
     }

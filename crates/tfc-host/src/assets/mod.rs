@@ -29,6 +29,7 @@ pub mod rootfs;
 pub mod tool;
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -141,6 +142,12 @@ pub enum AssetError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot lock {} against concurrent builds", .path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Binaries(#[from] binaries::BinaryError),
     #[error(transparent)]
@@ -234,6 +241,7 @@ pub fn build(
         path: assets.clone(),
         source,
     })?;
+    let _lock = BuildLock::acquire(&assets, progress)?;
     let profile = opts.profile.unwrap_or_else(|| {
         let detected = crate::kvm::detect();
         let profile = detected.kind.recommended_profile();
@@ -267,51 +275,33 @@ pub fn build(
             ));
         }
     }
-    let outcome = if bins.downloaded {
-        StepOutcome::Built
-    } else {
-        StepOutcome::Cached
-    };
-    report_step(
+    record_step(
+        &mut steps,
         progress,
-        "firecracker",
-        outcome,
+        ("firecracker", t, !bins.downloaded),
         &bins.firecracker.path,
         &bins.firecracker.version,
     );
-    steps.push(StepReport {
-        asset: "firecracker",
-        outcome,
-        elapsed: t.elapsed(),
-    });
 
     let t = Instant::now();
     let k = kernel::build(&opts.tools, &assets, profile, jobs, progress)?;
-    let outcome = if k.cached {
-        StepOutcome::Cached
-    } else {
-        StepOutcome::Built
-    };
-    report_step(progress, "kernel", outcome, &k.dir, key::short(&k.key));
-    steps.push(StepReport {
-        asset: "kernel",
-        outcome,
-        elapsed: t.elapsed(),
-    });
+    record_step(
+        &mut steps,
+        progress,
+        ("kernel", t, k.cached),
+        &k.dir,
+        key::short(&k.key),
+    );
 
     let t = Instant::now();
     let r = rootfs::build(&opts.tools, &assets, profile, progress)?;
-    let outcome = if r.cached {
-        StepOutcome::Cached
-    } else {
-        StepOutcome::Built
-    };
-    report_step(progress, "rootfs", outcome, &r.image, key::short(&r.key));
-    steps.push(StepReport {
-        asset: "rootfs",
-        outcome,
-        elapsed: t.elapsed(),
-    });
+    record_step(
+        &mut steps,
+        progress,
+        ("rootfs", t, r.cached),
+        &r.image,
+        key::short(&r.key),
+    );
 
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
@@ -354,18 +344,67 @@ pub fn build(
     })
 }
 
-fn report_step(
+/// Held for the whole of [`build`]: two builds in one data directory would
+/// delete each other's scratch trees. The kernel drops the lock when the
+/// file closes, including when the process dies.
+#[derive(Debug)]
+struct BuildLock {
+    _held: std::fs::File,
+}
+
+impl BuildLock {
+    fn acquire(assets: &Path, progress: &mut dyn FnMut(&str)) -> Result<Self, AssetError> {
+        let path = assets.join("build.lock");
+        let lock_err = |source| AssetError::Lock {
+            path: path.clone(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(lock_err)?;
+        let fd = file.as_raw_fd();
+        // SAFETY: `fd` is open for the duration of the call.
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(BuildLock { _held: file });
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(lock_err(err));
+        }
+        progress(&format!(
+            "[assets] another `tfc assets build` holds {}; waiting for it to finish",
+            path.display()
+        ));
+        // SAFETY: as above.
+        if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+            return Err(lock_err(std::io::Error::last_os_error()));
+        }
+        Ok(BuildLock { _held: file })
+    }
+}
+
+/// Tells the user how a step ended and keeps it for the report.
+fn record_step(
+    steps: &mut Vec<StepReport>,
     progress: &mut dyn FnMut(&str),
-    asset: &str,
-    outcome: StepOutcome,
+    (asset, started, cached): (&'static str, Instant, bool),
     path: &Path,
     what: &str,
 ) {
-    let word = match outcome {
-        StepOutcome::Cached => "cached",
-        StepOutcome::Built => "built",
+    let (outcome, word) = if cached {
+        (StepOutcome::Cached, "cached")
+    } else {
+        (StepOutcome::Built, "built")
     };
     progress(&format!("[{asset}] {word}: {} ({what})", path.display()));
+    steps.push(StepReport {
+        asset,
+        outcome,
+        elapsed: started.elapsed(),
+    });
 }
 
 /// Whether an asset is usable.
@@ -376,6 +415,16 @@ pub enum AssetState {
     Missing,
     /// Present, but its inputs changed since it was built (or its file did).
     Stale,
+}
+
+impl AssetState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssetState::Present => "present",
+            AssetState::Missing => "missing",
+            AssetState::Stale => "stale",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -655,6 +704,20 @@ mod tests {
         assert!(a.same_assets(&b));
         b.rootfs.key = "00".repeat(32);
         assert!(!a.same_assets(&b));
+    }
+
+    #[test]
+    fn build_lock_is_exclusive_and_released_on_drop() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = BuildLock::acquire(dir.path(), &mut |_| {}).expect("first lock");
+        let other = std::fs::File::open(dir.path().join("build.lock")).expect("open");
+        // SAFETY: `other` is open for the duration of each call.
+        let busy = unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(busy, -1);
+        drop(held);
+        // SAFETY: as above.
+        let free = unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(free, 0);
     }
 
     #[test]

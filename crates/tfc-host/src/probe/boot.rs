@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -219,14 +219,12 @@ pub fn run(
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // Both pipes closed: Firecracker (which starts no children) has
+            // exited, and every line it printed has been seen.
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                // Both pipes closed: Firecracker is gone or about to be.
                 let status = vmm.0.wait().map(|s| s.to_string()).unwrap_or_default();
                 break Outcome::Exited(status);
             }
-        }
-        if let Ok(Some(status)) = vmm.0.try_wait() {
-            break Outcome::Exited(exit_text(status));
         }
         if last_report.elapsed() >= PROGRESS_EVERY {
             last_report = Instant::now();
@@ -240,11 +238,10 @@ pub fn run(
     };
     let seconds_to_verdict = started.elapsed().as_secs_f64();
     drop(vmm);
-    for r in readers {
-        let _ = r.join();
-    }
-    // Lines that arrived between the verdict and the kill are still worth
-    // having in the console log.
+    // The readers end when the pipes close; they are not joined, so a
+    // process that inherited a pipe cannot hold the probe up. Lines already
+    // received still go to the console log.
+    drop(readers);
     for line in rx.try_iter() {
         let _ = writeln!(console, "{line}");
     }
@@ -320,10 +317,6 @@ pub fn vm_config(m: &Manifest) -> serde_json::Value {
         }],
         "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
     })
-}
-
-fn exit_text(status: ExitStatus) -> String {
-    status.to_string()
 }
 
 enum Outcome {
@@ -491,6 +484,95 @@ mod tests {
         assert_eq!(c["drives"][0]["is_read_only"], true);
         assert_eq!(c["drives"][0]["is_root_device"], true);
         assert_eq!(c["boot-source"]["kernel_image_path"], "/a/kernel/k/vmlinux");
+    }
+
+    /// A data dir whose manifest's "firecracker" is a shell script that
+    /// prints `console` and then becomes a long sleep (so that killing the
+    /// PID the probe started ends it).
+    fn fake_vmm(console: &str) -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = dir.path().join("firecracker");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\nprintf '{console}'\nexec sleep 300\n"),
+        )
+        .expect("write");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let mut m = manifest(Profile::Nested);
+        m.firecracker.path = script;
+        let json = serde_json::to_vec(&m).expect("serialize");
+        assets::write_atomic(&assets::manifest_path(dir.path()), &json).expect("write");
+        dir
+    }
+
+    #[test]
+    fn ready_guest_is_yes_and_cached() {
+        let dir =
+            fake_vmm("Linux version 6.1\\r\\nRun /init.sh as init process\\r\\nGUEST-READY\\r\\n");
+        let v = run(dir.path(), Duration::from_secs(20), &mut |_| {}).expect("verdict");
+        assert_eq!(v.guest_userspace, GuestUserspace::Yes);
+        assert_eq!(v.evidence, "GUEST-READY");
+        assert!(v.seconds_to_init.is_some());
+        assert!(
+            v.seconds_to_verdict < 20.0,
+            "the probe waited for the timeout"
+        );
+        let m = assets::load_manifest(dir.path()).expect("manifest");
+        let cached = cached_verdict(dir.path(), &m, &super::super::host_kernel_release());
+        assert_eq!(cached.map(|c| c.guest_userspace), Some(GuestUserspace::Yes));
+        let console = std::fs::read_to_string(&v.console_log).expect("console log");
+        assert!(console.contains("Run /init.sh"), "{console}");
+        let leftovers = std::fs::read_dir(dir.path().join("probe"))
+            .expect("probe dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("boot-"))
+            .count();
+        assert_eq!(leftovers, 0, "the probe's work directory was not removed");
+    }
+
+    #[test]
+    fn killed_init_is_no() {
+        let dir = fake_vmm(
+            "Linux version 6.1\\nRun /init.sh as init process\\n\\
+             Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b\\n",
+        );
+        let v = run(dir.path(), Duration::from_secs(20), &mut |_| {}).expect("verdict");
+        assert_eq!(v.guest_userspace, GuestUserspace::No);
+        assert!(
+            v.evidence.contains("Attempted to kill init"),
+            "{}",
+            v.evidence
+        );
+    }
+
+    #[test]
+    fn silent_hang_before_init_is_unknown_and_not_cached() {
+        let dir = fake_vmm("Linux version 6.1\\n");
+        let v = run(dir.path(), Duration::from_secs(2), &mut |_| {}).expect("verdict");
+        assert_eq!(v.guest_userspace, GuestUserspace::Unknown);
+        assert!(!cache_path(dir.path()).exists());
+    }
+
+    #[test]
+    fn early_exit_is_an_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = fake_vmm("");
+        let m = assets::load_manifest(dir.path()).expect("manifest");
+        std::fs::write(
+            &m.firecracker.path,
+            "#!/bin/sh\necho 'Error: KVM unavailable'\nexit 1\n",
+        )
+        .expect("write");
+        std::fs::set_permissions(&m.firecracker.path, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let err = run(dir.path(), Duration::from_secs(20), &mut |_| {});
+        let msg = err.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            msg.contains("before the guest kernel printed anything"),
+            "{msg}"
+        );
+        assert!(msg.contains("KVM unavailable"), "{msg}");
     }
 
     #[test]

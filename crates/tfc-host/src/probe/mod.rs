@@ -65,6 +65,16 @@ pub enum GuestUserspace {
     Unknown,
 }
 
+impl GuestUserspace {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestUserspace::Yes => "yes",
+            GuestUserspace::No => "no",
+            GuestUserspace::Unknown => "unknown",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CgroupVersion {
@@ -272,14 +282,14 @@ fn assets_check(data_dir: &Path, tools: &HostTools, recommended: Profile) -> (Ch
     let evidence = st
         .items
         .iter()
-        .map(|i| format!("{} {:?} {}", i.name, i.state, i.path.display()))
+        .map(|i| format!("{} {} {}", i.name, i.state.as_str(), i.path.display()))
         .collect::<Vec<_>>()
         .join("; ");
     let not_ready: Vec<String> = st
         .items
         .iter()
         .filter(|i| i.state != AssetState::Present)
-        .map(|i| format!("{} {}", i.name, format!("{:?}", i.state).to_lowercase()))
+        .map(|i| format!("{} {}", i.name, i.state.as_str()))
         .collect();
     let check = match st.profile {
         None => Check::new(
