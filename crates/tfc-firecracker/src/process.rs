@@ -354,6 +354,19 @@ impl FirecrackerProcess {
     }
 }
 
+/// A process handle dropped while the process still runs (a panicking owner, an
+/// interrupted benchmark) takes the process with it rather than leaking it.
+impl Drop for FirecrackerProcess {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            // SAFETY: kill has no memory-safety preconditions. The supervisor has
+            // not published an exit, so it has not reaped the child and `pid`
+            // still names our process (barring a reap in the last microseconds).
+            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
 /// Removes the files a Firecracker process makes in `workdir` (see module docs).
 pub fn remove_process_files(workdir: &Path) {
     for name in [API_SOCKET, CONSOLE_LOG, VMM_LOG, VMM_STDERR] {
