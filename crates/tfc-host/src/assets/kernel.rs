@@ -256,7 +256,7 @@ pub fn build(
     )
     .map_err(KernelError::Log)?;
     progress(&format!(
-        "[kernel] building profile {profile} (key {short}) in {}; about 4 minutes on 2 cores",
+        "[kernel] building profile {profile} (key {short}) in {}; about 5 minutes on 2 cores",
         build_dir.display()
     ));
     let started = Instant::now();

@@ -88,7 +88,7 @@ impl ToolLog {
 
     /// Runs `cmd` to completion. `step` names it in progress lines; output
     /// lines go to the log, and to `progress` as a count at most every
-    /// [`PROGRESS_EVERY`].
+    /// `PROGRESS_EVERY` (5 s).
     pub fn run(
         &mut self,
         step: &str,
