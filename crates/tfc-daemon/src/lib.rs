@@ -107,7 +107,8 @@ pub fn build_backend(config: &Config, data_dir: &Path) -> Result<Backend, Daemon
                 boot_timeout: Duration::from_secs(fc.boot_timeout_secs),
                 console_log_limit: fc.console_log_limit_kib * 1024,
                 stop: tfc_firecracker::StopPolicy {
-                    ctrl_alt_del_grace: None,
+                    ctrl_alt_del_grace: (fc.ctrl_alt_del_grace_ms > 0)
+                        .then(|| Duration::from_millis(fc.ctrl_alt_del_grace_ms)),
                     term_grace: Duration::from_millis(fc.stop_grace_ms),
                 },
             })

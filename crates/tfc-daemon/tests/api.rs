@@ -350,3 +350,26 @@ async fn openapi_document_is_served_and_matches_the_committed_copy() {
         "docs/openapi.json is stale: run `UPDATE_OPENAPI=1 cargo test -p tfc-daemon --test api` and commit it"
     );
 }
+
+/// The fake runs on tokio's clock: with time paused, an hour-long scripted boot
+/// completes as soon as the runtime is idle, and a scripted crash lands exactly
+/// when the clock says.
+#[tokio::test(start_paused = true)]
+async fn the_fake_backend_follows_tokios_clock() {
+    let h = harness();
+    h.fake.script(|s| {
+        s.boot_latency = Duration::from_secs(3600);
+        s.crash_after = Some(Duration::from_secs(7200));
+    });
+    let started = tokio::time::Instant::now();
+    let vm = h
+        .create(r#"{"wait": true, "wait_timeout_ms": 4000000}"#)
+        .await;
+    assert_eq!(vm["state"], "ready", "{vm}");
+    assert!(started.elapsed() >= Duration::from_secs(3600));
+    let id = vm["id"].as_str().unwrap();
+    tokio::time::sleep(Duration::from_secs(3599)).await;
+    assert_eq!(h.state_of(id).await, "ready");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.state_of(id).await, "failed");
+}

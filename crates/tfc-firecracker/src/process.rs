@@ -2,7 +2,8 @@
 //!
 //! Files the process makes, all inside its working directory: `api.sock`,
 //! `console.log` (and `console.log.1` after rotation), `firecracker.log` and
-//! `firecracker.stderr`. [`FirecrackerProcess::remove_files`] deletes exactly those.
+//! `firecracker.stderr`. The socket is removed once the process has ended; the
+//! logs stay until the owner removes the directory.
 //!
 //! Exit is observed by a supervisor task that owns the child and is the only one
 //! that reaps it; signals go through that task too, so a signal can never reach a
@@ -274,28 +275,40 @@ impl FirecrackerProcess {
     }
 
     /// Waits until the API socket accepts a connection.
+    ///
+    /// Firecracker listens ~1-2 ms after exec. tokio's timer ticks in whole
+    /// milliseconds, which would add up to a millisecond to every VM start, so
+    /// the wait polls on a blocking thread with a 50 µs period instead.
     pub async fn wait_api_ready(&self, timeout: Duration) -> Result<(), ProcessError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(reason) = self.exited() {
-                return Err(ProcessError::ExitedEarly {
-                    reason,
-                    stderr: self.stderr_excerpt(),
-                });
+        let socket = self.api.socket().to_owned();
+        let exit = self.exit.clone();
+        let ready = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + timeout;
+            loop {
+                if let Some(reason) = *exit.borrow() {
+                    return Err(Some(reason));
+                }
+                if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    return Err(None);
+                }
+                std::thread::sleep(Duration::from_micros(50));
             }
-            if tokio::net::UnixStream::connect(self.api.socket())
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(ProcessError::ApiTimeout {
-                    socket: self.api.socket().to_owned(),
-                    timeout,
-                });
-            }
-            tokio::time::sleep(Duration::from_micros(500)).await;
+        })
+        .await
+        .unwrap_or(Err(None));
+        match ready {
+            Ok(()) => Ok(()),
+            Err(Some(reason)) => Err(ProcessError::ExitedEarly {
+                reason,
+                stderr: self.stderr_excerpt(),
+            }),
+            Err(None) => Err(ProcessError::ApiTimeout {
+                socket: self.api.socket().to_owned(),
+                timeout,
+            }),
         }
     }
 
@@ -347,10 +360,10 @@ impl FirecrackerProcess {
         self.wait_exit().await
     }
 
-    /// Removes every file the process made in its working directory. Call after
-    /// the process has ended.
-    pub fn remove_files(&self) {
-        remove_process_files(&self.workdir);
+    /// Removes the API socket, which Firecracker leaves behind when it is
+    /// killed; logs stay for inspection until the VM directory is removed.
+    pub fn remove_socket(&self) {
+        let _ = std::fs::remove_file(self.api.socket());
     }
 }
 
@@ -365,14 +378,6 @@ impl Drop for FirecrackerProcess {
             unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
         }
     }
-}
-
-/// Removes the files a Firecracker process makes in `workdir` (see module docs).
-pub fn remove_process_files(workdir: &Path) {
-    for name in [API_SOCKET, CONSOLE_LOG, VMM_LOG, VMM_STDERR] {
-        let _ = std::fs::remove_file(workdir.join(name));
-    }
-    let _ = std::fs::remove_file(workdir.join(format!("{CONSOLE_LOG}.1")));
 }
 
 /// Start time of a process in clock ticks since boot (field 22 of

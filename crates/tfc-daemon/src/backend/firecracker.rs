@@ -223,11 +223,15 @@ impl VmMachine for FirecrackerMachine {
     }
 
     async fn stop(&self) -> ExitReason {
-        self.process.stop(self.stop).await
+        let reason = self.process.stop(self.stop).await;
+        self.process.remove_socket();
+        reason
     }
 
     async fn wait_exit(&self) -> ExitReason {
-        self.process.wait_exit().await
+        let reason = self.process.wait_exit().await;
+        self.process.remove_socket();
+        reason
     }
 
     fn console_tail(&self) -> Vec<String> {

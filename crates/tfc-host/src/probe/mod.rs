@@ -8,7 +8,7 @@
 pub mod boot;
 
 use std::fs::OpenOptions;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::{Deserialize, Serialize};
@@ -86,6 +86,8 @@ pub enum CgroupVersion {
 /// Everything `tfc doctor` found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HostReport {
+    /// The data directory whose assets and cached verdicts were examined.
+    pub data_dir: PathBuf,
     /// `uname -r`.
     pub host_kernel: String,
     pub kvm: KvmKind,
@@ -161,6 +163,7 @@ pub fn probe(data_dir: &Path) -> HostReport {
     checks.push(vhost_vsock_check(&tools));
 
     HostReport {
+        data_dir: data_dir.to_owned(),
         host_kernel,
         kvm: detection.kind,
         kvm_usable,
