@@ -7,15 +7,18 @@
 //!   becomes part of our error.
 //! - [`console`]: bounded capture of the serial console with line watching (readiness).
 //! - [`process`]: spawn, wait for the API socket, detect exit, graceful stop, cleanup.
+//! - [`vm_config`]: a VM's boot configuration, applied over the API or as a config file.
 
 pub mod client;
 pub mod console;
 pub mod models;
 pub mod process;
+pub mod vm_config;
 
 pub use client::{ApiClient, ApiError};
 pub use console::{ConsoleError, ConsoleWatch};
 pub use process::{ExitReason, FirecrackerProcess, ProcessError, SpawnConfig, StopPolicy};
+pub use vm_config::VmConfig;
 
 /// The Firecracker release whose API these models follow.
 pub const FIRECRACKER_API_VERSION: &str = "1.12.1";
