@@ -90,15 +90,14 @@ pub struct ErrorBody {
 }
 
 /// Stable error codes. HTTP status per code: `not_found` 404, `invalid_request`
-/// 400, `invalid_state` 409, `timeout` 504, `backend_error` 502, `unavailable`
-/// 503, `internal` 500.
+/// 400, `invalid_state` 409, `backend_error` 502, `unavailable` 503, `internal`
+/// 500.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     NotFound,
     InvalidRequest,
     InvalidState,
-    Timeout,
     BackendError,
     Unavailable,
     Internal,

@@ -150,6 +150,15 @@ async fn create(args: CreateArgs, client: &Client, out: &mut impl Write) -> anyh
     if vm.state == VmState::Failed {
         anyhow::bail!(failure(vm));
     }
+    // A wait that ran out leaves the VM booting; the caller asked for a ready one.
+    if args.wait && vm.state != VmState::Ready {
+        anyhow::bail!(
+            "VM {} is still {} after the wait; it keeps booting (see `tfc vm show {}`)",
+            vm.id,
+            vm.state,
+            vm.id
+        );
+    }
     Ok(())
 }
 
@@ -260,7 +269,7 @@ mod tests {
             vm_type: None,
             vcpus: Some(2),
             memory: None,
-            boot_args: vec!["quiet".to_owned(), "loglevel=3".to_owned()],
+            boot_args: vec!["nokaslr".to_owned(), "loglevel=8".to_owned()],
             wait: true,
             timeout: Some(5),
             output: Output { json },
@@ -301,7 +310,7 @@ mod tests {
         assert_eq!(
             body,
             serde_json::json!({
-                "vcpus": 2, "extra_boot_args": "quiet loglevel=3",
+                "vcpus": 2, "extra_boot_args": "nokaslr loglevel=8",
                 "wait": true, "wait_timeout_ms": 5000
             })
         );

@@ -287,7 +287,7 @@ fn create_without_wait_prints_the_id_and_rm_needs_force_while_alive() {
             "--memory",
             "256",
             "--boot-arg",
-            "quiet",
+            "random.trust_cpu=on",
         ])
         .ok();
     let id = out.trim_end().to_owned();
@@ -300,7 +300,7 @@ fn create_without_wait_prints_the_id_and_rm_needs_force_while_alive() {
         vm["spec"]["boot_args"]
             .as_str()
             .unwrap_or_default()
-            .ends_with(" quiet"),
+            .ends_with(" random.trust_cpu=on"),
         "{vm:#}"
     );
 
@@ -412,6 +412,33 @@ fn process_alive(pid: u64) -> bool {
     !stat.is_empty() && !stat.contains(") Z ")
 }
 
+/// A second daemon on the same data directory must refuse to start before its
+/// start-up cleanup could touch the first one's VMs.
+#[test]
+fn a_second_daemon_on_the_same_data_dir_refuses_to_start() {
+    let daemon = Daemon::start();
+    let id = daemon.tfc(&["vm", "create", "--wait"]).ok();
+    let id = id.lines().next().expect("id line").to_owned();
+    let output = Command::new(TFC)
+        .args(["serve", "--config"])
+        .arg(daemon.dir.path().join("tfc.toml"))
+        .env("TFC_SOCKET", daemon.dir.path().join("other.sock"))
+        .env("TFC_DATA_DIR", daemon.dir.path().join("data"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("tfc serve runs");
+    let run = Run::from_output(&["serve"], output);
+    let line = run.error_line();
+    assert!(
+        line.contains("another tfc daemon is using the data directory"),
+        "{line}"
+    );
+    // The first daemon and its VM are untouched.
+    let vm = daemon.tfc(&["vm", "show", &id, "--json"]).json();
+    assert_eq!(vm["state"], "ready", "{vm:#}");
+    assert!(daemon.dir.path().join("data/vms").join(&id).is_dir());
+}
+
 /// Tier 1: a daemon killed with SIGKILL leaves a real Firecracker behind; the
 /// next `tfc serve` must end it and remove its files before serving.
 #[test]
@@ -459,8 +486,35 @@ fn a_killed_daemon_leaves_nothing_behind_once_restarted() {
         "{}",
         daemon.log()
     );
+
+    // SIGTERM with two live VMs: the daemon stops them, removes their files and
+    // its socket, and exits 0.
+    let pids: Vec<u64> = (0..2)
+        .map(|_| {
+            let id = daemon.tfc(&["vm", "create"]).ok().trim().to_owned();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let vm = daemon.tfc(&["vm", "show", &id, "--json"]).json();
+                if let Some(pid) = vm["pid"].as_u64() {
+                    break pid;
+                }
+                assert!(Instant::now() < deadline, "no firecracker pid: {vm:#}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .collect();
     assert_eq!(
-        daemon.terminate(Duration::from_secs(10)).map(|s| s.code()),
-        Some(Some(0))
+        daemon.terminate(Duration::from_secs(30)).map(|s| s.code()),
+        Some(Some(0)),
+        "{}",
+        daemon.log()
     );
+    for pid in pids {
+        assert!(!process_alive(pid), "firecracker {pid} survived SIGTERM");
+    }
+    let left = std::fs::read_dir(daemon.dir.path().join("data/vms"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "VM directories left behind");
+    assert!(!daemon.socket.exists(), "socket left behind");
 }

@@ -2,6 +2,7 @@
 //! decided from its inputs alone, so it is tested exhaustively without a VMM.
 //!
 //! Layout:
+//! - [`exit`]: how a VMM process ended.
 //! - [`error`]: printing an error with its causes, once, at the edge.
 //! - [`id`]: validated identifiers of VMs and VM types.
 //! - [`spec`]: what a VM is made of (kernel, rootfs, vCPUs, memory, boot args, readiness).
@@ -9,12 +10,14 @@
 //! - [`timeline`]: per-phase boot timing of one VM.
 
 pub mod error;
+pub mod exit;
 pub mod id;
 pub mod spec;
 pub mod state;
 pub mod timeline;
 
 pub use error::error_chain;
+pub use exit::ExitReason;
 pub use id::{IdError, VmId, VmTypeName};
 pub use spec::{Readiness, SpecError, VmSpec};
 pub use state::{transition, InvalidTransition, VmEvent, VmState};

@@ -68,6 +68,8 @@ pub enum SpecError {
     BootArgsDevice(String),
     #[error("readiness text must not be empty")]
     EmptyReadiness,
+    #[error("boot_args {0:?} would hide the kernel's console messages, and readiness is read from the console; remove it")]
+    HidesReadiness(String),
 }
 
 impl VmSpec {
@@ -84,9 +86,24 @@ impl VmSpec {
             Readiness::ConsoleLine { contains } if contains.is_empty() => {
                 Err(SpecError::EmptyReadiness)
             }
-            Readiness::ConsoleLine { .. } => Ok(()),
+            Readiness::ConsoleLine { .. } => match console_silencer(&self.boot_args) {
+                Some(word) => Err(SpecError::HidesReadiness(word.to_owned())),
+                None => Ok(()),
+            },
         }
     }
+}
+
+/// The first boot argument that would keep the kernel's informational messages
+/// (its "Run /init" line is KERN_INFO, level 6) off the console: `quiet`, or a
+/// `loglevel` below 7.
+pub fn console_silencer(args: &str) -> Option<&str> {
+    args.split_whitespace().find(|word| {
+        *word == "quiet"
+            || word
+                .strip_prefix("loglevel=")
+                .is_some_and(|level| level.parse::<u8>().map_or(true, |n| n < 7))
+    })
 }
 
 /// Boot arguments may tune the kernel but may not add devices behind the VMM's back.
@@ -125,6 +142,9 @@ mod tests {
     #[test]
     fn valid_spec_passes() {
         assert_eq!(spec().validate(), Ok(()));
+        let mut verbose = spec();
+        verbose.boot_args.push_str(" loglevel=8");
+        assert_eq!(verbose.validate(), Ok(()));
     }
 
     #[test]
@@ -154,6 +174,14 @@ mod tests {
                     }
                 },
                 SpecError::EmptyReadiness,
+            ),
+            (
+                |s| s.boot_args.push_str(" quiet"),
+                SpecError::HidesReadiness("quiet".into()),
+            ),
+            (
+                |s| s.boot_args.push_str(" loglevel=4"),
+                SpecError::HidesReadiness("loglevel=4".into()),
             ),
         ];
         for (mutate, expected) in cases {

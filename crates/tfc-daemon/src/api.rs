@@ -12,7 +12,7 @@ use tfc_api::{CreateVmRequest, ErrorBody, ErrorCode, Health, VmInfo, VmList};
 use utoipa::OpenApi;
 
 use crate::manager::{ManagerError, VmManager};
-use crate::vm::{self, VmError, VmOp};
+use crate::vm::{VmError, VmOp};
 
 /// Largest request body accepted; every body of this API is small.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -27,7 +27,6 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
         ErrorCode::InvalidState => StatusCode::CONFLICT,
-        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::BackendError => StatusCode::BAD_GATEWAY,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -52,13 +51,15 @@ impl IntoResponse for ApiError {
 
 impl From<ManagerError> for ApiError {
     fn from(err: ManagerError) -> Self {
-        let message = vm::describe(&err);
+        let message = tfc_core::error_chain(&err);
         let (code, state) = match &err {
             ManagerError::NotFound(_) => (ErrorCode::NotFound, None),
             ManagerError::BadId(_)
             | ManagerError::UnknownType { .. }
             | ManagerError::BadSpec(_) => (ErrorCode::InvalidRequest, None),
-            ManagerError::NoAsset { .. } => (ErrorCode::Unavailable, None),
+            ManagerError::NoAsset { .. } | ManagerError::ShuttingDown => {
+                (ErrorCode::Unavailable, None)
+            }
             ManagerError::NotDeletable { state, .. } => (ErrorCode::InvalidState, Some(*state)),
             ManagerError::Workdir { .. } => (ErrorCode::Internal, None),
             ManagerError::Vm(VmError::InvalidState { state, .. }) => {

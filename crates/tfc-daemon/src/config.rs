@@ -300,6 +300,12 @@ impl Config {
             if let Some(args) = &vm_type.boot_args {
                 spec::validate_boot_args(args)
                     .map_err(|e| invalid(key("boot_args"), e.to_string()))?;
+                if let Some(word) = spec::console_silencer(args) {
+                    return Err(invalid(
+                        key("boot_args"),
+                        format!("{word:?} would hide the console line readiness waits for"),
+                    ));
+                }
             }
             if vm_type.readiness_line.is_empty() {
                 return Err(invalid(key("readiness_line"), "must not be empty"));
@@ -412,6 +418,10 @@ mod tests {
             ),
             (
                 "[vm_types.default]\nboot_args = \"virtio_mmio.device=4K@0x1:5\"",
+                "vm_types.default.boot_args",
+            ),
+            (
+                "[vm_types.default]\nboot_args = \"console=ttyS0 quiet\"",
                 "vm_types.default.boot_args",
             ),
             (

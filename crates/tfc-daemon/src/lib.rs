@@ -40,6 +40,14 @@ pub enum DaemonError {
     NoFirecracker { tried: String },
     #[error("a tfc daemon is already serving on {0}")]
     AlreadyRunning(PathBuf),
+    #[error("another tfc daemon is using the data directory {0} (it holds daemon.lock); stop it or choose another data_dir")]
+    DataDirInUse(PathBuf),
+    #[error("cannot lock the data directory {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen on {path}")]
     Bind {
         path: PathBuf,
@@ -123,6 +131,34 @@ fn create_dir(path: &Path) -> Result<(), DaemonError> {
     })
 }
 
+/// Takes `<data_dir>/daemon.lock` for as long as the returned file lives. Start-up
+/// cleanup ends every VMM recorded in the data directory, so two daemons on one
+/// directory would destroy each other's VMs: the second must not get that far.
+pub fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, DaemonError> {
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join("daemon.lock");
+    let lock_err = |source| DaemonError::Lock {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(lock_err)?;
+    // SAFETY: flock on an fd we own; the lock is released when the file closes.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            DaemonError::DataDirInUse(data_dir.to_owned())
+        } else {
+            lock_err(err)
+        });
+    }
+    Ok(file)
+}
+
 /// Binds the API socket, mode 0600. A socket file nobody answers on is stale and
 /// replaced; one that answers belongs to a running daemon and is left alone.
 pub fn bind(socket: &Path) -> Result<UnixListener, DaemonError> {
@@ -192,6 +228,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
     let config = Config::load(options.config_path.as_deref())?;
     let data_dir = options.data_dir.unwrap_or_else(|| config.data_dir());
     create_dir(&data_dir)?;
+    let _lock = lock_data_dir(&data_dir)?;
     let backend = build_backend(&config, &data_dir)?;
     reaper::reap_orphans(&manager::vms_dir(&data_dir));
     let socket = options.socket.unwrap_or_else(|| config.socket_path());

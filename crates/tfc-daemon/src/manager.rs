@@ -1,8 +1,9 @@
 //! The VM manager: resolves create requests into specs, keeps the table of VMs and
 //! routes operations to each VM's owner.
 //!
-//! Invariant: every entry of `vms` has a directory `vms_dir/<id>`, created before
-//! the entry is inserted and removed only after the entry is removed.
+//! Invariants: every entry of the table has a directory `vms_dir/<id>`, created
+//! before the entry is inserted and removed only after the entry is removed; once
+//! `closing` is set (under the table's write lock) no entry is added.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,8 @@ pub enum ManagerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
     #[error(transparent)]
     Vm(#[from] VmError),
 }
@@ -56,7 +59,14 @@ struct Inner {
     backend: Backend,
     config: Config,
     data_dir: PathBuf,
-    vms: RwLock<HashMap<VmId, VmHandle>>,
+    vms: RwLock<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    vms: HashMap<VmId, VmHandle>,
+    /// Set by `shutdown`; refuses new VMs.
+    closing: bool,
 }
 
 /// Directory holding one subdirectory per VM.
@@ -79,7 +89,7 @@ impl VmManager {
                 backend,
                 config,
                 data_dir,
-                vms: RwLock::new(HashMap::new()),
+                vms: RwLock::new(Table::default()),
             }),
         }
     }
@@ -98,6 +108,7 @@ impl VmManager {
             .vms
             .read()
             .expect("vm table lock")
+            .vms
             .get(&id)
             .cloned()
             .ok_or_else(|| ManagerError::NotFound(id.to_string()))
@@ -139,7 +150,7 @@ impl VmManager {
                 Some(Err(err)) => Err(ManagerError::NoAsset {
                     vm_type: type_name.clone(),
                     what,
-                    reason: vm::describe(err),
+                    reason: tfc_core::error_chain(err),
                 }),
                 None => unreachable!("assets are loaded whenever a field is missing"),
             }
@@ -202,19 +213,23 @@ impl VmManager {
                 }
             }
         };
-        tracing::info!(vm = %id, vm_type = %spec.vm_type, "creating VM");
-        let handle = vm::spawn(
-            id.clone(),
-            spec,
-            workdir,
-            self.inner.backend.clone(),
-            requested_at,
-        );
-        self.inner
-            .vms
-            .write()
-            .expect("vm table lock")
-            .insert(id, handle.clone());
+        let handle = {
+            let mut table = self.inner.vms.write().expect("vm table lock");
+            if table.closing {
+                let _ = std::fs::remove_dir(&workdir);
+                return Err(ManagerError::ShuttingDown);
+            }
+            tracing::info!(vm = %id, vm_type = %spec.vm_type, "creating VM");
+            let handle = vm::spawn(
+                id.clone(),
+                spec,
+                workdir,
+                self.inner.backend.clone(),
+                requested_at,
+            );
+            table.vms.insert(id, handle.clone());
+            handle
+        };
         if !request.wait {
             return Ok(handle.info());
         }
@@ -236,6 +251,7 @@ impl VmManager {
             .vms
             .read()
             .expect("vm table lock")
+            .vms
             .values()
             .map(VmHandle::info)
             .collect();
@@ -244,7 +260,7 @@ impl VmManager {
     }
 
     pub fn count(&self) -> usize {
-        self.inner.vms.read().expect("vm table lock").len()
+        self.inner.vms.read().expect("vm table lock").vms.len()
     }
 
     pub fn get(&self, id: &str) -> Result<VmInfo, ManagerError> {
@@ -284,6 +300,7 @@ impl VmManager {
             .vms
             .write()
             .expect("vm table lock")
+            .vms
             .remove(handle.id());
         let workdir = vms_dir(&self.inner.data_dir).join(handle.id().as_str());
         if let Err(err) = std::fs::remove_dir_all(&workdir) {
@@ -295,13 +312,16 @@ impl VmManager {
         Ok(())
     }
 
-    /// Stops every VM and removes every VM directory (the `stop` shutdown policy).
+    /// Refuses new VMs, then stops every VM and removes every VM directory (the
+    /// `stop` shutdown policy).
     pub async fn shutdown(&self) {
+        self.inner.vms.write().expect("vm table lock").closing = true;
         let ids: Vec<VmId> = self
             .inner
             .vms
             .read()
             .expect("vm table lock")
+            .vms
             .keys()
             .cloned()
             .collect();
@@ -310,7 +330,7 @@ impl VmManager {
             let manager = self.clone();
             tasks.spawn(async move {
                 if let Err(err) = manager.delete(id.as_str(), true).await {
-                    tracing::warn!(vm = %id, error = %vm::describe(&err), "VM not cleaned up at shutdown");
+                    tracing::warn!(vm = %id, error = %tfc_core::error_chain(&err), "VM not cleaned up at shutdown");
                 }
             });
         }

@@ -3,9 +3,9 @@
 //! processes are ended and their directories removed, so nothing leaks.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::vm::{ProcessRecord, PROCESS_RECORD};
+use tfc_firecracker::process::ProcessRecord;
 
 /// What start-up cleanup found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -14,19 +14,6 @@ pub struct ReapReport {
     pub dirs_removed: usize,
     /// Leftover Firecracker processes ended (pids).
     pub killed: Vec<u32>,
-}
-
-/// True when `record` still names a live (not zombie) process: same pid, same
-/// start time, so a recycled pid is never mistaken for our VMM.
-fn still_running(record: &ProcessRecord) -> bool {
-    if tfc_firecracker::process::process_start_ticks(record.pid) != Some(record.start_ticks) {
-        return false;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", record.pid)).unwrap_or_default();
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
-    !matches!(state, Some("Z") | Some("X") | None)
 }
 
 /// Ends leftover VMM processes recorded under `vms_dir` and removes their
@@ -41,19 +28,14 @@ pub fn reap_orphans(vms_dir: &Path) -> ReapReport {
         if !dir.is_dir() {
             continue;
         }
-        let record = std::fs::read(dir.join(PROCESS_RECORD))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<ProcessRecord>(&bytes).ok());
-        if let Some(record) = record.filter(still_running) {
-            // SAFETY: kill has no memory-safety preconditions; the pid and start
-            // time were just checked to name the process this data dir started.
-            unsafe { libc::kill(record.pid as libc::pid_t, libc::SIGKILL) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while still_running(&record) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
+        let running = ProcessRecord::read(&dir).and_then(|r| Some((r.pid, r.pidfd()?)));
+        if let Some((pid, pidfd)) = running {
+            let _ = pidfd.send_signal(libc::SIGKILL);
+            if !pidfd.wait_exited(Duration::from_secs(5)) {
+                tracing::warn!(pid, "leftover VMM did not exit within 5 s of SIGKILL");
             }
-            tracing::warn!(pid = record.pid, dir = %dir.display(), "ended VMM left by an earlier daemon");
-            report.killed.push(record.pid);
+            tracing::warn!(pid, dir = %dir.display(), "ended VMM left by an earlier daemon");
+            report.killed.push(pid);
         }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => report.dirs_removed += 1,
@@ -74,6 +56,8 @@ pub fn reap_orphans(vms_dir: &Path) -> ReapReport {
 
 #[cfg(test)]
 mod tests {
+    use tfc_firecracker::process::PROCESS_RECORD;
+
     use super::*;
 
     #[test]

@@ -6,9 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use tfc_api::{ExitInfo, VmInfo};
-use tfc_core::{transition, BootPhase, BootTimeline, VmEvent, VmId, VmSpec, VmState};
+use tfc_core::{error_chain, transition, BootPhase, BootTimeline, VmEvent, VmId, VmSpec, VmState};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backend::{
@@ -61,17 +60,6 @@ struct Command {
     reply: oneshot::Sender<Result<VmInfo, VmError>>,
 }
 
-/// What the daemon keeps of a VM's process so a later daemon can recognise it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessRecord {
-    pub pid: u32,
-    /// Start time in clock ticks since boot; with the pid it survives pid reuse.
-    pub start_ticks: u64,
-}
-
-/// File in a VM's directory holding its [`ProcessRecord`].
-pub const PROCESS_RECORD: &str = "process.json";
-
 /// A handle on one VM: its current record and a way to ask its owner for changes.
 #[derive(Debug, Clone)]
 pub struct VmHandle {
@@ -123,18 +111,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// The error and its causes on one line, each cause once.
-pub fn describe(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn exit_info(reason: ExitReason) -> ExitInfo {
@@ -253,7 +229,7 @@ impl Owner {
             }
             BootOutcome::Failed(err) => {
                 let exit = machine.stop().await;
-                self.fail(describe(&err), Some(exit));
+                self.fail(error_chain(&err), Some(exit));
                 return self.drain().await;
             }
             BootOutcome::Exited(reason) => {
@@ -297,12 +273,11 @@ impl Owner {
             Ok(machine) => {
                 if let Some(pid) = machine.pid() {
                     self.record.send_modify(|r| r.pid = Some(pid));
-                    write_process_record(workdir, pid);
                 }
                 Some(machine)
             }
             Err(err) => {
-                self.fail(describe(&err), None);
+                self.fail(error_chain(&err), None);
                 self.drain().await;
                 None
             }
@@ -402,19 +377,5 @@ impl Owner {
         while let Some(command) = self.commands.recv().await {
             let _ = command.reply.send(Err(self.refuse(command.op)));
         }
-    }
-}
-
-fn write_process_record(workdir: &Path, pid: u32) {
-    let Some(start_ticks) = tfc_firecracker::process::process_start_ticks(pid) else {
-        return;
-    };
-    let record = ProcessRecord { pid, start_ticks };
-    let path = workdir.join(PROCESS_RECORD);
-    let written = serde_json::to_vec(&record)
-        .map_err(std::io::Error::other)
-        .and_then(|bytes| std::fs::write(&path, bytes));
-    if let Err(err) = written {
-        tracing::warn!(path = %path.display(), %err, "cannot record VMM process; a crash would leave it to be found by hand");
     }
 }

@@ -14,6 +14,7 @@ use tower::ServiceExt;
 
 struct Harness {
     app: axum::Router,
+    manager: VmManager,
     fake: FakeBackend,
     dir: tempfile::TempDir,
 }
@@ -24,7 +25,8 @@ fn harness() -> Harness {
     let fake = FakeBackend::new(Duration::from_millis(20));
     let manager = VmManager::new(Backend::Fake(fake.clone()), config, dir.path().to_owned());
     Harness {
-        app: tfc_daemon::api::router(manager),
+        app: tfc_daemon::api::router(manager.clone()),
+        manager,
         fake,
         dir,
     }
@@ -232,6 +234,14 @@ async fn bad_bodies_are_refused_with_clear_errors() {
             "must not declare devices",
         ),
         (r#"{"extra_boot_args": "a\nb"}"#, "one line"),
+        (
+            r#"{"extra_boot_args": "quiet"}"#,
+            "hide the kernel's console",
+        ),
+        (
+            r#"{"extra_boot_args": "loglevel=3"}"#,
+            "hide the kernel's console",
+        ),
     ];
     for (body, needle) in cases {
         let (status, answer) = h.send(Method::POST, "/v1/vms", Some(body)).await;
@@ -372,4 +382,72 @@ async fn the_fake_backend_follows_tokios_clock() {
     assert_eq!(h.state_of(id).await, "ready");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(h.state_of(id).await, "failed");
+}
+
+#[tokio::test]
+async fn a_shutting_down_daemon_refuses_new_vms_and_stops_the_rest() {
+    let h = harness();
+    let vm = h.create(r#"{"wait": true}"#).await;
+    h.manager.shutdown().await;
+    let (status, body) = h
+        .send(
+            Method::GET,
+            &format!("/v1/vms/{}", vm["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = h.send(Method::POST, "/v1/vms", Some("{}")).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("shutting down"),
+        "{body}"
+    );
+    assert_eq!(
+        std::fs::read_dir(h.dir.path().join("vms")).unwrap().count(),
+        0
+    );
+}
+
+/// A firecracker-backed daemon without built assets answers 503 and says what
+/// to do; one whose data directory is unusable answers 500. Neither needs KVM:
+/// both fail before any VMM is started.
+#[tokio::test]
+async fn missing_assets_and_a_broken_data_dir_have_their_own_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::parse("[firecracker]\nbinary = \"/bin/true\"\n", "test").unwrap();
+    let backend = tfc_daemon::build_backend(&config, dir.path()).unwrap();
+    let no_assets = Harness {
+        app: tfc_daemon::api::router(VmManager::new(backend, config, dir.path().to_owned())),
+        ..harness()
+    };
+    let (status, body) = no_assets.send(Method::POST, "/v1/vms", Some("{}")).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("tfc assets build"),
+        "{body}"
+    );
+
+    let broken = harness();
+    // A file where the VM directories should go.
+    std::fs::write(broken.dir.path().join("vms"), b"not a directory").unwrap();
+    let (status, body) = broken.send(Method::POST, "/v1/vms", Some("{}")).await;
+    assert_error(status, &body, StatusCode::INTERNAL_SERVER_ERROR, "internal");
+    assert!(
+        body["message"].as_str().unwrap().contains("VM directory"),
+        "{body}"
+    );
 }

@@ -6,18 +6,22 @@
 //! - [`client`]: HTTP/1.1 over the API Unix socket; Firecracker's `fault_message`
 //!   becomes part of our error.
 //! - [`console`]: bounded capture of the serial console with line watching (readiness).
+//! - [`pidfd`]: process file descriptors, so signals never reach a recycled pid.
 //! - [`process`]: spawn, wait for the API socket, detect exit, graceful stop, cleanup.
 //! - [`vm_config`]: a VM's boot configuration, applied over the API or as a config file.
 
 pub mod client;
 pub mod console;
 pub mod models;
+pub mod pidfd;
 pub mod process;
 pub mod vm_config;
 
 pub use client::{ApiClient, ApiError};
 pub use console::{ConsoleError, ConsoleWatch};
-pub use process::{ExitReason, FirecrackerProcess, ProcessError, SpawnConfig, StopPolicy};
+pub use process::{
+    ExitReason, FirecrackerProcess, ProcessError, ProcessRecord, SpawnConfig, StopPolicy,
+};
 pub use vm_config::VmConfig;
 
 /// The Firecracker release whose API these models follow.

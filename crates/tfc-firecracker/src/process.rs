@@ -1,28 +1,77 @@
 //! Supervision of one `firecracker` process.
 //!
 //! Files the process makes, all inside its working directory: `api.sock`,
-//! `console.log` (and `console.log.1` after rotation), `firecracker.log` and
-//! `firecracker.stderr`. The socket is removed once the process has ended; the
-//! logs stay until the owner removes the directory.
+//! `console.log` (and `console.log.1` after rotation), `firecracker.log`,
+//! `firecracker.stderr` and `process.json` (the [`ProcessRecord`]). The socket
+//! is removed once the process has ended; the logs stay until the owner removes
+//! the directory.
 //!
 //! Exit is observed by a supervisor task that owns the child and is the only one
-//! that reaps it; signals go through that task too, so a signal can never reach a
-//! recycled pid.
+//! that reaps it. Signals go through a pidfd opened while the child was still
+//! unreaped, so a signal can never reach a recycled pid.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use tokio::process::Command;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::client::ApiClient;
 use crate::console::{self, ConsoleWatch};
+use crate::pidfd::Pidfd;
+pub use tfc_core::ExitReason;
 
 pub const API_SOCKET: &str = "api.sock";
 pub const CONSOLE_LOG: &str = "console.log";
 pub const VMM_LOG: &str = "firecracker.log";
 pub const VMM_STDERR: &str = "firecracker.stderr";
+/// Identity of the process, written right after spawn (see [`ProcessRecord`]).
+pub const PROCESS_RECORD: &str = "process.json";
+
+/// What identifies a VMM process across daemon restarts: pid plus start time
+/// (clock ticks since boot), which together survive pid reuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    pub pid: u32,
+    pub start_ticks: u64,
+}
+
+impl ProcessRecord {
+    /// Reads the record in `workdir`, if there is a readable one.
+    pub fn read(workdir: &Path) -> Option<Self> {
+        let bytes = std::fs::read(workdir.join(PROCESS_RECORD)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn write(&self, workdir: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        std::fs::write(workdir.join(PROCESS_RECORD), bytes)
+    }
+
+    /// The recorded process still runs (same pid, same start time, not a zombie).
+    pub fn is_running(&self) -> bool {
+        if process_start_ticks(self.pid) != Some(self.start_ticks) {
+            return false;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next());
+        !matches!(state, Some("Z") | Some("X") | None)
+    }
+
+    /// Opens a pidfd for the recorded process if it still runs. The start time is
+    /// checked again after the open, so the fd cannot name a recycled pid.
+    pub fn pidfd(&self) -> Option<Pidfd> {
+        if !self.is_running() {
+            return None;
+        }
+        let pidfd = Pidfd::open(self.pid).ok()?;
+        self.is_running().then_some(pidfd)
+    }
+}
 
 /// How to start one Firecracker process.
 #[derive(Debug, Clone)]
@@ -39,46 +88,6 @@ pub struct SpawnConfig {
     pub watch_for: Vec<String>,
     /// Further command-line arguments (e.g. `--config-file`).
     pub extra_args: Vec<String>,
-}
-
-/// How a Firecracker process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExitReason {
-    pub code: Option<i32>,
-    pub signal: Option<i32>,
-}
-
-impl ExitReason {
-    pub fn success(&self) -> bool {
-        self.code == Some(0)
-    }
-}
-
-impl std::fmt::Display for ExitReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (self.code, self.signal) {
-            (Some(code), _) => write!(f, "exited with code {code}"),
-            (None, Some(sig)) => write!(f, "killed by signal {sig} ({})", signal_name(sig)),
-            (None, None) => f.write_str("ended for an unknown reason"),
-        }
-    }
-}
-
-fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGSYS => "SIGSYS",
-        _ => "other",
-    }
 }
 
 /// A failure to start or talk to the process.
@@ -104,6 +113,14 @@ pub enum ProcessError {
     ExitedEarly { reason: ExitReason, stderr: String },
     #[error("firecracker API socket {socket} not ready within {timeout:?}")]
     ApiTimeout { socket: PathBuf, timeout: Duration },
+    #[error("cannot keep hold of the firecracker process (pidfd)")]
+    Pidfd(#[source] std::io::Error),
+    #[error("cannot record the firecracker process in {path}")]
+    Record {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How to stop a process. Each step runs only if the previous one did not end it.
@@ -132,7 +149,7 @@ pub struct FirecrackerProcess {
     api: ApiClient,
     console: ConsoleWatch,
     exit: watch::Receiver<Option<ExitReason>>,
-    signals: mpsc::UnboundedSender<i32>,
+    pidfd: Pidfd,
     spawned_at: Instant,
 }
 
@@ -181,33 +198,52 @@ impl FirecrackerProcess {
             source,
         })?;
         let pid = child.id().expect("a just-spawned child has a pid");
-        let stdout = child.stdout.take().expect("stdout was piped");
-        let console = console::capture(
-            stdout,
-            &config.workdir.join(CONSOLE_LOG),
-            config.console_log_limit,
-            config.watch_for.clone(),
-        )
-        .await
-        .map_err(|source| ProcessError::PrepareFile {
-            path: config.workdir.join(CONSOLE_LOG),
-            source,
-        })?;
+        // The child is unreaped, so the pid is ours to open a pidfd on; from here
+        // on every signal goes through the pidfd.
+        let pidfd = match Pidfd::open(pid) {
+            Ok(pidfd) => pidfd,
+            Err(source) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(ProcessError::Pidfd(source));
+            }
+        };
+        let prepared = async {
+            // Recorded before anything can fail slowly, so a daemon that dies from
+            // here on leaves a process the next one can find.
+            let start_ticks = process_start_ticks(pid).unwrap_or(0);
+            ProcessRecord { pid, start_ticks }
+                .write(&config.workdir)
+                .map_err(|source| ProcessError::Record {
+                    path: config.workdir.join(PROCESS_RECORD),
+                    source,
+                })?;
+            let stdout = child.stdout.take().expect("stdout was piped");
+            console::capture(
+                stdout,
+                &config.workdir.join(CONSOLE_LOG),
+                config.console_log_limit,
+                config.watch_for.clone(),
+            )
+            .await
+            .map_err(|source| ProcessError::PrepareFile {
+                path: config.workdir.join(CONSOLE_LOG),
+                source,
+            })
+        }
+        .await;
+        let console = match prepared {
+            Ok(console) => console,
+            Err(err) => {
+                let _ = pidfd.send_signal(libc::SIGKILL);
+                let _ = child.wait().await;
+                return Err(err);
+            }
+        };
 
         let (exit_tx, exit_rx) = watch::channel(None);
-        let (sig_tx, mut sig_rx) = mpsc::unbounded_channel::<i32>();
         tokio::spawn(async move {
-            let status = loop {
-                tokio::select! {
-                    status = child.wait() => break status,
-                    Some(sig) = sig_rx.recv() => {
-                        // SAFETY: the child is not yet reaped (only this task reaps
-                        // it), so `pid` still names our process.
-                        unsafe { libc::kill(pid as libc::pid_t, sig) };
-                    }
-                }
-            };
-            let reason = match status {
+            let reason = match child.wait().await {
                 Ok(status) => {
                     use std::os::unix::process::ExitStatusExt;
                     ExitReason {
@@ -229,7 +265,7 @@ impl FirecrackerProcess {
             api: ApiClient::new(socket),
             console,
             exit: exit_rx,
-            signals: sig_tx,
+            pidfd,
             spawned_at,
         })
     }
@@ -335,9 +371,8 @@ impl FirecrackerProcess {
 
     /// Sends `signal` if the process is still running.
     pub fn signal(&self, signal: i32) {
-        if self.exited().is_none() {
-            let _ = self.signals.send(signal);
-        }
+        // ESRCH (already exited) is the only failure, and harmless.
+        let _ = self.pidfd.send_signal(signal);
     }
 
     /// Stops the process following `policy` and returns how it ended.
@@ -372,10 +407,7 @@ impl FirecrackerProcess {
 impl Drop for FirecrackerProcess {
     fn drop(&mut self) {
         if self.exited().is_none() {
-            // SAFETY: kill has no memory-safety preconditions. The supervisor has
-            // not published an exit, so it has not reaped the child and `pid`
-            // still names our process (barring a reap in the last microseconds).
-            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+            self.signal(libc::SIGKILL);
         }
     }
 }
@@ -393,23 +425,6 @@ pub fn process_start_ticks(pid: u32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exit_reasons_read_well() {
-        let killed = ExitReason {
-            code: None,
-            signal: Some(9),
-        };
-        assert_eq!(killed.to_string(), "killed by signal 9 (SIGKILL)");
-        assert_eq!(
-            ExitReason {
-                code: Some(1),
-                signal: None
-            }
-            .to_string(),
-            "exited with code 1"
-        );
-    }
 
     #[test]
     fn start_ticks_of_this_process_are_stable() {

@@ -61,11 +61,6 @@ pub struct FakeMachine {
     exit_rx: watch::Receiver<Option<ExitReason>>,
 }
 
-const KILLED: ExitReason = ExitReason {
-    code: None,
-    signal: Some(libc::SIGKILL),
-};
-
 /// Records the first way the machine ended; later ones are ignored, as with a
 /// real process.
 fn end(tx: &watch::Sender<Option<ExitReason>>, reason: ExitReason) {
@@ -139,7 +134,7 @@ impl VmMachine for FakeMachine {
             let tx = self.exit_tx.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(after).await;
-                end(&tx, KILLED);
+                end(&tx, ExitReason::KILLED);
             });
         }
         Ok(())
@@ -190,7 +185,7 @@ impl VmMachine for FakeMachine {
     async fn wait_exit(&self) -> ExitReason {
         let mut rx = self.exit_rx.clone();
         let reason = rx.wait_for(Option::is_some).await.map(|r| *r);
-        reason.ok().flatten().unwrap_or(KILLED)
+        reason.ok().flatten().unwrap_or(ExitReason::KILLED)
     }
 
     fn console_tail(&self) -> Vec<String> {

@@ -14,8 +14,7 @@ use tfc_core::{BootPhase, VmId, VmSpec};
 pub use self::fake::{FakeBackend, FakeMachine, FakeScript};
 pub use self::firecracker::{FirecrackerBackend, FirecrackerMachine};
 
-/// How a VMM process ended, as the VM record shows it.
-pub use tfc_firecracker::ExitReason;
+pub use tfc_core::ExitReason;
 
 /// A backend step that failed. The message says what to do where a user can act.
 #[derive(Debug, thiserror::Error)]
