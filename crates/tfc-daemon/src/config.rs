@@ -20,8 +20,12 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid: {message}")]
-    Parse { path: String, message: String },
+    #[error("config file {path} is not valid")]
+    Parse {
+        path: String,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
     #[error("config key `{key}`: {reason}")]
     Invalid { key: String, reason: String },
 }
@@ -222,7 +226,7 @@ impl Config {
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_owned(),
-            message: e.to_string().trim_end().replace('\n', "\n  "),
+            source: Box::new(e),
         })?;
         config.validate()?;
         Ok(config)
@@ -434,7 +438,7 @@ mod tests {
             ("daemon = 3", "daemon"),
         ];
         for (text, key) in cases {
-            let err = Config::parse(text, "case").expect_err(text).to_string();
+            let err = tfc_core::error_chain(&Config::parse(text, "case").expect_err(text));
             assert!(
                 err.contains(key),
                 "error for {text:?} does not name {key:?}: {err}"

@@ -42,6 +42,8 @@ pub enum DaemonError {
     AlreadyRunning(PathBuf),
     #[error("another tfc daemon is using the data directory {0} (it holds daemon.lock); stop it or choose another data_dir")]
     DataDirInUse(PathBuf),
+    #[error("the socket directory {path} belongs to uid {owner}, not to this user: remove it or set TFC_SOCKET")]
+    ForeignDirectory { path: PathBuf, owner: u32 },
     #[error("cannot lock the data directory {path}")]
     Lock {
         path: PathBuf,
@@ -131,6 +133,32 @@ fn create_dir(path: &Path) -> Result<(), DaemonError> {
     })
 }
 
+/// Makes sure `dir` exists and belongs to this user, creating it mode 0700. A
+/// socket directory someone else made (e.g. a pre-created `/tmp/tfc-$UID`) could
+/// let them replace the socket, so it is refused.
+fn private_dir(dir: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let dir_err = |source| DaemonError::Directory {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(dir_err)?;
+    let owner = std::fs::metadata(dir).map_err(dir_err)?.uid();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if owner != me {
+        return Err(DaemonError::ForeignDirectory {
+            path: dir.to_owned(),
+            owner,
+        });
+    }
+    Ok(())
+}
+
 /// Takes `<data_dir>/daemon.lock` for as long as the returned file lives. Start-up
 /// cleanup ends every VMM recorded in the data directory, so two daemons on one
 /// directory would destroy each other's VMs: the second must not get that far.
@@ -163,7 +191,7 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, DaemonError> {
 /// replaced; one that answers belongs to a running daemon and is left alone.
 pub fn bind(socket: &Path) -> Result<UnixListener, DaemonError> {
     if let Some(parent) = socket.parent() {
-        create_dir(parent)?;
+        private_dir(parent)?;
     }
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {

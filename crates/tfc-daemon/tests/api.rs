@@ -1,11 +1,12 @@
 //! Tier 0: the daemon through its real HTTP router against the fake backend.
 //! Every endpoint, every error code, bad bodies, illegal transitions.
 
+mod common;
+
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tfc_daemon::backend::{Backend, FakeBackend};
 use tfc_daemon::config::Config;
@@ -34,23 +35,7 @@ fn harness() -> Harness {
 
 impl Harness {
     async fn send(&self, method: Method, uri: &str, body: Option<&str>) -> (StatusCode, Value) {
-        let mut request = Request::builder().method(method).uri(uri);
-        if body.is_some() {
-            request = request.header("content-type", "application/json");
-        }
-        let request = request
-            .body(Body::from(body.unwrap_or_default().to_owned()))
-            .unwrap();
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| panic!("non-JSON answer: {}", String::from_utf8_lossy(&bytes)))
-        };
-        (status, value)
+        common::send(&self.app, method, uri, body).await
     }
 
     async fn create(&self, body: &str) -> Value {

@@ -6,16 +6,15 @@
 //! can (and CI requires it). Guest boots cost ~25-40 s on a nested-KVM host, so
 //! the suite boots as few VMs as it can and boots them concurrently.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::{Method, StatusCode};
 use serde_json::Value;
 use tfc_daemon::config::Config;
 use tfc_daemon::manager::VmManager;
-use tower::ServiceExt;
 
 /// Assets come from `TFC_ASSETS_DATA_DIR`, else the standard data dir; VM
 /// directories go to a fresh temporary data dir per test.
@@ -60,20 +59,7 @@ fn daemon(extra: &str) -> Daemon {
 
 impl Daemon {
     async fn send(&self, method: Method, uri: &str, body: Option<&str>) -> (StatusCode, Value) {
-        let mut request = Request::builder().method(method).uri(uri);
-        if body.is_some() {
-            request = request.header("content-type", "application/json");
-        }
-        let request = request
-            .body(Body::from(body.unwrap_or_default().to_owned()))
-            .unwrap();
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        common::send(&self.app, method, uri, body).await
     }
 
     async fn get(&self, id: &str) -> Value {

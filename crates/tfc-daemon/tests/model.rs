@@ -2,18 +2,17 @@
 //! machine does not allow, and the daemon's answers always agree with a model
 //! built from `tfc_core::transition` alone (fake backend).
 
+mod common;
+
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::{Method, StatusCode};
 use proptest::prelude::*;
 use serde_json::Value;
 use tfc_core::{transition, VmEvent, VmState};
 use tfc_daemon::backend::{Backend, FakeBackend};
 use tfc_daemon::config::Config;
 use tfc_daemon::manager::VmManager;
-use tower::ServiceExt;
 
 #[derive(Debug, Clone)]
 enum Call {
@@ -32,33 +31,6 @@ fn call() -> impl Strategy<Value = Call> {
         1 => (0..3usize).prop_map(Call::Stop),
         1 => (0..3usize, any::<bool>()).prop_map(|(i, f)| Call::Delete(i, f)),
     ]
-}
-
-async fn send(
-    app: &axum::Router,
-    method: Method,
-    uri: &str,
-    body: Option<&str>,
-) -> (StatusCode, Value) {
-    let mut request = Request::builder().method(method).uri(uri);
-    if body.is_some() {
-        request = request.header("content-type", "application/json");
-    }
-    let response = app
-        .clone()
-        .oneshot(
-            request
-                .body(Body::from(body.unwrap_or_default().to_owned()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
 }
 
 fn parse_state(v: &Value) -> VmState {
@@ -80,7 +52,7 @@ async fn run(calls: Vec<Call>) -> Result<(), TestCaseError> {
         match call {
             Call::Create => {
                 let (status, vm) =
-                    send(&app, Method::POST, "/v1/vms", Some(r#"{"wait":true}"#)).await;
+                    common::send(&app, Method::POST, "/v1/vms", Some(r#"{"wait":true}"#)).await;
                 prop_assert_eq!(status, StatusCode::CREATED);
                 prop_assert_eq!(parse_state(&vm), VmState::Ready);
                 model.push((vm["id"].as_str().unwrap().to_owned(), VmState::Ready));
@@ -93,7 +65,7 @@ async fn run(calls: Vec<Call>) -> Result<(), TestCaseError> {
                 };
                 let (id, state) = model[i].clone();
                 let (status, body) =
-                    send(&app, Method::POST, &format!("/v1/vms/{id}/{verb}"), None).await;
+                    common::send(&app, Method::POST, &format!("/v1/vms/{id}/{verb}"), None).await;
                 match transition(state, event) {
                     Ok(mut to) => {
                         if to == VmState::Stopping {
@@ -118,7 +90,7 @@ async fn run(calls: Vec<Call>) -> Result<(), TestCaseError> {
             }
             Call::Delete(i, force) if i < model.len() => {
                 let (id, state) = model[i].clone();
-                let (status, body) = send(
+                let (status, body) = common::send(
                     &app,
                     Method::DELETE,
                     &format!("/v1/vms/{id}?force={force}"),
@@ -135,11 +107,12 @@ async fn run(calls: Vec<Call>) -> Result<(), TestCaseError> {
             _ => {}
         }
         // After every call the daemon agrees with the model on every VM.
-        let (_, list) = send(&app, Method::GET, "/v1/vms", None).await;
+        let (_, list) = common::send(&app, Method::GET, "/v1/vms", None).await;
         let listed = list["vms"].as_array().unwrap();
         prop_assert_eq!(listed.len(), model.len());
         for (id, state) in &model {
-            let (status, vm) = send(&app, Method::GET, &format!("/v1/vms/{id}"), None).await;
+            let (status, vm) =
+                common::send(&app, Method::GET, &format!("/v1/vms/{id}"), None).await;
             prop_assert_eq!(status, StatusCode::OK);
             prop_assert_eq!(parse_state(&vm), *state);
         }

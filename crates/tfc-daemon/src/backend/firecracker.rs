@@ -4,9 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tfc_core::{BootPhase, Readiness, VmSpec};
-use tfc_firecracker::models::{BootSource, Drive, MachineConfiguration};
-use tfc_firecracker::{ExitReason, FirecrackerProcess, SpawnConfig, StopPolicy};
+use tfc_core::{BootPhase, Readiness};
+use tfc_firecracker::{ExitReason, FirecrackerProcess, SpawnConfig, StopPolicy, VmConfig};
 
 use super::{BackendError, CreateRequest, VmBackend, VmMachine};
 
@@ -55,41 +54,6 @@ fn check_kvm() -> Result<(), BackendError> {
         .map_err(|e| BackendError::NoKvm(e.to_string()))
 }
 
-impl FirecrackerBackend {
-    async fn configure(process: &FirecrackerProcess, spec: &VmSpec) -> Result<(), BackendError> {
-        let api = process.api();
-        api.put_machine_config(&MachineConfiguration {
-            vcpu_count: spec.vcpus,
-            mem_size_mib: spec.memory_mib,
-            smt: None,
-            track_dirty_pages: None,
-            huge_pages: None,
-        })
-        .await
-        .map_err(BackendError::Configure)?;
-        api.put_boot_source(&BootSource {
-            kernel_image_path: spec.kernel.display().to_string(),
-            boot_args: Some(spec.boot_args.clone()),
-            initrd_path: None,
-        })
-        .await
-        .map_err(BackendError::Configure)?;
-        // Read-only root: many VMs share one base image.
-        api.put_drive(&Drive {
-            drive_id: "rootfs".to_owned(),
-            path_on_host: Some(spec.rootfs.display().to_string()),
-            is_root_device: true,
-            is_read_only: Some(true),
-            partuuid: None,
-            cache_type: None,
-            io_engine: None,
-            rate_limiter: None,
-        })
-        .await
-        .map_err(BackendError::Configure)
-    }
-}
-
 impl VmBackend for FirecrackerBackend {
     type Machine = FirecrackerMachine;
 
@@ -128,7 +92,16 @@ impl VmBackend for FirecrackerBackend {
                 .await
                 .map_err(BackendError::Spawn)?;
             mark(BootPhase::ApiReady);
-            Self::configure(&machine.process, spec).await?;
+            VmConfig {
+                kernel: spec.kernel.clone(),
+                boot_args: spec.boot_args.clone(),
+                rootfs: spec.rootfs.clone(),
+                vcpus: spec.vcpus,
+                memory_mib: spec.memory_mib,
+            }
+            .apply(machine.process.api())
+            .await
+            .map_err(BackendError::Configure)?;
             mark(BootPhase::Configured);
             Ok::<(), BackendError>(())
         }

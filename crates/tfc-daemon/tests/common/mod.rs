@@ -1,0 +1,40 @@
+//! What the daemon's integration tests share: one HTTP exchange through the real
+//! router.
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// Sends one request through `app`; the answer's status and JSON body (`Null`
+/// when empty). A body that is not JSON fails the test: every answer of this API
+/// is JSON or empty.
+pub async fn send(
+    app: &axum::Router,
+    method: Method,
+    uri: &str,
+    body: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let request = request
+        .body(Body::from(body.unwrap_or_default().to_owned()))
+        .expect("valid request");
+    let response = app.clone().oneshot(request).await.expect("router answers");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body readable")
+        .to_bytes();
+    if bytes.is_empty() {
+        return (status, Value::Null);
+    }
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| panic!("non-JSON answer: {}", String::from_utf8_lossy(&bytes)));
+    (status, value)
+}
