@@ -1,6 +1,7 @@
-//! Property test: no sequence of API calls drives a VM into a state the state
-//! machine does not allow, and the daemon's answers always agree with a model
-//! built from `tfc_core::transition` alone (fake backend).
+//! Property test: no sequence of API calls, clock steps and VMM deaths drives a
+//! VM into a state the state machine does not allow, and the daemon's answers
+//! always agree with a model built from `tfc_core::transition` alone (fake
+//! backend on tokio's paused clock, so boots finish exactly when the test says).
 
 mod common;
 
@@ -9,27 +10,39 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use proptest::prelude::*;
 use serde_json::Value;
-use tfc_core::{transition, VmEvent, VmState};
+use tfc_core::{transition, VmEvent, VmId, VmState};
 use tfc_daemon::backend::{Backend, FakeBackend};
 use tfc_daemon::config::Config;
 use tfc_daemon::manager::VmManager;
 
+/// The fake's boot time.
+const BOOT: Duration = Duration::from_millis(100);
+
 #[derive(Debug, Clone)]
 enum Call {
-    Create,
+    /// `POST /v1/vms`, with or without waiting for readiness.
+    Create {
+        wait: bool,
+    },
     Pause(usize),
     Resume(usize),
     Stop(usize),
     Delete(usize, bool),
+    /// The VMM of VM i dies (SIGKILL from outside).
+    Kill(usize),
+    /// The clock moves on by one boot time: every booting VM becomes ready.
+    Advance,
 }
 
 fn call() -> impl Strategy<Value = Call> {
     prop_oneof![
-        1 => Just(Call::Create),
-        2 => (0..3usize).prop_map(Call::Pause),
-        2 => (0..3usize).prop_map(Call::Resume),
-        1 => (0..3usize).prop_map(Call::Stop),
-        1 => (0..3usize, any::<bool>()).prop_map(|(i, f)| Call::Delete(i, f)),
+        2 => any::<bool>().prop_map(|wait| Call::Create { wait }),
+        2 => (0..4usize).prop_map(Call::Pause),
+        2 => (0..4usize).prop_map(Call::Resume),
+        1 => (0..4usize).prop_map(Call::Stop),
+        1 => (0..4usize, any::<bool>()).prop_map(|(i, f)| Call::Delete(i, f)),
+        1 => (0..4usize).prop_map(Call::Kill),
+        1 => Just(Call::Advance),
     ]
 }
 
@@ -37,25 +50,39 @@ fn parse_state(v: &Value) -> VmState {
     serde_json::from_value(v["state"].clone()).unwrap()
 }
 
+/// Booting VMs become Ready when the clock passes their boot time.
+fn finish_boots(model: &mut [(String, VmState)]) {
+    for (_, state) in model.iter_mut() {
+        if *state == VmState::Booting {
+            *state = transition(*state, VmEvent::BootCompleted).unwrap();
+        }
+    }
+}
+
 async fn run(calls: Vec<Call>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::parse("[daemon]\nbackend = \"fake\"\n", "test").unwrap();
-    let manager = VmManager::new(
-        Backend::Fake(FakeBackend::new(Duration::ZERO)),
-        config,
-        dir.path().to_owned(),
-    );
+    let fake = FakeBackend::new(BOOT);
+    let manager = VmManager::new(Backend::Fake(fake.clone()), config, dir.path().to_owned());
     let app = tfc_daemon::api::router(manager);
     // The model: (id, state) of every VM that exists.
     let mut model: Vec<(String, VmState)> = Vec::new();
     for call in calls {
         match call {
-            Call::Create => {
-                let (status, vm) =
-                    common::send(&app, Method::POST, "/v1/vms", Some(r#"{"wait":true}"#)).await;
+            Call::Create { wait } => {
+                let body = format!(r#"{{"wait": {wait}}}"#);
+                let (status, vm) = common::send(&app, Method::POST, "/v1/vms", Some(&body)).await;
                 prop_assert_eq!(status, StatusCode::CREATED);
-                prop_assert_eq!(parse_state(&vm), VmState::Ready);
-                model.push((vm["id"].as_str().unwrap().to_owned(), VmState::Ready));
+                let id = vm["id"].as_str().unwrap().to_owned();
+                if wait {
+                    // Waiting let the clock run to this boot's end, and every
+                    // earlier boot ends no later.
+                    prop_assert_eq!(parse_state(&vm), VmState::Ready);
+                    finish_boots(&mut model);
+                    model.push((id, VmState::Ready));
+                } else {
+                    model.push((id, VmState::Booting));
+                }
             }
             Call::Pause(i) | Call::Resume(i) | Call::Stop(i) if i < model.len() => {
                 let (verb, event) = match call {
@@ -64,8 +91,8 @@ async fn run(calls: Vec<Call>) -> Result<(), TestCaseError> {
                     _ => ("stop", VmEvent::Stop),
                 };
                 let (id, state) = model[i].clone();
-                let (status, body) =
-                    common::send(&app, Method::POST, &format!("/v1/vms/{id}/{verb}"), None).await;
+                let uri = format!("/v1/vms/{id}/{verb}");
+                let (status, body) = common::send(&app, Method::POST, &uri, None).await;
                 match transition(state, event) {
                     Ok(mut to) => {
                         if to == VmState::Stopping {
@@ -90,13 +117,8 @@ async fn run(calls: Vec<Call>) -> Result<(), TestCaseError> {
             }
             Call::Delete(i, force) if i < model.len() => {
                 let (id, state) = model[i].clone();
-                let (status, body) = common::send(
-                    &app,
-                    Method::DELETE,
-                    &format!("/v1/vms/{id}?force={force}"),
-                    None,
-                )
-                .await;
+                let uri = format!("/v1/vms/{id}?force={force}");
+                let (status, body) = common::send(&app, Method::DELETE, &uri, None).await;
                 if force || state.is_deletable() {
                     prop_assert_eq!(status, StatusCode::NO_CONTENT, "{}", body);
                     model.remove(i);
@@ -104,27 +126,53 @@ async fn run(calls: Vec<Call>) -> Result<(), TestCaseError> {
                     prop_assert_eq!(status, StatusCode::CONFLICT);
                 }
             }
+            Call::Kill(i) if i < model.len() => {
+                let (id, state) = model[i].clone();
+                prop_assert!(fake.kill(&VmId::new(id).unwrap()) || state.is_terminal());
+                if let Ok(to) = transition(state, VmEvent::Fail) {
+                    model[i].1 = to;
+                }
+            }
+            Call::Advance => {
+                tokio::time::advance(BOOT).await;
+                finish_boots(&mut model);
+            }
             _ => {}
         }
-        // After every call the daemon agrees with the model on every VM.
+        // After every call the daemon agrees with the model on every VM, once the
+        // owners have run (changes after a kill or a clock step are asynchronous).
         let (_, list) = common::send(&app, Method::GET, "/v1/vms", None).await;
-        let listed = list["vms"].as_array().unwrap();
-        prop_assert_eq!(listed.len(), model.len());
-        for (id, state) in &model {
-            let (status, vm) =
-                common::send(&app, Method::GET, &format!("/v1/vms/{id}"), None).await;
-            prop_assert_eq!(status, StatusCode::OK);
-            prop_assert_eq!(parse_state(&vm), *state);
+        prop_assert_eq!(list["vms"].as_array().unwrap().len(), model.len());
+        for (id, want) in &model {
+            let mut got = VmState::Creating;
+            for _ in 0..1000 {
+                let (status, vm) =
+                    common::send(&app, Method::GET, &format!("/v1/vms/{id}"), None).await;
+                prop_assert_eq!(status, StatusCode::OK);
+                got = parse_state(&vm);
+                if got == *want {
+                    if got == VmState::Failed {
+                        prop_assert_eq!(&vm["exit"]["signal"], &Value::from(9), "{}", vm);
+                    }
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            prop_assert_eq!(got, *want, "VM {}", id);
         }
     }
     Ok(())
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
     #[test]
-    fn api_sequences_agree_with_the_state_machine(calls in proptest::collection::vec(call(), 1..24)) {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    fn api_sequences_agree_with_the_state_machine(calls in proptest::collection::vec(call(), 1..32)) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
         runtime.block_on(run(calls))?;
     }
 }

@@ -2,10 +2,11 @@
 //! backend seam. It runs on tokio's clock, so tests can pause and advance time.
 //! It never stands in for Firecracker in a test that claims to test Firecracker.
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tfc_core::BootPhase;
+use tfc_core::{BootPhase, VmId};
 use tokio::sync::watch;
 
 use super::{BackendError, CreateRequest, ExitReason, VmBackend, VmMachine};
@@ -29,7 +30,13 @@ pub struct FakeScript {
 #[derive(Debug, Clone, Default)]
 pub struct FakeBackend {
     script: Arc<Mutex<FakeScript>>,
+    /// Exit channel of every live machine, so a test can "kill" one. Weak: an
+    /// entry dies with its machine and is pruned on the next create.
+    machines: Arc<Mutex<HashMap<VmId, Weak<ExitChannel>>>>,
 }
+
+type ExitChannel = watch::Sender<Option<ExitReason>>;
+type ExitSender = Arc<ExitChannel>;
 
 impl FakeBackend {
     pub fn new(boot_latency: Duration) -> Self {
@@ -38,12 +45,26 @@ impl FakeBackend {
                 boot_latency,
                 ..FakeScript::default()
             })),
+            machines: Arc::default(),
         }
     }
 
     /// Changes what the fake does next.
     pub fn script(&self, change: impl FnOnce(&mut FakeScript)) {
         change(&mut self.script.lock().expect("fake script lock"));
+    }
+
+    /// Ends machine `id` as if its process were killed with SIGKILL from outside.
+    /// Returns false when no such machine was created.
+    pub fn kill(&self, id: &VmId) -> bool {
+        let machines = self.machines.lock().expect("fake machines lock");
+        match machines.get(id).and_then(Weak::upgrade) {
+            Some(tx) => {
+                end(&tx, ExitReason::KILLED);
+                true
+            }
+            None => false,
+        }
     }
 
     fn snapshot(&self) -> FakeScript {
@@ -57,7 +78,7 @@ pub struct FakeMachine {
     script: Arc<Mutex<FakeScript>>,
     boot_latency: Duration,
     crash_after: Option<Duration>,
-    exit_tx: Arc<watch::Sender<Option<ExitReason>>>,
+    exit_tx: ExitSender,
     exit_rx: watch::Receiver<Option<ExitReason>>,
 }
 
@@ -78,7 +99,7 @@ impl VmBackend for FakeBackend {
 
     async fn create(
         &self,
-        _request: CreateRequest<'_>,
+        request: CreateRequest<'_>,
         mark: &mut (dyn FnMut(BootPhase) + Send),
     ) -> Result<FakeMachine, BackendError> {
         let next = self.snapshot();
@@ -94,11 +115,16 @@ impl VmBackend for FakeBackend {
             mark(phase);
         }
         let (exit_tx, exit_rx) = watch::channel(None);
+        let exit_tx = Arc::new(exit_tx);
+        let mut machines = self.machines.lock().expect("fake machines lock");
+        machines.retain(|_, tx| tx.strong_count() > 0);
+        machines.insert(request.id.clone(), Arc::downgrade(&exit_tx));
+        drop(machines);
         Ok(FakeMachine {
             script: self.script.clone(),
             boot_latency: next.boot_latency,
             crash_after: next.crash_after,
-            exit_tx: Arc::new(exit_tx),
+            exit_tx,
             exit_rx,
         })
     }
