@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
+use anyhow::Context;
 use clap::Args;
+use tfc_core::error_chain;
 use tfc_host::probe::{self, boot, CheckStatus, HostReport};
 
 #[derive(Debug, Args)]
@@ -17,11 +19,27 @@ pub struct DoctorArgs {
 }
 
 /// Prints the report; the exit code is 1 when a required check failed (or
-/// a requested boot probe could not run).
+/// a requested boot probe could not run), 130 when the boot probe was
+/// interrupted (no report then).
 pub fn run(args: DoctorArgs, data_dir: &Path) -> anyhow::Result<i32> {
     let mut probe_failed = false;
     if args.boot_probe {
-        match boot::run(data_dir, boot::DEFAULT_TIMEOUT, &mut |l| eprintln!("{l}")) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime for the boot probe")?;
+        let mut print = |line: &str| eprintln!("{line}");
+        let verdict = runtime.block_on(async {
+            tokio::select! {
+                v = boot::run(data_dir, boot::DEFAULT_TIMEOUT, &mut print) => Some(v),
+                () = interrupted() => None,
+            }
+        });
+        let Some(verdict) = verdict else {
+            eprintln!("[boot-probe] interrupted; no verdict");
+            return Ok(130);
+        };
+        match verdict {
             Ok(v) => eprintln!(
                 "[boot-probe] guest userspace: {} after {:.1} s (init reached: {}): {}",
                 v.guest_userspace.as_str(),
@@ -33,7 +51,7 @@ pub fn run(args: DoctorArgs, data_dir: &Path) -> anyhow::Result<i32> {
             ),
             Err(e) => {
                 probe_failed = true;
-                eprintln!("[boot-probe] failed: {}", chain(&e));
+                eprintln!("[boot-probe] failed: {}", error_chain(&e));
             }
         }
     }
@@ -82,13 +100,20 @@ fn status_word(s: CheckStatus) -> &'static str {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        cur = s.source();
+/// Resolves on SIGINT or SIGTERM. The probe's Firecracker runs in its own
+/// process group, so a Ctrl-C does not reach it: the probe must be dropped
+/// (which kills its Firecracker) instead of `tfc` just dying.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without handlers the default actions apply, as before.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
     }
-    text
 }

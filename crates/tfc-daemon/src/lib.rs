@@ -89,13 +89,8 @@ fn resolve_firecracker(config: &Config, data_dir: &Path) -> Result<PathBuf, Daem
         Ok(manifest) => tried.push(format!("assets: {}", manifest.firecracker.path.display())),
         Err(_) => tried.push(format!("assets in {} (none built)", data_dir.display())),
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("firecracker");
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
+    if let Some(path) = tfc_host::find_on_path("firecracker") {
+        return Ok(path);
     }
     tried.push("PATH".to_owned());
     Err(DaemonError::NoFirecracker {

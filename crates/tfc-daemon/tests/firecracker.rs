@@ -34,10 +34,12 @@ fn daemon(extra: &str) -> Daemon {
     let manifest = tfc_host::assets::load_manifest(&assets_data_dir()).unwrap_or_else(|e| {
         panic!("tier-1 tests need built assets ({e}); run `tfc assets build` first")
     });
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "tier-1 tests need /dev/kvm on this host"
-    );
+    if let Err(e) = tfc_host::kvm::check_device(Path::new(tfc_host::kvm::KVM_DEVICE)) {
+        panic!(
+            "tier-1 tests need a usable /dev/kvm: {}",
+            tfc_core::error_chain(&e)
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         "[firecracker]\nbinary = {:?}\nboot_timeout_secs = 240\nstop_grace_ms = 1000\n\

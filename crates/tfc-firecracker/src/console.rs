@@ -59,6 +59,13 @@ impl ConsoleWatch {
             .ok_or_else(|| ConsoleError::Closed(needle.to_owned()))
     }
 
+    /// Resolves once the console has closed (the VMM ended) and its last line
+    /// and the log file are complete.
+    pub async fn closed(&self) {
+        let mut rx = self.status.clone();
+        let _ = rx.wait_for(|s| s.closed).await;
+    }
+
     /// The first line seen containing `needle`, if any yet.
     pub fn seen(&self, needle: &str) -> Option<String> {
         let index = self.needles.iter().position(|n| n == needle)?;
@@ -235,6 +242,7 @@ mod tests {
             watch.wait_for("Kernel panic").await,
             Err(ConsoleError::Closed("Kernel panic".into()))
         );
+        watch.closed().await;
         assert_eq!(
             watch.wait_for("other").await,
             Err(ConsoleError::NotWatched("other".into()))

@@ -3,16 +3,21 @@
 //! Layout:
 //! - [`paths`]: where the daemon keeps its socket, data and runtime files.
 //! - [`profile`]: the guest profile (real KVM vs. nested `kvm_pvm` hosts).
-//! - [`kvm`]: which KVM this host has and whether `/dev/kvm` answers.
+//! - [`kvm`]: which KVM this host has and whether `/dev/kvm` answers
+//!   ([`kvm::check_device`]).
 //! - [`assets`]: firecracker/jailer, guest kernel and rootfs, built and cached
-//!   under `<data_dir>/assets/`, and the manifest the daemon reads.
+//!   under `<data_dir>/assets/`, and the manifest the daemon reads; host
+//!   programs are found with [`find_on_path`].
 //! - [`probe`]: `tfc doctor`'s host checks and the guest-userspace boot probe.
 //!
-//! Dependencies point one way: `probe` reads `assets` and `kvm`; `assets`
-//! reads `kvm` (to pick a profile); `profile` depends on nothing.
+//! Dependencies point one way: `probe` reads `assets` and `kvm` and boots
+//! through the Firecracker adapter (`tfc-firecracker`); `assets` reads `kvm`
+//! (to pick a profile); `profile` depends on nothing.
 
 pub mod assets;
 pub mod kvm;
 pub mod paths;
 pub mod probe;
 pub mod profile;
+
+pub use assets::find_on_path;

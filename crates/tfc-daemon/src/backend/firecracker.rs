@@ -44,14 +44,11 @@ fn require_file(what: &'static str, path: &Path) -> Result<(), BackendError> {
 }
 
 /// Firecracker reports a missing or unusable /dev/kvm only at `InstanceStart`, as a
-/// generic fault; checking first gives the user an error that says what to do.
+/// generic fault; the host probe's check first gives an error that says what to do.
 fn check_kvm() -> Result<(), BackendError> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
+    tfc_host::kvm::check_device(std::path::Path::new(tfc_host::kvm::KVM_DEVICE))
         .map(drop)
-        .map_err(|e| BackendError::NoKvm(e.to_string()))
+        .map_err(|e| BackendError::NoKvm(tfc_core::error_chain(&e)))
 }
 
 impl VmBackend for FirecrackerBackend {

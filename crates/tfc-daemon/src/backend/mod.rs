@@ -23,7 +23,7 @@ pub enum BackendError {
         "{what} not found at {path}: run `tfc assets build` or fix the VM type's `{what}` path"
     )]
     AssetMissing { what: &'static str, path: String },
-    #[error("/dev/kvm is not usable ({0}): run on a host with KVM enabled and access to /dev/kvm")]
+    #[error("KVM is not usable: {0}")]
     NoKvm(String),
     #[error("starting the VMM failed")]
     Spawn(#[source] tfc_firecracker::ProcessError),

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::profile::Profile;
 pub use binaries::{BinaryAsset, BinarySource};
-pub use prereq::HostTools;
+pub use prereq::{find_on_path, HostTools};
 
 /// Bumped when the manifest's meaning changes incompatibly.
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -229,6 +229,20 @@ pub struct BuildReport {
     pub steps: Vec<StepReport>,
 }
 
+/// Without a usable KVM device the host probe has little to go on (and VMs
+/// will not run here until it is fixed), so a profile it picked may be the
+/// wrong one. Building still makes sense: the assets may be meant for
+/// another host, or for this one once KVM works.
+fn unusable_kvm_warning(device: &Path, profile: Profile) -> Option<String> {
+    let err = crate::kvm::check_device(device).err()?;
+    Some(format!(
+        "[assets] warning: {}. Building the {profile} profile anyway; if these assets are for \
+         another host, choose its profile with `--profile default` (hardware KVM) or \
+         `--profile nested` (kvm_pvm)",
+        tfc_core::error_chain(&err)
+    ))
+}
+
 /// Builds whatever is missing and writes the manifest. Idempotent: with
 /// nothing changed it only hashes a few small files and returns.
 pub fn build(
@@ -249,6 +263,9 @@ pub fn build(
             "[assets] profile {profile} (from the host probe: {})",
             detected.evidence
         ));
+        if let Some(warning) = unusable_kvm_warning(Path::new(crate::kvm::KVM_DEVICE), profile) {
+            progress(&warning);
+        }
         profile
     });
     let jobs = opts.jobs.unwrap_or_else(|| {
@@ -718,6 +735,18 @@ mod tests {
         // SAFETY: as above.
         let free = unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         assert_eq!(free, 0);
+    }
+
+    #[test]
+    fn unusable_kvm_is_a_warning_that_says_what_to_do() {
+        let w = unusable_kvm_warning(Path::new("/nonexistent/kvm"), Profile::Default)
+            .unwrap_or_default();
+        assert!(
+            w.starts_with("[assets] warning: /nonexistent/kvm does not exist: enable KVM"),
+            "{w}"
+        );
+        assert!(w.contains("Building the default profile anyway"), "{w}");
+        assert!(w.contains("`--profile nested`"), "{w}");
     }
 
     #[test]

@@ -107,8 +107,13 @@ impl HostTools {
         self.root.join(abs.trim_start_matches('/'))
     }
 
-    /// The first executable called `name` in the search directories.
+    /// The first executable called `name` in the search directories. A name
+    /// with a `/` in it is not a program name and is never found (as with a
+    /// shell's lookup, which does not search for such names).
     pub fn find_program(&self, name: &str) -> Option<PathBuf> {
+        if name.is_empty() || name.contains('/') {
+            return None;
+        }
         self.search_dirs.iter().find_map(|dir| {
             let rel = dir.strip_prefix("/").unwrap_or(dir);
             let candidate = self.root.join(rel).join(name);
@@ -136,6 +141,17 @@ impl HostTools {
             Err(PrereqError::Missing { missing })
         }
     }
+}
+
+/// Where this host has the program `name`: the first executable file of that
+/// name in the directories of `$PATH`, then in `/usr/local/sbin`, `/usr/sbin`,
+/// `/sbin`, `/usr/bin` and `/bin` (administrator tools such as `nft`, `ip` and
+/// `mkfs.ext4` live in sbin directories that a user's `$PATH` often lacks).
+/// Relative `$PATH` entries are ignored. `None` for a name containing `/`.
+///
+/// Reads `$PATH` on every call and touches only file metadata.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    HostTools::system().find_program(name)
 }
 
 pub(crate) fn is_executable(path: &Path) -> bool {
@@ -210,6 +226,15 @@ mod tests {
             tools.find_program("flex"),
             Some(root.path().join("usr/bin/flex"))
         );
+    }
+
+    #[test]
+    fn finds_programs_on_path_but_not_paths() {
+        assert!(find_on_path("sh").is_some_and(|p| p.is_absolute() && p.ends_with("sh")));
+        assert_eq!(find_on_path("tfc-no-such-program"), None);
+        assert_eq!(find_on_path("/bin/sh"), None);
+        assert_eq!(find_on_path("bin/sh"), None);
+        assert_eq!(find_on_path(""), None);
     }
 
     #[test]

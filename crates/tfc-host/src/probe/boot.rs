@@ -3,14 +3,20 @@
 //! serial console for `GUEST-READY`. The verdict is cached per
 //! (firecracker, kernel, rootfs, host kernel), since a boot on a nested host
 //! costs about half a minute.
+//!
+//! Firecracker is started and supervised by the adapter
+//! ([`tfc_firecracker::FirecrackerProcess`]) with a `--config-file` built from
+//! [`tfc_firecracker::VmConfig`], so the probe boots exactly as the daemon
+//! would configure the same assets.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
+use tfc_firecracker::process::CONSOLE_LOG;
+use tfc_firecracker::{
+    ConsoleWatch, ExitReason, FirecrackerProcess, ProcessError, SpawnConfig, StopPolicy, VmConfig,
+};
 
 use super::GuestUserspace;
 use crate::assets::{self, AssetError, Manifest};
@@ -20,35 +26,40 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// The guest-side init the probe runs instead of `/init`.
 const PROBE_INIT: &str = "/init.sh";
-const READY_MARKER: &str = "GUEST-READY";
+/// The config file's name in the work directory (Firecracker runs there).
+const VM_CONFIG_FILE: &str = "vm.json";
+/// A boot prints tens of KiB; this only bounds a guest that floods the console.
+const CONSOLE_LOG_LIMIT: u64 = 4 << 20;
+/// The probe has nothing to save in the guest: SIGTERM, then SIGKILL soon.
+const STOP: StopPolicy = StopPolicy {
+    ctrl_alt_del_grace: None,
+    term_grace: Duration::from_secs(1),
+};
+/// How long to wait, after Firecracker ended, for the console log to be
+/// complete. Only a process that inherited Firecracker's stdout (Firecracker
+/// starts none) could keep the console open that long.
+const CONSOLE_DRAIN: Duration = Duration::from_secs(2);
 
-/// What a console line means to the probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConsoleEvent {
-    /// The kernel's first line.
-    KernelStarted,
-    /// `Run /init.sh as init process`.
-    InitStarted,
-    GuestReady,
-    KilledInit,
-    Panic,
-}
+/// Console texts the probe reacts to, matched anywhere in a line.
+mod marker {
+    /// The kernel's first line: `Linux version 6.1.x ...`.
+    pub const KERNEL_STARTED: &str = "Linux version ";
+    /// `Run /init.sh as init process` (or a fallback init).
+    pub const INIT_STARTED: &str = " as init process";
+    /// Printed by the rootfs's `/init.sh` once userspace runs.
+    pub const GUEST_READY: &str = "GUEST-READY";
+    /// `Kernel panic - not syncing: Attempted to kill init!`: init died,
+    /// typically of its first system call on a host that cannot run userspace.
+    pub const KILLED_INIT: &str = "Attempted to kill init";
+    pub const PANIC: &str = "Kernel panic";
 
-/// Recognizes the lines the probe reacts to.
-pub fn classify(line: &str) -> Option<ConsoleEvent> {
-    if line.contains(READY_MARKER) {
-        Some(ConsoleEvent::GuestReady)
-    } else if line.contains("Attempted to kill init") {
-        Some(ConsoleEvent::KilledInit)
-    } else if line.contains("Kernel panic") {
-        Some(ConsoleEvent::Panic)
-    } else if line.contains("Run ") && line.contains(" as init process") {
-        Some(ConsoleEvent::InitStarted)
-    } else if line.contains("Linux version ") {
-        Some(ConsoleEvent::KernelStarted)
-    } else {
-        None
-    }
+    pub const ALL: [&str; 5] = [
+        KERNEL_STARTED,
+        INIT_STARTED,
+        GUEST_READY,
+        KILLED_INIT,
+        PANIC,
+    ];
 }
 
 /// Identifies what a verdict was measured with.
@@ -97,14 +108,10 @@ pub enum BootProbeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot start firecracker at {}: run `tfc assets build`", .path.display())]
-    Spawn {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("firecracker exited ({status}) before the guest kernel printed anything: check `tfc doctor` (is /dev/kvm usable?); output:\n{tail}")]
-    FirecrackerExited { status: String, tail: String },
+    #[error("cannot start firecracker for the boot probe")]
+    Spawn(#[source] ProcessError),
+    #[error("firecracker ended ({reason}) before the guest kernel printed anything: check `tfc doctor` (is /dev/kvm usable?); output:\n{tail}")]
+    FirecrackerExited { reason: ExitReason, tail: String },
     #[error("cannot store the verdict in {}", .path.display())]
     WriteCache {
         path: PathBuf,
@@ -128,21 +135,13 @@ pub fn cached_verdict(
     (v.key == ProbeKey::for_manifest(manifest, host_kernel)).then_some(v)
 }
 
-/// Kills and reaps the Firecracker the probe started, however the probe
-/// ends. Only this child (by its PID) is ever signalled.
-struct Vmm(Child);
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Boots the manifest's assets and decides whether guest userspace runs.
 /// A `Yes` or `No` verdict is cached; an inconclusive run (timeout before
 /// the kernel reached init) is returned as `Unknown` and not cached.
-pub fn run(
+///
+/// Needs a tokio runtime with I/O and time enabled (a current-thread one
+/// suffices). Dropping the future kills the probe's Firecracker.
+pub async fn run(
     data_dir: &Path,
     timeout: Duration,
     progress: &mut dyn FnMut(&str),
@@ -155,15 +154,19 @@ pub fn run(
         move |source| BootProbeError::Workdir { path, source }
     };
     std::fs::create_dir_all(&probe_dir).map_err(wd(&probe_dir))?;
+    // A directory per run: concurrent probes do not share sockets or logs.
     let work = tempfile::Builder::new()
         .prefix("boot-")
         .tempdir_in(&probe_dir)
         .map_err(wd(&probe_dir))?;
-    let config = vm_config(&manifest);
-    let config_path = work.path().join("vm.json");
-    std::fs::write(&config_path, config.to_string()).map_err(wd(&config_path))?;
-    let console_path = probe_dir.join("last-boot-console.log");
-    let mut console = std::fs::File::create(&console_path).map_err(wd(&console_path))?;
+    let config_path = work.path().join(VM_CONFIG_FILE);
+    let config = serde_json::to_vec_pretty(&probe_vm(&manifest).to_config_file()).map_err(|e| {
+        BootProbeError::Workdir {
+            path: config_path.clone(),
+            source: e.into(),
+        }
+    })?;
+    std::fs::write(&config_path, config).map_err(wd(&config_path))?;
 
     progress(&format!(
         "[boot-probe] booting {} with {} under {} (init={PROBE_INIT}, up to {} s)",
@@ -173,101 +176,79 @@ pub fn run(
         timeout.as_secs()
     ));
     let started = Instant::now();
-    let fc = &manifest.firecracker.path;
-    let mut child = Command::new(fc)
-        .args(["--no-api", "--id", "tfc-boot-probe", "--config-file"])
-        .arg(&config_path)
-        .current_dir(work.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| BootProbeError::Spawn {
-            path: fc.clone(),
-            source,
-        })?;
-    let (tx, rx) = mpsc::channel::<String>();
-    let readers: Vec<_> = [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|s| spawn_reader(s, tx.clone()))
-    .collect();
-    drop(tx);
-    let mut vmm = Vmm(child);
+    let process = FirecrackerProcess::spawn(&SpawnConfig {
+        binary: manifest.firecracker.path.clone(),
+        workdir: work.path().to_owned(),
+        id: "tfc-boot-probe".to_string(),
+        console_log_limit: CONSOLE_LOG_LIMIT,
+        watch_for: marker::ALL.iter().map(|m| m.to_string()).collect(),
+        extra_args: vec!["--config-file".to_string(), VM_CONFIG_FILE.to_string()],
+    })
+    .await
+    .map_err(BootProbeError::Spawn)?;
+    let console = process.console();
 
-    let mut watch = Watch::default();
-    let mut last_report = started;
+    let deadline = tokio::time::Instant::from_std(started + timeout);
+    let mut next_report = tokio::time::Instant::from_std(started + PROGRESS_EVERY);
+    let mut init_at = None;
+    let mut watching_init = true;
     let outcome = loop {
-        let left = timeout.saturating_sub(started.elapsed());
-        if left.is_zero() {
-            break Outcome::TimedOut;
-        }
-        match rx.recv_timeout(left.min(Duration::from_millis(500))) {
-            Ok(line) => {
-                let _ = writeln!(console, "{line}");
-                if let Some(o) = watch.line(&line, started.elapsed()) {
-                    break o;
+        // Biased: the init line is timed before a verdict in the same output
+        // ends the loop, and a verdict already on the console beats the
+        // deadline.
+        tokio::select! {
+            biased;
+            seen = console.wait_for(marker::INIT_STARTED), if watching_init => {
+                watching_init = false;
+                if seen.is_ok() {
+                    init_at = Some(started.elapsed());
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            // Both pipes closed: Firecracker (which starts no children) has
-            // exited, and every line it printed has been seen.
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = vmm.0.wait().map(|s| s.to_string()).unwrap_or_default();
-                break Outcome::Exited(status);
+            outcome = decisive_line(console) => break outcome,
+            () = tokio::time::sleep_until(deadline) => break Outcome::TimedOut,
+            () = tokio::time::sleep_until(next_report) => {
+                next_report += PROGRESS_EVERY;
+                progress(&format!(
+                    "[boot-probe] {} s: {}; last console line: {}",
+                    started.elapsed().as_secs(),
+                    stage(console),
+                    last_line(console)
+                ));
             }
-        }
-        if last_report.elapsed() >= PROGRESS_EVERY {
-            last_report = Instant::now();
-            progress(&format!(
-                "[boot-probe] {} s: {} ({} console lines)",
-                started.elapsed().as_secs(),
-                watch.stage(),
-                watch.lines
-            ));
         }
     };
     let seconds_to_verdict = started.elapsed().as_secs_f64();
-    drop(vmm);
-    // The readers end when the pipes close; they are not joined, so a
-    // process that inherited a pipe cannot hold the probe up. Lines already
-    // received still go to the console log.
-    drop(readers);
-    for line in rx.try_iter() {
-        let _ = writeln!(console, "{line}");
-    }
+    let ended = process.stop(STOP).await;
+    let _ = tokio::time::timeout(CONSOLE_DRAIN, console.closed()).await;
+    // Kept outside the work directory, which is removed on return.
+    let console_path = probe_dir.join("last-boot-console.log");
+    std::fs::rename(work.path().join(CONSOLE_LOG), &console_path).map_err(wd(&console_path))?;
 
+    let kernel_started = init_at.is_some() || console.seen(marker::KERNEL_STARTED).is_some();
     let (guest_userspace, evidence) = match outcome {
         Outcome::Ready(line) => (GuestUserspace::Yes, line),
         Outcome::Died(line) => (GuestUserspace::No, line),
-        Outcome::Exited(status) if watch.kernel_started => (
+        Outcome::ConsoleClosed if kernel_started => (
             GuestUserspace::No,
             format!(
-                "firecracker exited ({status}) after the kernel started, without GUEST-READY; last console line: {}",
-                watch.last_line
+                "firecracker ended ({ended}) after the kernel started, without {}; last console line: {}",
+                marker::GUEST_READY,
+                last_line(console)
             ),
         ),
-        Outcome::Exited(status) => {
+        Outcome::ConsoleClosed => {
             return Err(BootProbeError::FirecrackerExited {
-                status,
-                tail: watch.tail(),
+                reason: ended,
+                tail: output_tail(&process),
             })
         }
-        Outcome::TimedOut if watch.init_started.is_some() => (
+        Outcome::TimedOut if init_at.is_some() => (
             GuestUserspace::No,
             format!(
-                "the kernel ran {PROBE_INIT} but no {READY_MARKER} within {} s; last console line: {}",
+                "the kernel ran {PROBE_INIT} but no {} within {} s; last console line: {}",
+                marker::GUEST_READY,
                 timeout.as_secs(),
-                watch.last_line
+                last_line(console)
             ),
         ),
         Outcome::TimedOut => (
@@ -275,8 +256,8 @@ pub fn run(
             format!(
                 "the kernel did not reach init within {} s ({}); last console line: {}",
                 timeout.as_secs(),
-                watch.stage(),
-                watch.last_line
+                stage(console),
+                last_line(console)
             ),
         ),
     };
@@ -284,7 +265,7 @@ pub fn run(
         key,
         guest_userspace,
         evidence,
-        seconds_to_init: watch.init_started.map(|d| d.as_secs_f64()),
+        seconds_to_init: init_at.map(|d| d.as_secs_f64()),
         seconds_to_verdict,
         probed_at: assets::utc_rfc3339(SystemTime::now()),
         console_log: console_path,
@@ -301,97 +282,86 @@ pub fn run(
     Ok(verdict)
 }
 
-/// Firecracker's `--config-file` for the probe VM: one vCPU, the rootfs
-/// read-only, the profile's boot args with the busybox init.
-pub fn vm_config(m: &Manifest) -> serde_json::Value {
-    serde_json::json!({
-        "boot-source": {
-            "kernel_image_path": m.kernel.vmlinux,
-            "boot_args": m.profile.boot_args_with_init(PROBE_INIT),
-        },
-        "drives": [{
-            "drive_id": "rootfs",
-            "path_on_host": m.rootfs.path,
-            "is_root_device": true,
-            "is_read_only": true,
-        }],
-        "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
-    })
+/// The probe VM: one vCPU, 128 MiB, the rootfs read-only as root device, the
+/// profile's boot args with the busybox init.
+fn probe_vm(m: &Manifest) -> VmConfig {
+    VmConfig {
+        kernel: m.kernel.vmlinux.clone(),
+        boot_args: m.profile.boot_args_with_init(PROBE_INIT),
+        rootfs: m.rootfs.path.clone(),
+        vcpus: 1,
+        memory_mib: 128,
+    }
 }
 
+#[derive(Debug)]
 enum Outcome {
     Ready(String),
     Died(String),
-    Exited(String),
+    /// Firecracker's stdout closed, i.e. it ended, without a decisive line.
+    ConsoleClosed,
     TimedOut,
 }
 
-/// The console seen so far.
-#[derive(Debug, Default)]
-struct Watch {
-    lines: usize,
-    kernel_started: bool,
-    init_started: Option<Duration>,
-    last_line: String,
-    recent: std::collections::VecDeque<String>,
-}
-
-impl Watch {
-    fn line(&mut self, line: &str, at: Duration) -> Option<Outcome> {
-        self.lines += 1;
-        if !line.trim().is_empty() {
-            self.last_line = line.trim().to_string();
-        }
-        if self.recent.len() == 10 {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(line.to_string());
-        match classify(line)? {
-            ConsoleEvent::KernelStarted => {
-                self.kernel_started = true;
-                None
-            }
-            ConsoleEvent::InitStarted => {
-                self.kernel_started = true;
-                self.init_started.get_or_insert(at);
-                None
-            }
-            ConsoleEvent::GuestReady => Some(Outcome::Ready(line.trim().to_string())),
-            ConsoleEvent::KilledInit | ConsoleEvent::Panic => {
-                Some(Outcome::Died(line.trim().to_string()))
-            }
-        }
+/// Resolves on the first line that decides the verdict, or when the console
+/// closes without one. A guest that printed `GUEST-READY` ran userspace,
+/// whatever it printed next.
+async fn decisive_line(console: &ConsoleWatch) -> Outcome {
+    // Each wait resolves on its text or on the console closing; which one
+    // fired is read back from what the console has seen.
+    tokio::select! {
+        _ = console.wait_for(marker::GUEST_READY) => {}
+        _ = console.wait_for(marker::KILLED_INIT) => {}
+        _ = console.wait_for(marker::PANIC) => {}
     }
-
-    fn stage(&self) -> &'static str {
-        match (self.kernel_started, self.init_started.is_some()) {
-            (_, true) => "init started, waiting for GUEST-READY",
-            (true, false) => "kernel booting",
-            (false, false) => "waiting for the kernel's first console line",
-        }
-    }
-
-    fn tail(&self) -> String {
-        Vec::from(self.recent.clone()).join("\n")
+    let trimmed = |line: String| line.trim().to_string();
+    if let Some(line) = console.seen(marker::GUEST_READY) {
+        Outcome::Ready(trimmed(line))
+    } else if let Some(line) = console
+        .seen(marker::KILLED_INIT)
+        .or_else(|| console.seen(marker::PANIC))
+    {
+        Outcome::Died(trimmed(line))
+    } else {
+        Outcome::ConsoleClosed
     }
 }
 
-fn spawn_reader(
-    stream: Box<dyn Read + Send>,
-    tx: mpsc::Sender<String>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stream);
-        let mut buf = Vec::new();
-        while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
-            // The serial console emits \r\n.
-            let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-            buf.clear();
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    })
+fn stage(console: &ConsoleWatch) -> &'static str {
+    let kernel = console.seen(marker::KERNEL_STARTED).is_some();
+    let init = console.seen(marker::INIT_STARTED).is_some();
+    match (kernel, init) {
+        (_, true) => "init started, waiting for GUEST-READY",
+        (true, false) => "kernel booting",
+        (false, false) => "waiting for the kernel's first console line",
+    }
+}
+
+/// The last non-blank console line, trimmed.
+fn last_line(console: &ConsoleWatch) -> String {
+    console
+        .tail()
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The console's last lines, then Firecracker's own stderr and log: where a
+/// Firecracker that could not start the VM says why.
+fn output_tail(process: &FirecrackerProcess) -> String {
+    let console = process.console().tail();
+    let skip = console.len().saturating_sub(10);
+    let excerpt = process.stderr_excerpt();
+    console
+        .into_iter()
+        .skip(skip)
+        .chain(excerpt.lines().map(|l| l.trim().to_string()))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]
@@ -401,52 +371,30 @@ mod tests {
     use crate::profile::Profile;
 
     #[test]
-    fn classifies_console_lines() {
-        assert_eq!(
-            classify("[    0.000000] Linux version 6.1.192 (root@host) (gcc 12.2.0) #1 SMP"),
-            Some(ConsoleEvent::KernelStarted)
-        );
-        assert_eq!(
-            classify("[   25.101] Run /init.sh as init process"),
-            Some(ConsoleEvent::InitStarted)
-        );
-        assert_eq!(classify("GUEST-READY\r"), Some(ConsoleEvent::GuestReady));
-        assert_eq!(
-            classify(
-                "[   26.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b"
-            ),
-            Some(ConsoleEvent::KilledInit)
-        );
-        assert_eq!(
-            classify("[   26.0] Kernel panic - not syncing: VFS: Unable to mount root fs"),
-            Some(ConsoleEvent::Panic)
-        );
-        assert_eq!(
-            classify("[    0.1] Kernel command line: console=ttyS0 init=/init.sh"),
-            None
-        );
-    }
-
-    #[test]
-    fn watch_records_init_time_and_verdicts() {
-        let mut w = Watch::default();
-        assert!(w
-            .line("Linux version 6.1", Duration::from_secs(1))
-            .is_none());
-        assert_eq!(w.stage(), "kernel booting");
-        assert!(w
-            .line("Run /init.sh as init process", Duration::from_secs(25))
-            .is_none());
-        assert_eq!(w.init_started, Some(Duration::from_secs(25)));
-        let died = w.line(
-            "Kernel panic - not syncing: Attempted to kill init!",
-            Duration::from_secs(26),
-        );
-        assert!(matches!(died, Some(Outcome::Died(l)) if l.contains("kill init")));
-        assert!(matches!(
-            w.line("GUEST-READY", Duration::ZERO),
-            Some(Outcome::Ready(_))
+    fn markers_match_real_console_lines() {
+        let contains = |line: &str, m: &str| line.contains(m);
+        assert!(contains(
+            "[    0.000000] Linux version 6.1.192 (root@host) (gcc 12.2.0) #1 SMP",
+            marker::KERNEL_STARTED
         ));
+        assert!(contains(
+            "[   25.101] Run /init.sh as init process",
+            marker::INIT_STARTED
+        ));
+        assert!(contains("GUEST-READY", marker::GUEST_READY));
+        assert!(contains(
+            "[   26.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b",
+            marker::KILLED_INIT
+        ));
+        assert!(contains(
+            "[   26.0] Kernel panic - not syncing: VFS: Unable to mount root fs",
+            marker::PANIC
+        ));
+        let cmdline = "[    0.1] Kernel command line: console=ttyS0 init=/init.sh";
+        assert!(
+            marker::ALL.iter().all(|m| !cmdline.contains(m)),
+            "the command line echo must not count as an event"
+        );
     }
 
     fn manifest(profile: Profile) -> Manifest {
@@ -477,25 +425,33 @@ mod tests {
 
     #[test]
     fn config_uses_the_script_init_and_a_read_only_root() {
-        let c = vm_config(&manifest(Profile::Nested));
+        let c = serde_json::to_value(probe_vm(&manifest(Profile::Nested)).to_config_file())
+            .expect("serialize");
         let args = c["boot-source"]["boot_args"].as_str().unwrap_or_default();
         assert!(args.contains("init=/init.sh"), "{args}");
         assert!(args.contains("clearcpuid=popcnt,smap"), "{args}");
         assert_eq!(c["drives"][0]["is_read_only"], true);
         assert_eq!(c["drives"][0]["is_root_device"], true);
+        assert_eq!(c["drives"][0]["path_on_host"], "/a/rootfs/r/rootfs.ext4");
         assert_eq!(c["boot-source"]["kernel_image_path"], "/a/kernel/k/vmlinux");
     }
 
-    /// A data dir whose manifest's "firecracker" is a shell script that
-    /// prints `console` and then becomes a long sleep (so that killing the
-    /// PID the probe started ends it).
-    fn fake_vmm(console: &str) -> tempfile::TempDir {
+    /// A data dir whose manifest's "firecracker" is a shell script standing in
+    /// for Firecracker: it accepts the adapter's arguments, refuses to start
+    /// without the probe's config file in its working directory (as
+    /// Firecracker would), then runs `body`.
+    fn fake_vmm_running(body: &str) -> tempfile::TempDir {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let script = dir.path().join("firecracker");
         std::fs::write(
             &script,
-            format!("#!/bin/sh\nprintf '{console}'\nexec sleep 300\n"),
+            format!(
+                "#!/bin/sh\n\
+                 case \"$*\" in *'--config-file {VM_CONFIG_FILE}'*) ;; *) echo \"bad args: $*\" >&2; exit 2;; esac\n\
+                 [ -s {VM_CONFIG_FILE} ] || {{ echo 'no {VM_CONFIG_FILE} in the working directory' >&2; exit 2; }}\n\
+                 {body}\n"
+            ),
         )
         .expect("write");
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -506,11 +462,30 @@ mod tests {
         dir
     }
 
-    #[test]
-    fn ready_guest_is_yes_and_cached() {
+    /// A fake that prints `console` and then becomes a long sleep (so that
+    /// only stopping the process the probe started ends it).
+    fn fake_vmm(console: &str) -> tempfile::TempDir {
+        fake_vmm_running(&format!("printf '{console}'\nexec sleep 300"))
+    }
+
+    fn leftover_workdirs(data_dir: &Path) -> usize {
+        std::fs::read_dir(data_dir.join("probe"))
+            .expect("probe dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("boot-"))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn ready_guest_is_yes_and_cached() {
         let dir =
             fake_vmm("Linux version 6.1\\r\\nRun /init.sh as init process\\r\\nGUEST-READY\\r\\n");
-        let v = run(dir.path(), Duration::from_secs(20), &mut |_| {}).expect("verdict");
+        let mut lines = Vec::new();
+        let v = run(dir.path(), Duration::from_secs(20), &mut |l| {
+            lines.push(l.to_string())
+        })
+        .await
+        .expect("verdict");
         assert_eq!(v.guest_userspace, GuestUserspace::Yes);
         assert_eq!(v.evidence, "GUEST-READY");
         assert!(v.seconds_to_init.is_some());
@@ -518,61 +493,96 @@ mod tests {
             v.seconds_to_verdict < 20.0,
             "the probe waited for the timeout"
         );
+        assert!(lines[0].starts_with("[boot-probe] booting"), "{lines:?}");
         let m = assets::load_manifest(dir.path()).expect("manifest");
         let cached = cached_verdict(dir.path(), &m, &super::super::host_kernel_release());
         assert_eq!(cached.map(|c| c.guest_userspace), Some(GuestUserspace::Yes));
         let console = std::fs::read_to_string(&v.console_log).expect("console log");
         assert!(console.contains("Run /init.sh"), "{console}");
-        let leftovers = std::fs::read_dir(dir.path().join("probe"))
-            .expect("probe dir")
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().starts_with("boot-"))
-            .count();
-        assert_eq!(leftovers, 0, "the probe's work directory was not removed");
+        assert!(console.contains("GUEST-READY"), "{console}");
+        assert_eq!(
+            leftover_workdirs(dir.path()),
+            0,
+            "the probe's work directory was not removed"
+        );
     }
 
-    #[test]
-    fn killed_init_is_no() {
+    #[tokio::test]
+    async fn killed_init_is_no() {
         let dir = fake_vmm(
             "Linux version 6.1\\nRun /init.sh as init process\\n\\
              Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b\\n",
         );
-        let v = run(dir.path(), Duration::from_secs(20), &mut |_| {}).expect("verdict");
+        let v = run(dir.path(), Duration::from_secs(20), &mut |_| {})
+            .await
+            .expect("verdict");
         assert_eq!(v.guest_userspace, GuestUserspace::No);
         assert!(
             v.evidence.contains("Attempted to kill init"),
             "{}",
             v.evidence
         );
+        assert!(v.seconds_to_init.is_some());
     }
 
-    #[test]
-    fn silent_hang_before_init_is_unknown_and_not_cached() {
+    #[tokio::test]
+    async fn exit_after_the_kernel_started_is_no() {
+        let dir = fake_vmm_running("printf 'Linux version 6.1\\nrebooting\\n'\nexit 0");
+        let v = run(dir.path(), Duration::from_secs(20), &mut |_| {})
+            .await
+            .expect("verdict");
+        assert_eq!(v.guest_userspace, GuestUserspace::No);
+        assert!(
+            v.evidence
+                .starts_with("firecracker ended (exited with code 0) after the kernel started"),
+            "{}",
+            v.evidence
+        );
+        assert!(
+            v.evidence.ends_with("last console line: rebooting"),
+            "{}",
+            v.evidence
+        );
+    }
+
+    #[tokio::test]
+    async fn silent_hang_before_init_is_unknown_and_not_cached() {
         let dir = fake_vmm("Linux version 6.1\\n");
-        let v = run(dir.path(), Duration::from_secs(2), &mut |_| {}).expect("verdict");
+        let v = run(dir.path(), Duration::from_secs(2), &mut |_| {})
+            .await
+            .expect("verdict");
         assert_eq!(v.guest_userspace, GuestUserspace::Unknown);
+        assert!(v.evidence.contains("kernel booting"), "{}", v.evidence);
         assert!(!cache_path(dir.path()).exists());
+        assert_eq!(leftover_workdirs(dir.path()), 0);
     }
 
-    #[test]
-    fn early_exit_is_an_error() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = fake_vmm("");
-        let m = assets::load_manifest(dir.path()).expect("manifest");
-        std::fs::write(
-            &m.firecracker.path,
-            "#!/bin/sh\necho 'Error: KVM unavailable'\nexit 1\n",
-        )
-        .expect("write");
-        std::fs::set_permissions(&m.firecracker.path, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
-        let err = run(dir.path(), Duration::from_secs(20), &mut |_| {});
+    #[tokio::test]
+    async fn early_exit_is_an_error_with_firecrackers_stderr() {
+        let dir = fake_vmm_running("echo 'Error: KVM unavailable' >&2\nexit 1");
+        let err = run(dir.path(), Duration::from_secs(20), &mut |_| {}).await;
         let msg = err.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(
-            msg.contains("before the guest kernel printed anything"),
+            msg.contains("ended (exited with code 1) before the guest kernel printed anything"),
             "{msg}"
         );
         assert!(msg.contains("KVM unavailable"), "{msg}");
+        assert!(!cache_path(dir.path()).exists());
+    }
+
+    #[tokio::test]
+    async fn missing_firecracker_is_a_spawn_error() {
+        let dir = fake_vmm("");
+        let m = assets::load_manifest(dir.path()).expect("manifest");
+        std::fs::remove_file(&m.firecracker.path).expect("remove");
+        let err = run(dir.path(), Duration::from_secs(20), &mut |_| {}).await;
+        assert!(
+            matches!(
+                err,
+                Err(BootProbeError::Spawn(ProcessError::BinaryMissing(_)))
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]

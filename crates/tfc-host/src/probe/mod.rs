@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::{Deserialize, Serialize};
+use tfc_core::error_chain;
 
 use crate::assets::binaries::{self, Binary, BinaryAsset, BinarySource};
-use crate::assets::{self, AssetState, HostTools, Manifest};
+use crate::assets::{self, find_on_path, AssetState, HostTools, Manifest};
 use crate::kvm::{self, KvmKind};
 use crate::profile::Profile;
 
@@ -127,7 +128,7 @@ pub fn probe(data_dir: &Path) -> HostReport {
     let host_kernel = host_kernel_release();
     let mut checks = Vec::new();
 
-    let (kvm_check, kvm_usable) = kvm_device_check(Path::new("/dev/kvm"));
+    let (kvm_check, kvm_usable) = kvm_device_check(Path::new(kvm::KVM_DEVICE));
     checks.push(kvm_check);
     let detection = kvm::detect();
     checks.push(kvm_kind_check(&detection));
@@ -376,12 +377,19 @@ fn guest_userspace_check(
 }
 
 /// First line of a command's stdout (or stderr), or why it did not run.
+/// The program is looked up like [`find_on_path`] does, so tools in the sbin
+/// directories (`nft`) count even when a user's `$PATH` lacks them.
 fn first_line_of(program: &str, args: &[&str]) -> Result<String, String> {
     let shown = std::iter::once(program)
         .chain(args.iter().copied())
         .collect::<Vec<_>>()
         .join(" ");
-    match Command::new(program).args(args).output() {
+    let Some(path) = find_on_path(program) else {
+        return Err(format!(
+            "`{program}` is not on PATH (nor in /usr/sbin, /sbin, /usr/local/sbin)"
+        ));
+    };
+    match Command::new(path).args(args).output() {
         Ok(out) if out.status.success() => {
             let text = if out.stdout.is_empty() {
                 &out.stderr
@@ -583,18 +591,6 @@ fn vhost_vsock_check(tools: &HostTools) -> Check {
             "searched PATH and sbin directories",
         ),
     }
-}
-
-/// An error and its sources on one line, for evidence fields.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        cur = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
