@@ -40,6 +40,10 @@ pub struct BootArgs {
     /// Boots of each kind.
     #[arg(long, default_value_t = 3)]
     count: usize,
+    /// Unmeasured boots of each kind first (cold caches, the daemon's first
+    /// request).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
     /// Longest wait for one boot, in seconds.
     #[arg(long, default_value_t = 240)]
     timeout: u64,
@@ -157,7 +161,13 @@ pub async fn run(cmd: BenchCmd, data_dir: &Path) -> anyhow::Result<()> {
     // Ctrl-C ends the run cleanly: the raw process is killed when its handle
     // drops, and the daemon stops its VMs on the way out.
     let boots = tokio::select! {
-        boots = run_boots(&manifest, scratch.path(), &client, args.count, timeout) => boots,
+        boots = async {
+            if args.warmup > 0 {
+                eprintln!("  warm-up ({} of each, not measured)", args.warmup);
+                run_boots(&manifest, scratch.path(), &client, args.warmup, timeout).await?;
+            }
+            run_boots(&manifest, scratch.path(), &client, args.count, timeout).await
+        } => boots,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     let _ = stop_tx.send(());
