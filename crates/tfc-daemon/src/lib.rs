@@ -19,6 +19,7 @@ pub mod vm;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tfc_host::lockfile::LockFile;
 use tokio::net::UnixListener;
 
 use crate::backend::{Backend, FakeBackend, FirecrackerBackend};
@@ -157,29 +158,13 @@ fn private_dir(dir: &Path) -> Result<(), DaemonError> {
 /// Takes `<data_dir>/daemon.lock` for as long as the returned file lives. Start-up
 /// cleanup ends every VMM recorded in the data directory, so two daemons on one
 /// directory would destroy each other's VMs: the second must not get that far.
-pub fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, DaemonError> {
-    use std::os::fd::AsRawFd;
+pub fn lock_data_dir(data_dir: &Path) -> Result<LockFile, DaemonError> {
     let path = data_dir.join("daemon.lock");
-    let lock_err = |source| DaemonError::Lock {
-        path: path.clone(),
-        source,
-    };
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(lock_err)?;
-    // SAFETY: flock on an fd we own; the lock is released when the file closes.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let err = std::io::Error::last_os_error();
-        return Err(if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            DaemonError::DataDirInUse(data_dir.to_owned())
-        } else {
-            lock_err(err)
-        });
+    match LockFile::try_acquire(&path) {
+        Ok(Some(lock)) => Ok(lock),
+        Ok(None) => Err(DaemonError::DataDirInUse(data_dir.to_owned())),
+        Err(source) => Err(DaemonError::Lock { path, source }),
     }
-    Ok(file)
 }
 
 /// Binds the API socket, mode 0600. A socket file nobody answers on is stale and

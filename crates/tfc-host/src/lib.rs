@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`paths`]: where the daemon keeps its socket, data and runtime files.
 //! - [`profile`]: the guest profile (real KVM vs. nested `kvm_pvm` hosts).
+//! - [`lockfile`]: exclusive file locks that die with their holder.
 //! - [`kvm`]: which KVM this host has and whether `/dev/kvm` answers
 //!   ([`kvm::check_device`]).
 //! - [`assets`]: firecracker/jailer, guest kernel and rootfs, built and cached
@@ -16,6 +17,7 @@
 
 pub mod assets;
 pub mod kvm;
+pub mod lockfile;
 pub mod paths;
 pub mod probe;
 pub mod profile;

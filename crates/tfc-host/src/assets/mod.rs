@@ -29,13 +29,13 @@ pub mod rootfs;
 pub mod tool;
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::lockfile::LockFile;
 use crate::profile::Profile;
 pub use binaries::{BinaryAsset, BinarySource};
 pub use prereq::{find_on_path, HostTools};
@@ -366,7 +366,7 @@ pub fn build(
 /// file closes, including when the process dies.
 #[derive(Debug)]
 struct BuildLock {
-    _held: std::fs::File,
+    _held: LockFile,
 }
 
 impl BuildLock {
@@ -376,30 +376,15 @@ impl BuildLock {
             path: path.clone(),
             source,
         };
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(lock_err)?;
-        let fd = file.as_raw_fd();
-        // SAFETY: `fd` is open for the duration of the call.
-        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(BuildLock { _held: file });
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(lock_err(err));
+        if let Some(held) = LockFile::try_acquire(&path).map_err(lock_err)? {
+            return Ok(BuildLock { _held: held });
         }
         progress(&format!(
             "[assets] another `tfc assets build` holds {}; waiting for it to finish",
             path.display()
         ));
-        // SAFETY: as above.
-        if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
-            return Err(lock_err(std::io::Error::last_os_error()));
-        }
-        Ok(BuildLock { _held: file })
+        let held = LockFile::acquire(&path).map_err(lock_err)?;
+        Ok(BuildLock { _held: held })
     }
 }
 
@@ -727,14 +712,10 @@ mod tests {
     fn build_lock_is_exclusive_and_released_on_drop() {
         let dir = tempfile::tempdir().expect("tempdir");
         let held = BuildLock::acquire(dir.path(), &mut |_| {}).expect("first lock");
-        let other = std::fs::File::open(dir.path().join("build.lock")).expect("open");
-        // SAFETY: `other` is open for the duration of each call.
-        let busy = unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        assert_eq!(busy, -1);
+        let path = dir.path().join("build.lock");
+        assert!(LockFile::try_acquire(&path).expect("lockable").is_none());
         drop(held);
-        // SAFETY: as above.
-        let free = unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        assert_eq!(free, 0);
+        assert!(LockFile::try_acquire(&path).expect("lockable").is_some());
     }
 
     #[test]
