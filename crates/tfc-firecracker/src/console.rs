@@ -1,20 +1,29 @@
 //! Serial console capture. Firecracker writes the guest's serial port to its
-//! stdout; a task copies it into a bounded log file and watches lines for the
-//! texts registered at spawn (readiness markers, panics). Memory is bounded too:
-//! only the last few lines are kept, and an over-long line is cut.
+//! stdout, which is a file in the VM's directory opened for appending, not a
+//! pipe: the console then outlives the daemon, and a daemon that re-adopts a
+//! running VM picks it up where it is. A tailer task reads the file, watches
+//! lines for the texts registered at start (readiness markers, panics), and keeps
+//! the file bounded by moving its content to `<name>.1` and truncating it (the
+//! writer appends, so it carries on at the new end). Memory is bounded too: only
+//! the last few lines are kept, and an over-long line is cut.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use tokio::fs::{File, OpenOptions};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use std::time::Duration;
+
+use tokio::fs::File;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 
 /// Longest line kept for matching; the log file gets everything.
 const MAX_LINE: usize = 4096;
 /// Lines kept in memory for error reports.
 const TAIL_LINES: usize = 20;
+/// The tailer polls fast while output flows (a boot) and backs off to this when
+/// the console is quiet, so idle VMs cost next to nothing.
+const MAX_IDLE_POLL: Duration = Duration::from_millis(250);
 
 /// Why waiting for a console line ended without it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,66 +90,38 @@ impl ConsoleWatch {
     }
 }
 
-/// A log file that rotates to `<name>.1` when it reaches its limit, so it never
-/// holds more than twice `limit` bytes on disk.
-struct BoundedLog {
-    path: PathBuf,
-    file: Option<File>,
-    written: u64,
-    limit: u64,
+/// Opens (truncating) the console file a new VMM's stdout will append to.
+pub fn create_console_file(path: &Path) -> std::io::Result<std::fs::File> {
+    // std refuses truncate together with append; empty it after opening.
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.set_len(0)?;
+    Ok(file)
 }
 
-impl BoundedLog {
-    async fn open(path: &Path, limit: u64) -> std::io::Result<Self> {
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(path)
-            .await?;
-        Ok(Self {
-            path: path.to_owned(),
-            file: Some(file),
-            written: 0,
-            limit,
-        })
-    }
-
-    async fn write(&mut self, data: &[u8]) {
-        if let Some(file) = &mut self.file {
-            // A full disk must not stop the VM: the console is best effort.
-            if file.write_all(data).await.is_err() {
-                self.file = None;
-            }
-        }
-        self.written += data.len() as u64;
-        if self.written >= self.limit {
-            let mut rotated = self.path.clone().into_os_string();
-            rotated.push(".1");
-            let _ = tokio::fs::rename(&self.path, &rotated).await;
-            self.file = OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .open(&self.path)
-                .await
-                .ok();
-            self.written = 0;
-        }
-    }
+/// Moves the console file's content to `<name>.1` and empties it, once it holds
+/// `limit` bytes or more, so it never holds much more than twice `limit` on disk.
+async fn rotate(path: &Path) -> std::io::Result<()> {
+    let mut rotated = path.as_os_str().to_owned();
+    rotated.push(".1");
+    tokio::fs::copy(path, &rotated).await?;
+    let file = tokio::fs::OpenOptions::new().write(true).open(path).await?;
+    file.set_len(0).await
 }
 
-/// Starts copying `reader` into `log_path` and watching for `needles`.
-pub async fn capture<R>(
-    reader: R,
+/// Starts tailing the console file at `log_path` (from its start, so lines
+/// written before the call count) and watching for `needles`. The tailer ends,
+/// closing the console, once `ended` resolves and the file is read to its end.
+pub async fn tail_file(
     log_path: &Path,
     limit: u64,
     needles: Vec<String>,
-) -> std::io::Result<ConsoleWatch>
-where
-    R: AsyncRead + Unpin + Send + 'static,
-{
-    let mut log = BoundedLog::open(log_path, limit).await?;
+    ended: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<ConsoleWatch> {
+    let mut file = File::open(log_path).await?;
+    let path = log_path.to_owned();
     let needles = Arc::new(needles);
     let (tx, rx) = watch::channel(Status {
         seen: vec![None; needles.len()],
@@ -153,29 +134,43 @@ where
         tail: tail.clone(),
     };
     tokio::spawn(async move {
-        let mut reader = reader;
+        tokio::pin!(ended);
+        let mut ended_seen = false;
         let mut buf = vec![0u8; 16 * 1024];
         let mut line: Vec<u8> = Vec::with_capacity(256);
+        let mut offset: u64 = 0;
+        let mut idle = Duration::from_millis(1);
         loop {
-            let n = match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            log.write(&buf[..n]).await;
-            for &byte in &buf[..n] {
-                if byte == b'\n' {
-                    finish_line(&line, &needles, &tx, &tail);
-                    line.clear();
-                } else if line.len() < MAX_LINE {
-                    line.push(byte);
+            let n = file.read(&mut buf).await.unwrap_or(0);
+            if n > 0 {
+                offset += n as u64;
+                idle = Duration::from_millis(1);
+                for &byte in &buf[..n] {
+                    if byte == b'\n' {
+                        finish_line(&line, &needles, &tx, &tail);
+                        line.clear();
+                    } else if line.len() < MAX_LINE {
+                        line.push(byte);
+                    }
                 }
+                continue;
+            }
+            // At the end of what is written so far.
+            if ended_seen {
+                break;
+            }
+            if offset >= limit && rotate(&path).await.is_ok() {
+                offset = 0;
+                let _ = file.seek(std::io::SeekFrom::Start(0)).await;
+                continue;
+            }
+            tokio::select! {
+                _ = &mut ended => ended_seen = true,
+                _ = tokio::time::sleep(idle) => idle = (idle * 2).min(MAX_IDLE_POLL),
             }
         }
         if !line.is_empty() {
             finish_line(&line, &needles, &tx, &tail);
-        }
-        if let Some(file) = &mut log.file {
-            let _ = file.flush().await;
         }
         tx.send_modify(|s| s.closed = true);
     });
@@ -217,27 +212,40 @@ mod tests {
 
     #[tokio::test]
     async fn finds_lines_and_bounds_the_log() {
+        use std::io::Write;
+
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("console.log");
-        let (mut writer, reader) = tokio::io::duplex(1024);
-        let watch = capture(
-            reader,
+        let mut writer = create_console_file(&log).unwrap();
+        writer
+            .write_all(b"[ 0.1] booting\r\n[ 0.2] Run /init as init process\n")
+            .unwrap();
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+        let watch = tail_file(
             &log,
             64,
             vec!["Run /init".into(), "Kernel panic".into()],
+            async {
+                let _ = end_rx.await;
+            },
         )
         .await
         .unwrap();
-        writer
-            .write_all(b"[ 0.1] booting\r\n[ 0.2] Run /init as init process\n")
-            .await
-            .unwrap();
+        // Lines written before the tailer started count.
         let line = watch.wait_for("Run /init").await.unwrap();
         assert_eq!(line, "[ 0.2] Run /init as init process");
-        // Already-seen lines resolve immediately.
         assert_eq!(watch.seen("Run /init").as_deref(), Some(line.as_str()));
-        writer.write_all(&[b'x'; 200]).await.unwrap();
-        drop(writer);
+        // Past the limit the content moves to console.log.1; the appending writer
+        // carries on at the start of the emptied file.
+        writer.write_all(&[b'x'; 200]).unwrap();
+        writer.write_all(b"\nafter rotation\n").unwrap();
+        for _ in 0..200 {
+            if watch.tail().iter().any(|l| l == "after rotation") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = end_tx.send(());
         assert_eq!(
             watch.wait_for("Kernel panic").await,
             Err(ConsoleError::Closed("Kernel panic".into()))
@@ -247,15 +255,11 @@ mod tests {
             watch.wait_for("other").await,
             Err(ConsoleError::NotWatched("other".into()))
         );
+        let rotated = std::fs::read(dir.path().join("console.log.1")).unwrap();
+        assert!(rotated.starts_with(b"[ 0.1] booting"), "{rotated:?}");
         let main_len = std::fs::metadata(&log).unwrap().len();
-        let rotated_len = std::fs::metadata(dir.path().join("console.log.1"))
-            .unwrap()
-            .len();
-        assert!(
-            main_len <= 200 && rotated_len >= 64,
-            "{main_len} {rotated_len}"
-        );
-        assert_eq!(watch.tail().len(), 3);
+        assert!(main_len < 300, "{main_len}");
+        assert!(watch.tail().contains(&"after rotation".to_owned()));
         assert_eq!(watch.tail()[0], "[ 0.1] booting");
     }
 }

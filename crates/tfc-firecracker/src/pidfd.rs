@@ -27,6 +27,11 @@ impl Pidfd {
         Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
+    /// A second fd for the same process (for a task that waits on it).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        self.0.try_clone().map(Self)
+    }
+
     /// Sends `signal`; an error of kind ESRCH means the process has exited.
     pub fn send_signal(&self, signal: i32) -> io::Result<()> {
         // SAFETY: pidfd_send_signal reads only its arguments; a null siginfo

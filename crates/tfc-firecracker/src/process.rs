@@ -12,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -115,6 +116,14 @@ pub enum ProcessError {
     ApiTimeout { socket: PathBuf, timeout: Duration },
     #[error("cannot keep hold of the firecracker process (pidfd)")]
     Pidfd(#[source] std::io::Error),
+    #[error("no running firecracker is recorded in {0}")]
+    NotRunning(PathBuf),
+    #[error("firecracker {pid} runs but its API socket does not answer")]
+    ApiUnresponsive {
+        pid: u32,
+        #[source]
+        source: crate::client::ApiError,
+    },
     #[error("cannot record the firecracker process in {path}")]
     Record {
         path: PathBuf,
@@ -150,7 +159,8 @@ pub struct FirecrackerProcess {
     console: ConsoleWatch,
     exit: watch::Receiver<Option<ExitReason>>,
     pidfd: Pidfd,
-    spawned_at: Instant,
+    /// Set by [`Self::detach`]: dropping the handle leaves the process running.
+    detached: AtomicBool,
 }
 
 impl FirecrackerProcess {
@@ -172,6 +182,13 @@ impl FirecrackerProcess {
         // Firecracker opens its log path but does not create it.
         prepare(config.workdir.join(VMM_LOG))?;
         let stderr = prepare(config.workdir.join(VMM_STDERR))?;
+        let console_path = config.workdir.join(CONSOLE_LOG);
+        let console_file = console::create_console_file(&console_path).map_err(|source| {
+            ProcessError::PrepareFile {
+                path: console_path.clone(),
+                source,
+            }
+        })?;
 
         let mut command = Command::new(&config.binary);
         command
@@ -186,13 +203,13 @@ impl FirecrackerProcess {
             .args(&config.extra_args)
             .current_dir(&config.workdir)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            // A file, not a pipe: the console must outlive this daemon.
+            .stdout(Stdio::from(console_file))
             .stderr(Stdio::from(stderr))
             // Own process group: a Ctrl-C aimed at the daemon's terminal must not
             // reach the VMs; the daemon decides what happens to them.
             .process_group(0)
             .kill_on_drop(false);
-        let spawned_at = Instant::now();
         let mut child = command.spawn().map_err(|source| ProcessError::Spawn {
             binary: config.binary.clone(),
             source,
@@ -208,39 +225,17 @@ impl FirecrackerProcess {
                 return Err(ProcessError::Pidfd(source));
             }
         };
-        let prepared = async {
-            // Recorded before anything can fail slowly, so a daemon that dies from
-            // here on leaves a process the next one can find.
-            let start_ticks = process_start_ticks(pid).unwrap_or(0);
-            ProcessRecord { pid, start_ticks }
-                .write(&config.workdir)
-                .map_err(|source| ProcessError::Record {
-                    path: config.workdir.join(PROCESS_RECORD),
-                    source,
-                })?;
-            let stdout = child.stdout.take().expect("stdout was piped");
-            console::capture(
-                stdout,
-                &config.workdir.join(CONSOLE_LOG),
-                config.console_log_limit,
-                config.watch_for.clone(),
-            )
-            .await
-            .map_err(|source| ProcessError::PrepareFile {
-                path: config.workdir.join(CONSOLE_LOG),
+        // Recorded before anything can fail slowly, so a daemon that dies from
+        // here on leaves a process the next one can find.
+        let start_ticks = process_start_ticks(pid).unwrap_or(0);
+        if let Err(source) = (ProcessRecord { pid, start_ticks }).write(&config.workdir) {
+            let _ = pidfd.send_signal(libc::SIGKILL);
+            let _ = child.wait().await;
+            return Err(ProcessError::Record {
+                path: config.workdir.join(PROCESS_RECORD),
                 source,
-            })
+            });
         }
-        .await;
-        let console = match prepared {
-            Ok(console) => console,
-            Err(err) => {
-                let _ = pidfd.send_signal(libc::SIGKILL);
-                let _ = child.wait().await;
-                return Err(err);
-            }
-        };
-
         let (exit_tx, exit_rx) = watch::channel(None);
         tokio::spawn(async move {
             let reason = match child.wait().await {
@@ -258,15 +253,92 @@ impl FirecrackerProcess {
             };
             let _ = exit_tx.send(Some(reason));
         });
+        Self::with_console(config.workdir.clone(), pid, pidfd, exit_rx, config).await
+    }
 
+    /// Takes charge of a Firecracker process that an earlier daemon started in
+    /// `config.workdir` and that still runs: identified by its process record
+    /// (pid and start time), held by a pidfd, its API socket checked, its
+    /// console tailed from the start of the file. Its exit status cannot be
+    /// known (it is not our child), only that it ended.
+    pub async fn adopt(config: &SpawnConfig) -> Result<Self, ProcessError> {
+        let workdir = &config.workdir;
+        let record = ProcessRecord::read(workdir)
+            .ok_or_else(|| ProcessError::NotRunning(workdir.clone()))?;
+        let pidfd = record
+            .pidfd()
+            .ok_or_else(|| ProcessError::NotRunning(workdir.clone()))?;
+        let api = ApiClient::new(workdir.join(API_SOCKET));
+        if let Err(source) = tokio::time::timeout(Duration::from_secs(2), api.describe_instance())
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::client::ApiError::Timeout {
+                    method: http::Method::GET,
+                    path: "/".to_owned(),
+                    timeout: Duration::from_secs(2),
+                })
+            })
+        {
+            return Err(ProcessError::ApiUnresponsive {
+                pid: record.pid,
+                source,
+            });
+        }
+        let waiter = pidfd.try_clone().map_err(ProcessError::Pidfd)?;
+        // SAFETY: the AsyncFd owns `waiter`, an OwnedFd-backed pidfd that stays
+        // open, and names the same process, until the AsyncFd is dropped.
+        let waiter = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(waiter, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| ProcessError::Pidfd(std::io::Error::from(e)))?;
+        let (exit_tx, exit_rx) = watch::channel(None);
+        tokio::spawn(async move {
+            // A pidfd turns readable when its process exits.
+            let _ = waiter.readable().await;
+            let _ = exit_tx.send(Some(ExitReason {
+                code: None,
+                signal: None,
+            }));
+        });
+        Self::with_console(workdir.clone(), record.pid, pidfd, exit_rx, config).await
+    }
+
+    /// Completes a handle: starts tailing the console until the process ends.
+    async fn with_console(
+        workdir: PathBuf,
+        pid: u32,
+        pidfd: Pidfd,
+        exit: watch::Receiver<Option<ExitReason>>,
+        config: &SpawnConfig,
+    ) -> Result<Self, ProcessError> {
+        let mut ended = exit.clone();
+        let console = console::tail_file(
+            &workdir.join(CONSOLE_LOG),
+            config.console_log_limit,
+            config.watch_for.clone(),
+            async move {
+                let _ = ended.wait_for(Option::is_some).await;
+            },
+        )
+        .await;
+        let console = match console {
+            Ok(console) => console,
+            Err(source) => {
+                let _ = pidfd.send_signal(libc::SIGKILL);
+                return Err(ProcessError::PrepareFile {
+                    path: workdir.join(CONSOLE_LOG),
+                    source,
+                });
+            }
+        };
         Ok(Self {
             pid,
-            workdir: config.workdir.clone(),
-            api: ApiClient::new(socket),
+            api: ApiClient::new(workdir.join(API_SOCKET)),
+            workdir,
             console,
-            exit: exit_rx,
+            exit,
             pidfd,
-            spawned_at,
+            detached: AtomicBool::new(false),
         })
     }
 
@@ -286,8 +358,10 @@ impl FirecrackerProcess {
         &self.workdir
     }
 
-    pub fn spawned_at(&self) -> Instant {
-        self.spawned_at
+    /// From now on, dropping this handle leaves the process running (a daemon
+    /// that exits and lets its successor re-adopt the VM).
+    pub fn detach(&self) {
+        self.detached.store(true, Ordering::SeqCst);
     }
 
     /// The exit reason, once the process has ended.
@@ -406,7 +480,7 @@ impl FirecrackerProcess {
 /// interrupted benchmark) takes the process with it rather than leaking it.
 impl Drop for FirecrackerProcess {
     fn drop(&mut self) {
-        if self.exited().is_none() {
+        if self.exited().is_none() && !self.detached.load(Ordering::SeqCst) {
             self.signal(libc::SIGKILL);
         }
     }
