@@ -22,7 +22,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use tfc_api::CreateVmRequest;
 use tfc_core::{BootPhase, VmState};
-use tfc_daemon::config::Config;
+use tfc_daemon::config::{Config, ShutdownPolicy};
 use tfc_daemon::manager::VmManager;
 use tfc_firecracker::{FirecrackerProcess, SpawnConfig, StopPolicy, VmConfig};
 use tfc_host::assets::Manifest;
@@ -151,11 +151,16 @@ pub async fn run(cmd: BenchCmd, data_dir: &Path) -> anyhow::Result<()> {
     let backend = tfc_daemon::build_backend(&config, &daemon_dir)?;
     let socket = scratch.path().join("tfc.sock");
     let listener = tfc_daemon::bind(&socket)?;
-    let manager = VmManager::new(backend, config, daemon_dir);
+    let manager = VmManager::in_memory(backend, config, daemon_dir);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tfc_daemon::serve_until(listener, manager, async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(tfc_daemon::serve_until(
+        listener,
+        manager,
+        ShutdownPolicy::Stop,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     let client = Client::new(socket);
 
     // Ctrl-C ends the run cleanly: the raw process is killed when its handle

@@ -439,38 +439,105 @@ fn a_second_daemon_on_the_same_data_dir_refuses_to_start() {
     assert!(daemon.dir.path().join("data/vms").join(&id).is_dir());
 }
 
-/// Tier 1: a daemon killed with SIGKILL leaves a real Firecracker behind; the
-/// next `tfc serve` must end it and remove its files before serving.
-#[test]
-#[ignore = "tier 1: needs KVM, firecracker and built assets; run by the project's test command"]
-fn a_killed_daemon_leaves_nothing_behind_once_restarted() {
+/// Firecracker config for tier-1 tests: the built assets, plus `extra` TOML.
+fn firecracker_config(extra: &str) -> String {
     let assets = std::env::var_os("TFC_ASSETS_DATA_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(tfc_host::paths::data_dir);
     let manifest = tfc_host::assets::load_manifest(&assets)
         .unwrap_or_else(|e| panic!("tier-1 tests need built assets ({e})"));
-    let config = format!(
-        "[firecracker]\nbinary = {:?}\n[vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {:?}\n",
+    format!(
+        "{extra}\n[firecracker]\nbinary = {:?}\n[vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {:?}\n",
         manifest.firecracker.path, manifest.kernel.vmlinux, manifest.rootfs.path, manifest.boot_args,
-    );
-    let mut daemon = Daemon::start_with(&config);
-    let created = daemon.tfc(&["vm", "create", "--json"]).json();
-    let id = created["id"].as_str().expect("id").to_owned();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let pid = loop {
-        let vm = daemon.tfc(&["vm", "show", &id, "--json"]).json();
-        if let Some(pid) = vm["pid"].as_u64() {
-            break pid;
+    )
+}
+
+impl Daemon {
+    /// Creates a VM without waiting and returns its id and Firecracker pid.
+    fn create_with_pid(&self) -> (String, u64) {
+        let id = self.tfc(&["vm", "create"]).ok().trim().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let vm = self.tfc(&["vm", "show", &id, "--json"]).json();
+            if let Some(pid) = vm["pid"].as_u64() {
+                return (id, pid);
+            }
+            assert!(Instant::now() < deadline, "no firecracker pid: {vm:#}");
+            std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(Instant::now() < deadline, "no firecracker pid: {vm:#}");
+    }
+
+    fn vm_dirs(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("data/vms"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+/// Tier 1: VMs outlive the daemon. A SIGKILLed daemon and a SIGTERMed one
+/// (default policy `leave_running`) both come back to the same Firecracker
+/// processes, re-adopted from the SQLite store with their state; deleting them
+/// afterwards leaves nothing.
+#[test]
+#[ignore = "tier 1: needs KVM, firecracker and built assets; run by the project's test command"]
+fn vms_survive_daemon_restarts_and_are_re_adopted() {
+    let mut daemon = Daemon::start_with(&firecracker_config(""));
+    let (a, a_pid) = daemon.create_with_pid();
+
+    daemon.crash_and_restart();
+    let vm = daemon.tfc(&["vm", "show", &a, "--json"]).json();
+    assert_eq!(vm["pid"].as_u64(), Some(a_pid), "{vm:#}\n{}", daemon.log());
+    assert!(
+        matches!(vm["state"].as_str(), Some("booting") | Some("ready")),
+        "{vm:#}"
+    );
+    assert!(process_alive(a_pid));
+    // Adoption runs in the VM's owner task, right after the daemon starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon.log().contains("re-adopted VM") {
+        assert!(Instant::now() < deadline, "not re-adopted:\n{}", daemon.log());
         std::thread::sleep(Duration::from_millis(20));
-    };
+    }
+
+    let (b, b_pid) = daemon.create_with_pid();
+    assert_eq!(
+        daemon.terminate(Duration::from_secs(30)).map(|s| s.code()),
+        Some(Some(0)),
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        process_alive(a_pid) && process_alive(b_pid),
+        "SIGTERM must leave VMs running"
+    );
+    daemon.child = Daemon::spawn(daemon.dir.path(), &daemon.socket);
+    daemon.wait_until_listening();
+    for (id, pid) in [(&a, a_pid), (&b, b_pid)] {
+        let vm = daemon.tfc(&["vm", "show", id, "--json"]).json();
+        assert_eq!(vm["pid"].as_u64(), Some(pid), "{vm:#}");
+        // The adopted VM is fully under control: pause works on its API socket
+        // once it is ready; stop works in any live state.
+        let stopped = daemon.tfc(&["vm", "stop", id, "--json"]).json();
+        assert_eq!(stopped["state"], "stopped", "{stopped:#}");
+        assert!(!process_alive(pid), "firecracker {pid} survived stop");
+        daemon.tfc(&["vm", "rm", id]).ok();
+    }
+    assert_eq!(daemon.vm_dirs(), 0, "VM directories left behind");
+}
+
+/// Tier 1: with nothing recorded (a memory store), a SIGKILLed daemon's
+/// Firecracker is an orphan: the next `tfc serve` ends it and removes its files
+/// before serving. With `shutdown_policy = "stop"`, SIGTERM stops every VM.
+#[test]
+#[ignore = "tier 1: needs KVM, firecracker and built assets; run by the project's test command"]
+fn orphans_are_ended_and_the_stop_policy_stops_everything() {
+    let config = firecracker_config("[daemon]\nstorage = \"memory\"\nshutdown_policy = \"stop\"");
+    let mut daemon = Daemon::start_with(&config);
+    let (id, pid) = daemon.create_with_pid();
     let vm_dir = daemon.dir.path().join("data/vms").join(&id);
     assert!(vm_dir.is_dir());
 
     daemon.crash_and_restart();
-    // The new daemon has ended the orphan and removed its directory before it
-    // started listening.
     assert!(
         !process_alive(pid),
         "firecracker {pid} leaked:\n{}",
@@ -487,22 +554,7 @@ fn a_killed_daemon_leaves_nothing_behind_once_restarted() {
         daemon.log()
     );
 
-    // SIGTERM with two live VMs: the daemon stops them, removes their files and
-    // its socket, and exits 0.
-    let pids: Vec<u64> = (0..2)
-        .map(|_| {
-            let id = daemon.tfc(&["vm", "create"]).ok().trim().to_owned();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let vm = daemon.tfc(&["vm", "show", &id, "--json"]).json();
-                if let Some(pid) = vm["pid"].as_u64() {
-                    break pid;
-                }
-                assert!(Instant::now() < deadline, "no firecracker pid: {vm:#}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-        .collect();
+    let pids: Vec<u64> = (0..2).map(|_| daemon.create_with_pid().1).collect();
     assert_eq!(
         daemon.terminate(Duration::from_secs(30)).map(|s| s.code()),
         Some(Some(0)),
@@ -512,9 +564,6 @@ fn a_killed_daemon_leaves_nothing_behind_once_restarted() {
     for pid in pids {
         assert!(!process_alive(pid), "firecracker {pid} survived SIGTERM");
     }
-    let left = std::fs::read_dir(daemon.dir.path().join("data/vms"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(left, 0, "VM directories left behind");
+    assert_eq!(daemon.vm_dirs(), 0, "VM directories left behind");
     assert!(!daemon.socket.exists(), "socket left behind");
 }

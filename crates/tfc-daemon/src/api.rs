@@ -61,7 +61,8 @@ impl From<ManagerError> for ApiError {
                 (ErrorCode::Unavailable, None)
             }
             ManagerError::NotDeletable { state, .. } => (ErrorCode::InvalidState, Some(*state)),
-            ManagerError::Workdir { .. } => (ErrorCode::Internal, None),
+            ManagerError::Workdir { .. } | ManagerError::Record(_) => (ErrorCode::Internal, None),
+            ManagerError::Store(_) => (ErrorCode::Unavailable, None),
             ManagerError::Vm(VmError::InvalidState { state, .. }) => {
                 (ErrorCode::InvalidState, Some(*state))
             }

@@ -70,8 +70,10 @@ impl BackendKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ShutdownPolicy {
-    /// Stop every VM and remove its files. (Until VM records are durable, VMs
-    /// left running would be orphans, so this is the only policy offered.)
+    /// Leave every VM running; the next daemon re-adopts them from the store
+    /// (so a daemon upgrade does not kill workloads).
+    LeaveRunning,
+    /// Stop every VM and remove its files.
     Stop,
 }
 
@@ -84,6 +86,10 @@ pub struct DaemonConfig {
     pub backend: BackendKind,
     #[serde(default = "default_shutdown_policy")]
     pub shutdown_policy: ShutdownPolicy,
+    /// Where VM records live: "sqlite" (`<data_dir>/state.db`, durable) or
+    /// "memory" (lost on exit; VMs left running are then ended at next start).
+    #[serde(default)]
+    pub storage: tfc_store::StoreKind,
     #[serde(default = "default_vm_type_name")]
     pub default_vm_type: String,
 }
@@ -95,6 +101,7 @@ impl Default for DaemonConfig {
             data_dir: None,
             backend: default_backend(),
             shutdown_policy: default_shutdown_policy(),
+            storage: tfc_store::StoreKind::default(),
             default_vm_type: default_vm_type_name(),
         }
     }
@@ -167,7 +174,7 @@ fn default_backend() -> BackendKind {
     BackendKind::Firecracker
 }
 fn default_shutdown_policy() -> ShutdownPolicy {
-    ShutdownPolicy::Stop
+    ShutdownPolicy::LeaveRunning
 }
 fn default_vm_type_name() -> String {
     "default".to_owned()
@@ -384,6 +391,7 @@ mod tests {
                 "daemon.default_vm_type",
             ),
             ("[daemon]\nshutdown_policy = \"explode\"", "shutdown_policy"),
+            ("[daemon]\nstorage = \"postgres\"", "storage"),
             (
                 "[firecracker]\nboot_timeout_secs = 0",
                 "firecracker.boot_timeout_secs",

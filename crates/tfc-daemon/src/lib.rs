@@ -23,7 +23,7 @@ use tfc_host::lockfile::LockFile;
 use tokio::net::UnixListener;
 
 use crate::backend::{Backend, FakeBackend, FirecrackerBackend};
-use crate::config::{BackendKind, Config, ConfigError};
+use crate::config::{BackendKind, Config, ConfigError, ShutdownPolicy};
 use crate::manager::VmManager;
 
 /// Why the daemon could not start or run.
@@ -59,6 +59,10 @@ pub enum DaemonError {
     },
     #[error("API server failed")]
     Serve(#[source] std::io::Error),
+    #[error("cannot open the state store")]
+    Store(#[source] tfc_store::StoreError),
+    #[error("cannot reconcile the stored VMs with what runs")]
+    Recover(#[source] manager::ManagerError),
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
 }
@@ -204,11 +208,13 @@ fn termination_signal() -> Result<impl std::future::Future<Output = ()>, DaemonE
 }
 
 /// Serves the API on `listener` until `stop` resolves; then stops taking
-/// requests, stops every VM of `manager` and removes their files. Stopping the VMs
-/// also ends requests still waiting on a boot, so the server can drain.
+/// requests and, by `policy`, stops every VM of `manager` (which also ends
+/// requests still waiting on a boot, so the server can drain) or lets them run
+/// on for the next daemon.
 pub async fn serve_until(
     listener: UnixListener,
     manager: VmManager,
+    policy: ShutdownPolicy,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -217,7 +223,7 @@ pub async fn serve_until(
         tokio::spawn(async move {
             stop.await;
             let _ = stop_tx.send(());
-            manager.shutdown().await;
+            manager.shutdown(policy).await;
         })
     };
     let served = axum::serve(listener, api::router(manager))
@@ -229,8 +235,9 @@ pub async fn serve_until(
     served.map_err(DaemonError::Serve)
 }
 
-/// Runs the daemon until SIGTERM or SIGINT, then stops every VM, removes their
-/// files and the socket, and returns.
+/// Runs the daemon until SIGTERM or SIGINT: opens the store, reconciles the
+/// recorded VMs with what runs, serves; at the signal applies the shutdown
+/// policy, removes the socket and returns.
 pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
     let stop = termination_signal()?;
     let config = Config::load(options.config_path.as_deref())?;
@@ -238,17 +245,24 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
     create_dir(&data_dir)?;
     let _lock = lock_data_dir(&data_dir)?;
     let backend = build_backend(&config, &data_dir)?;
-    reaper::reap_orphans(&manager::vms_dir(&data_dir));
+    let store =
+        tfc_store::AnyStore::open(config.daemon.storage, &data_dir).map_err(DaemonError::Store)?;
+    let policy = config.daemon.shutdown_policy;
     let socket = options.socket.unwrap_or_else(|| config.socket_path());
+    let backend_name = backend.name();
+    let manager = VmManager::new(backend, config, data_dir.clone(), store);
+    // Reconciled before the socket exists, so no request sees a half-known state.
+    let recorded = manager.recover().await.map_err(DaemonError::Recover)?;
+    reaper::reap_orphans(&manager::vms_dir(&data_dir), &recorded);
     let listener = bind(&socket)?;
     tracing::info!(
         socket = %socket.display(),
         data_dir = %data_dir.display(),
-        backend = backend.name(),
+        backend = backend_name,
+        vms = recorded.len(),
         "tfc daemon listening"
     );
-    let manager = VmManager::new(backend, config, data_dir);
-    let served = serve_until(listener, manager, stop).await;
+    let served = serve_until(listener, manager, policy, stop).await;
     let _ = std::fs::remove_file(&socket);
     served?;
     tracing::info!("tfc daemon stopped");

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use tfc_api::{CreateVmRequest, VmInfo};
 use tfc_core::{spec, Readiness, SpecError, VmId, VmSpec, VmState, VmTypeName};
+use tfc_store::{AnyStore, MemoryStore, Store};
 
 use crate::backend::Backend;
-use crate::config::Config;
+use crate::config::{Config, ShutdownPolicy};
 use crate::vm::{self, VmError, VmHandle, VmOp};
 
 /// Why a manager request was refused.
@@ -44,6 +45,10 @@ pub enum ManagerError {
     },
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    #[error("the state store refused the change")]
+    Store(#[source] tfc_store::StoreError),
+    #[error("cannot encode the VM record: {0}")]
+    Record(String),
     #[error(transparent)]
     Vm(#[from] VmError),
 }
@@ -59,6 +64,7 @@ struct Inner {
     backend: Backend,
     config: Config,
     data_dir: PathBuf,
+    store: Arc<AnyStore>,
     vms: RwLock<Table>,
 }
 
@@ -83,15 +89,30 @@ fn random_id() -> VmId {
 }
 
 impl VmManager {
-    pub fn new(backend: Backend, config: Config, data_dir: PathBuf) -> Self {
+    pub fn new(backend: Backend, config: Config, data_dir: PathBuf, store: AnyStore) -> Self {
         Self {
             inner: Arc::new(Inner {
                 backend,
                 config,
                 data_dir,
+                store: Arc::new(store),
                 vms: RwLock::new(Table::default()),
             }),
         }
+    }
+
+    /// A manager with an in-memory store (tests, demos, benchmarks).
+    pub fn in_memory(backend: Backend, config: Config, data_dir: PathBuf) -> Self {
+        Self::new(
+            backend,
+            config,
+            data_dir,
+            AnyStore::Memory(MemoryStore::new()),
+        )
+    }
+
+    pub fn store(&self) -> &AnyStore {
+        &self.inner.store
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -213,19 +234,27 @@ impl VmManager {
                 }
             }
         };
+        // The intent is stored before anything is started: a daemon that dies
+        // from here on finds a `creating` record and rolls it back.
+        let record = vm::new_record(&id, &spec, &workdir);
+        if let Err(err) = self.write_row(&record).await {
+            let _ = std::fs::remove_dir(&workdir);
+            return Err(err);
+        }
         let handle = {
             let mut table = self.inner.vms.write().expect("vm table lock");
             if table.closing {
+                drop(table);
                 let _ = std::fs::remove_dir(&workdir);
+                let _ = self.inner.store.delete_vm(&id);
                 return Err(ManagerError::ShuttingDown);
             }
             tracing::info!(vm = %id, vm_type = %spec.vm_type, "creating VM");
             let handle = vm::spawn(
-                id.clone(),
-                spec,
-                workdir,
+                record,
                 self.inner.backend.clone(),
                 requested_at,
+                self.inner.store.clone(),
             );
             table.vms.insert(id, handle.clone());
             handle
@@ -308,32 +337,122 @@ impl VmManager {
                 tracing::warn!(vm = %handle.id(), %err, "cannot remove VM directory");
             }
         }
+        // Last: until the row is gone, a restart would find the VM and finish
+        // the cleanup.
+        let id = handle.id().clone();
+        vm::with_store(&self.inner.store, move |s| s.delete_vm(&id))
+            .await
+            .map_err(ManagerError::Store)?;
         tracing::info!(vm = %handle.id(), "VM deleted");
         Ok(())
     }
 
-    /// Refuses new VMs, then stops every VM and removes every VM directory (the
-    /// `stop` shutdown policy).
-    pub async fn shutdown(&self) {
-        self.inner.vms.write().expect("vm table lock").closing = true;
-        let ids: Vec<VmId> = self
-            .inner
-            .vms
-            .read()
-            .expect("vm table lock")
-            .vms
-            .keys()
-            .cloned()
-            .collect();
+    /// Stores `record` now (off the async threads), failing the caller's request
+    /// when the store cannot take it.
+    async fn write_row(&self, record: &VmInfo) -> Result<(), ManagerError> {
+        let row = vm::row(record).map_err(|e| ManagerError::Record(e.to_string()))?;
+        vm::with_store(&self.inner.store, move |s| s.put_vm(&row))
+            .await
+            .map_err(ManagerError::Store)
+    }
+
+    /// Reconciles the stored VM records with what is running, before the API
+    /// serves: VMs whose VMM still runs are re-adopted; VMs whose VMM is gone are
+    /// recorded Failed; half-created VMs are rolled back; half-stopped ones are
+    /// finished. Returns the ids that now have records (their directories are
+    /// not orphans).
+    pub async fn recover(&self) -> Result<std::collections::HashSet<String>, ManagerError> {
+        let rows = vm::with_store(&self.inner.store, |s| s.list_vms())
+            .await
+            .map_err(ManagerError::Store)?;
+        let mut kept = std::collections::HashSet::new();
+        for row in rows {
+            let mut info: VmInfo = match serde_json::from_str(&row.record) {
+                Ok(info) => info,
+                Err(err) => {
+                    tracing::error!(vm = %row.id, %err, "unreadable VM record; removing it");
+                    let _ = self.inner.store.delete_vm(&row.id);
+                    continue;
+                }
+            };
+            let workdir = PathBuf::from(&info.workdir);
+            let handle = match info.state {
+                VmState::Creating => {
+                    // Never finished creating: undo it.
+                    end_recorded_vmm(&workdir);
+                    let _ = std::fs::remove_dir_all(&workdir);
+                    let _ = self.inner.store.delete_vm(&row.id);
+                    tracing::warn!(vm = %row.id, "rolled back a VM whose creation was interrupted");
+                    continue;
+                }
+                VmState::Stopping => {
+                    // The stop was under way: finish it.
+                    end_recorded_vmm(&workdir);
+                    remove_socket(&workdir);
+                    info.state = VmState::Stopped;
+                    info.pid = None;
+                    info.updated_at_ms = vm::now_ms();
+                    info.exit.get_or_insert_with(|| {
+                        vm::exit_info(tfc_core::ExitReason {
+                            code: None,
+                            signal: None,
+                        })
+                    });
+                    self.write_row(&info).await?;
+                    vm::terminal(info, self.inner.store.clone())
+                }
+                state if state.is_terminal() => vm::terminal(info, self.inner.store.clone()),
+                _ => vm::adopt(info, self.inner.backend.clone(), self.inner.store.clone()),
+            };
+            kept.insert(row.id.to_string());
+            self.inner
+                .vms
+                .write()
+                .expect("vm table lock")
+                .vms
+                .insert(row.id.clone(), handle);
+        }
+        Ok(kept)
+    }
+
+    /// Refuses new VMs, then, by `policy`, stops every VM and removes its files,
+    /// or lets every VM run on for the next daemon to adopt (records stay).
+    pub async fn shutdown(&self, policy: ShutdownPolicy) {
+        let handles: Vec<VmHandle> = {
+            let mut table = self.inner.vms.write().expect("vm table lock");
+            table.closing = true;
+            table.vms.values().cloned().collect()
+        };
         let mut tasks = tokio::task::JoinSet::new();
-        for id in ids {
+        for handle in handles {
             let manager = self.clone();
             tasks.spawn(async move {
-                if let Err(err) = manager.delete(id.as_str(), true).await {
-                    tracing::warn!(vm = %id, error = %tfc_core::error_chain(&err), "VM not cleaned up at shutdown");
+                match policy {
+                    ShutdownPolicy::LeaveRunning => handle.detach().await,
+                    ShutdownPolicy::Stop => {
+                        if let Err(err) = manager.delete(handle.id().as_str(), true).await {
+                            tracing::warn!(vm = %handle.id(), error = %tfc_core::error_chain(&err), "VM not cleaned up at shutdown");
+                        }
+                    }
                 }
             });
         }
         while tasks.join_next().await.is_some() {}
     }
+}
+
+/// Ends the VMM recorded in `workdir`, if it still runs (pid and start time
+/// checked, signalled through a pidfd).
+fn end_recorded_vmm(workdir: &Path) {
+    let record = tfc_firecracker::ProcessRecord::read(workdir);
+    if let Some((pid, pidfd)) = record.and_then(|r| Some((r.pid, r.pidfd()?))) {
+        let _ = pidfd.send_signal(libc::SIGKILL);
+        if !pidfd.wait_exited(Duration::from_secs(5)) {
+            tracing::warn!(pid, "VMM did not exit within 5 s of SIGKILL");
+        }
+    }
+}
+
+fn remove_socket(workdir: &Path) {
+    let _ = std::fs::remove_file(workdir.join(tfc_firecracker::process::API_SOCKET));
 }

@@ -1,7 +1,9 @@
-//! Start-up cleanup. VM records live in memory, so VMs from an earlier daemon
-//! that died without its shutdown cannot be re-adopted: their Firecracker
-//! processes are ended and their directories removed, so nothing leaks.
+//! Start-up cleanup of what no record claims: a VM directory the store does not
+//! know (a record lost with a memory store, or a directory made just before a
+//! crash) has its recorded Firecracker process ended and is removed, so nothing
+//! leaks.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,15 +19,16 @@ pub struct ReapReport {
 }
 
 /// Ends leftover VMM processes recorded under `vms_dir` and removes their
-/// directories.
-pub fn reap_orphans(vms_dir: &Path) -> ReapReport {
+/// directories, except those of the VMs in `recorded` (the store knows them).
+pub fn reap_orphans(vms_dir: &Path, recorded: &HashSet<String>) -> ReapReport {
     let mut report = ReapReport::default();
     let Ok(entries) = std::fs::read_dir(vms_dir) else {
         return report;
     };
     for entry in entries.flatten() {
         let dir = entry.path();
-        if !dir.is_dir() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !dir.is_dir() || recorded.contains(&name) {
             continue;
         }
         let running = ProcessRecord::read(&dir).and_then(|r| Some((r.pid, r.pidfd()?)));
@@ -94,12 +97,15 @@ mod tests {
         .unwrap();
         std::fs::create_dir(dir.path().join("vm-empty")).unwrap();
 
-        let report = reap_orphans(dir.path());
+        let keep = dir.path().join("vm-kept");
+        std::fs::create_dir(&keep).unwrap();
+        let report = reap_orphans(dir.path(), &HashSet::from(["vm-kept".to_owned()]));
         assert_eq!(report.killed, vec![pid]);
         assert_eq!(report.dirs_removed, 3);
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(libc::SIGKILL));
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert!(keep.is_dir());
     }
 }

@@ -1,13 +1,17 @@
 //! The owner of one VM. A task per VM is the only code that changes that VM's
 //! state: API handlers send it [`VmOp`]s and read its record through a watch
 //! channel. Every change goes through `tfc_core::transition` first, so an illegal
-//! request is refused before the VMM is touched.
+//! request is refused before the VMM is touched, and every change is written to
+//! the store: transitional states (`creating`, `stopping`) before the action they
+//! announce, results after, so a daemon that dies at any point can reconcile.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tfc_api::{ExitInfo, VmInfo};
 use tfc_core::{error_chain, transition, BootPhase, BootTimeline, VmEvent, VmId, VmSpec, VmState};
+use tfc_store::{AnyStore, Store, VmRow};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backend::{
@@ -55,9 +59,18 @@ pub enum VmError {
     },
 }
 
-struct Command {
-    op: VmOp,
-    reply: oneshot::Sender<Result<VmInfo, VmError>>,
+type Reply = oneshot::Sender<Result<VmInfo, VmError>>;
+
+enum Command {
+    Op {
+        op: VmOp,
+        reply: Reply,
+    },
+    /// Let go of the VM without stopping it (the daemon exits, the VM stays for
+    /// the next daemon to adopt).
+    Detach {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// A handle on one VM: its current record and a way to ask its owner for changes.
@@ -66,6 +79,15 @@ pub struct VmHandle {
     id: VmId,
     record: watch::Receiver<VmInfo>,
     commands: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Op { op, .. } => write!(f, "Op({op:?})"),
+            Command::Detach { .. } => f.write_str("Detach"),
+        }
+    }
 }
 
 impl VmHandle {
@@ -87,10 +109,19 @@ impl VmHandle {
             state: self.info().state,
         };
         // A closed channel means the owner has ended: the VM is terminal.
-        if self.commands.send(Command { op, reply }).await.is_err() {
+        if self.commands.send(Command::Op { op, reply }).await.is_err() {
             return Err(refused());
         }
         answer.await.unwrap_or_else(|_| Err(refused()))
+    }
+
+    /// Asks the owner to let the VM run on without it; resolves once it has (or
+    /// at once when there is no owner).
+    pub async fn detach(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.commands.send(Command::Detach { done }).await.is_ok() {
+            let _ = finished.await;
+        }
     }
 
     /// Waits until `done` holds for the record, or `timeout` passes; returns the
@@ -106,14 +137,14 @@ impl VmHandle {
     }
 }
 
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
-fn exit_info(reason: ExitReason) -> ExitInfo {
+pub fn exit_info(reason: ExitReason) -> ExitInfo {
     ExitInfo {
         code: reason.code,
         signal: reason.signal,
@@ -121,16 +152,52 @@ fn exit_info(reason: ExitReason) -> ExitInfo {
     }
 }
 
-/// Starts the owner of a new VM, which creates and boots it.
-pub fn spawn(
-    id: VmId,
-    spec: VmSpec,
-    workdir: PathBuf,
-    backend: Backend,
-    requested_at: Instant,
-) -> VmHandle {
+/// The store's row for `info`.
+pub fn row(info: &VmInfo) -> Result<VmRow, serde_json::Error> {
+    Ok(VmRow {
+        id: VmId::new(info.id.clone()).map_err(serde::de::Error::custom)?,
+        state: info.state,
+        record: serde_json::to_string(info)?,
+        updated_at_ms: info.updated_at_ms,
+    })
+}
+
+/// Runs `call` on the store: inline for the in-memory store, which never
+/// blocks, and on a blocking thread for SQLite, whose writes wait for fsync.
+pub async fn with_store<T: Send + 'static>(
+    store: &Arc<AnyStore>,
+    call: impl FnOnce(&AnyStore) -> Result<T, tfc_store::StoreError> + Send + 'static,
+) -> Result<T, tfc_store::StoreError> {
+    if matches!(**store, AnyStore::Memory(_)) {
+        return call(store);
+    }
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || call(&store)).await {
+        Ok(result) => result,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+/// Writes `info` to the store. A failed write is logged: the VM keeps running,
+/// and the next write (or the next start's reconciliation) catches up.
+pub async fn persist(store: &Arc<AnyStore>, info: VmInfo) {
+    let id = info.id.clone();
+    let row = match row(&info) {
+        Ok(row) => row,
+        Err(err) => {
+            tracing::error!(vm = %id, %err, "cannot encode VM record");
+            return;
+        }
+    };
+    if let Err(err) = with_store(store, move |s| s.put_vm(&row)).await {
+        tracing::error!(vm = %id, error = %error_chain(&err), "cannot write VM record");
+    }
+}
+
+/// The record of a VM that is about to be created.
+pub fn new_record(id: &VmId, spec: &VmSpec, workdir: &std::path::Path) -> VmInfo {
     let now = now_ms();
-    let info = VmInfo {
+    VmInfo {
         id: id.to_string(),
         state: VmState::Creating,
         spec: spec.clone(),
@@ -145,7 +212,15 @@ pub fn spawn(
             .join(tfc_firecracker::process::CONSOLE_LOG)
             .display()
             .to_string(),
-    };
+    }
+}
+
+fn handle_and_owner(
+    info: VmInfo,
+    requested_at: Instant,
+    store: Arc<AnyStore>,
+) -> (VmHandle, Owner) {
+    let id = VmId::new(info.id.clone()).expect("records hold valid ids");
     let (record, record_rx) = watch::channel(info);
     let (commands_tx, commands) = mpsc::channel(16);
     let owner = Owner {
@@ -153,13 +228,43 @@ pub fn spawn(
         record,
         commands,
         requested_at,
+        store,
     };
-    tokio::spawn(owner.run(spec, workdir, backend));
-    VmHandle {
+    let handle = VmHandle {
         id,
         record: record_rx,
         commands: commands_tx,
-    }
+    };
+    (handle, owner)
+}
+
+/// Starts the owner of a new VM (its `creating` record already stored), which
+/// creates and boots it.
+pub fn spawn(
+    info: VmInfo,
+    backend: Backend,
+    requested_at: Instant,
+    store: Arc<AnyStore>,
+) -> VmHandle {
+    let (handle, owner) = handle_and_owner(info, requested_at, store);
+    tokio::spawn(owner.run(backend));
+    handle
+}
+
+/// Starts the owner of a VM an earlier daemon left running: it adopts the VMM,
+/// or records the VM Failed when there is nothing to adopt.
+pub fn adopt(info: VmInfo, backend: Backend, store: Arc<AnyStore>) -> VmHandle {
+    let (handle, owner) = handle_and_owner(info, Instant::now(), store);
+    tokio::spawn(owner.readopt(backend));
+    handle
+}
+
+/// A handle on a VM that is over (stopped or failed): readable and deletable,
+/// every operation refused.
+pub fn terminal(info: VmInfo, store: Arc<AnyStore>) -> VmHandle {
+    let (handle, owner) = handle_and_owner(info, Instant::now(), store);
+    drop(owner);
+    handle
 }
 
 struct Owner {
@@ -167,6 +272,7 @@ struct Owner {
     record: watch::Sender<VmInfo>,
     commands: mpsc::Receiver<Command>,
     requested_at: Instant,
+    store: Arc<AnyStore>,
 }
 
 /// How the wait for readiness ended.
@@ -174,7 +280,8 @@ enum BootOutcome {
     Ready,
     Failed(BackendError),
     Exited(ExitReason),
-    StopRequested(oneshot::Sender<Result<VmInfo, VmError>>),
+    StopRequested(Reply),
+    Detached(oneshot::Sender<()>),
 }
 
 impl Owner {
@@ -182,13 +289,19 @@ impl Owner {
         self.record.borrow().state
     }
 
-    /// Applies `event`; the caller has checked it is legal or treats refusal as a bug.
-    fn apply(&self, event: VmEvent) -> Result<VmState, tfc_core::InvalidTransition> {
+    async fn commit(&self) {
+        let info = self.record.borrow().clone();
+        persist(&self.store, info).await;
+    }
+
+    /// Applies `event` and stores the result.
+    async fn apply(&self, event: VmEvent) -> Result<VmState, tfc_core::InvalidTransition> {
         let to = transition(self.state(), event)?;
         self.record.send_modify(|r| {
             r.state = to;
             r.updated_at_ms = now_ms();
         });
+        self.commit().await;
         Ok(to)
     }
 
@@ -197,9 +310,8 @@ impl Owner {
         self.record.send_modify(|r| r.timeline.mark(phase, at));
     }
 
-    fn fail(&self, failure: String, exit: Option<ExitReason>) {
+    async fn fail(&self, failure: String, exit: Option<ExitReason>) {
         tracing::warn!(vm = %self.id, %failure, "VM failed");
-        let _ = self.apply(VmEvent::Fail);
         self.record.send_modify(|r| {
             r.failure = Some(failure);
             if let Some(exit) = exit {
@@ -207,6 +319,7 @@ impl Owner {
             }
             r.pid = None;
         });
+        let _ = self.apply(VmEvent::Fail).await;
     }
 
     fn refuse(&self, op: VmOp) -> VmError {
@@ -217,19 +330,68 @@ impl Owner {
         }
     }
 
-    async fn run(mut self, spec: VmSpec, workdir: PathBuf, backend: Backend) {
-        let Some(machine) = self.create(&spec, &workdir, &backend).await else {
+    fn request<'a>(&'a self, spec: &'a VmSpec, workdir: &'a std::path::Path) -> CreateRequest<'a> {
+        CreateRequest {
+            id: &self.id,
+            spec,
+            workdir,
+        }
+    }
+
+    async fn run(mut self, backend: Backend) {
+        let Some(machine) = self.create(&backend).await else {
             return;
         };
-        match self.boot(&machine).await {
+        if let Err(err) = self.apply(VmEvent::StartBoot).await {
+            tracing::error!(vm = %self.id, %err, "state machine refused boot");
+        }
+        if let Err(err) = machine.boot().await {
+            let exit = machine.stop().await;
+            self.fail(error_chain(&err), Some(exit)).await;
+            return self.drain().await;
+        }
+        self.mark(BootPhase::InstanceStarted);
+        self.commit().await;
+        self.finish_boot(&machine).await;
+    }
+
+    /// Takes over a VM from an earlier daemon.
+    async fn readopt(mut self, backend: Backend) {
+        let info = self.record.borrow().clone();
+        let workdir = PathBuf::from(&info.workdir);
+        let adopted = backend.adopt(self.request(&info.spec, &workdir)).await;
+        let machine = match adopted {
+            Ok(machine) => machine,
+            Err(err) => {
+                let failure = format!(
+                    "the VMM did not survive the daemon restart: {}",
+                    error_chain(&err)
+                );
+                self.fail(failure, None).await;
+                return self.drain().await;
+            }
+        };
+        tracing::info!(vm = %self.id, state = %info.state, "re-adopted VM");
+        self.record.send_modify(|r| r.pid = machine.pid());
+        self.commit().await;
+        if matches!(info.state, VmState::Booting | VmState::Prewarming) {
+            self.finish_boot(&machine).await;
+        } else {
+            self.serve(&machine).await;
+            self.drain().await;
+        }
+    }
+
+    async fn finish_boot(&mut self, machine: &Machine) {
+        match self.await_ready(machine).await {
             BootOutcome::Ready => {
                 self.mark(BootPhase::Ready);
-                let _ = self.apply(VmEvent::BootCompleted);
+                let _ = self.apply(VmEvent::BootCompleted).await;
                 tracing::info!(vm = %self.id, ms = self.requested_at.elapsed().as_millis() as u64, "VM ready");
             }
             BootOutcome::Failed(err) => {
                 let exit = machine.stop().await;
-                self.fail(error_chain(&err), Some(exit));
+                self.fail(error_chain(&err), Some(exit)).await;
                 return self.drain().await;
             }
             BootOutcome::Exited(reason) => {
@@ -237,33 +399,34 @@ impl Owner {
                 self.fail(
                     format!("VMM {reason} during boot; last console lines:\n  {tail}"),
                     Some(reason),
-                );
+                )
+                .await;
                 return self.drain().await;
             }
             BootOutcome::StopRequested(reply) => {
-                self.stop(&machine, reply).await;
+                self.stop(machine, reply).await;
                 return self.drain().await;
             }
+            BootOutcome::Detached(done) => {
+                machine.detach();
+                let _ = done.send(());
+                return;
+            }
         }
-        self.serve(&machine).await;
-        self.drain().await;
+        if self.serve(machine).await {
+            self.drain().await;
+        }
     }
 
-    async fn create(
-        &mut self,
-        spec: &VmSpec,
-        workdir: &Path,
-        backend: &Backend,
-    ) -> Option<Machine> {
-        let request = CreateRequest {
-            id: &self.id,
-            spec,
-            workdir,
-        };
+    async fn create(&mut self, backend: &Backend) -> Option<Machine> {
+        let spec = self.record.borrow().spec.clone();
+        let workdir = PathBuf::from(&self.record.borrow().workdir);
         let mut phases = Vec::new();
         let started = self.requested_at;
         let mut mark = |phase| phases.push((phase, started.elapsed().as_micros() as u64));
-        let created = backend.create(request, &mut mark).await;
+        let created = backend
+            .create(self.request(&spec, &workdir), &mut mark)
+            .await;
         self.record.send_modify(|r| {
             for (phase, at) in phases {
                 r.timeline.mark(phase, at);
@@ -271,29 +434,21 @@ impl Owner {
         });
         match created {
             Ok(machine) => {
-                if let Some(pid) = machine.pid() {
-                    self.record.send_modify(|r| r.pid = Some(pid));
-                }
+                self.record.send_modify(|r| r.pid = machine.pid());
                 Some(machine)
             }
             Err(err) => {
-                self.fail(error_chain(&err), None);
+                self.fail(error_chain(&err), None).await;
                 self.drain().await;
                 None
             }
         }
     }
 
-    /// Starts the guest and waits for readiness, still answering callers: a stop
-    /// ends the boot, anything else is refused as the state machine says.
-    async fn boot(&mut self, machine: &Machine) -> BootOutcome {
-        if let Err(err) = self.apply(VmEvent::StartBoot) {
-            tracing::error!(vm = %self.id, %err, "state machine refused boot");
-        }
-        if let Err(err) = machine.boot().await {
-            return BootOutcome::Failed(err);
-        }
-        self.mark(BootPhase::InstanceStarted);
+    /// Waits for readiness, still answering callers: a stop ends the boot, a
+    /// detach lets the VM boot on without us, anything else is refused as the
+    /// state machine says.
+    async fn await_ready(&mut self, machine: &Machine) -> BootOutcome {
         let ready = machine.wait_ready();
         tokio::pin!(ready);
         loop {
@@ -306,36 +461,47 @@ impl Owner {
                     };
                 }
                 reason = machine.wait_exit() => return BootOutcome::Exited(reason),
-                Some(command) = self.commands.recv() => {
-                    if command.op == VmOp::Stop {
-                        return BootOutcome::StopRequested(command.reply);
+                Some(command) = self.commands.recv() => match command {
+                    Command::Op { op: VmOp::Stop, reply } => return BootOutcome::StopRequested(reply),
+                    Command::Op { op, reply } => {
+                        let _ = reply.send(Err(self.refuse(op)));
                     }
-                    let _ = command.reply.send(Err(self.refuse(command.op)));
-                }
+                    Command::Detach { done } => return BootOutcome::Detached(done),
+                },
             }
         }
     }
 
-    /// Serves operations until the VM reaches a terminal state.
-    async fn serve(&mut self, machine: &Machine) {
+    /// Serves operations until the VM reaches a terminal state (true) or is
+    /// detached (false).
+    async fn serve(&mut self, machine: &Machine) -> bool {
         loop {
             tokio::select! {
                 reason = machine.wait_exit() => {
-                    self.fail(format!("VMM {reason} unexpectedly"), Some(reason));
-                    return;
+                    self.fail(format!("VMM {reason} unexpectedly"), Some(reason)).await;
+                    return true;
                 }
                 command = self.commands.recv() => {
-                    // Every handle is gone: the manager forgot this VM.
-                    let Some(command) = command else {
-                        machine.stop().await;
-                        return;
-                    };
-                    if command.op == VmOp::Stop {
-                        self.stop(machine, command.reply).await;
-                        return;
+                    match command {
+                        // Every handle is gone: the manager forgot this VM.
+                        None => {
+                            machine.stop().await;
+                            return true;
+                        }
+                        Some(Command::Detach { done }) => {
+                            machine.detach();
+                            let _ = done.send(());
+                            return false;
+                        }
+                        Some(Command::Op { op: VmOp::Stop, reply }) => {
+                            self.stop(machine, reply).await;
+                            return true;
+                        }
+                        Some(Command::Op { op, reply }) => {
+                            let result = self.pause_or_resume(machine, op).await;
+                            let _ = reply.send(result);
+                        }
                     }
-                    let result = self.pause_or_resume(machine, command.op).await;
-                    let _ = command.reply.send(result);
                 }
             }
         }
@@ -352,21 +518,23 @@ impl Owner {
             op,
             source: Box::new(source),
         })?;
-        let _ = self.apply(op.event());
+        let _ = self.apply(op.event()).await;
         Ok(self.record.borrow().clone())
     }
 
-    async fn stop(&self, machine: &Machine, reply: oneshot::Sender<Result<VmInfo, VmError>>) {
-        if self.apply(VmEvent::Stop).is_err() {
+    async fn stop(&self, machine: &Machine, reply: Reply) {
+        // `stopping` is stored before the VMM is signalled: a daemon that dies
+        // mid-stop finishes the stop when it comes back.
+        if self.apply(VmEvent::Stop).await.is_err() {
             let _ = reply.send(Err(self.refuse(VmOp::Stop)));
             return;
         }
         let reason = machine.stop().await;
-        let _ = self.apply(VmEvent::Exited);
         self.record.send_modify(|r| {
             r.exit = Some(exit_info(reason));
             r.pid = None;
         });
+        let _ = self.apply(VmEvent::Exited).await;
         tracing::info!(vm = %self.id, %reason, "VM stopped");
         let _ = reply.send(Ok(self.record.borrow().clone()));
     }
@@ -375,7 +543,14 @@ impl Owner {
     async fn drain(&mut self) {
         self.commands.close();
         while let Some(command) = self.commands.recv().await {
-            let _ = command.reply.send(Err(self.refuse(command.op)));
+            match command {
+                Command::Op { op, reply } => {
+                    let _ = reply.send(Err(self.refuse(op)));
+                }
+                Command::Detach { done } => {
+                    let _ = done.send(());
+                }
+            }
         }
     }
 }

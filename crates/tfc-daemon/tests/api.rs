@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use serde_json::{json, Value};
 use tfc_daemon::backend::{Backend, FakeBackend};
-use tfc_daemon::config::Config;
+use tfc_daemon::config::{Config, ShutdownPolicy};
 use tfc_daemon::manager::VmManager;
 use tower::ServiceExt;
 
@@ -24,7 +24,7 @@ fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::parse("[daemon]\nbackend = \"fake\"\n", "test").unwrap();
     let fake = FakeBackend::new(Duration::from_millis(20));
-    let manager = VmManager::new(Backend::Fake(fake.clone()), config, dir.path().to_owned());
+    let manager = VmManager::in_memory(Backend::Fake(fake.clone()), config, dir.path().to_owned());
     Harness {
         app: tfc_daemon::api::router(manager.clone()),
         manager,
@@ -373,7 +373,7 @@ async fn the_fake_backend_follows_tokios_clock() {
 async fn a_shutting_down_daemon_refuses_new_vms_and_stops_the_rest() {
     let h = harness();
     let vm = h.create(r#"{"wait": true}"#).await;
-    h.manager.shutdown().await;
+    h.manager.shutdown(ShutdownPolicy::Stop).await;
     let (status, body) = h
         .send(
             Method::GET,
@@ -408,7 +408,7 @@ async fn missing_assets_and_a_broken_data_dir_have_their_own_codes() {
     let config = Config::parse("[firecracker]\nbinary = \"/bin/true\"\n", "test").unwrap();
     let backend = tfc_daemon::build_backend(&config, dir.path()).unwrap();
     let no_assets = Harness {
-        app: tfc_daemon::api::router(VmManager::new(backend, config, dir.path().to_owned())),
+        app: tfc_daemon::api::router(VmManager::in_memory(backend, config, dir.path().to_owned())),
         ..harness()
     };
     let (status, body) = no_assets.send(Method::POST, "/v1/vms", Some("{}")).await;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use serde_json::Value;
-use tfc_daemon::config::Config;
+use tfc_daemon::config::{Config, ShutdownPolicy};
 use tfc_daemon::manager::VmManager;
 
 /// Assets come from `TFC_ASSETS_DATA_DIR`, else the standard data dir; VM
@@ -51,7 +51,7 @@ fn daemon(extra: &str) -> Daemon {
     );
     let config = Config::parse(&config, "tier-1 test").unwrap();
     let backend = tfc_daemon::build_backend(&config, dir.path()).unwrap();
-    let manager = VmManager::new(backend, config, dir.path().to_owned());
+    let manager = VmManager::in_memory(backend, config, dir.path().to_owned());
     Daemon {
         app: tfc_daemon::api::router(manager.clone()),
         manager,
@@ -238,7 +238,7 @@ async fn shutdown_and_early_stops_leave_nothing_behind() {
         .wait_for(two["id"].as_str().unwrap(), |vm| vm["pid"].is_u64())
         .await;
     let pids = [one["pid"].as_u64().unwrap(), two["pid"].as_u64().unwrap()];
-    d.manager.shutdown().await;
+    d.manager.shutdown(ShutdownPolicy::Stop).await;
     for pid in pids {
         assert!(!alive(pid), "firecracker {pid} survived shutdown");
     }

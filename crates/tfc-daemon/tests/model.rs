@@ -63,7 +63,7 @@ async fn run(calls: Vec<Call>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::parse("[daemon]\nbackend = \"fake\"\n", "test").unwrap();
     let fake = FakeBackend::new(BOOT);
-    let manager = VmManager::new(Backend::Fake(fake.clone()), config, dir.path().to_owned());
+    let manager = VmManager::in_memory(Backend::Fake(fake.clone()), config, dir.path().to_owned());
     let app = tfc_daemon::api::router(manager);
     // The model: (id, state) of every VM that exists.
     let mut model: Vec<(String, VmState)> = Vec::new();

@@ -128,6 +128,15 @@ impl VmBackend for FakeBackend {
             exit_rx,
         })
     }
+
+    /// Fake machines die with the daemon that made them, so there is never one
+    /// to adopt: after a restart their VMs are reported Failed.
+    async fn adopt(&self, request: CreateRequest<'_>) -> Result<FakeMachine, BackendError> {
+        Err(BackendError::Scripted(format!(
+            "fake VM {} did not survive the daemon restart",
+            request.id
+        )))
+    }
 }
 
 impl FakeMachine {
@@ -217,4 +226,7 @@ impl VmMachine for FakeMachine {
     fn console_tail(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// A fake machine lives in the daemon's memory; it cannot outlive it.
+    fn detach(&self) {}
 }

@@ -51,8 +51,43 @@ fn check_kvm() -> Result<(), BackendError> {
         .map_err(|e| BackendError::NoKvm(tfc_core::error_chain(&e)))
 }
 
+impl FirecrackerBackend {
+    fn spawn_config(&self, request: &CreateRequest<'_>) -> SpawnConfig {
+        let Readiness::ConsoleLine { contains } = &request.spec.readiness;
+        SpawnConfig {
+            binary: self.binary.clone(),
+            workdir: request.workdir.to_owned(),
+            id: request.id.to_string(),
+            console_log_limit: self.console_log_limit,
+            watch_for: vec![contains.clone(), PANIC_LINE.to_owned()],
+            extra_args: Vec::new(),
+        }
+    }
+
+    fn machine(
+        &self,
+        process: FirecrackerProcess,
+        request: &CreateRequest<'_>,
+    ) -> FirecrackerMachine {
+        let Readiness::ConsoleLine { contains } = &request.spec.readiness;
+        FirecrackerMachine {
+            process,
+            readiness: contains.clone(),
+            boot_timeout: self.boot_timeout,
+            stop: self.stop,
+        }
+    }
+}
+
 impl VmBackend for FirecrackerBackend {
     type Machine = FirecrackerMachine;
+
+    async fn adopt(&self, request: CreateRequest<'_>) -> Result<FirecrackerMachine, BackendError> {
+        let process = FirecrackerProcess::adopt(&self.spawn_config(&request))
+            .await
+            .map_err(BackendError::Adopt)?;
+        Ok(self.machine(process, &request))
+    }
 
     async fn create(
         &self,
@@ -63,24 +98,11 @@ impl VmBackend for FirecrackerBackend {
         require_file("kernel", &spec.kernel)?;
         require_file("rootfs", &spec.rootfs)?;
         check_kvm()?;
-        let Readiness::ConsoleLine { contains } = &spec.readiness;
-        let process = FirecrackerProcess::spawn(&SpawnConfig {
-            binary: self.binary.clone(),
-            workdir: request.workdir.to_owned(),
-            id: request.id.to_string(),
-            console_log_limit: self.console_log_limit,
-            watch_for: vec![contains.clone(), PANIC_LINE.to_owned()],
-            extra_args: Vec::new(),
-        })
-        .await
-        .map_err(BackendError::Spawn)?;
+        let process = FirecrackerProcess::spawn(&self.spawn_config(&request))
+            .await
+            .map_err(BackendError::Spawn)?;
         mark(BootPhase::Spawned);
-        let machine = FirecrackerMachine {
-            process,
-            readiness: contains.clone(),
-            boot_timeout: self.boot_timeout,
-            stop: self.stop,
-        };
+        let machine = self.machine(process, &request);
         // From here on a failure must not leave the process behind.
         let configured = async {
             machine
@@ -206,5 +228,9 @@ impl VmMachine for FirecrackerMachine {
 
     fn console_tail(&self) -> Vec<String> {
         self.process.console().tail()
+    }
+
+    fn detach(&self) {
+        self.process.detach();
     }
 }

@@ -43,6 +43,8 @@ pub enum BackendError {
     ReadyTimeout { timeout_s: u64, tail: String },
     #[error("VMM {reason} during boot; last console lines:\n{tail}")]
     ExitedDuringBoot { reason: ExitReason, tail: String },
+    #[error("cannot adopt the VMM: {0}")]
+    Adopt(#[source] tfc_firecracker::ProcessError),
     #[error("fake backend: {0}")]
     Scripted(String),
 }
@@ -66,6 +68,13 @@ pub trait VmBackend {
         &self,
         request: CreateRequest<'_>,
         mark: &mut (dyn FnMut(BootPhase) + Send),
+    ) -> impl Future<Output = Result<Self::Machine, BackendError>> + Send;
+
+    /// Takes charge of the VM an earlier daemon created in `request.workdir`,
+    /// whose VMM still runs. Fails when there is no such VMM to adopt.
+    fn adopt(
+        &self,
+        request: CreateRequest<'_>,
     ) -> impl Future<Output = Result<Self::Machine, BackendError>> + Send;
 }
 
@@ -96,6 +105,10 @@ pub trait VmMachine: Send + Sync {
 
     /// Last console lines, for failure reports.
     fn console_tail(&self) -> Vec<String>;
+
+    /// Lets the VM outlive this handle (and this daemon): dropping the machine
+    /// afterwards leaves its VMM running for a later daemon to adopt.
+    fn detach(&self);
 }
 
 /// The backend the daemon runs with, chosen from configuration.
@@ -134,6 +147,13 @@ impl VmBackend for Backend {
             Backend::Fake(b) => b.create(request, mark).await.map(Machine::Fake),
         }
     }
+
+    async fn adopt(&self, request: CreateRequest<'_>) -> Result<Machine, BackendError> {
+        match self {
+            Backend::Firecracker(b) => b.adopt(request).await.map(Machine::Firecracker),
+            Backend::Fake(b) => b.adopt(request).await.map(Machine::Fake),
+        }
+    }
 }
 
 macro_rules! dispatch {
@@ -169,5 +189,8 @@ impl VmMachine for Machine {
     }
     fn console_tail(&self) -> Vec<String> {
         dispatch!(self, m => m.console_tail())
+    }
+    fn detach(&self) {
+        dispatch!(self, m => m.detach())
     }
 }

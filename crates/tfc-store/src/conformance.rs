@@ -1,0 +1,354 @@
+//! The behaviour every [`Store`] must have. Each backend's tests call
+//! [`conformance_tests!`] with a constructor for a fresh, empty store; the macro
+//! expands to one `#[test]` per check below plus a property test against a
+//! `BTreeMap` model.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use tfc_core::{VmId, VmState};
+
+use crate::error::StoreError;
+use crate::schema::{SCHEMA_VERSION, TABLES};
+use crate::store::{now_ms, Store, VmRow, MAX_TIMESTAMP_MS};
+
+/// Expands to the conformance suite for one backend.
+///
+/// `make` returns a fresh, empty store and a guard (e.g. its temp dir) that must
+/// outlive it. `cases` is the number of property-test cases; `restart`, if given,
+/// closes a store and opens it again on the same data, and the property test then
+/// also checks that a restart loses nothing.
+macro_rules! conformance_tests {
+    ($make:expr, cases = $cases:expr, restart = $restart:expr) => {
+        mod conformance {
+            use super::*;
+
+            fn run(check: fn(&dyn $crate::Store)) {
+                let (store, _guard) = ($make)();
+                check(&store);
+            }
+
+            #[test]
+            fn put_then_get() {
+                run($crate::conformance::put_then_get)
+            }
+            #[test]
+            fn put_overwrites() {
+                run($crate::conformance::put_overwrites)
+            }
+            #[test]
+            fn delete_removes_once() {
+                run($crate::conformance::delete_removes_once)
+            }
+            #[test]
+            fn missing_ids() {
+                run($crate::conformance::missing_ids)
+            }
+            #[test]
+            fn list_is_ordered_by_id() {
+                run($crate::conformance::list_is_ordered_by_id)
+            }
+            #[test]
+            fn every_state_round_trips() {
+                run($crate::conformance::every_state_round_trips)
+            }
+            #[test]
+            fn records_round_trip() {
+                run($crate::conformance::records_round_trip)
+            }
+            #[test]
+            fn timestamps_in_range_only() {
+                run($crate::conformance::timestamps_in_range_only)
+            }
+            #[test]
+            fn stats_count_rows() {
+                run($crate::conformance::stats_count_rows)
+            }
+            #[test]
+            fn last_write_advances() {
+                run($crate::conformance::last_write_advances)
+            }
+            #[test]
+            fn agrees_with_model() {
+                $crate::conformance::agrees_with_model($cases, $make, $restart)
+            }
+        }
+    };
+}
+pub(crate) use conformance_tests;
+
+fn id(s: &str) -> VmId {
+    VmId::new(s).unwrap()
+}
+
+fn row(id_: &str, state: VmState, record: &str, updated_at_ms: u64) -> VmRow {
+    VmRow {
+        id: id(id_),
+        state,
+        record: record.to_owned(),
+        updated_at_ms,
+    }
+}
+
+fn vms_count(store: &dyn Store) -> u64 {
+    let stats = store.stats().unwrap();
+    let counts: BTreeMap<_, _> = stats.rows.iter().cloned().collect();
+    counts["vms"]
+}
+
+pub(crate) fn put_then_get(store: &dyn Store) {
+    let a = row("vm-a", VmState::Creating, r#"{"spec":{"vcpus":2}}"#, 17);
+    store.put_vm(&a).unwrap();
+    assert_eq!(store.get_vm(&a.id).unwrap(), Some(a.clone()));
+    assert_eq!(store.list_vms().unwrap(), vec![a]);
+}
+
+pub(crate) fn put_overwrites(store: &dyn Store) {
+    let first = row("vm-a", VmState::Creating, "{}", 1);
+    let second = row("vm-a", VmState::Running, r#"{"pid":42}"#, 2);
+    let other = row("vm-b", VmState::Ready, "{}", 1);
+    store.put_vm(&first).unwrap();
+    store.put_vm(&other).unwrap();
+    store.put_vm(&second).unwrap();
+    assert_eq!(store.get_vm(&first.id).unwrap(), Some(second.clone()));
+    assert_eq!(store.get_vm(&other.id).unwrap(), Some(other.clone()));
+    assert_eq!(store.list_vms().unwrap(), vec![second, other]);
+}
+
+pub(crate) fn delete_removes_once(store: &dyn Store) {
+    let a = row("vm-a", VmState::Stopped, "{}", 1);
+    let b = row("vm-b", VmState::Failed, "{}", 1);
+    store.put_vm(&a).unwrap();
+    store.put_vm(&b).unwrap();
+    assert!(store.delete_vm(&a.id).unwrap());
+    assert!(!store.delete_vm(&a.id).unwrap());
+    assert_eq!(store.get_vm(&a.id).unwrap(), None);
+    assert_eq!(store.list_vms().unwrap(), vec![b.clone()]);
+    // A deleted id can be used again.
+    store.put_vm(&a).unwrap();
+    assert_eq!(store.list_vms().unwrap(), vec![a, b]);
+}
+
+pub(crate) fn missing_ids(store: &dyn Store) {
+    let ghost = id("vm-ghost");
+    assert_eq!(store.get_vm(&ghost).unwrap(), None);
+    assert!(!store.delete_vm(&ghost).unwrap());
+    assert_eq!(store.list_vms().unwrap(), vec![]);
+    store
+        .put_vm(&row("vm-real", VmState::Ready, "{}", 1))
+        .unwrap();
+    assert_eq!(store.get_vm(&ghost).unwrap(), None);
+    assert!(!store.delete_vm(&ghost).unwrap());
+    assert_eq!(vms_count(store), 1);
+}
+
+pub(crate) fn list_is_ordered_by_id(store: &dyn Store) {
+    // Byte order, not numeric: "vm-10" sorts before "vm-2".
+    let ids = ["vm-2", "a", "vm-10", "vm-1", "z_9", "0", "vm-"];
+    for (i, s) in ids.iter().enumerate() {
+        store
+            .put_vm(&row(s, VmState::Ready, "{}", i as u64))
+            .unwrap();
+    }
+    let listed: Vec<String> = store
+        .list_vms()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id.to_string())
+        .collect();
+    assert_eq!(listed, ["0", "a", "vm-", "vm-1", "vm-10", "vm-2", "z_9"]);
+}
+
+pub(crate) fn every_state_round_trips(store: &dyn Store) {
+    for (i, state) in VmState::ALL.into_iter().enumerate() {
+        let r = row(&format!("vm-{i:02}"), state, "{}", i as u64);
+        store.put_vm(&r).unwrap();
+        assert_eq!(store.get_vm(&r.id).unwrap(), Some(r));
+    }
+    let states: Vec<VmState> = store
+        .list_vms()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.state)
+        .collect();
+    assert_eq!(states, VmState::ALL);
+}
+
+pub(crate) fn records_round_trip(store: &dyn Store) {
+    let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(1 << 20));
+    let records = [
+        "",
+        r#"{"quote":"\"","backslash":"\\","nl":"\n"}"#,
+        "snowman ☃, emoji 🦀, CJK 漢字",
+        "'; DROP TABLE vms; --",
+        "with\0nul",
+        big.as_str(),
+    ];
+    for (i, record) in records.iter().enumerate() {
+        let r = row(&format!("vm-{i}"), VmState::Running, record, 1);
+        store.put_vm(&r).unwrap();
+        assert_eq!(
+            store.get_vm(&r.id).unwrap().as_ref(),
+            Some(&r),
+            "record {i}"
+        );
+    }
+    assert_eq!(vms_count(store), records.len() as u64);
+}
+
+pub(crate) fn timestamps_in_range_only(store: &dyn Store) {
+    for ts in [0, 1_700_000_000_000, MAX_TIMESTAMP_MS] {
+        let r = row("vm-t", VmState::Ready, "{}", ts);
+        store.put_vm(&r).unwrap();
+        assert_eq!(store.get_vm(&r.id).unwrap(), Some(r));
+    }
+    let too_big = row("vm-t", VmState::Failed, "new", MAX_TIMESTAMP_MS + 1);
+    match store.put_vm(&too_big) {
+        Err(StoreError::TimestampOutOfRange { id, value }) => {
+            assert_eq!(id, too_big.id);
+            assert_eq!(value, MAX_TIMESTAMP_MS + 1);
+        }
+        other => panic!("expected TimestampOutOfRange, got {other:?}"),
+    }
+    // The refused write changed nothing.
+    assert_eq!(
+        store.get_vm(&too_big.id).unwrap().map(|r| r.record),
+        Some("{}".to_owned())
+    );
+}
+
+pub(crate) fn stats_count_rows(store: &dyn Store) {
+    let stats = store.stats().unwrap();
+    // Every backend reports every table of the schema, in the schema's order.
+    let empty: Vec<(String, u64)> = TABLES.iter().map(|t| ((*t).to_owned(), 0)).collect();
+    assert_eq!(stats.rows, empty);
+    assert_eq!(stats.schema_version, SCHEMA_VERSION);
+    for s in ["vm-a", "vm-b", "vm-c"] {
+        store.put_vm(&row(s, VmState::Ready, "{}", 1)).unwrap();
+    }
+    assert_eq!(vms_count(store), 3);
+    store
+        .put_vm(&row("vm-b", VmState::Running, "{}", 2))
+        .unwrap();
+    assert_eq!(vms_count(store), 3, "overwrite adds no row");
+    store.delete_vm(&id("vm-a")).unwrap();
+    assert_eq!(vms_count(store), 2);
+
+    let stats = store.stats().unwrap();
+    let json = serde_json::to_value(&stats).unwrap();
+    assert_eq!(json["backend"], stats.backend);
+    assert_eq!(json["rows"], serde_json::json!([["vms", 2]]));
+    assert_eq!(json["schema_version"], SCHEMA_VERSION);
+    match stats.backend {
+        "memory" => assert_eq!((stats.path, stats.size_bytes), (None, None)),
+        "sqlite" => {
+            let path = stats.path.expect("sqlite stats name the file");
+            assert!(path.is_file());
+            assert!(stats.size_bytes.unwrap() >= std::fs::metadata(&path).unwrap().len());
+        }
+        other => panic!("unknown backend {other}"),
+    }
+}
+
+pub(crate) fn last_write_advances(store: &dyn Store) {
+    assert_eq!(store.stats().unwrap().last_write_ms, None);
+    let last_write = || store.stats().unwrap().last_write_ms.expect("written");
+
+    let before = now_ms();
+    store.put_vm(&row("vm-a", VmState::Ready, "{}", 1)).unwrap();
+    let first = last_write();
+    assert!(first >= before);
+
+    // Reads and no-op deletes are not writes.
+    std::thread::sleep(Duration::from_millis(5));
+    store.get_vm(&id("vm-a")).unwrap();
+    store.list_vms().unwrap();
+    assert!(!store.delete_vm(&id("vm-none")).unwrap());
+    assert_eq!(last_write(), first);
+
+    let before = now_ms();
+    store
+        .put_vm(&row("vm-a", VmState::Running, "{}", 2))
+        .unwrap();
+    let second = last_write();
+    assert!(second >= before && second > first, "{first} -> {second}");
+
+    std::thread::sleep(Duration::from_millis(5));
+    let before = now_ms();
+    assert!(store.delete_vm(&id("vm-a")).unwrap());
+    let third = last_write();
+    assert!(third >= before && third > second, "{second} -> {third}");
+}
+
+/// Ids chosen to exercise ordering ("vm-10" < "vm-2") and collisions.
+const MODEL_IDS: [&str; 6] = ["a", "vm-1", "vm-10", "vm-2", "z_9", "0"];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put(VmRow),
+    Delete(VmId),
+    Restart,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let id = proptest::sample::select(&MODEL_IDS[..]).prop_map(id);
+    let state = proptest::sample::select(&VmState::ALL[..]);
+    let put = (id.clone(), state, "\\PC{0,24}", 0..=MAX_TIMESTAMP_MS).prop_map(
+        |(id, state, record, updated_at_ms)| {
+            Op::Put(VmRow {
+                id,
+                state,
+                record,
+                updated_at_ms,
+            })
+        },
+    );
+    prop_oneof![6 => put, 3 => id.prop_map(Op::Delete), 1 => Just(Op::Restart)]
+}
+
+/// Random sequences of puts, deletes and (where the backend survives one)
+/// restarts leave the store agreeing with a `BTreeMap` after every step.
+pub(crate) fn agrees_with_model<S: Store, G>(
+    cases: u32,
+    make: impl Fn() -> (S, G),
+    restart: Option<fn(S) -> S>,
+) {
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&proptest::collection::vec(op(), 0..40), |ops| {
+        let (mut store, _guard) = make();
+        let mut model: BTreeMap<VmId, VmRow> = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::Put(row) => {
+                    store.put_vm(&row).unwrap();
+                    let stored = store.get_vm(&row.id).unwrap();
+                    prop_assert_eq!(stored.as_ref(), Some(&row));
+                    model.insert(row.id.clone(), row);
+                }
+                Op::Delete(id) => {
+                    let existed = model.remove(&id).is_some();
+                    prop_assert_eq!(store.delete_vm(&id).unwrap(), existed);
+                    prop_assert_eq!(store.get_vm(&id).unwrap(), None);
+                }
+                Op::Restart => {
+                    if let Some(restart) = restart {
+                        store = restart(store);
+                    }
+                }
+            }
+            let expected: Vec<VmRow> = model.values().cloned().collect();
+            prop_assert_eq!(store.list_vms().unwrap(), expected);
+            prop_assert_eq!(vms_count(&store), model.len() as u64);
+        }
+        Ok(())
+    });
+    if let Err(err) = result {
+        panic!("{err}");
+    }
+}

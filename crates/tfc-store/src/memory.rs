@@ -1,0 +1,91 @@
+//! [`MemoryStore`]: the store for tests and `storage = "memory"`. Nothing survives
+//! the process; everything else behaves as the SQLite store does.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tfc_core::VmId;
+
+use crate::error::StoreError;
+use crate::schema::SCHEMA_VERSION;
+use crate::store::{now_ms, Store, StoreStats, VmRow};
+
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    vms: BTreeMap<VmId, VmRow>,
+    last_write_ms: Option<u64>,
+}
+
+impl Inner {
+    fn wrote(&mut self) {
+        let now = now_ms();
+        self.last_write_ms = Some(self.last_write_ms.map_or(now, |last| last.max(now)));
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every critical section below completes its one map operation or makes
+        // none, so a panic elsewhere while the lock was held leaves the map valid.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Store for MemoryStore {
+    fn put_vm(&self, row: &VmRow) -> Result<(), StoreError> {
+        row.check()?;
+        let mut inner = self.lock();
+        inner.vms.insert(row.id.clone(), row.clone());
+        inner.wrote();
+        Ok(())
+    }
+
+    fn delete_vm(&self, id: &VmId) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let existed = inner.vms.remove(id).is_some();
+        if existed {
+            inner.wrote();
+        }
+        Ok(existed)
+    }
+
+    fn get_vm(&self, id: &VmId) -> Result<Option<VmRow>, StoreError> {
+        Ok(self.lock().vms.get(id).cloned())
+    }
+
+    fn list_vms(&self) -> Result<Vec<VmRow>, StoreError> {
+        Ok(self.lock().vms.values().cloned().collect())
+    }
+
+    fn stats(&self) -> Result<StoreStats, StoreError> {
+        let inner = self.lock();
+        Ok(StoreStats {
+            backend: "memory",
+            path: None,
+            rows: vec![("vms".to_owned(), inner.vms.len() as u64)],
+            size_bytes: None,
+            last_write_ms: inner.last_write_ms,
+            schema_version: SCHEMA_VERSION,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::conformance::conformance_tests!(
+        || (MemoryStore::new(), ()),
+        cases = 256,
+        restart = None
+    );
+}

@@ -1,0 +1,692 @@
+//! [`SqliteStore`]: the default store, one SQLite file in the data directory.
+//!
+//! Durability: WAL journal with `synchronous=FULL`, so every committed write has
+//! been fsynced before the call returns, and a crash (or `kill -9`) at any point
+//! leaves the last committed state. Each write is one transaction.
+//!
+//! Opening reads before it writes: a file that is not a database of ours (garbage,
+//! damaged, or from a newer tfc) is reported and left exactly as it was.
+
+use std::ffi::OsString;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tfc_core::{VmId, VmState};
+
+use crate::error::{Corruption, StoreError};
+use crate::schema::{self, META_LAST_WRITE_MS, SCHEMA_VERSION, TABLES};
+use crate::store::{now_ms, Store, StoreStats, VmRow};
+
+/// Name of the database file in the data directory.
+pub const STATE_DB_FILE: &str = "state.db";
+
+/// How long a write waits for another connection's lock before failing. Only one
+/// daemon uses a data directory (it holds `daemon.lock`), so this covers
+/// short-lived readers such as an operator's `sqlite3` shell.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many problems `quick_check` reports at most.
+const QUICK_CHECK_LINES: u32 = 5;
+
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens the database at `path`, creating it and its parent directories if
+    /// needed, checks it, and brings its schema up to [`SCHEMA_VERSION`].
+    ///
+    /// Refuses a database from a newer tfc ([`StoreError::TooNew`]) and one that is
+    /// damaged or not a database ([`StoreError::Corrupt`]); neither is modified.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|source| StoreError::Create {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        // Create the file ourselves, owner-only: records may carry secrets, and
+        // SQLite gives the -wal and -shm files the database file's permissions.
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(StoreError::Create {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        }
+
+        let fail = |op| move |err| StoreError::sqlite(path, op, err);
+        let mut conn = Connection::open(path).map_err(fail("open the state database"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(fail("set the busy timeout"))?;
+
+        // Nothing above wrote to the file. Check it before anything does.
+        let found = schema::user_version(&conn).map_err(fail("read the schema version"))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: path.to_owned(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        quick_check(&conn, path)?;
+
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(fail("switch to write-ahead logging"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::JournalMode {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(fail("set synchronous=FULL"))?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(fail("enable foreign keys"))?;
+        schema::migrate(&mut conn, found).map_err(fail("migrate the state database"))?;
+
+        tracing::info!(
+            path = %path.display(),
+            schema_version = SCHEMA_VERSION,
+            migrated_from = found,
+            "opened state database"
+        );
+        Ok(Self {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while the lock was held dropped any open transaction, which
+        // rolled it back: the connection is usable as it is.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fail(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
+        move |err| StoreError::sqlite(&self.path, op, err)
+    }
+
+    fn wal_path(&self) -> PathBuf {
+        let mut wal = OsString::from(self.path.as_os_str());
+        wal.push("-wal");
+        PathBuf::from(wal)
+    }
+}
+
+/// `PRAGMA quick_check`: catches damage that reading the header does not, such as a
+/// truncated file or a scribbled page. Linear in the size of the database.
+fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let fail = |err| StoreError::sqlite(path, "check the state database", err);
+    let mut stmt = conn
+        .prepare(&format!("PRAGMA quick_check({QUICK_CHECK_LINES})"))
+        .map_err(fail)?;
+    let lines = stmt
+        .query_map([], |row| row.get::<_, String>(0))
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(fail)?;
+    if lines.len() == 1 && lines[0] == "ok" {
+        return Ok(());
+    }
+    Err(StoreError::Corrupt {
+        path: path.to_owned(),
+        source: Corruption::QuickCheck(lines.join("; ").replace('\n', " ")),
+    })
+}
+
+/// Records the wall-clock time of a write, never moving it backwards.
+fn touch(conn: &Connection) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+    )?
+    .execute(params![META_LAST_WRITE_MS, now_ms()])?;
+    Ok(())
+}
+
+const SELECT_VM: &str = "SELECT id, state, record, updated_at_ms FROM vms";
+
+/// A `vms` row as SQLite holds it, before it is checked.
+type RawVm = (String, String, String, i64);
+
+fn raw_vm(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawVm> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
+fn decode_vm((id, state, record, updated_at_ms): RawVm) -> Result<VmRow, StoreError> {
+    let bad = |key: &str, column, value: String| StoreError::Decode {
+        table: "vms",
+        key: key.to_owned(),
+        column,
+        value,
+    };
+    let state = VmState::ALL
+        .into_iter()
+        .find(|s| s.as_str() == state)
+        .ok_or_else(|| bad(&id, "state", state.clone()))?;
+    let updated_at_ms = u64::try_from(updated_at_ms)
+        .map_err(|_| bad(&id, "updated_at_ms", updated_at_ms.to_string()))?;
+    let id = VmId::new(id.as_str()).map_err(|_| bad(&id, "id", id.clone()))?;
+    Ok(VmRow {
+        id,
+        state,
+        record,
+        updated_at_ms,
+    })
+}
+
+impl Store for SqliteStore {
+    fn put_vm(&self, row: &VmRow) -> Result<(), StoreError> {
+        row.check()?;
+        let fail = || self.fail("write a VM record");
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(fail())?;
+        tx.prepare_cached(
+            "INSERT INTO vms (id, state, record, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET
+                 state = excluded.state,
+                 record = excluded.record,
+                 updated_at_ms = excluded.updated_at_ms",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                row.id.as_str(),
+                row.state.as_str(),
+                row.record,
+                row.updated_at_ms
+            ])
+        })
+        .map_err(fail())?;
+        touch(&tx).map_err(fail())?;
+        tx.commit().map_err(fail())
+    }
+
+    fn delete_vm(&self, id: &VmId) -> Result<bool, StoreError> {
+        let fail = || self.fail("delete a VM record");
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(fail())?;
+        let deleted = tx
+            .prepare_cached("DELETE FROM vms WHERE id = ?1")
+            .and_then(|mut stmt| stmt.execute([id.as_str()]))
+            .map_err(fail())?;
+        if deleted == 0 {
+            // Nothing changed: roll back rather than pay for a commit.
+            return Ok(false);
+        }
+        touch(&tx).map_err(fail())?;
+        tx.commit().map_err(fail())?;
+        Ok(true)
+    }
+
+    fn get_vm(&self, id: &VmId) -> Result<Option<VmRow>, StoreError> {
+        let conn = self.lock();
+        let raw = conn
+            .prepare_cached(&format!("{SELECT_VM} WHERE id = ?1"))
+            .and_then(|mut stmt| stmt.query_row([id.as_str()], raw_vm).optional())
+            .map_err(self.fail("read a VM record"))?;
+        raw.map(decode_vm).transpose()
+    }
+
+    fn list_vms(&self) -> Result<Vec<VmRow>, StoreError> {
+        let conn = self.lock();
+        let raws = conn
+            .prepare_cached(&format!("{SELECT_VM} ORDER BY id"))
+            .and_then(|mut stmt| stmt.query_map([], raw_vm)?.collect::<Result<Vec<_>, _>>())
+            .map_err(self.fail("list VM records"))?;
+        drop(conn);
+        raws.into_iter().map(decode_vm).collect()
+    }
+
+    fn stats(&self) -> Result<StoreStats, StoreError> {
+        let fail = || self.fail("read store statistics");
+        let conn = self.lock();
+        let mut rows = Vec::with_capacity(TABLES.len());
+        for table in TABLES {
+            // Table names come from our own constant list, never from input.
+            let count: u64 = conn
+                .query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+                    row.get(0)
+                })
+                .map_err(fail())?;
+            rows.push(((*table).to_owned(), count));
+        }
+        let last_write_ms: Option<u64> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [META_LAST_WRITE_MS],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(fail())?;
+        let schema_version = schema::user_version(&conn).map_err(fail())?;
+        drop(conn);
+
+        let mut size_bytes = 0;
+        for file in [self.path.clone(), self.wal_path()] {
+            match fs::metadata(&file) {
+                Ok(meta) => size_bytes += meta.len(),
+                // No WAL between a checkpoint-on-close and the next write.
+                Err(err) if err.kind() == io::ErrorKind::NotFound && file != self.path => {}
+                Err(source) => return Err(StoreError::Size { path: file, source }),
+            }
+        }
+        Ok(StoreStats {
+            backend: "sqlite",
+            path: Some(self.path.clone()),
+            rows,
+            size_bytes: Some(size_bytes),
+            last_write_ms,
+            schema_version,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+    use std::sync::Arc;
+
+    use tfc_core::error_chain;
+
+    use super::*;
+
+    fn fresh() -> (SqliteStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join(STATE_DB_FILE)).unwrap();
+        (store, dir)
+    }
+
+    fn reopen(store: SqliteStore) -> SqliteStore {
+        let path = store.path().to_owned();
+        drop(store);
+        SqliteStore::open(&path).unwrap()
+    }
+
+    crate::conformance::conformance_tests!(fresh, cases = 48, restart = Some(reopen));
+
+    fn row(id: &str, state: VmState, record: &str) -> VmRow {
+        VmRow {
+            id: VmId::new(id).unwrap(),
+            state,
+            record: record.to_owned(),
+            updated_at_ms: 1_700_000_000_000,
+        }
+    }
+
+    /// A closed database holding `n` rows of about 1 KiB each, all checkpointed
+    /// into the main file (closing the last connection checkpoints the WAL).
+    fn closed_db_with_rows(n: usize) -> (tempfile::TempDir, PathBuf) {
+        let (store, dir) = fresh();
+        for i in 0..n {
+            let record = format!("{i:04}{}", "r".repeat(1000));
+            store
+                .put_vm(&row(&format!("vm-{i:04}"), VmState::Running, &record))
+                .unwrap();
+        }
+        let path = store.path().to_owned();
+        drop(store);
+        assert!(
+            !dir.path().join("state.db-wal").exists(),
+            "WAL not checkpointed"
+        );
+        (dir, path)
+    }
+
+    #[test]
+    fn open_creates_directories_and_an_owner_only_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/state.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let conn = store.lock();
+        let journal: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        let synchronous: i64 = conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        let foreign_keys: bool = conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "wal");
+        assert_eq!(synchronous, 2, "FULL");
+        assert!(foreign_keys);
+        assert_eq!(schema::user_version(&conn).unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn data_survives_reopen() {
+        let (store, _dir) = fresh();
+        let a = row("vm-a", VmState::Running, r#"{"pid":1}"#);
+        let b = row("vm-b", VmState::Paused, r#"{"pid":2}"#);
+        store.put_vm(&a).unwrap();
+        store.put_vm(&b).unwrap();
+        store.delete_vm(&b.id).unwrap();
+        let last_write = store.stats().unwrap().last_write_ms;
+
+        let store = reopen(store);
+        assert_eq!(store.list_vms().unwrap(), vec![a]);
+        assert_eq!(store.stats().unwrap().last_write_ms, last_write);
+    }
+
+    #[test]
+    fn data_survives_an_unclosed_connection() {
+        // Leaking the store skips the checkpoint on close, as a crash would: the
+        // rows exist only in the WAL, and the next open must replay it.
+        let (store, dir) = fresh();
+        let path = store.path().to_owned();
+        let a = row("vm-a", VmState::Running, "{}");
+        store.put_vm(&a).unwrap();
+        std::mem::forget(store);
+        assert!(dir.path().join("state.db-wal").exists());
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.list_vms().unwrap(), vec![a]);
+    }
+
+    const CRASH_CHILD_DB: &str = "TFC_STORE_CRASH_CHILD_DB";
+
+    /// Run by `acknowledged_puts_survive_kill_9` in a child process: puts rows
+    /// forever, printing `ack N` after each put returns.
+    #[test]
+    #[ignore = "helper process of acknowledged_puts_survive_kill_9"]
+    fn crash_child() {
+        let path = PathBuf::from(std::env::var_os(CRASH_CHILD_DB).expect(CRASH_CHILD_DB));
+        let store = SqliteStore::open(&path).unwrap();
+        let mut out = std::io::stdout().lock();
+        for i in 0.. {
+            let record = format!(r#"{{"n":{i},"pad":"{}"}}"#, "p".repeat(i % 5000));
+            store
+                .put_vm(&row(&format!("vm-{i:06}"), VmState::Running, &record))
+                .unwrap();
+            writeln!(out, "ack {i}").unwrap();
+            out.flush().unwrap();
+        }
+    }
+
+    #[test]
+    fn acknowledged_puts_survive_kill_9() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_DB_FILE);
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "sqlite::tests::crash_child"])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(CRASH_CHILD_DB, &path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut acked = None;
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            if let Some(n) = line.unwrap().strip_prefix("ack ") {
+                let n: usize = n.parse().unwrap();
+                acked = Some(n);
+                if n >= 100 {
+                    break;
+                }
+            }
+        }
+        child.kill().unwrap(); // SIGKILL, likely in the middle of a put
+        child.wait().unwrap();
+        let acked = acked.expect("the child acknowledged no put");
+        assert!(acked >= 100, "the child stopped after {acked} puts");
+
+        let store = SqliteStore::open(&path).unwrap();
+        let rows = store.list_vms().unwrap();
+        // Every acknowledged put is there; a put the child never acknowledged may
+        // be there too (committed just before the kill), but nothing is partial.
+        assert!(
+            rows.len() > acked,
+            "{} rows, {acked} acknowledged",
+            rows.len()
+        );
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!(r.id.as_str(), format!("vm-{i:06}"));
+            assert!(r.record.starts_with(&format!(r#"{{"n":{i},"#)), "row {i}");
+            assert!(r.record.ends_with("\"}"), "row {i} is cut short");
+        }
+    }
+
+    #[test]
+    fn newer_schema_is_refused_and_left_alone() {
+        let (store, _dir) = fresh();
+        let path = store.path().to_owned();
+        drop(store);
+        let newer = SCHEMA_VERSION + 1;
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", newer)
+            .unwrap();
+        let before = fs::read(&path).unwrap();
+
+        let err = SqliteStore::open(&path).unwrap_err();
+        match &err {
+            StoreError::TooNew {
+                path: p,
+                found,
+                supported,
+            } => {
+                assert_eq!((p, *found, *supported), (&path, newer, SCHEMA_VERSION));
+            }
+            other => panic!("expected TooNew, got {other:?}"),
+        }
+        let message = error_chain(&err);
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("run a newer tfc"), "{message}");
+        assert!(
+            message.contains("move the file aside, together with its -wal"),
+            "{message}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), before);
+    }
+
+    fn assert_corrupt(path: &Path) -> String {
+        let before = fs::read(path).unwrap();
+        let err = SqliteStore::open(path).unwrap_err();
+        let StoreError::Corrupt { path: p, .. } = &err else {
+            panic!("expected Corrupt, got {err:?}");
+        };
+        assert_eq!(p, path);
+        let message = error_chain(&err);
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(
+            message.contains("move the file aside, together with its -wal"),
+            "{message}"
+        );
+        assert!(message.contains("empty store"), "{message}");
+        assert_eq!(fs::read(path).unwrap(), before, "the file was modified");
+        message
+    }
+
+    #[test]
+    fn garbage_files_are_corrupt_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short.db");
+        fs::write(&short, b"not a database").unwrap();
+        assert_corrupt(&short);
+
+        let long = dir.path().join("long.db");
+        let garbage: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+        fs::write(&long, garbage).unwrap();
+        let message = assert_corrupt(&long);
+        assert!(message.contains("not a database"), "{message}");
+    }
+
+    #[test]
+    fn a_truncated_database_is_corrupt() {
+        let (_dir, path) = closed_db_with_rows(200);
+        let len = fs::metadata(&path).unwrap().len();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(len / 2).unwrap();
+        drop(file);
+        assert_corrupt(&path);
+    }
+
+    #[test]
+    fn a_scribbled_page_is_caught_by_quick_check() {
+        let (_dir, path) = closed_db_with_rows(200);
+        let mut bytes = fs::read(&path).unwrap();
+        let page: usize = 4096;
+        assert!(bytes.len() > 8 * page);
+        // Page 4 is a b-tree page of the vms table; wreck its header.
+        for b in &mut bytes[3 * page..3 * page + 64] {
+            *b = 0xa5;
+        }
+        fs::write(&path, bytes).unwrap();
+        assert_corrupt(&path);
+    }
+
+    #[test]
+    fn damage_only_quick_check_sees_is_corrupt() {
+        // A wrong free-page count: SQLite reads and writes such a file without
+        // complaint, so only the check at open notices.
+        let (store, _dir) = fresh();
+        for i in 0..50 {
+            let r = row(&format!("vm-{i:02}"), VmState::Ready, &"x".repeat(1000));
+            store.put_vm(&r).unwrap();
+        }
+        for i in 0..20 {
+            store
+                .delete_vm(&VmId::new(format!("vm-{i:02}")).unwrap())
+                .unwrap();
+        }
+        let path = store.path().to_owned();
+        drop(store);
+        let mut bytes = fs::read(&path).unwrap();
+        let free_pages = u32::from_be_bytes(bytes[36..40].try_into().unwrap());
+        assert!(free_pages > 0);
+        bytes[36..40].copy_from_slice(&(free_pages + 3).to_be_bytes());
+        fs::write(&path, bytes).unwrap();
+
+        let message = assert_corrupt(&path);
+        assert!(message.contains("quick_check: "), "{message}");
+        assert!(message.contains("Freelist"), "{message}");
+    }
+
+    #[test]
+    fn a_full_disk_is_reported_and_recovered_from() {
+        let (store, _dir) = fresh();
+        let small = row("vm-small", VmState::Running, "{}");
+        store.put_vm(&small).unwrap();
+        {
+            // Cap the file at its current size: the next page SQLite needs fails
+            // with SQLITE_FULL, the error a full disk gives.
+            let conn = store.lock();
+            let pages: u64 = conn
+                .pragma_query_value(None, "page_count", |r| r.get(0))
+                .unwrap();
+            conn.pragma_update(None, "max_page_count", pages).unwrap();
+        }
+        let big = row("vm-big", VmState::Running, &"b".repeat(256 * 1024));
+        let err = store.put_vm(&big).unwrap_err();
+        let StoreError::DiskFull { path, .. } = &err else {
+            panic!("expected DiskFull, got {err:?}");
+        };
+        assert_eq!(path, store.path());
+        let message = error_chain(&err);
+        assert!(message.contains("free space on the data disk"), "{message}");
+
+        // The failed write left nothing behind, and the store still works.
+        assert_eq!(store.list_vms().unwrap(), vec![small.clone()]);
+        store
+            .lock()
+            .pragma_update(None, "max_page_count", 1_000_000)
+            .unwrap();
+        store.put_vm(&big).unwrap();
+        assert_eq!(store.list_vms().unwrap(), vec![big, small]);
+    }
+
+    #[test]
+    fn unreadable_rows_are_reported_not_skipped() {
+        let (store, _dir) = fresh();
+        store.put_vm(&row("vm-a", VmState::Running, "{}")).unwrap();
+        store
+            .lock()
+            .execute("UPDATE vms SET state = 'hibernating' WHERE id = 'vm-a'", [])
+            .unwrap();
+        let err = store.list_vms().unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::Decode { table: "vms", key, column: "state", value }
+                    if key == "vm-a" && value == "hibernating"
+            ),
+            "{err:?}"
+        );
+        assert!(matches!(
+            store.get_vm(&VmId::new("vm-a").unwrap()),
+            Err(StoreError::Decode { .. })
+        ));
+    }
+
+    #[test]
+    fn concurrent_puts_from_threads() {
+        let (store, _dir) = fresh();
+        let store = Arc::new(store);
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        let own = row(&format!("vm-{t}-{i:02}"), VmState::Ready, "{}");
+                        store.put_vm(&own).unwrap();
+                        // Every thread also fights over one shared row.
+                        let shared = row("vm-shared", VmState::Running, &format!("{t}/{i}"));
+                        store.put_vm(&shared).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let rows = store.list_vms().unwrap();
+        assert_eq!(rows.len(), 8 * 25 + 1);
+        let shared = store.get_vm(&VmId::new("vm-shared").unwrap()).unwrap();
+        let last = shared.unwrap().record;
+        assert!(
+            last.ends_with("/24"),
+            "last write of some thread wins: {last}"
+        );
+        assert_eq!(store.stats().unwrap().rows, vec![("vms".to_owned(), 201)]);
+    }
+
+    #[test]
+    fn stats_count_the_wal() {
+        let (store, _dir) = fresh();
+        store
+            .put_vm(&row("vm-a", VmState::Running, &"w".repeat(100_000)))
+            .unwrap();
+        let db = fs::metadata(store.path()).unwrap().len();
+        let wal = fs::metadata(store.wal_path()).unwrap().len();
+        assert!(wal > 100_000, "the row is still in the WAL");
+        assert_eq!(store.stats().unwrap().size_bytes, Some(db + wal));
+    }
+}

@@ -1,0 +1,90 @@
+//! The storage seam: what the daemon persists and the verbs it persists it with.
+//! Backends are interchangeable; `conformance` holds them to the same behaviour.
+
+use std::fmt::Debug;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tfc_core::{VmId, VmState};
+
+use crate::error::StoreError;
+
+/// Largest `updated_at_ms` a store accepts: SQLite integers are signed 64-bit, and
+/// every backend refuses the same values so that they stay interchangeable.
+pub const MAX_TIMESTAMP_MS: u64 = i64::MAX as u64;
+
+/// One VM as the daemon persists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmRow {
+    pub id: VmId,
+    /// Kept beside `record` so that recovery can find VMs by state without
+    /// parsing records. The daemon keeps the two consistent.
+    pub state: VmState,
+    /// The daemon's full VM record as JSON. Opaque to the store.
+    pub record: String,
+    /// When the daemon last changed this VM, in milliseconds since the Unix epoch.
+    /// At most [`MAX_TIMESTAMP_MS`].
+    pub updated_at_ms: u64,
+}
+
+impl VmRow {
+    /// Refuses rows that some backend could not store, before any backend is touched.
+    pub(crate) fn check(&self) -> Result<(), StoreError> {
+        if self.updated_at_ms > MAX_TIMESTAMP_MS {
+            return Err(StoreError::TimestampOutOfRange {
+                id: self.id.clone(),
+                value: self.updated_at_ms,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What a store holds and how big it is, for `tfc doctor` and metrics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StoreStats {
+    /// `"memory"` or `"sqlite"`.
+    pub backend: &'static str,
+    /// The database file, for backends that have one.
+    pub path: Option<PathBuf>,
+    /// Rows per table, in a fixed order.
+    pub rows: Vec<(String, u64)>,
+    /// Bytes on disk: the database file plus its write-ahead log.
+    pub size_bytes: Option<u64>,
+    /// Wall-clock time of the last write that changed a row, in milliseconds since
+    /// the Unix epoch; never decreases, even if the clock steps back. `None` until
+    /// the first such write.
+    pub last_write_ms: Option<u64>,
+    /// Schema version of the data, see [`crate::schema`].
+    pub schema_version: u32,
+}
+
+/// Durable state of the daemon. Every call is synchronous and, once it returns
+/// `Ok`, durable to the degree the backend promises (the SQLite store: on disk,
+/// fsynced). Writes are atomic: a crash leaves either the old row or the new one.
+pub trait Store: Send + Sync + Debug {
+    /// Inserts the row, or replaces the row with the same id.
+    fn put_vm(&self, row: &VmRow) -> Result<(), StoreError>;
+
+    /// Removes the row with this id; `false` if there was none.
+    fn delete_vm(&self, id: &VmId) -> Result<bool, StoreError>;
+
+    /// The row with this id, if any.
+    fn get_vm(&self, id: &VmId) -> Result<Option<VmRow>, StoreError>;
+
+    /// Every row, ordered by id (byte order of the id string).
+    fn list_vms(&self) -> Result<Vec<VmRow>, StoreError>;
+
+    fn stats(&self) -> Result<StoreStats, StoreError>;
+}
+
+/// Wall clock in milliseconds since the Unix epoch, for `last_write_ms`.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(MAX_TIMESTAMP_MS)
+        })
+        .min(MAX_TIMESTAMP_MS)
+}
