@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - [`config`]: TOML configuration, validated at start.
+//! - [`crash`]: named crash points for fault-injection tests.
 //! - [`backend`]: the VMM seam (Firecracker, and a scriptable fake for tests).
 //! - [`vm`]: the owner task of one VM; the only code that changes its state.
 //! - [`manager`]: the table of VMs; resolves requests into specs.
@@ -12,6 +13,7 @@
 pub mod api;
 pub mod backend;
 pub mod config;
+pub mod crash;
 pub mod manager;
 pub mod reaper;
 pub mod vm;

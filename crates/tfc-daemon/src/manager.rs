@@ -241,6 +241,7 @@ impl VmManager {
             let _ = std::fs::remove_dir(&workdir);
             return Err(err);
         }
+        crate::crash::point("create.after_intent");
         let handle = {
             let mut table = self.inner.vms.write().expect("vm table lock");
             if table.closing {
@@ -337,6 +338,7 @@ impl VmManager {
                 tracing::warn!(vm = %handle.id(), %err, "cannot remove VM directory");
             }
         }
+        crate::crash::point("delete.after_files");
         // Last: until the row is gone, a restart would find the VM and finish
         // the cleanup.
         let id = handle.id().clone();

@@ -342,6 +342,7 @@ impl Owner {
         let Some(machine) = self.create(&backend).await else {
             return;
         };
+        crate::crash::point("create.after_spawn");
         if let Err(err) = self.apply(VmEvent::StartBoot).await {
             tracing::error!(vm = %self.id, %err, "state machine refused boot");
         }
@@ -352,6 +353,7 @@ impl Owner {
         }
         self.mark(BootPhase::InstanceStarted);
         self.commit().await;
+        crate::crash::point("create.after_start");
         self.finish_boot(&machine).await;
     }
 
@@ -529,7 +531,9 @@ impl Owner {
             let _ = reply.send(Err(self.refuse(VmOp::Stop)));
             return;
         }
+        crate::crash::point("stop.after_intent");
         let reason = machine.stop().await;
+        crate::crash::point("stop.after_exit");
         self.record.send_modify(|r| {
             r.exit = Some(exit_info(reason));
             r.pid = None;
