@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use tfc_core::error_chain;
 
 use crate::assets::binaries::{self, Binary, BinaryAsset, BinarySource};
+use tfc_store::{Store, StoreStats};
+
 use crate::assets::{self, find_on_path, AssetState, HostTools, Manifest};
 use crate::kvm::{self, KvmKind};
 use crate::profile::Profile;
@@ -101,6 +103,8 @@ pub struct HostReport {
     pub jailer: Option<BinaryAsset>,
     /// The manifest exists and every asset in it is present and current.
     pub assets_ready: bool,
+    /// What the daemon's state database holds, when there is one.
+    pub store: Option<StoreStats>,
     pub checks: Vec<Check>,
 }
 
@@ -155,6 +159,8 @@ pub fn probe(data_dir: &Path) -> HostReport {
         guest_userspace_check(data_dir, manifest.as_ref(), &host_kernel, detection.kind);
     checks.push(gu_check);
 
+    let (store_check, store) = store_check(data_dir);
+    checks.push(store_check);
     checks.push(qemu_check());
     checks.push(tun_check(Path::new("/dev/net/tun")));
     checks.push(netns_check());
@@ -174,6 +180,7 @@ pub fn probe(data_dir: &Path) -> HostReport {
         firecracker,
         jailer,
         assets_ready,
+        store,
         checks,
     }
 }
@@ -429,6 +436,59 @@ fn qemu_check() -> Check {
             CheckStatus::Warn,
             "qemu-system-x86_64 missing: install qemu-system-x86 for the guest-userspace lane",
             e,
+        ),
+    }
+}
+
+/// The daemon's state database: readable, and what it holds.
+fn store_check(data_dir: &Path) -> (Check, Option<StoreStats>) {
+    let path = data_dir.join(tfc_store::STATE_DB_FILE);
+    if !path.exists() {
+        let check = Check::new(
+            "state-store",
+            CheckStatus::Ok,
+            "no state database yet (`tfc serve` creates it)",
+            format!("{} does not exist", path.display()),
+        );
+        return (check, None);
+    }
+    match tfc_store::SqliteStore::open(&path).and_then(|store| store.stats()) {
+        Ok(stats) => {
+            let rows: Vec<String> = stats
+                .rows
+                .iter()
+                .map(|(table, n)| format!("{n} {table}"))
+                .collect();
+            let age = stats.last_write_ms.map_or_else(
+                || "never written".to_owned(),
+                |ms| {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    format!("last write {} s ago", now.saturating_sub(ms) / 1000)
+                },
+            );
+            let check = Check::new(
+                "state-store",
+                CheckStatus::Ok,
+                format!(
+                    "sqlite schema v{}: {}; {} KiB; {age}",
+                    stats.schema_version,
+                    rows.join(", "),
+                    stats.size_bytes.unwrap_or(0) / 1024
+                ),
+                format!("opened {} (quick_check passed)", path.display()),
+            );
+            (check, Some(stats))
+        }
+        Err(e) => (
+            Check::new(
+                "state-store",
+                CheckStatus::Fail,
+                error_chain(&e),
+                format!("opening {}", path.display()),
+            ),
+            None,
         ),
     }
 }
