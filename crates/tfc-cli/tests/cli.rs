@@ -945,3 +945,122 @@ fn soak_mixed_operations_with_daemon_kills() {
     daemon.clear_and_check_empty("soak end");
     eprintln!("soak: {ops} operations, {restarts} daemon kills, {outside_kills} VMMs killed from outside; every audit clean");
 }
+
+/// Tier 1: the kernel file of a VM type disappears. New VMs of that type fail
+/// at once with an error that says what to do; a VM already started from it is
+/// unaffected (Firecracker loaded the kernel at start).
+#[test]
+#[ignore = "tier 1: needs KVM, firecracker and built assets; run by the project's test command"]
+fn a_removed_kernel_fails_new_vms_clearly_and_spares_running_ones() {
+    let assets = std::env::var_os("TFC_ASSETS_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(tfc_host::paths::data_dir);
+    let manifest = tfc_host::assets::load_manifest(&assets).expect("built assets");
+    let kernels = tempfile::tempdir().expect("tempdir");
+    let kernel = kernels.path().join("vmlinux");
+    std::fs::copy(&manifest.kernel.vmlinux, &kernel).expect("kernel copied");
+    let config = format!(
+        "[firecracker]\nbinary = {:?}\n[vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {:?}\n",
+        manifest.firecracker.path, kernel, manifest.rootfs.path, manifest.boot_args,
+    );
+    let daemon = Daemon::start_with(&config);
+    let (running, pid) = daemon.create_with_pid();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.state_of(&running) != "booting" {
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_file(&kernel).expect("kernel removed");
+
+    let line = daemon.tfc(&["vm", "create", "--wait"]).error_line();
+    assert!(line.contains("kernel not found at"), "{line}");
+    assert!(line.contains("tfc assets build"), "{line}");
+    assert!(process_alive(pid), "the running VM was hurt");
+    assert_eq!(daemon.state_of(&running), "booting");
+    for vm in daemon.tfc(&["vm", "ls", "--json"]).json()["vms"]
+        .as_array()
+        .expect("list")
+    {
+        daemon
+            .tfc(&["vm", "rm", "--force", vm["id"].as_str().expect("id")])
+            .ok();
+    }
+    assert!(!process_alive(pid));
+    assert_eq!(daemon.vm_dirs(), 0);
+}
+
+/// A tmpfs mounted for one test and unmounted when dropped, also on panic.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(at).expect("mount point");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tfc-test"])
+            .arg(at)
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "mount tmpfs at {}: {status}",
+            at.display()
+        );
+        Tmpfs(at.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a daemon still holding files there (a panicking test drops the
+        // mount first) must not keep the mount alive.
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full data disk (a small tmpfs): a new VM is refused with an error that
+/// says the disk is full, nothing half-made is left, the VMs already there are
+/// untouched, and once space is freed everything works again, across a
+/// restart too. Needs root for the mount, hence the tier-1 lane.
+#[test]
+#[ignore = "tier 1: mounts a tmpfs (root); run by the project's test command"]
+fn a_full_data_disk_refuses_new_vms_and_loses_nothing() {
+    let mut daemon = Daemon::start();
+    daemon.terminate(Duration::from_secs(10));
+    let data = daemon.dir.path().join("data");
+    let _tmpfs = Tmpfs::mount(&data, "4m");
+    daemon.child = Daemon::spawn(daemon.dir.path(), &daemon.socket);
+    daemon.wait_until_listening();
+
+    let kept = daemon.tfc(&["vm", "create", "--wait", "--json"]).json();
+    let kept_id = kept["id"].as_str().expect("id").to_owned();
+    // Fill the disk.
+    let filler = data.join("filler");
+    {
+        use std::io::Write;
+        let mut file = File::create(&filler).expect("filler");
+        let block = vec![0u8; 64 * 1024];
+        while file.write_all(&block).is_ok() {}
+    }
+    let line = daemon.tfc(&["vm", "create", "--wait"]).error_line();
+    assert!(line.contains("full"), "{line}");
+    let listed = daemon.tfc(&["vm", "ls", "--json"]).json();
+    assert_eq!(
+        listed["vms"].as_array().map(Vec::len),
+        Some(1),
+        "{listed:#}"
+    );
+    assert_eq!(daemon.state_of(&kept_id), "ready");
+    assert_eq!(daemon.vm_dirs(), 1, "a half-made VM directory was left");
+
+    std::fs::remove_file(&filler).expect("space freed");
+    let added = daemon.tfc(&["vm", "create", "--wait", "--json"]).json();
+    assert_eq!(added["state"], "ready", "{added:#}");
+    daemon.crash_and_restart();
+    let listed = daemon.tfc(&["vm", "ls", "--json"]).json();
+    assert_eq!(
+        listed["vms"].as_array().map(Vec::len),
+        Some(2),
+        "{listed:#}"
+    );
+    daemon.terminate(Duration::from_secs(10));
+}

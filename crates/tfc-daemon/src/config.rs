@@ -90,6 +90,10 @@ pub struct DaemonConfig {
     /// "memory" (lost on exit; VMs left running are then ended at next start).
     #[serde(default)]
     pub storage: tfc_store::StoreKind,
+    /// After SIGTERM, how long in-flight requests may take before the daemon
+    /// exits anyway.
+    #[serde(default = "default_shutdown_deadline")]
+    pub shutdown_deadline_secs: u64,
     #[serde(default = "default_vm_type_name")]
     pub default_vm_type: String,
 }
@@ -102,6 +106,7 @@ impl Default for DaemonConfig {
             backend: default_backend(),
             shutdown_policy: default_shutdown_policy(),
             storage: tfc_store::StoreKind::default(),
+            shutdown_deadline_secs: default_shutdown_deadline(),
             default_vm_type: default_vm_type_name(),
         }
     }
@@ -175,6 +180,9 @@ fn default_backend() -> BackendKind {
 }
 fn default_shutdown_policy() -> ShutdownPolicy {
     ShutdownPolicy::LeaveRunning
+}
+fn default_shutdown_deadline() -> u64 {
+    10
 }
 fn default_vm_type_name() -> String {
     "default".to_owned()
@@ -268,6 +276,12 @@ impl Config {
             if !binary.is_absolute() {
                 return Err(invalid("firecracker.binary", "must be an absolute path"));
             }
+        }
+        if self.daemon.shutdown_deadline_secs > 3600 {
+            return Err(invalid(
+                "daemon.shutdown_deadline_secs",
+                "must be at most 3600",
+            ));
         }
         if self.fake.boot_ms > 600_000 {
             return Err(invalid("fake.boot_ms", "must be at most 600000"));
@@ -392,6 +406,10 @@ mod tests {
             ),
             ("[daemon]\nshutdown_policy = \"explode\"", "shutdown_policy"),
             ("[daemon]\nstorage = \"postgres\"", "storage"),
+            (
+                "[daemon]\nshutdown_deadline_secs = 9999",
+                "daemon.shutdown_deadline_secs",
+            ),
             (
                 "[firecracker]\nboot_timeout_secs = 0",
                 "firecracker.boot_timeout_secs",

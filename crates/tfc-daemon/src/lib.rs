@@ -219,20 +219,33 @@ pub async fn serve_until(
     policy: ShutdownPolicy,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let deadline = Duration::from_secs(manager.config().daemon.shutdown_deadline_secs);
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let shutdown = {
         let manager = manager.clone();
         tokio::spawn(async move {
             stop.await;
-            let _ = stop_tx.send(());
+            let _ = stopping_tx.send(true);
             manager.shutdown(policy).await;
         })
     };
-    let served = axum::serve(listener, api::router(manager))
-        .with_graceful_shutdown(async {
-            let _ = stop_rx.await;
-        })
-        .await;
+    let mut graceful = stopping.clone();
+    let server = axum::serve(listener, api::router(manager)).with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|s| *s).await;
+    });
+    let mut late = stopping;
+    // In-flight requests get `shutdown_deadline_secs` to finish; then the
+    // daemon exits regardless (its state is already stored).
+    let served = tokio::select! {
+        served = server => served,
+        _ = async move {
+            let _ = late.wait_for(|s| *s).await;
+            tokio::time::sleep(deadline).await;
+        } => {
+            tracing::warn!(?deadline, "requests still in flight at the shutdown deadline; exiting");
+            Ok(())
+        }
+    };
     let _ = shutdown.await;
     served.map_err(DaemonError::Serve)
 }
