@@ -155,13 +155,14 @@ pub fn describe(
     bin: Binary,
     source: BinarySource,
 ) -> Result<BinaryAsset, BinaryError> {
-    let out = Command::new(path)
-        .arg("--version")
-        .output()
-        .map_err(|source| BinaryError::Version {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let out = super::tool::output_within(
+        Command::new(path).arg("--version"),
+        std::time::Duration::from_secs(5),
+    )
+    .map_err(|source| BinaryError::Version {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let text = String::from_utf8_lossy(&out.stdout);
     let first = text.lines().next().unwrap_or("").trim().to_string();
     if !out.status.success() || !first.starts_with(bin.banner) {

@@ -203,6 +203,34 @@ pub fn describe(cmd: &Command) -> String {
         .join(" ")
 }
 
+/// Runs a short query command (`--version` and the like) and collects its
+/// output, but gives up after `limit`: a wedged binary must not hang `tfc
+/// doctor` or `tfc assets`. On time-out the command is killed (through a pidfd,
+/// so never another process) and an error of kind `TimedOut` returned.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> io::Result<std::process::Output> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // The child is not reaped until wait_with_output below, so its pid is ours.
+    let pidfd = tfc_firecracker::pidfd::Pidfd::open(child.id())?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => output,
+        Err(_) => {
+            let _ = pidfd.send_signal(libc::SIGKILL);
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("`{}` did not finish within {limit:?}", describe(cmd)),
+            ))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +270,16 @@ mod tests {
         let mut log = ToolLog::open("test", dir.path().join("t.log")).expect("log");
         let err = log.run("x", &mut Command::new("/nonexistent/tool"), &mut |_| {});
         assert!(matches!(err, Err(ToolError::Spawn { .. })));
+    }
+
+    #[test]
+    fn query_commands_are_bounded_in_time() {
+        let out = output_within(Command::new("echo").arg("hi"), Duration::from_secs(5)).unwrap();
+        assert_eq!(out.stdout, b"hi\n");
+        let started = Instant::now();
+        let err =
+            output_within(Command::new("sleep").arg("30"), Duration::from_millis(100)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

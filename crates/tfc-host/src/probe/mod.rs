@@ -396,7 +396,10 @@ fn first_line_of(program: &str, args: &[&str]) -> Result<String, String> {
             "`{program}` is not on PATH (nor in /usr/sbin, /sbin, /usr/local/sbin)"
         ));
     };
-    match Command::new(path).args(args).output() {
+    match crate::assets::tool::output_within(
+        Command::new(path).args(args),
+        std::time::Duration::from_secs(5),
+    ) {
         Ok(out) if out.status.success() => {
             let text = if out.stdout.is_empty() {
                 &out.stderr
