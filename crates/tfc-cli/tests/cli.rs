@@ -834,7 +834,8 @@ impl Lcg {
 /// at once, so guests booting under emulation do not starve the host), VMMs
 /// killed from outside, and the daemon killed every ~50 operations (plainly or
 /// at a random crash point). Each restart is audited; the run ends with a full
-/// cleanup that must leave nothing. `TFC_SOAK_OPS` sets the length.
+/// cleanup that must leave nothing. `TFC_SOAK_OPS` sets the length and
+/// `TFC_SOAK_SEED` the operation sequence.
 #[test]
 #[ignore = "tier 1: needs KVM, firecracker and built assets; run by the project's test command"]
 fn soak_mixed_operations_with_daemon_kills() {
@@ -850,7 +851,11 @@ fn soak_mixed_operations_with_daemon_kills() {
         "stop.after_exit",
         "delete.after_files",
     ];
-    let mut rng = Lcg(0x7fc_2026);
+    let seed = std::env::var("TFC_SOAK_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x7fc_2026);
+    let mut rng = Lcg(seed);
     let mut daemon = Daemon::start_with(&firecracker_config(""));
     let (mut restarts, mut outside_kills) = (0, 0);
     let ids = |d: &Daemon| -> Vec<(String, String, Option<u64>)> {
@@ -943,7 +948,7 @@ fn soak_mixed_operations_with_daemon_kills() {
         }
     }
     daemon.clear_and_check_empty("soak end");
-    eprintln!("soak: {ops} operations, {restarts} daemon kills, {outside_kills} VMMs killed from outside; every audit clean");
+    eprintln!("soak (seed {seed}): {ops} operations, {restarts} daemon kills, {outside_kills} VMMs killed from outside; every audit clean");
 }
 
 /// Tier 1: the kernel file of a VM type disappears. New VMs of that type fail

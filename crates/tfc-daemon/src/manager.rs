@@ -372,8 +372,10 @@ impl VmManager {
             let mut info: VmInfo = match serde_json::from_str(&row.record) {
                 Ok(info) => info,
                 Err(err) => {
-                    tracing::error!(vm = %row.id, %err, "unreadable VM record; removing it");
-                    let _ = self.inner.store.delete_vm(&row.id);
+                    // Perhaps written by a newer tfc: leave the record, its
+                    // directory and any VMM it names exactly as they are.
+                    tracing::error!(vm = %row.id, %err, "unreadable VM record; leaving the VM untouched and unmanaged");
+                    kept.insert(row.id.to_string());
                     continue;
                 }
             };
@@ -443,11 +445,10 @@ impl VmManager {
     }
 }
 
-/// Ends the VMM recorded in `workdir`, if it still runs (pid and start time
-/// checked, signalled through a pidfd).
+/// Ends the VMM of `workdir`, if one still runs (found by its process record or
+/// its command line, signalled through a pidfd).
 fn end_recorded_vmm(workdir: &Path) {
-    let record = tfc_firecracker::ProcessRecord::read(workdir);
-    if let Some((pid, pidfd)) = record.and_then(|r| Some((r.pid, r.pidfd()?))) {
+    if let Some((pid, pidfd)) = tfc_firecracker::process::find_vmm(workdir) {
         let _ = pidfd.send_signal(libc::SIGKILL);
         if !pidfd.wait_exited(Duration::from_secs(5)) {
             tracing::warn!(pid, "VMM did not exit within 5 s of SIGKILL");

@@ -7,8 +7,6 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use tfc_firecracker::process::ProcessRecord;
-
 /// What start-up cleanup found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReapReport {
@@ -31,8 +29,7 @@ pub fn reap_orphans(vms_dir: &Path, recorded: &HashSet<String>) -> ReapReport {
         if !dir.is_dir() || recorded.contains(&name) {
             continue;
         }
-        let running = ProcessRecord::read(&dir).and_then(|r| Some((r.pid, r.pidfd()?)));
-        if let Some((pid, pidfd)) = running {
+        if let Some((pid, pidfd)) = tfc_firecracker::process::find_vmm(&dir) {
             let _ = pidfd.send_signal(libc::SIGKILL);
             if !pidfd.wait_exited(Duration::from_secs(5)) {
                 tracing::warn!(pid, "leftover VMM did not exit within 5 s of SIGKILL");
@@ -59,7 +56,7 @@ pub fn reap_orphans(vms_dir: &Path, recorded: &HashSet<String>) -> ReapReport {
 
 #[cfg(test)]
 mod tests {
-    use tfc_firecracker::process::PROCESS_RECORD;
+    use tfc_firecracker::process::{ProcessRecord, PROCESS_RECORD};
 
     use super::*;
 

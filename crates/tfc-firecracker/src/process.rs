@@ -74,6 +74,39 @@ impl ProcessRecord {
     }
 }
 
+/// The Firecracker process that serves `workdir`'s API socket, if one runs:
+/// by its process record, or, when a crash came between spawn and record, by
+/// its command line (`--api-sock <workdir>/api.sock`). Returns its pid and a
+/// pidfd opened before the identity was checked a second time.
+pub fn find_vmm(workdir: &Path) -> Option<(u32, Pidfd)> {
+    if let Some(record) = ProcessRecord::read(workdir) {
+        if let Some(pidfd) = record.pidfd() {
+            return Some((record.pid, pidfd));
+        }
+    }
+    let socket = workdir.join(API_SOCKET);
+    let serves = |pid: u32| {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let mut args = cmdline.split(|b| *b == 0);
+        args.any(|a| a == b"--api-sock")
+            && args.next() == Some(socket.as_os_str().as_encoded_bytes())
+    };
+    let pids = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()));
+    for pid in pids.filter(|pid| serves(*pid)) {
+        let Ok(pidfd) = Pidfd::open(pid) else {
+            continue;
+        };
+        // Still the same process after the open: the fd names it.
+        if serves(pid) {
+            return Some((pid, pidfd));
+        }
+    }
+    None
+}
+
 /// How to start one Firecracker process.
 #[derive(Debug, Clone)]
 pub struct SpawnConfig {
@@ -499,6 +532,26 @@ pub fn process_start_ticks(pid: u32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vmm_without_a_record_is_found_by_its_socket_argument() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join(API_SOCKET);
+        // A stand-in whose command line carries the socket the way Firecracker's
+        // does; `; true` keeps the shell from exec-ing sleep in its place.
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("sleep 60; true")
+            .arg("--api-sock")
+            .arg(&socket)
+            .spawn()
+            .unwrap();
+        let (pid, pidfd) = find_vmm(dir.path()).expect("found by command line");
+        assert_eq!(pid, child.id());
+        pidfd.send_signal(libc::SIGKILL).unwrap();
+        child.wait().unwrap();
+        assert!(find_vmm(dir.path()).is_none());
+    }
 
     #[test]
     fn start_ticks_of_this_process_are_stable() {
