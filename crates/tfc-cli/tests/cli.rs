@@ -170,6 +170,28 @@ impl Daemon {
         tfc_at(&self.socket, args)
     }
 
+    /// Stdout of a `tfc` run that must succeed; on failure the daemon's log is
+    /// part of the report (long tests need it to explain themselves).
+    fn must(&self, args: &[&str]) -> String {
+        let run = self.tfc(args);
+        if !run.status.success() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "tfc {args:?} failed: {run:#?}\ndaemon log (last 60 lines):\n{}",
+                tail.join("\n")
+            );
+        }
+        run.stdout
+    }
+
+    fn must_json(&self, args: &[&str]) -> Value {
+        let stdout = self.must(args);
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("tfc {args:?} printed no JSON ({e}): {stdout}"))
+    }
+
     fn state_of(&self, id: &str) -> String {
         let vm = self.tfc(&["vm", "show", id, "--json"]).json();
         vm["state"].as_str().expect("state is a string").to_owned()
@@ -693,7 +715,7 @@ impl Daemon {
         // Adoption finishes in the owner tasks, just after start.
         let deadline = Instant::now() + Duration::from_secs(10);
         let vms = loop {
-            let vms = self.tfc(&["vm", "ls", "--json"]).json()["vms"]
+            let vms = self.must_json(&["vm", "ls", "--json"])["vms"]
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
@@ -742,7 +764,7 @@ impl Daemon {
     fn clear_and_check_empty(&self, point: &str) {
         for vm in self.audit(point) {
             let id = vm["id"].as_str().expect("id");
-            self.tfc(&["vm", "rm", "--force", id]).ok();
+            self.must(&["vm", "rm", "--force", id]);
         }
         let data = self.dir.path().join("data");
         assert_eq!(firecrackers_of(&data), Vec::<u64>::new(), "{point}");
@@ -859,7 +881,7 @@ fn soak_mixed_operations_with_daemon_kills() {
     let mut daemon = Daemon::start_with(&firecracker_config(""));
     let (mut restarts, mut outside_kills) = (0, 0);
     let ids = |d: &Daemon| -> Vec<(String, String, Option<u64>)> {
-        d.tfc(&["vm", "ls", "--json"]).json()["vms"]
+        d.must_json(&["vm", "ls", "--json"])["vms"]
             .as_array()
             .cloned()
             .unwrap_or_default()
