@@ -224,6 +224,15 @@ impl Drop for Daemon {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        // SIGTERM leaves VMs running by default; a test that ends (or panics)
+        // must not. End every Firecracker its daemon started, by pid.
+        for pid in firecrackers_of(&self.dir.path().join("data")) {
+            if let Ok(pid) = libc::pid_t::try_from(pid) {
+                // SAFETY: kill(2) of a Firecracker this test's daemon started,
+                // found by its socket inside the test's own directory.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
     }
 }
 
