@@ -2,7 +2,7 @@
 //! [`Client`] and prints either the daemon's JSON (`--json`) or a human view.
 
 use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use anyhow::Context;
 use clap::builder::RangedI64ValueParser;
@@ -192,9 +192,7 @@ fn print_json<T>(out: &mut impl Write, answer: &Answer<T>) -> anyhow::Result<()>
 
 fn now_ms() -> u64 {
     // A clock before 1970 shows every VM as created "now"; nothing else depends on it.
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    tfc_core::unix_ms(SystemTime::now())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! - [`id`]: validated identifiers of VMs and VM types.
 //! - [`spec`]: what a VM is made of (kernel, rootfs, vCPUs, memory, boot args, readiness).
 //! - [`state`]: the VM lifecycle, [`VmState`], and its single transition function.
+//! - [`time`]: wall-clock instants as Unix milliseconds.
 //! - [`timeline`]: per-phase boot timing of one VM.
 
 pub mod error;
@@ -14,6 +15,7 @@ pub mod exit;
 pub mod id;
 pub mod spec;
 pub mod state;
+pub mod time;
 pub mod timeline;
 
 pub use error::error_chain;
@@ -21,4 +23,5 @@ pub use exit::ExitReason;
 pub use id::{IdError, VmId, VmTypeName};
 pub use spec::{Readiness, SpecError, VmSpec};
 pub use state::{transition, InvalidTransition, VmEvent, VmState};
+pub use time::unix_ms;
 pub use timeline::{BootPhase, BootTimeline, PhaseMark};

@@ -383,7 +383,7 @@ impl VmManager {
             let handle = match info.state {
                 VmState::Creating => {
                     // Never finished creating: undo it.
-                    end_recorded_vmm(&workdir);
+                    crate::reaper::end_vmm(&workdir);
                     let _ = std::fs::remove_dir_all(&workdir);
                     let _ = self.inner.store.delete_vm(&row.id);
                     tracing::warn!(vm = %row.id, "rolled back a VM whose creation was interrupted");
@@ -391,7 +391,7 @@ impl VmManager {
                 }
                 VmState::Stopping => {
                     // The stop was under way: finish it.
-                    end_recorded_vmm(&workdir);
+                    crate::reaper::end_vmm(&workdir);
                     remove_socket(&workdir);
                     info.state = VmState::Stopped;
                     info.pid = None;
@@ -442,17 +442,6 @@ impl VmManager {
             });
         }
         while tasks.join_next().await.is_some() {}
-    }
-}
-
-/// Ends the VMM of `workdir`, if one still runs (found by its process record or
-/// its command line, signalled through a pidfd).
-fn end_recorded_vmm(workdir: &Path) {
-    if let Some((pid, pidfd)) = tfc_firecracker::process::find_vmm(workdir) {
-        let _ = pidfd.send_signal(libc::SIGKILL);
-        if !pidfd.wait_exited(Duration::from_secs(5)) {
-            tracing::warn!(pid, "VMM did not exit within 5 s of SIGKILL");
-        }
     }
 }
 

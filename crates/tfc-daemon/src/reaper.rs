@@ -16,6 +16,17 @@ pub struct ReapReport {
     pub killed: Vec<u32>,
 }
 
+/// Ends the VMM of `workdir` if one still runs (found by its process record or
+/// its command line, signalled through a pidfd) and returns its pid.
+pub fn end_vmm(workdir: &Path) -> Option<u32> {
+    let (pid, pidfd) = tfc_firecracker::process::find_vmm(workdir)?;
+    let _ = pidfd.send_signal(libc::SIGKILL);
+    if !pidfd.wait_exited(Duration::from_secs(5)) {
+        tracing::warn!(pid, "VMM did not exit within 5 s of SIGKILL");
+    }
+    Some(pid)
+}
+
 /// Ends leftover VMM processes recorded under `vms_dir` and removes their
 /// directories, except those of the VMs in `recorded` (the store knows them).
 pub fn reap_orphans(vms_dir: &Path, recorded: &HashSet<String>) -> ReapReport {
@@ -29,11 +40,7 @@ pub fn reap_orphans(vms_dir: &Path, recorded: &HashSet<String>) -> ReapReport {
         if !dir.is_dir() || recorded.contains(&name) {
             continue;
         }
-        if let Some((pid, pidfd)) = tfc_firecracker::process::find_vmm(&dir) {
-            let _ = pidfd.send_signal(libc::SIGKILL);
-            if !pidfd.wait_exited(Duration::from_secs(5)) {
-                tracing::warn!(pid, "leftover VMM did not exit within 5 s of SIGKILL");
-            }
+        if let Some(pid) = end_vmm(&dir) {
             tracing::warn!(pid, dir = %dir.display(), "ended VMM left by an earlier daemon");
             report.killed.push(pid);
         }

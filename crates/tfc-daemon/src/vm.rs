@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use tfc_api::{ExitInfo, VmInfo};
 use tfc_core::{error_chain, transition, BootPhase, BootTimeline, VmEvent, VmId, VmSpec, VmState};
@@ -138,10 +138,7 @@ impl VmHandle {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    tfc_core::unix_ms(SystemTime::now())
 }
 
 pub fn exit_info(reason: ExitReason) -> ExitInfo {

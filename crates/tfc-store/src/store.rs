@@ -3,7 +3,7 @@
 
 use std::fmt::Debug;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::Serialize;
 use tfc_core::{VmId, VmState};
@@ -81,10 +81,5 @@ pub trait Store: Send + Sync + Debug {
 
 /// Wall clock in milliseconds since the Unix epoch, for `last_write_ms`.
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| {
-            u64::try_from(d.as_millis()).unwrap_or(MAX_TIMESTAMP_MS)
-        })
-        .min(MAX_TIMESTAMP_MS)
+    tfc_core::unix_ms(SystemTime::now()).min(MAX_TIMESTAMP_MS)
 }

@@ -465,9 +465,7 @@ fn store_check(data_dir: &Path) -> (Check, Option<StoreStats>) {
             let age = stats.last_write_ms.map_or_else(
                 || "never written".to_owned(),
                 |ms| {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64);
+                    let now = tfc_core::unix_ms(std::time::SystemTime::now());
                     format!("last write {} s ago", now.saturating_sub(ms) / 1000)
                 },
             );
