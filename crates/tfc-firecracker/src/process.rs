@@ -546,6 +546,18 @@ mod tests {
             .arg(&socket)
             .spawn()
             .unwrap();
+        // `spawn` returns once the child exists, which may be before its exec
+        // has replaced the command line; wait for the new one to show.
+        let cmdline = format!("/proc/{}/cmdline", child.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !std::fs::read(&cmdline)
+            .unwrap_or_default()
+            .windows(10)
+            .any(|w| w == b"--api-sock")
+        {
+            assert!(std::time::Instant::now() < deadline, "child never exec-ed");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let (pid, pidfd) = find_vmm(dir.path()).expect("found by command line");
         assert_eq!(pid, child.id());
         pidfd.send_signal(libc::SIGKILL).unwrap();
