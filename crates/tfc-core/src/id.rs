@@ -100,14 +100,31 @@ identifier!(
     "VM type name"
 );
 
+identifier!(
+    /// Identifier of one snapshot, e.g. `snap-3f9c2a7b01de`.
+    SnapshotId,
+    "snapshot id"
+);
+
+fn from_random(prefix: &str, bytes: [u8; 6]) -> String {
+    let mut s = String::from(prefix);
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
 impl VmId {
     /// Builds an id from random bytes supplied by the caller (the domain does no I/O).
     pub fn from_random(bytes: [u8; 6]) -> Self {
-        let mut s = String::from("vm-");
-        for b in bytes {
-            s.push_str(&format!("{b:02x}"));
-        }
-        Self(s)
+        Self(from_random("vm-", bytes))
+    }
+}
+
+impl SnapshotId {
+    /// Builds an id from random bytes supplied by the caller.
+    pub fn from_random(bytes: [u8; 6]) -> Self {
+        Self(from_random("snap-", bytes))
     }
 }
 

@@ -20,7 +20,7 @@ pub mod timeline;
 
 pub use error::error_chain;
 pub use exit::ExitReason;
-pub use id::{IdError, VmId, VmTypeName};
+pub use id::{IdError, SnapshotId, VmId, VmTypeName};
 pub use spec::{Readiness, SpecError, VmSpec};
 pub use state::{transition, InvalidTransition, VmEvent, VmState};
 pub use time::unix_ms;
