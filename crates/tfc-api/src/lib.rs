@@ -6,7 +6,7 @@
 //! silently ignored default.
 
 use serde::{Deserialize, Serialize};
-use tfc_core::{BootTimeline, VmSpec, VmState};
+use tfc_core::{BootTimeline, OptimizationLevel, StartMethod, VmSpec, VmState};
 use utoipa::ToSchema;
 
 /// Body of `POST /v1/vms`. Every field is optional: omitted fields come from the
@@ -32,6 +32,31 @@ pub struct CreateVmRequest {
     /// Longest time to wait when `wait` is set; the daemon's boot timeout if omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_timeout_ms: Option<u64>,
+    /// Restore this snapshot (id or name) instead of booting. The VM gets the
+    /// snapshot's type and machine size, so `vm_type`, `vcpus`, `memory_mib`
+    /// and `extra_boot_args` may not be given with it. A restore answers once
+    /// the VM runs (milliseconds), or fails leaving nothing behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<String>,
+    /// How to start the VM; `standard` (cold boot) if omitted. See the API
+    /// documentation for what each level does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimization_level: Option<OptimizationLevel>,
+}
+
+/// How a VM was started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StartInfo {
+    /// The level asked for (`standard` when none was).
+    pub level: OptimizationLevel,
+    /// What served it.
+    pub method: StartMethod,
+    /// The snapshot restored, for `restore`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Why the method differs from the level's own, or how it was chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// How a VMM process ended.
@@ -71,6 +96,13 @@ pub struct VmInfo {
     pub workdir: String,
     /// Serial console log (bounded; older output rotates to `.1`).
     pub console_log: String,
+    /// How the VM was started (older records: a cold boot).
+    #[serde(default)]
+    pub start: StartInfo,
+    /// The newest snapshot of this VM's memory lineage: the one it was restored
+    /// from or last took. A diff snapshot is taken relative to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot: Option<String>,
 }
 
 /// Body of `GET /v1/vms`.
@@ -114,4 +146,201 @@ pub struct Health {
     pub backend: String,
     /// Number of VM records.
     pub vms: usize,
+}
+
+/// Full or diff snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotKind {
+    /// All of guest memory.
+    #[default]
+    Full,
+    /// Only the guest pages written since the VM's previous snapshot (or the
+    /// restore it came from); needs a VM type with `diff_snapshots = true`.
+    /// Restoring one merges it onto its parent's memory.
+    Diff,
+}
+
+/// Body of `POST /v1/vms/{id}/snapshots`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshotRequest {
+    #[serde(default)]
+    pub kind: SnapshotKind,
+    /// A unique name to refer to the snapshot by, besides its id
+    /// (`[a-z0-9_-]`, at most 64 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Resume the VM after the snapshot if it was running before (default
+    /// true). A VM that was paused stays paused either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<bool>,
+}
+
+/// Where a snapshot is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotState {
+    /// Being written; not restorable. A daemon that finds one at start removes it.
+    Creating,
+    /// Complete and restorable.
+    Ready,
+}
+
+/// A file a snapshot depends on, with its content digest when it was taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileDigest {
+    pub path: String,
+    /// `sha256:<hex>`.
+    pub sha256: String,
+}
+
+/// A device of the snapshotted VM, as its VMM recorded it. Paths are relative
+/// to each VM's own directory, which is what lets many clones run at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SnapshotDevice {
+    Drive {
+        id: String,
+        path_on_host: String,
+        read_only: bool,
+        root: bool,
+    },
+    Vsock {
+        guest_cid: u32,
+        uds_path: String,
+    },
+}
+
+/// The CPU of the host that took a snapshot. A restore on a CPU that lacks any
+/// of these flags is refused: the guest may already use the features.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CpuInfo {
+    pub vendor: String,
+    pub model_name: String,
+    pub family: u32,
+    pub model: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stepping: Option<u32>,
+    /// Sorted.
+    pub flags: Vec<String>,
+}
+
+/// What a snapshot was made from and on; a restore checks each against the
+/// host and refuses on any mismatch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotManifest {
+    /// `firecracker --version` of the VMM that wrote it.
+    pub firecracker_version: String,
+    pub kernel: FileDigest,
+    pub rootfs: FileDigest,
+    /// The VM's spec: machine config (vCPUs, memory, dirty-page tracking), boot
+    /// arguments, readiness.
+    pub spec: VmSpec,
+    pub devices: Vec<SnapshotDevice>,
+    pub cpu: CpuInfo,
+    /// File names inside the snapshot's directory.
+    pub state_file: String,
+    pub memory_file: String,
+    /// Exact byte lengths of the two files when written, to catch truncation.
+    pub state_bytes: u64,
+    pub memory_bytes: u64,
+    /// Digest of everything a template's snapshot is built from (Firecracker
+    /// version, kernel and rootfs digests, spec); a template whose inputs'
+    /// digest changed is stale and is rebuilt.
+    pub inputs: String,
+}
+
+/// How long taking a snapshot took, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotTiming {
+    pub pause_us: u64,
+    pub create_us: u64,
+    pub resume_us: u64,
+    pub total_us: u64,
+}
+
+/// One snapshot in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotInfo {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub kind: SnapshotKind,
+    pub state: SnapshotState,
+    /// For a diff: the snapshot its memory is relative to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// The VM it was taken of.
+    pub source_vm: String,
+    pub vm_type: String,
+    /// Set when this is a VM type's golden snapshot (its template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_for: Option<String>,
+    /// Unix time in milliseconds.
+    pub created_at_ms: u64,
+    /// Bytes on disk (sparse files count their data only).
+    pub size_bytes: u64,
+    /// The snapshot's directory on the host.
+    pub dir: String,
+    /// Filled in once the snapshot is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<SnapshotManifest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<SnapshotTiming>,
+}
+
+/// Body of `GET /v1/snapshots`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotList {
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
+/// Where a VM type's template (golden snapshot) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TemplateStatus {
+    /// Never built.
+    Missing,
+    /// A build is under way.
+    Building,
+    /// Built, and its inputs are unchanged: restores serve `ultra_fast`.
+    Ready,
+    /// Built, but an input changed since; a rebuild is due (automatic).
+    Stale,
+    /// The last build failed; `reason` says why.
+    Failed,
+}
+
+/// Start times measured on this host for one way of starting a VM type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StartStats {
+    pub method: StartMethod,
+    pub count: u64,
+    /// Request to Ready, in milliseconds.
+    pub min_ms: f64,
+    pub median_ms: f64,
+    pub max_ms: f64,
+}
+
+/// One VM type: its template and how fast its VMs start here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TemplateInfo {
+    pub vm_type: String,
+    pub status: TemplateStatus,
+    /// The golden snapshot, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Why it is stale or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Measured start times per method (VMs started since the daemon began,
+    /// and those recorded in the store).
+    pub starts: Vec<StartStats>,
+}
+
+/// Body of `GET /v1/templates`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TemplateList {
+    pub templates: Vec<TemplateInfo>,
 }

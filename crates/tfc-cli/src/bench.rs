@@ -309,8 +309,12 @@ async fn boot_raw(manifest: &Manifest, dir: &Path, timeout: Duration) -> anyhow:
         rootfs: manifest.rootfs.path.clone(),
         vcpus: VCPUS,
         memory_mib: MEMORY_MIB,
-    }
-    .to_config_file();
+        // The same devices as the default VM type's VMs.
+        vsock: true,
+        track_dirty_pages: false,
+    };
+    config.link_into(dir)?;
+    let config = config.to_config_file();
     std::fs::write(dir.join("vm.json"), serde_json::to_vec_pretty(&config)?)?;
     let started = Instant::now();
     let started_wall = SystemTime::now();

@@ -14,13 +14,20 @@ use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
-use tfc_api::{CreateVmRequest, ErrorBody, VmInfo, VmList};
-use tfc_core::VmId;
+use tfc_api::{
+    CreateSnapshotRequest, CreateVmRequest, ErrorBody, SnapshotInfo, SnapshotList, TemplateInfo,
+    TemplateList, VmInfo, VmList,
+};
+use tfc_core::{SnapshotId, VmId, VmTypeName};
 use tokio::net::UnixStream;
 
 /// How long an ordinary request may take. The daemon is local and answers
 /// from memory, or after a bounded stop; silence this long means it is stuck.
 const REQUEST_LIMIT: Duration = Duration::from_secs(120);
+
+/// How long taking a snapshot may take. The VMM writes all of guest memory
+/// to disk (up to 64 GiB), which a slow disk does at tens of MiB/s.
+const SNAPSHOT_LIMIT: Duration = Duration::from_secs(30 * 60);
 
 /// Extra time a waiting create gets beyond its own wait timeout, so the
 /// daemon's timeout answer arrives before ours fires.
@@ -174,6 +181,66 @@ impl Client {
         self.exchange(Method::DELETE, path, None, Some(REQUEST_LIMIT))
             .await
             .map(drop)
+    }
+
+    /// `POST /v1/vms/{id}/snapshots`.
+    pub async fn snapshot_vm(
+        &self,
+        id: &VmId,
+        request: &CreateSnapshotRequest,
+    ) -> Result<Answer<SnapshotInfo>, ClientError> {
+        let body = serde_json::to_vec(request).map_err(ClientError::Encode)?;
+        let path = format!("/v1/vms/{id}/snapshots");
+        self.call(Method::POST, path, Some(body), Some(SNAPSHOT_LIMIT))
+            .await
+    }
+
+    /// `GET /v1/snapshots`.
+    pub async fn list_snapshots(&self) -> Result<Answer<SnapshotList>, ClientError> {
+        let path = "/v1/snapshots".to_owned();
+        self.call(Method::GET, path, None, Some(REQUEST_LIMIT))
+            .await
+    }
+
+    /// `GET /v1/snapshots/{id_or_name}`. Names share the id alphabet, so a
+    /// [`SnapshotId`] carries either safely into the path.
+    pub async fn get_snapshot(
+        &self,
+        id_or_name: &SnapshotId,
+    ) -> Result<Answer<SnapshotInfo>, ClientError> {
+        let path = format!("/v1/snapshots/{id_or_name}");
+        self.call(Method::GET, path, None, Some(REQUEST_LIMIT))
+            .await
+    }
+
+    /// `DELETE /v1/snapshots/{id_or_name}?force=...`.
+    pub async fn delete_snapshot(
+        &self,
+        id_or_name: &SnapshotId,
+        force: bool,
+    ) -> Result<(), ClientError> {
+        let path = format!("/v1/snapshots/{id_or_name}?force={force}");
+        self.exchange(Method::DELETE, path, None, Some(REQUEST_LIMIT))
+            .await
+            .map(drop)
+    }
+
+    /// `GET /v1/templates`.
+    pub async fn list_templates(&self) -> Result<Answer<TemplateList>, ClientError> {
+        let path = "/v1/templates".to_owned();
+        self.call(Method::GET, path, None, Some(REQUEST_LIMIT))
+            .await
+    }
+
+    /// `POST /v1/templates/{vm_type}/build`. The daemon boots a VM and
+    /// snapshots it before answering; like a waiting create without a timeout,
+    /// the call is bounded by the daemon's boot timeout, not by ours.
+    pub async fn build_template(
+        &self,
+        vm_type: &VmTypeName,
+    ) -> Result<Answer<TemplateInfo>, ClientError> {
+        let path = format!("/v1/templates/{vm_type}/build");
+        self.call(Method::POST, path, None, None).await
     }
 
     async fn call<T: DeserializeOwned>(

@@ -4,20 +4,29 @@
 //!
 //! Layout:
 //! - [`client`]: typed client of the daemon's REST API over its Unix socket.
-//! - [`vm`]: `tfc vm ...`, the VM lifecycle commands.
-//! - [`view`]: human views of VMs (list, detail, boot timeline).
+//! - [`vm`]: `tfc vm ...`, the VM lifecycle commands (and taking snapshots).
+//! - [`snapshot`]: `tfc snapshot ...`, the snapshot catalog.
+//! - [`template`]: `tfc template ...`, VM types' golden snapshots and start times.
+//! - [`output`]: `--json` or a human view, for every command that asks the daemon.
+//! - [`view`]: human views of VMs, snapshots and templates.
 //! - [`table`]: column-aligned text.
 //! - [`serve`]: `tfc serve`, the daemon in this process.
 //! - [`doctor`]: `tfc doctor`, checks that this host can run VMs.
 //! - [`assets`]: `tfc assets`, the kernel, root filesystem and Firecracker binary.
 //! - [`bench`]: `tfc bench`, raw Firecracker vs tfc, measured in the same run.
+//! - `fake_daemon` (tests only): a one-shot stand-in for the daemon's socket.
 
 mod assets;
 mod bench;
 mod client;
 mod doctor;
+#[cfg(test)]
+mod fake_daemon;
+mod output;
 mod serve;
+mod snapshot;
 mod table;
+mod template;
 mod view;
 mod vm;
 
@@ -59,6 +68,12 @@ enum Command {
     /// Create, inspect and control VMs (needs `tfc serve`).
     #[command(subcommand)]
     Vm(vm::VmCmd),
+    /// List, inspect and delete snapshots (needs `tfc serve`).
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCmd),
+    /// Build VM types' templates and see how fast their VMs start (needs `tfc serve`).
+    #[command(subcommand)]
+    Template(template::TemplateCmd),
     /// Check that this host can run Firecracker VMs.
     Doctor(doctor::DoctorArgs),
     /// Build or inspect the kernel, root filesystem and Firecracker binary.
@@ -106,13 +121,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Vm(cmd) => {
-            let socket = cli.socket.unwrap_or_else(tfc_host::paths::socket_path);
-            let client = client::Client::new(socket);
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
+            let (runtime, client) = daemon_client(cli.socket)?;
             runtime.block_on(vm::run(cmd, &client, &mut stdout))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Snapshot(cmd) => {
+            let (runtime, client) = daemon_client(cli.socket)?;
+            runtime.block_on(snapshot::run(cmd, &client, &mut stdout))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Template(cmd) => {
+            let (runtime, client) = daemon_client(cli.socket)?;
+            runtime.block_on(template::run(cmd, &client, &mut stdout))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor(args) => {
@@ -143,6 +163,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The client of the daemon at `socket` (or the default socket), and the
+/// runtime to drive it: one request at a time, so one thread.
+fn daemon_client(
+    socket: Option<PathBuf>,
+) -> anyhow::Result<(tokio::runtime::Runtime, client::Client)> {
+    let socket = socket.unwrap_or_else(tfc_host::paths::socket_path);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    Ok((runtime, client::Client::new(socket)))
 }
 
 /// Logs go to stderr, filtered by `--log-level`, else `RUST_LOG`, else `default`.
@@ -227,5 +260,71 @@ mod tests {
             "--json",
         ])
         .unwrap();
+    }
+
+    #[test]
+    fn a_restore_takes_its_machine_from_the_snapshot() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(args)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        };
+        for flag in [
+            &["--type", "default"][..],
+            &["--vcpus", "2"],
+            &["--memory", "512"],
+            &["--boot-arg", "quiet"],
+        ] {
+            let mut args = vec!["tfc", "vm", "create", "--from-snapshot", "golden"];
+            args.extend(flag);
+            let err = parse(&args).unwrap_err();
+            assert!(
+                err.contains("'--from-snapshot <ID_OR_NAME>' cannot be used with")
+                    && err.contains(flag[0]),
+                "{err}"
+            );
+        }
+        parse(&[
+            "tfc",
+            "vm",
+            "create",
+            "--from-snapshot",
+            "golden",
+            "--level",
+            "ultra_fast",
+            "--json",
+        ])
+        .unwrap();
+        let err = parse(&["tfc", "snapshot", "show", "../healthz"]).unwrap_err();
+        assert!(err.contains("may contain only"), "{err}");
+        let err = parse(&["tfc", "template", "build", "Default"]).unwrap_err();
+        assert!(err.contains("may contain only"), "{err}");
+    }
+
+    #[test]
+    fn levels_are_named_in_the_help_and_checked() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(args)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        };
+        let err = parse(&["tfc", "vm", "create", "--level", "turbo"]).unwrap_err();
+        assert!(
+            err.contains("unknown optimization level \"turbo\"")
+                && err.contains("standard, fast, ultra_fast, sub2_second or instant"),
+            "{err}"
+        );
+        let mut cmd = Cli::command();
+        let create = cmd
+            .find_subcommand_mut("vm")
+            .and_then(|vm| vm.find_subcommand_mut("create"))
+            .unwrap();
+        let help = create.render_long_help().to_string();
+        for level in tfc_core::OptimizationLevel::ALL {
+            assert!(
+                help.contains(level.as_str()),
+                "{level} missing from:\n{help}"
+            );
+        }
     }
 }

@@ -1,10 +1,15 @@
-//! Human views of VMs: the `vm ls` table, the `vm show` page, the summary
-//! printed by `vm create --wait`, and the boot timeline they share.
+//! Human views of the daemon's records. Here: VMs (the `vm ls` table, the
+//! `vm show` page, the summary printed by `vm create --wait`, the boot
+//! timeline they share) and the units every view prints times and sizes in.
+//! Snapshots are in [`snapshot`], templates in [`template`].
 //!
 //! The views are pure: "now" is a parameter (Unix milliseconds), so the same
 //! record always renders the same text.
 
-use tfc_api::VmInfo;
+pub mod snapshot;
+pub mod template;
+
+use tfc_api::{StartInfo, VmInfo};
 use tfc_core::{BootPhase, BootTimeline, Readiness};
 
 use crate::table::{Align, Fields, Table};
@@ -21,6 +26,7 @@ pub fn list(vms: &[VmInfo], now_ms: u64) -> String {
         ("MEM", Align::Right),
         ("PID", Align::Right),
         ("AGE", Align::Right),
+        ("METHOD", Align::Left),
         ("BOOT", Align::Right),
     ]);
     for vm in vms {
@@ -32,6 +38,7 @@ pub fn list(vms: &[VmInfo], now_ms: u64) -> String {
             format!("{}MiB", vm.spec.memory_mib),
             vm.pid.map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
             age(now_ms.saturating_sub(vm.created_at_ms)),
+            vm.start.method.to_string(),
             boot_time(&vm.timeline).unwrap_or_else(|| "-".to_owned()),
         ]);
     }
@@ -54,6 +61,10 @@ pub fn detail(vm: &VmInfo, now_ms: u64) -> String {
     fields.push("updated", moment(vm.updated_at_ms, now_ms));
     if let Some(boot) = boot_time(&vm.timeline) {
         fields.push("boot", boot);
+    }
+    push_start(&mut fields, &vm.start);
+    if let Some(snapshot) = &vm.last_snapshot {
+        fields.push("last snapshot", snapshot.as_str());
     }
     fields.push("kernel", vm.spec.kernel.display().to_string());
     fields.push("rootfs", vm.spec.rootfs.display().to_string());
@@ -86,11 +97,26 @@ pub fn created(vm: &VmInfo) -> String {
             vm.spec.vm_type, vm.spec.vcpus, vm.spec.memory_mib
         ),
     );
+    push_start(&mut fields, &vm.start);
     if let Some(exit) = &vm.exit {
         fields.push("exit", exit.description.as_str());
     }
     fields.push("console log", vm.console_log.as_str());
     format!("{}\n{fields}\n{}", vm.id, timeline(&vm.timeline))
+}
+
+/// How the VM was started: `restore of snap-1 (level ultra_fast)`, and the
+/// daemon's note when it chose or fell back.
+fn push_start(fields: &mut Fields, start: &StartInfo) {
+    let mut line = start.method.to_string();
+    if let Some(snapshot) = &start.snapshot {
+        line.push_str(&format!(" of {snapshot}"));
+    }
+    line.push_str(&format!(" (level {})", start.level));
+    fields.push("start", line);
+    if let Some(note) = &start.note {
+        fields.push("start note", note.as_str());
+    }
 }
 
 /// Each boot phase with its time since the create request and the time it
@@ -122,6 +148,7 @@ fn phase_name(phase: BootPhase) -> &'static str {
         BootPhase::ApiReady => "api_ready",
         BootPhase::Configured => "configured",
         BootPhase::InstanceStarted => "instance_started",
+        BootPhase::SnapshotLoaded => "snapshot_loaded",
         BootPhase::Ready => "ready",
     }
 }
@@ -132,14 +159,41 @@ fn readiness(readiness: &Readiness) -> String {
     }
 }
 
-/// Time from the create request to Ready, if the VM got there.
+/// Time from the create request to Ready, if the VM got there. A restored
+/// VM is ready once its snapshot is loaded, should no Ready mark follow.
 fn boot_time(timeline: &BootTimeline) -> Option<String> {
-    timeline.at(BootPhase::Ready).map(ms)
+    timeline
+        .at(BootPhase::Ready)
+        .or_else(|| timeline.at(BootPhase::SnapshotLoaded))
+        .map(ms)
 }
 
 /// Microseconds as milliseconds with one decimal: `21.3ms`.
 fn ms(us: u64) -> String {
     format!("{}.{}ms", us / 1000, us % 1000 / 100)
+}
+
+/// Fractional milliseconds (a measured statistic) as [`ms`] prints them.
+fn ms_f64(ms_value: f64) -> String {
+    // Negative or NaN statistics cannot be measured; they print as 0.
+    ms((ms_value * 1000.0).max(0.0) as u64)
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// Bytes in MiB with one decimal: `256.0MiB`, the unit of guest memory.
+fn mib(bytes: u64) -> String {
+    format!("{:.1}MiB", bytes as f64 / MIB as f64)
+}
+
+/// Bytes in the largest binary unit that keeps a whole number in front:
+/// `512B`, `14.2KiB`, `256.0MiB`, `1.5GiB`.
+fn size(bytes: u64) -> String {
+    let units = [("GiB", 1 << 30), ("MiB", MIB), ("KiB", 1 << 10)];
+    match units.into_iter().find(|(_, unit)| bytes >= *unit) {
+        Some((name, unit)) => format!("{:.1}{name}", bytes as f64 / unit as f64),
+        None => format!("{bytes}B"),
+    }
 }
 
 /// An age in its largest whole unit: `42s`, `5m`, `3h`, `2d`.
@@ -189,7 +243,7 @@ fn utc(unix_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use tfc_api::ExitInfo;
-    use tfc_core::{PhaseMark, VmSpec, VmState, VmTypeName};
+    use tfc_core::{OptimizationLevel, PhaseMark, StartMethod, VmSpec, VmState, VmTypeName};
 
     use super::*;
 
@@ -207,6 +261,8 @@ mod tests {
                 rootfs: "/data/assets/rootfs.ext4".into(),
                 boot_args: "console=ttyS0 reboot=k panic=1".to_owned(),
                 readiness: Readiness::default(),
+                diff_snapshots: false,
+                vsock: true,
             },
             pid: Some(4242),
             created_at_ms,
@@ -229,7 +285,36 @@ mod tests {
             exit: None,
             workdir: format!("/data/vms/{id}"),
             console_log: format!("/data/vms/{id}/console.log"),
+            start: StartInfo::default(),
+            last_snapshot: None,
         }
+    }
+
+    /// A VM restored from a snapshot: no boot phases, a loaded snapshot.
+    fn restored(id: &str, created_at_ms: u64) -> VmInfo {
+        let mut vm = vm(id, VmState::Ready, created_at_ms);
+        vm.timeline = BootTimeline(vec![
+            PhaseMark {
+                phase: BootPhase::Spawned,
+                at_us: 390,
+            },
+            PhaseMark {
+                phase: BootPhase::ApiReady,
+                at_us: 2_950,
+            },
+            PhaseMark {
+                phase: BootPhase::SnapshotLoaded,
+                at_us: 11_420,
+            },
+        ]);
+        vm.start = StartInfo {
+            level: OptimizationLevel::UltraFast,
+            method: StartMethod::Restore,
+            snapshot: Some("snap-0123456789ab".to_owned()),
+            note: None,
+        };
+        vm.last_snapshot = Some("snap-0123456789ab".to_owned());
+        vm
     }
 
     #[test]
@@ -248,20 +333,34 @@ mod tests {
     }
 
     #[test]
+    fn a_restore_timeline_ends_with_the_snapshot_loaded() {
+        assert_eq!(
+            timeline(&restored("vm-a", 0).timeline),
+            "PHASE                AT   DELTA\n\
+             spawned           0.3ms  +0.3ms\n\
+             api_ready         2.9ms  +2.5ms\n\
+             snapshot_loaded  11.4ms  +8.4ms\n"
+        );
+        assert_eq!(boot_time(&restored("vm-a", 0).timeline).unwrap(), "11.4ms");
+    }
+
+    #[test]
     fn list_is_sorted_oldest_first_with_placeholders_for_missing_values() {
         let mut young = vm("vm-b", VmState::Booting, NOW_MS - 5_000);
         young.pid = None;
         young.timeline.0.truncate(1);
         let old = vm("vm-a", VmState::Paused, NOW_MS - 7_200_000);
+        let clone = restored("vm-c", NOW_MS - 1_000);
         assert_eq!(
-            list(&[young, old], NOW_MS),
-            "ID    TYPE     STATE    VCPUS     MEM   PID  AGE    BOOT\n\
-             vm-a  default  paused       2  256MiB  4242   2h  21.3ms\n\
-             vm-b  default  booting      2  256MiB     -   5s       -\n"
+            list(&[young, old, clone], NOW_MS),
+            "ID    TYPE     STATE    VCPUS     MEM   PID  AGE  METHOD       BOOT\n\
+             vm-a  default  paused       2  256MiB  4242   2h  cold_boot  21.3ms\n\
+             vm-b  default  booting      2  256MiB     -   5s  cold_boot       -\n\
+             vm-c  default  ready        2  256MiB  4242   1s  restore    11.4ms\n"
         );
         assert_eq!(
             list(&[], NOW_MS),
-            "ID  TYPE  STATE  VCPUS  MEM  PID  AGE  BOOT\n"
+            "ID  TYPE  STATE  VCPUS  MEM  PID  AGE  METHOD  BOOT\n"
         );
     }
 
@@ -283,6 +382,7 @@ mod tests {
             "pid:         -\n",
             "created:     2023-11-14 22:11:50 UTC (1m ago)\n",
             "boot:        21.3ms\n",
+            "start:       cold_boot (level standard)\n",
             "readiness:   console line containing \"Run /init as init process\"\n",
             "console log: /data/vms/vm-a/console.log\n",
             "failure:     boot timed out after 180 s\n",
@@ -291,6 +391,31 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }
+        assert!(!text.contains("last snapshot"), "{text}");
+    }
+
+    #[test]
+    fn detail_says_how_the_vm_started_and_its_last_snapshot() {
+        let text = detail(&restored("vm-a", NOW_MS), NOW_MS);
+        for line in [
+            "boot:          11.4ms\n",
+            "start:         restore of snap-0123456789ab (level ultra_fast)\n",
+            "last snapshot: snap-0123456789ab\n",
+            "\nsnapshot_loaded ",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+        let mut fallback = vm("vm-b", VmState::Ready, NOW_MS);
+        fallback.start.level = OptimizationLevel::UltraFast;
+        fallback.start.note = Some("no current golden snapshot; cold boot instead".to_owned());
+        let text = detail(&fallback, NOW_MS);
+        assert!(
+            text.contains(
+                "start:       cold_boot (level ultra_fast)\n\
+                 start note:  no current golden snapshot; cold boot instead\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -300,7 +425,21 @@ mod tests {
         assert_eq!(lines.next(), Some("vm-a"));
         assert_eq!(lines.next(), Some("state:       ready (boot 21.3ms)"));
         assert_eq!(lines.next(), Some("type:        default, 2 vCPU, 256 MiB"));
+        assert_eq!(
+            lines.next(),
+            Some("start:       cold_boot (level standard)")
+        );
         assert!(text.contains("\nready "), "{text}");
+        let text = created(&restored("vm-c", NOW_MS));
+        assert!(
+            text.starts_with(
+                "vm-c\n\
+                 state:       ready (boot 11.4ms)\n\
+                 type:        default, 2 vCPU, 256 MiB\n\
+                 start:       restore of snap-0123456789ab (level ultra_fast)\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -318,6 +457,26 @@ mod tests {
         assert_eq!(ms(0), "0.0ms");
         assert_eq!(ms(999), "0.9ms");
         assert_eq!(ms(25_431_112), "25431.1ms");
+    }
+
+    #[test]
+    fn sizes_use_their_largest_binary_unit() {
+        assert_eq!(size(0), "0B");
+        assert_eq!(size(1023), "1023B");
+        assert_eq!(size(14_540), "14.2KiB");
+        assert_eq!(size(256 * MIB), "256.0MiB");
+        assert_eq!(size(3 << 29), "1.5GiB");
+        assert_eq!(mib(0), "0.0MiB");
+        assert_eq!(mib(39 * MIB / 2), "19.5MiB");
+        assert_eq!(mib(8 << 30), "8192.0MiB");
+    }
+
+    #[test]
+    fn fractional_milliseconds_print_like_measured_ones() {
+        assert_eq!(ms_f64(27_012.36), "27012.3ms");
+        assert_eq!(ms_f64(11.0), "11.0ms");
+        assert_eq!(ms_f64(-1.0), "0.0ms");
+        assert_eq!(ms_f64(f64::NAN), "0.0ms");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Layout:
 //! - [`exit`]: how a VMM process ended.
 //! - [`error`]: printing an error with its causes, once, at the edge.
-//! - [`id`]: validated identifiers of VMs and VM types.
+//! - [`id`]: validated identifiers of VMs, snapshots and VM types.
+//! - [`level`]: optimization levels and the start method that serves each.
 //! - [`spec`]: what a VM is made of (kernel, rootfs, vCPUs, memory, boot args, readiness).
 //! - [`state`]: the VM lifecycle, [`VmState`], and its single transition function.
 //! - [`time`]: wall-clock instants as Unix milliseconds.
@@ -13,6 +14,7 @@
 pub mod error;
 pub mod exit;
 pub mod id;
+pub mod level;
 pub mod spec;
 pub mod state;
 pub mod time;
@@ -21,6 +23,7 @@ pub mod timeline;
 pub use error::error_chain;
 pub use exit::ExitReason;
 pub use id::{IdError, SnapshotId, VmId, VmTypeName};
+pub use level::{OptimizationLevel, StartMethod};
 pub use spec::{Readiness, SpecError, VmSpec};
 pub use state::{transition, InvalidTransition, VmEvent, VmState};
 pub use time::unix_ms;

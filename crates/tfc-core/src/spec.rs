@@ -51,6 +51,13 @@ pub struct VmSpec {
     pub rootfs: PathBuf,
     pub boot_args: String,
     pub readiness: Readiness,
+    /// Track dirty guest pages from boot, which diff snapshots need (costs a
+    /// little on every guest write fault).
+    #[serde(default)]
+    pub diff_snapshots: bool,
+    /// Attach a vsock device (the host side is a socket in the VM's directory).
+    #[serde(default)]
+    pub vsock: bool,
 }
 
 /// Why a spec is not acceptable. Each variant names the field at fault.
@@ -136,6 +143,8 @@ mod tests {
             rootfs: "/r".into(),
             boot_args: "console=ttyS0 reboot=k panic=1".into(),
             readiness: Readiness::default(),
+            diff_snapshots: false,
+            vsock: true,
         }
     }
 

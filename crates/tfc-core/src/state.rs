@@ -3,6 +3,7 @@
 //! result, so an illegal request is refused before anything touches the VMM.
 //!
 //! ```text
+//!  Creating ──Restored (snapshot loaded and resumed)──▶ Ready
 //!  Creating ──StartBoot──▶ Booting ─────┐
 //!     │                                  ├─BootCompleted─▶ Ready ◀──Repaired── NeedsMaintenance
 //!     └──StartPrewarm──▶ Prewarming ────┘                    │ │                      ▲
@@ -113,6 +114,8 @@ pub enum VmEvent {
     StartBoot,
     /// Same, but to fill a pool.
     StartPrewarm,
+    /// The VMM loaded a snapshot and resumed the guest: ready without a boot.
+    Restored,
     /// The readiness check passed.
     BootCompleted,
     /// A caller takes the VM.
@@ -138,9 +141,10 @@ pub enum VmEvent {
 }
 
 impl VmEvent {
-    pub const ALL: [VmEvent; 13] = [
+    pub const ALL: [VmEvent; 14] = [
         VmEvent::StartBoot,
         VmEvent::StartPrewarm,
+        VmEvent::Restored,
         VmEvent::BootCompleted,
         VmEvent::Allocate,
         VmEvent::Allocated,
@@ -170,6 +174,7 @@ pub fn transition(from: VmState, event: VmEvent) -> Result<VmState, InvalidTrans
     let to = match (from, event) {
         (S::Creating, E::StartBoot) => S::Booting,
         (S::Creating, E::StartPrewarm) => S::Prewarming,
+        (S::Creating, E::Restored) => S::Ready,
         (S::Booting | S::Prewarming, E::BootCompleted) => S::Ready,
         (S::Ready | S::Paused | S::Snapshotted, E::Allocate) => S::Allocating,
         (S::Allocating, E::Allocated) => S::Running,
@@ -202,6 +207,7 @@ mod tests {
         let mut t = HashMap::new();
         t.insert((S::Creating, E::StartBoot), S::Booting);
         t.insert((S::Creating, E::StartPrewarm), S::Prewarming);
+        t.insert((S::Creating, E::Restored), S::Ready);
         t.insert((S::Booting, E::BootCompleted), S::Ready);
         t.insert((S::Prewarming, E::BootCompleted), S::Ready);
         for s in [S::Ready, S::Paused, S::Snapshotted] {

@@ -16,6 +16,8 @@ pub enum BootPhase {
     Configured,
     /// `InstanceStart` accepted: the guest is running.
     InstanceStarted,
+    /// A restore's snapshot loaded and the guest resumed (one VMM call does both).
+    SnapshotLoaded,
     /// Readiness check passed.
     Ready,
 }

@@ -8,10 +8,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use tfc_api::{CreateVmRequest, ErrorBody, ErrorCode, Health, VmInfo, VmList};
+use tfc_api::{
+    CreateSnapshotRequest, CreateVmRequest, ErrorBody, ErrorCode, Health, SnapshotInfo,
+    SnapshotList, TemplateInfo, TemplateList, VmInfo, VmList,
+};
 use utoipa::OpenApi;
 
 use crate::manager::{ManagerError, VmManager};
+use crate::snapshots::CatalogError;
 use crate::vm::{VmError, VmOp};
 
 /// Largest request body accepted; every body of this API is small.
@@ -67,6 +71,25 @@ impl From<ManagerError> for ApiError {
                 (ErrorCode::InvalidState, Some(*state))
             }
             ManagerError::Vm(VmError::Backend { .. }) => (ErrorCode::BackendError, None),
+            ManagerError::BadRequest(_) => (ErrorCode::InvalidRequest, None),
+            ManagerError::Unservable(_) => (ErrorCode::Unavailable, None),
+            ManagerError::NoDiff { .. } => (ErrorCode::InvalidState, None),
+            ManagerError::Restore(_) | ManagerError::TemplateBuild { .. } => {
+                (ErrorCode::BackendError, None)
+            }
+            ManagerError::Catalog(catalog) => match catalog {
+                CatalogError::NotFound(_) => (ErrorCode::NotFound, None),
+                CatalogError::NameTaken(_) | CatalogError::BadName(_) => {
+                    (ErrorCode::InvalidRequest, None)
+                }
+                CatalogError::HasDependents { .. }
+                | CatalogError::IsTemplate { .. }
+                | CatalogError::NotReady(_)
+                | CatalogError::Refused { .. }
+                | CatalogError::Files { .. } => (ErrorCode::InvalidState, None),
+                CatalogError::Io { .. } => (ErrorCode::Internal, None),
+                CatalogError::Store(_) => (ErrorCode::Unavailable, None),
+            },
         };
         Self(ErrorBody {
             code,
@@ -89,12 +112,30 @@ impl From<JsonRejection> for ApiError {
         description = "Manage Firecracker microVMs on one host. Served on a Unix socket."
     ),
     paths(
-        health, create_vm, list_vms, get_vm, pause_vm, resume_vm, stop_vm, delete_vm
+        health,
+        create_vm,
+        list_vms,
+        get_vm,
+        pause_vm,
+        resume_vm,
+        stop_vm,
+        delete_vm,
+        snapshot_vm,
+        list_snapshots,
+        get_snapshot,
+        delete_snapshot,
+        list_templates,
+        build_template
     ),
     components(schemas(
         CreateVmRequest,
         VmInfo,
         VmList,
+        CreateSnapshotRequest,
+        SnapshotInfo,
+        SnapshotList,
+        TemplateInfo,
+        TemplateList,
         ErrorBody,
         ErrorCode,
         Health,
@@ -120,6 +161,14 @@ pub fn router(manager: VmManager) -> Router {
         .route("/v1/vms/{id}/pause", post(pause_vm))
         .route("/v1/vms/{id}/resume", post(resume_vm))
         .route("/v1/vms/{id}/stop", post(stop_vm))
+        .route("/v1/vms/{id}/snapshots", post(snapshot_vm))
+        .route("/v1/snapshots", get(list_snapshots))
+        .route(
+            "/v1/snapshots/{id}",
+            get(get_snapshot).delete(delete_snapshot),
+        )
+        .route("/v1/templates", get(list_templates))
+        .route("/v1/templates/{vm_type}/build", post(build_template))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(manager)
@@ -150,12 +199,17 @@ async fn health(State(manager): State<VmManager>) -> Json<Health> {
     })
 }
 
-/// Create a VM. Without `wait` the answer comes at once with state `creating`;
-/// with it, once the VM is `ready` or has `failed` (the record says why).
+/// Create a VM. A boot without `wait` answers at once with state `creating`;
+/// with it, once the VM is `ready` or has `failed` (the record says why). A
+/// restore (`from_snapshot`, or `ultra_fast` with a template) answers once the
+/// VM runs, or fails leaving nothing behind.
 #[utoipa::path(post, path = "/v1/vms", request_body = CreateVmRequest, responses(
     (status = 201, body = VmInfo),
     (status = 400, body = ErrorBody, description = "bad body, unknown VM type, invalid spec"),
-    (status = 503, body = ErrorBody, description = "assets missing")
+    (status = 404, body = ErrorBody, description = "no such snapshot"),
+    (status = 409, body = ErrorBody, description = "the snapshot does not match this host (VMM version, kernel, rootfs, CPU) or its files are damaged"),
+    (status = 502, body = ErrorBody, description = "the VMM could not load the snapshot"),
+    (status = 503, body = ErrorBody, description = "assets missing; level `instant` without a pool")
 ))]
 async fn create_vm(
     State(manager): State<VmManager>,
@@ -230,11 +284,93 @@ async fn stop_vm(
     vm_op(&manager, &id, VmOp::Stop).await
 }
 
+/// Take a snapshot of a VM. A running VM is paused for the duration and
+/// resumed after (unless `resume` is false); a paused one stays paused.
+#[utoipa::path(post, path = "/v1/vms/{id}/snapshots", params(("id" = String, Path)), request_body = CreateSnapshotRequest, responses(
+    (status = 201, body = SnapshotInfo),
+    (status = 400, body = ErrorBody, description = "bad body or name taken"),
+    (status = 404, body = ErrorBody),
+    (status = 409, body = ErrorBody, description = "not allowed in the VM's state, or a diff without dirty-page tracking or a parent"),
+    (status = 502, body = ErrorBody, description = "the VMM refused (e.g. no space left for the files)")
+))]
+async fn snapshot_vm(
+    State(manager): State<VmManager>,
+    Path(id): Path<String>,
+    body: Result<Json<CreateSnapshotRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<SnapshotInfo>), ApiError> {
+    let Json(request) = body?;
+    let info = manager.snapshot(&id, request).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+#[utoipa::path(get, path = "/v1/snapshots", responses((status = 200, body = SnapshotList)))]
+async fn list_snapshots(State(manager): State<VmManager>) -> Json<SnapshotList> {
+    Json(SnapshotList {
+        snapshots: manager.snapshots(),
+    })
+}
+
+/// One snapshot, by id or name.
+#[utoipa::path(get, path = "/v1/snapshots/{id}", params(("id" = String, Path, description = "id or name")), responses(
+    (status = 200, body = SnapshotInfo),
+    (status = 404, body = ErrorBody)
+))]
+async fn get_snapshot(
+    State(manager): State<VmManager>,
+    Path(id): Path<String>,
+) -> Result<Json<SnapshotInfo>, ApiError> {
+    Ok(Json(manager.get_snapshot(&id)?))
+}
+
+/// Delete a snapshot and its files. One that a diff depends on, or that is a
+/// VM type's template, needs `force=true` (dependent diffs are merged first so
+/// they stay restorable).
+#[utoipa::path(delete, path = "/v1/snapshots/{id}", params(("id" = String, Path, description = "id or name"), DeleteParams), responses(
+    (status = 204),
+    (status = 404, body = ErrorBody),
+    (status = 409, body = ErrorBody, description = "something depends on it and force not set")
+))]
+async fn delete_snapshot(
+    State(manager): State<VmManager>,
+    Path(id): Path<String>,
+    params: Result<Query<DeleteParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Query(params) =
+        params.map_err(|r| ApiError::new(ErrorCode::InvalidRequest, r.body_text()))?;
+    manager.delete_snapshot(&id, params.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every VM type's template (golden snapshot) and the start times measured
+/// here per start method.
+#[utoipa::path(get, path = "/v1/templates", responses((status = 200, body = TemplateList)))]
+async fn list_templates(State(manager): State<VmManager>) -> Json<TemplateList> {
+    Json(TemplateList {
+        templates: manager.templates().await,
+    })
+}
+
+/// Build a VM type's template: boot a VM of the type, wait until it is ready,
+/// take a full snapshot, record it as the type's template. Answers when done
+/// (a boot: up to the daemon's boot timeout).
+#[utoipa::path(post, path = "/v1/templates/{vm_type}/build", params(("vm_type" = String, Path)), responses(
+    (status = 200, body = TemplateInfo),
+    (status = 400, body = ErrorBody, description = "unknown VM type"),
+    (status = 502, body = ErrorBody, description = "the build failed")
+))]
+async fn build_template(
+    State(manager): State<VmManager>,
+    Path(vm_type): Path<String>,
+) -> Result<Json<TemplateInfo>, ApiError> {
+    Ok(Json(manager.build_template(&vm_type).await?))
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeleteParams {
-    /// Stop the VM first if it is still live.
+    /// VMs: stop the VM first if it is still live. Snapshots: delete even one
+    /// that a diff depends on or that is a template.
     #[serde(default)]
     #[param(required = false)]
     force: bool,

@@ -173,6 +173,10 @@ pub struct VmTypeConfig {
     /// Console text that marks the VM Ready.
     #[serde(default = "default_readiness_line")]
     pub readiness_line: String,
+    /// Track dirty guest pages from boot, so diff snapshots can be taken of
+    /// this type's VMs.
+    #[serde(default)]
+    pub diff_snapshots: bool,
 }
 
 fn default_backend() -> BackendKind {
@@ -218,6 +222,7 @@ fn default_vm_types() -> BTreeMap<String, VmTypeConfig> {
             rootfs: None,
             boot_args: None,
             readiness_line: default_readiness_line(),
+            diff_snapshots: false,
         },
     )])
 }

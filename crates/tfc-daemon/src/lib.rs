@@ -16,6 +16,7 @@ pub mod config;
 pub mod crash;
 pub mod manager;
 pub mod reaper;
+pub mod snapshots;
 pub mod vm;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,8 @@ pub enum DaemonError {
     },
     #[error("firecracker binary not found (tried: {tried}): run `tfc assets build`, put firecracker on PATH, or set firecracker.binary")]
     NoFirecracker { tried: String },
+    #[error("cannot use the firecracker binary")]
+    FirecrackerUnusable(#[source] tfc_host::assets::binaries::BinaryError),
     #[error("a tfc daemon is already serving on {0}")]
     AlreadyRunning(PathBuf),
     #[error("another tfc daemon is using the data directory {0} (it holds daemon.lock); stop it or choose another data_dir")]
@@ -114,8 +117,17 @@ pub fn build_backend(config: &Config, data_dir: &Path) -> Result<Backend, Daemon
         }
         BackendKind::Firecracker => {
             let fc = &config.firecracker;
+            let binary = resolve_firecracker(config, data_dir)?;
+            let version = tfc_host::assets::binaries::describe(
+                &binary,
+                tfc_host::assets::binaries::FIRECRACKER,
+                tfc_host::assets::BinarySource::Explicit,
+            )
+            .map_err(DaemonError::FirecrackerUnusable)?
+            .version;
             Backend::Firecracker(FirecrackerBackend {
-                binary: resolve_firecracker(config, data_dir)?,
+                binary,
+                version,
                 boot_timeout: Duration::from_secs(fc.boot_timeout_secs),
                 console_log_limit: fc.console_log_limit_kib * 1024,
                 stop: tfc_firecracker::StopPolicy {
@@ -277,6 +289,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
         vms = recorded.len(),
         "tfc daemon listening"
     );
+    // Templates whose inputs changed while the daemon was down rebuild in the
+    // background; requests are served meanwhile (ultra_fast boots instead).
+    tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.refresh_templates().await }
+    });
     let served = serve_until(listener, manager, policy, stop).await;
     let _ = std::fs::remove_file(&socket);
     served?;

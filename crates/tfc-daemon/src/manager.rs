@@ -10,13 +10,21 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use tfc_api::{CreateVmRequest, VmInfo};
-use tfc_core::{spec, Readiness, SpecError, VmId, VmSpec, VmState, VmTypeName};
+use tfc_api::{
+    CreateSnapshotRequest, CreateVmRequest, SnapshotInfo, SnapshotKind, StartInfo, StartStats,
+    TemplateInfo, TemplateStatus, VmInfo,
+};
+use tfc_core::level::{self, StartFacts};
+use tfc_core::{
+    spec, transition, BootPhase, OptimizationLevel, Readiness, SpecError, StartMethod, VmEvent,
+    VmId, VmSpec, VmState, VmTypeName,
+};
 use tfc_store::{AnyStore, MemoryStore, Store};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError, RestoreRequest, VmBackend, VmMachine};
 use crate::config::{Config, ShutdownPolicy};
-use crate::vm::{self, VmError, VmHandle, VmOp};
+use crate::snapshots::{self, Catalog, CatalogError, HostFacts, NewSnapshot};
+use crate::vm::{self, SnapshotJob, VmError, VmHandle, VmOp};
 
 /// Why a manager request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +53,18 @@ pub enum ManagerError {
     },
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unservable(String),
+    #[error("cannot take a diff snapshot of VM {id}: {reason}")]
+    NoDiff { id: String, reason: String },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("restoring the snapshot failed; nothing was left behind")]
+    Restore(#[source] BackendError),
+    #[error("building the template of VM type {vm_type} failed: {reason}")]
+    TemplateBuild { vm_type: String, reason: String },
     #[error("the state store refused the change")]
     Store(#[source] tfc_store::StoreError),
     #[error("cannot encode the VM record: {0}")]
@@ -66,7 +86,27 @@ struct Inner {
     data_dir: PathBuf,
     store: Arc<AnyStore>,
     vms: RwLock<Table>,
+    catalog: Catalog,
+    host: HostFacts,
+    templates: std::sync::Mutex<HashMap<String, TemplateBuild>>,
+    /// Request-to-Ready times of deleted VMs, per (VM type, method); the live
+    /// ones are read from the table.
+    start_history: std::sync::Mutex<Vec<(String, StartMethod, f64)>>,
 }
+
+/// The template builds of one VM type.
+#[derive(Debug, Default)]
+struct TemplateBuild {
+    /// Held by the build under way.
+    lock: Arc<tokio::sync::Mutex<()>>,
+    building: bool,
+    /// The last failure and the inputs digest it failed with: a stale template
+    /// is not rebuilt automatically again for the same inputs.
+    failure: Option<(String, String)>,
+}
+
+/// Most start times kept per manager for deleted VMs.
+const START_HISTORY_LIMIT: usize = 10_000;
 
 #[derive(Debug, Default)]
 struct Table {
@@ -90,13 +130,28 @@ fn random_id() -> VmId {
 
 impl VmManager {
     pub fn new(backend: Backend, config: Config, data_dir: PathBuf, store: AnyStore) -> Self {
+        let store = Arc::new(store);
+        let host = HostFacts {
+            vmm_version: backend.vmm_version().to_owned(),
+            cpu: match tfc_host::cpu::read() {
+                Ok(cpu) => Some(snapshots::cpu_info(cpu)),
+                Err(err) => {
+                    tracing::warn!(%err, "cannot identify this host's CPU; snapshots cannot be taken or restored");
+                    None
+                }
+            },
+        };
         Self {
             inner: Arc::new(Inner {
+                catalog: Catalog::new(&data_dir, store.clone()),
                 backend,
                 config,
                 data_dir,
-                store: Arc::new(store),
+                store,
                 vms: RwLock::new(Table::default()),
+                host,
+                templates: Default::default(),
+                start_history: Default::default(),
             }),
         }
     }
@@ -205,18 +260,97 @@ impl VmManager {
             readiness: Readiness::ConsoleLine {
                 contains: vm_type.readiness_line.clone(),
             },
+            diff_snapshots: vm_type.diff_snapshots,
+            vsock: true,
         };
         spec.validate().map_err(ManagerError::BadSpec)?;
         Ok(spec)
     }
 
-    /// Creates a VM and starts its owner. With `wait`, returns once the VM is Ready
-    /// or terminal (or the wait times out, returning the VM as it is then).
+    /// Creates a VM by the requested optimization level (or restores the named
+    /// snapshot) and starts its owner. A boot with `wait` returns once the VM is
+    /// Ready or terminal (or the wait times out, returning the VM as it is
+    /// then); a restore returns once the VM runs, or fails leaving nothing.
     pub async fn create(&self, request: CreateVmRequest) -> Result<VmInfo, ManagerError> {
         let requested_at = Instant::now();
-        let spec = self.resolve_spec(&request)?;
+        let level = request.optimization_level.unwrap_or_default();
+        if let Some(snapshot) = &request.from_snapshot {
+            if request.vm_type.is_some()
+                || request.vcpus.is_some()
+                || request.memory_mib.is_some()
+                || request.extra_boot_args.is_some()
+            {
+                return Err(ManagerError::BadRequest(
+                    "from_snapshot restores the snapshot's VM type and machine size; vm_type, vcpus, memory_mib and extra_boot_args may not be given with it".to_owned(),
+                ));
+            }
+            let snapshot = self.inner.catalog.get(snapshot)?;
+            let start = StartInfo {
+                level: request
+                    .optimization_level
+                    .unwrap_or(OptimizationLevel::UltraFast),
+                method: StartMethod::Restore,
+                snapshot: Some(snapshot.id.clone()),
+                note: None,
+            };
+            return self.restore(snapshot, start, requested_at).await;
+        }
+        let type_name = self.type_name(&request);
+        let facts = self.start_facts(&type_name).await;
+        let choice = level::choose(level, &facts).map_err(|e| ManagerError::Unservable(e.0))?;
+        let start = StartInfo {
+            level,
+            method: choice.method,
+            snapshot: None,
+            note: choice.note,
+        };
+        match choice.method {
+            StartMethod::Restore => {
+                let template = self.inner.catalog.template(&type_name).ok_or_else(|| {
+                    ManagerError::Unservable(format!("VM type {type_name} has no template"))
+                })?;
+                if request.vcpus.is_some()
+                    || request.memory_mib.is_some()
+                    || request.extra_boot_args.is_some()
+                {
+                    return Err(ManagerError::BadRequest(format!(
+                        "{level} restores the template of VM type {type_name} as it was built; vcpus, memory_mib and extra_boot_args cannot change it"
+                    )));
+                }
+                let start = StartInfo {
+                    snapshot: Some(template.id.clone()),
+                    ..start
+                };
+                self.restore(template, start, requested_at).await
+            }
+            StartMethod::ColdBoot | StartMethod::TunedBoot => {
+                let mut spec = self.resolve_spec(&request)?;
+                if choice.method == StartMethod::TunedBoot {
+                    spec.boot_args.push(' ');
+                    spec.boot_args.push_str(level::FAST_BOOT_ARGS);
+                    spec.vsock = false;
+                    spec.diff_snapshots = false;
+                    spec.validate().map_err(ManagerError::BadSpec)?;
+                }
+                self.boot(&request, spec, start, requested_at).await
+            }
+            StartMethod::Pool => Err(ManagerError::Unservable(
+                "pools are not available".to_owned(),
+            )),
+        }
+    }
+
+    fn type_name(&self, request: &CreateVmRequest) -> String {
+        request
+            .vm_type
+            .clone()
+            .unwrap_or_else(|| self.inner.config.daemon.default_vm_type.clone())
+    }
+
+    /// A new, empty VM directory with a fresh id.
+    fn new_workdir(&self) -> Result<(VmId, PathBuf), ManagerError> {
         let vms_dir = vms_dir(&self.inner.data_dir);
-        let (id, workdir) = loop {
+        loop {
             let id = random_id();
             let workdir = vms_dir.join(id.as_str());
             std::fs::create_dir_all(&vms_dir).map_err(|source| ManagerError::Workdir {
@@ -224,7 +358,7 @@ impl VmManager {
                 source,
             })?;
             match std::fs::create_dir(&workdir) {
-                Ok(()) => break (id, workdir),
+                Ok(()) => return Ok((id, workdir)),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(source) => {
                     return Err(ManagerError::Workdir {
@@ -233,10 +367,21 @@ impl VmManager {
                     })
                 }
             }
-        };
+        }
+    }
+
+    /// Boots a VM: its owner creates, boots and watches it.
+    async fn boot(
+        &self,
+        request: &CreateVmRequest,
+        spec: VmSpec,
+        start: StartInfo,
+        requested_at: Instant,
+    ) -> Result<VmInfo, ManagerError> {
+        let (id, workdir) = self.new_workdir()?;
         // The intent is stored before anything is started: a daemon that dies
         // from here on finds a `creating` record and rolls it back.
-        let record = vm::new_record(&id, &spec, &workdir);
+        let record = vm::new_record(&id, &spec, &workdir, start);
         if let Err(err) = self.write_row(&record).await {
             let _ = std::fs::remove_dir(&workdir);
             return Err(err);
@@ -272,6 +417,173 @@ impl VmManager {
                 r.state == VmState::Ready || r.state.is_terminal()
             })
             .await)
+    }
+
+    /// Restores a VM from `snapshot`: checked against this host, loaded into a
+    /// new VMM in its own directory, resumed. The VM is recorded `creating`
+    /// first, so a daemon that dies mid-restore rolls it back; a restore that
+    /// fails removes everything it made before answering.
+    async fn restore(
+        &self,
+        snapshot: SnapshotInfo,
+        start: StartInfo,
+        requested_at: Instant,
+    ) -> Result<VmInfo, ManagerError> {
+        let catalog = &self.inner.catalog;
+        {
+            let (catalog_snapshot, host) = (snapshot.clone(), self.inner.host.clone());
+            let manager = self.clone();
+            tokio::task::spawn_blocking(move || {
+                manager.inner.catalog.verify(&catalog_snapshot, &host)
+            })
+            .await
+            .expect("verify does not panic")?;
+        }
+        let memory = catalog.memory_for_restore(&snapshot).await?;
+        let manifest = snapshot
+            .manifest
+            .clone()
+            .expect("verified snapshots have manifests");
+        let spec = manifest.spec;
+        if self.inner.vms.read().expect("vm table lock").closing {
+            return Err(ManagerError::ShuttingDown);
+        }
+        let (id, workdir) = self.new_workdir()?;
+        let mut record = vm::new_record(&id, &spec, &workdir, start);
+        if let Err(err) = self.write_row(&record).await {
+            let _ = std::fs::remove_dir(&workdir);
+            return Err(err);
+        }
+        crate::crash::point("restore.after_intent");
+        let state_file = PathBuf::from(&snapshot.dir).join(&manifest.state_file);
+        let mut phases = Vec::new();
+        let mut mark = |phase| phases.push((phase, requested_at.elapsed().as_micros() as u64));
+        let restored = self
+            .inner
+            .backend
+            .restore(
+                RestoreRequest {
+                    id: &id,
+                    spec: &spec,
+                    workdir: &workdir,
+                    state_file: &state_file,
+                    memory_file: &memory,
+                },
+                &mut mark,
+            )
+            .await;
+        let undo = |manager: &Self| {
+            let _ = std::fs::remove_dir_all(&workdir);
+            let _ = manager.inner.store.delete_vm(&id);
+        };
+        let machine = match restored {
+            Ok(machine) => machine,
+            Err(err) => {
+                undo(self);
+                tracing::warn!(snapshot = %snapshot.id, error = %tfc_core::error_chain(&err), "restore failed");
+                return Err(ManagerError::Restore(err));
+            }
+        };
+        crate::crash::point("restore.after_load");
+        for (phase, at) in phases {
+            record.timeline.mark(phase, at);
+        }
+        record
+            .timeline
+            .mark(BootPhase::Ready, requested_at.elapsed().as_micros() as u64);
+        record.state = transition(record.state, VmEvent::Restored).expect("creating may restore");
+        record.pid = machine.pid();
+        record.updated_at_ms = vm::now_ms();
+        if let Err(err) = self.write_row(&record).await {
+            machine.stop().await;
+            undo(self);
+            return Err(err);
+        }
+        let mut table = self.inner.vms.write().expect("vm table lock");
+        if table.closing {
+            drop(table);
+            // Shutting down: leave it to the shutdown policy like any other VM.
+            // A restored VM has no owner yet, so it is detached for the next
+            // daemon, whose reconciliation adopts it.
+            machine.detach();
+            return Err(ManagerError::ShuttingDown);
+        }
+        tracing::info!(vm = %id, snapshot = %snapshot.id, us = requested_at.elapsed().as_micros() as u64, "VM restored");
+        let handle = vm::spawn_running(record.clone(), machine, self.inner.store.clone());
+        table.vms.insert(id, handle);
+        Ok(record)
+    }
+
+    /// What decides how a VM of `type_name` is started at each level.
+    async fn start_facts(&self, type_name: &str) -> StartFacts {
+        let template_ready = match self.inner.catalog.template(type_name) {
+            Some(template) => match self.template_check(type_name, &template).await {
+                Ok(()) => true,
+                Err(reason) => {
+                    self.rebuild_if_due(type_name, &reason);
+                    false
+                }
+            },
+            None => false,
+        };
+        let measured_ms = self
+            .start_stats(type_name)
+            .into_iter()
+            .map(|s| (s.method, s.median_ms))
+            .collect();
+        StartFacts {
+            template_ready,
+            pool_available: false,
+            measured_ms,
+        }
+    }
+
+    /// Request-to-Ready times measured for VMs of `type_name`, per method.
+    pub fn start_stats(&self, type_name: &str) -> Vec<StartStats> {
+        let mut samples: HashMap<StartMethod, Vec<f64>> = HashMap::new();
+        for (t, method, ms) in self
+            .inner
+            .start_history
+            .lock()
+            .expect("history lock")
+            .iter()
+        {
+            if t == type_name {
+                samples.entry(*method).or_default().push(*ms);
+            }
+        }
+        for vm in self.list() {
+            if vm.spec.vm_type.as_str() != type_name {
+                continue;
+            }
+            if let Some(us) = vm.timeline.at(BootPhase::Ready) {
+                samples
+                    .entry(vm.start.method)
+                    .or_default()
+                    .push(us as f64 / 1000.0);
+            }
+        }
+        let mut stats: Vec<StartStats> = samples
+            .into_iter()
+            .map(|(method, mut ms)| {
+                ms.sort_by(f64::total_cmp);
+                let n = ms.len();
+                let median = if n % 2 == 1 {
+                    ms[n / 2]
+                } else {
+                    (ms[n / 2 - 1] + ms[n / 2]) / 2.0
+                };
+                StartStats {
+                    method,
+                    count: n as u64,
+                    min_ms: ms[0],
+                    median_ms: median,
+                    max_ms: ms[n - 1],
+                }
+            })
+            .collect();
+        stats.sort_by_key(|s| s.method.as_str());
+        stats
     }
 
     /// Every VM, oldest first.
@@ -332,6 +644,18 @@ impl VmManager {
             .expect("vm table lock")
             .vms
             .remove(handle.id());
+        let info = handle.info();
+        if let Some(us) = info.timeline.at(BootPhase::Ready) {
+            let mut history = self.inner.start_history.lock().expect("history lock");
+            if history.len() >= START_HISTORY_LIMIT {
+                history.remove(0);
+            }
+            history.push((
+                info.spec.vm_type.to_string(),
+                info.start.method,
+                us as f64 / 1000.0,
+            ));
+        }
         let workdir = vms_dir(&self.inner.data_dir).join(handle.id().as_str());
         if let Err(err) = std::fs::remove_dir_all(&workdir) {
             if err.kind() != std::io::ErrorKind::NotFound {
@@ -349,6 +673,332 @@ impl VmManager {
         Ok(())
     }
 
+    /// Takes a snapshot of a VM (pausing it for the duration, and resuming it
+    /// after unless asked not to) and records it in the catalog.
+    pub async fn snapshot(
+        &self,
+        vm_id: &str,
+        request: CreateSnapshotRequest,
+    ) -> Result<SnapshotInfo, ManagerError> {
+        self.snapshot_as(vm_id, request, None).await
+    }
+
+    async fn snapshot_as(
+        &self,
+        vm_id: &str,
+        request: CreateSnapshotRequest,
+        template_for: Option<String>,
+    ) -> Result<SnapshotInfo, ManagerError> {
+        let handle = self.handle(vm_id)?;
+        let vm = handle.info();
+        let parent = match request.kind {
+            SnapshotKind::Full => None,
+            SnapshotKind::Diff => Some(self.diff_parent(&vm)?),
+        };
+        let catalog = &self.inner.catalog;
+        let mut info = catalog
+            .begin(NewSnapshot {
+                name: request.name,
+                kind: request.kind,
+                parent,
+                vm,
+                template_for,
+            })
+            .await?;
+        crate::crash::point("snapshot.after_intent");
+        let dir = PathBuf::from(&info.dir);
+        let memory_name = match request.kind {
+            SnapshotKind::Full => snapshots::MEMORY_FILE,
+            SnapshotKind::Diff => snapshots::DIFF_MEMORY_FILE,
+        };
+        let job = SnapshotJob {
+            id: info.id.clone(),
+            kind: request.kind,
+            state_file: dir.join(snapshots::STATE_FILE),
+            memory_file: dir.join(memory_name),
+            resume: request.resume.unwrap_or(true),
+        };
+        let (vm, timing) = match handle.snapshot(job).await {
+            Ok(taken) => taken,
+            Err(err) => {
+                catalog.abort(&info).await;
+                return Err(err.into());
+            }
+        };
+        crate::crash::point("snapshot.after_files");
+        let host = self.inner.host.clone();
+        let (kind, manifest_dir) = (request.kind, dir.clone());
+        let manifest = tokio::task::spawn_blocking(move || {
+            snapshots::manifest(&vm, &host, kind, &manifest_dir)
+        })
+        .await
+        .expect("manifest does not panic");
+        let manifest = match manifest {
+            Ok(manifest) => manifest,
+            Err(err) => {
+                catalog.abort(&info).await;
+                return Err(err.into());
+            }
+        };
+        info.manifest = Some(manifest);
+        info.timing = Some(timing);
+        match catalog.finish(info.clone()).await {
+            Ok(done) => {
+                tracing::info!(snapshot = %done.id, vm = %vm_id, kind = ?done.kind, us = timing.total_us, "snapshot taken");
+                Ok(done)
+            }
+            Err(err) => {
+                catalog.abort(&info).await;
+                Err(err.into())
+            }
+        }
+    }
+
+    /// The snapshot a diff of `vm` would be relative to.
+    fn diff_parent(&self, vm: &VmInfo) -> Result<String, ManagerError> {
+        let refuse = |reason: String| ManagerError::NoDiff {
+            id: vm.id.clone(),
+            reason,
+        };
+        if !vm.spec.diff_snapshots {
+            return Err(refuse(format!(
+                "it does not track dirty pages; set vm_types.{}.diff_snapshots = true for VMs of its type",
+                vm.spec.vm_type
+            )));
+        }
+        let last = vm.last_snapshot.clone().ok_or_else(|| {
+            refuse(
+                "it has no earlier snapshot to be relative to; take a full snapshot first"
+                    .to_owned(),
+            )
+        })?;
+        self.inner.catalog.get(&last).map_err(|_| {
+            refuse(format!(
+                "its last snapshot {last} is gone; take a full snapshot first"
+            ))
+        })?;
+        Ok(last)
+    }
+
+    pub fn snapshots(&self) -> Vec<SnapshotInfo> {
+        self.inner.catalog.list()
+    }
+
+    pub fn get_snapshot(&self, id_or_name: &str) -> Result<SnapshotInfo, ManagerError> {
+        Ok(self.inner.catalog.get(id_or_name)?)
+    }
+
+    pub async fn delete_snapshot(&self, id_or_name: &str, force: bool) -> Result<(), ManagerError> {
+        Ok(self.inner.catalog.delete(id_or_name, force).await?)
+    }
+
+    /// Whether `template` still matches the current inputs of `type_name`
+    /// (VMM version, kernel and rootfs contents, spec); `Err` says what changed.
+    async fn template_check(&self, type_name: &str, template: &SnapshotInfo) -> Result<(), String> {
+        let current = self.template_inputs(type_name).await?;
+        match &template.manifest {
+            Some(m) if m.inputs == current => Ok(()),
+            Some(m) if m.firecracker_version != self.inner.host.vmm_version => Err(format!(
+                "the VMM changed ({} -> {})",
+                m.firecracker_version, self.inner.host.vmm_version
+            )),
+            Some(_) => Err(
+                "the VM type's kernel, rootfs or settings changed since it was built".to_owned(),
+            ),
+            None => Err("it has no manifest".to_owned()),
+        }
+    }
+
+    /// Digest of what a template of `type_name` would be built from now.
+    async fn template_inputs(&self, type_name: &str) -> Result<String, String> {
+        let spec = self
+            .resolve_spec(&CreateVmRequest {
+                vm_type: Some(type_name.to_owned()),
+                ..CreateVmRequest::default()
+            })
+            .map_err(|e| tfc_core::error_chain(&e))?;
+        let version = self.inner.host.vmm_version.clone();
+        tokio::task::spawn_blocking(move || {
+            let digest = |what: &str, path: &Path| {
+                tfc_host::digest::file_sha256(path)
+                    .map_err(|e| format!("its {what} {} cannot be read: {e}", path.display()))
+            };
+            let kernel = digest("kernel", &spec.kernel)?;
+            let rootfs = digest("rootfs", &spec.rootfs)?;
+            Ok(snapshots::template_inputs(
+                &version, &kernel, &rootfs, &spec,
+            ))
+        })
+        .await
+        .expect("digest does not panic")
+    }
+
+    /// Starts a background rebuild of a stale template, unless one runs or the
+    /// last one failed with the same inputs.
+    fn rebuild_if_due(&self, type_name: &str, reason: &str) {
+        let mut templates = self.inner.templates.lock().expect("templates lock");
+        let entry = templates.entry(type_name.to_owned()).or_default();
+        if entry.building || entry.failure.is_some() {
+            return;
+        }
+        entry.building = true;
+        drop(templates);
+        tracing::info!(vm_type = %type_name, %reason, "template is stale; rebuilding it");
+        let manager = self.clone();
+        let type_name = type_name.to_owned();
+        tokio::spawn(async move {
+            if let Err(err) = manager.build_template(&type_name).await {
+                tracing::warn!(vm_type = %type_name, error = %tfc_core::error_chain(&err), "template rebuild failed");
+            }
+        });
+    }
+
+    /// Checks every VM type's template and rebuilds the stale ones in the
+    /// background (called once the daemon serves).
+    pub async fn refresh_templates(&self) {
+        for type_name in self.inner.config.vm_types.keys() {
+            if let Some(template) = self.inner.catalog.template(type_name) {
+                if let Err(reason) = self.template_check(type_name, &template).await {
+                    self.rebuild_if_due(type_name, &reason);
+                }
+            }
+        }
+    }
+
+    /// Builds the template of `type_name`: boots a VM of the type, waits for
+    /// it to be ready, takes a full snapshot of it recorded as the type's
+    /// template, and removes the VM and older templates nothing depends on.
+    pub async fn build_template(&self, type_name: &str) -> Result<TemplateInfo, ManagerError> {
+        if !self.inner.config.vm_types.contains_key(type_name) {
+            return Err(ManagerError::UnknownType {
+                name: type_name.to_owned(),
+                known: self
+                    .inner
+                    .config
+                    .vm_types
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        let lock = {
+            let mut templates = self.inner.templates.lock().expect("templates lock");
+            let entry = templates.entry(type_name.to_owned()).or_default();
+            entry.building = true;
+            entry.lock.clone()
+        };
+        let _building = lock.lock().await;
+        let inputs = self.template_inputs(type_name).await.unwrap_or_default();
+        let built = self.build_template_once(type_name).await;
+        {
+            let mut templates = self.inner.templates.lock().expect("templates lock");
+            let entry = templates.entry(type_name.to_owned()).or_default();
+            entry.building = false;
+            entry.failure = match &built {
+                Ok(_) => None,
+                Err(err) => Some((inputs, tfc_core::error_chain(err))),
+            };
+        }
+        built?;
+        Ok(self.template_info(type_name).await)
+    }
+
+    async fn build_template_once(&self, type_name: &str) -> Result<SnapshotInfo, ManagerError> {
+        let failed = |reason: String| ManagerError::TemplateBuild {
+            vm_type: type_name.to_owned(),
+            reason,
+        };
+        tracing::info!(vm_type = %type_name, "building template: booting a VM");
+        let vm = self
+            .create(CreateVmRequest {
+                vm_type: Some(type_name.to_owned()),
+                optimization_level: Some(OptimizationLevel::Standard),
+                wait: true,
+                ..CreateVmRequest::default()
+            })
+            .await?;
+        let snapshot = if vm.state == VmState::Ready {
+            self.snapshot_as(
+                &vm.id,
+                CreateSnapshotRequest {
+                    kind: SnapshotKind::Full,
+                    name: None,
+                    resume: Some(false),
+                },
+                Some(type_name.to_owned()),
+            )
+            .await
+        } else {
+            Err(failed(match &vm.failure {
+                Some(failure) => format!("its VM failed: {failure}"),
+                None => format!("its VM was still {} when the boot timeout passed", vm.state),
+            }))
+        };
+        if let Err(err) = self.delete(&vm.id, true).await {
+            tracing::warn!(vm = %vm.id, error = %tfc_core::error_chain(&err), "cannot remove the template's VM");
+        }
+        let snapshot = snapshot?;
+        for old in self.inner.catalog.list() {
+            if old.template_for.as_deref() == Some(type_name) && old.id != snapshot.id {
+                // Older templates go unless a diff depends on them.
+                if let Err(err) = self.inner.catalog.delete(&old.id, false).await {
+                    if !matches!(err, CatalogError::IsTemplate { .. }) {
+                        tracing::info!(snapshot = %old.id, error = %tfc_core::error_chain(&err), "keeping an older template");
+                        continue;
+                    }
+                    let _ = self.inner.catalog.delete(&old.id, true).await;
+                }
+            }
+        }
+        tracing::info!(vm_type = %type_name, snapshot = %snapshot.id, "template built");
+        Ok(snapshot)
+    }
+
+    /// One VM type's template status and measured start times.
+    pub async fn template_info(&self, type_name: &str) -> TemplateInfo {
+        let (building, failure) = {
+            let templates = self.inner.templates.lock().expect("templates lock");
+            templates.get(type_name).map_or((false, None), |t| {
+                (t.building, t.failure.as_ref().map(|f| f.1.clone()))
+            })
+        };
+        let template = self.inner.catalog.template(type_name);
+        let (status, reason) = match &template {
+            _ if building => (TemplateStatus::Building, None),
+            Some(t) => match self.template_check(type_name, t).await {
+                Ok(()) => (TemplateStatus::Ready, None),
+                Err(reason) => match failure {
+                    Some(failure) => (
+                        TemplateStatus::Failed,
+                        Some(format!("{reason}; the rebuild failed: {failure}")),
+                    ),
+                    None => (TemplateStatus::Stale, Some(reason)),
+                },
+            },
+            None => match failure {
+                Some(failure) => (TemplateStatus::Failed, Some(failure)),
+                None => (TemplateStatus::Missing, None),
+            },
+        };
+        TemplateInfo {
+            vm_type: type_name.to_owned(),
+            status,
+            snapshot: template.map(|t| t.id),
+            reason,
+            starts: self.start_stats(type_name),
+        }
+    }
+
+    /// Every configured VM type's template.
+    pub async fn templates(&self) -> Vec<TemplateInfo> {
+        let mut all = Vec::new();
+        for type_name in self.inner.config.vm_types.keys() {
+            all.push(self.template_info(type_name).await);
+        }
+        all
+    }
+
     /// Stores `record` now (off the async threads), failing the caller's request
     /// when the store cannot take it.
     async fn write_row(&self, record: &VmInfo) -> Result<(), ManagerError> {
@@ -364,6 +1014,7 @@ impl VmManager {
     /// finished. Returns the ids that now have records (their directories are
     /// not orphans).
     pub async fn recover(&self) -> Result<std::collections::HashSet<String>, ManagerError> {
+        self.inner.catalog.recover().await?;
         let rows = vm::with_store(&self.inner.store, |s| s.list_vms())
             .await
             .map_err(ManagerError::Store)?;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use tfc_api::{ExitInfo, VmInfo};
+use tfc_api::{ExitInfo, SnapshotKind, SnapshotTiming, StartInfo, VmInfo};
 use tfc_core::{error_chain, transition, BootPhase, BootTimeline, VmEvent, VmId, VmSpec, VmState};
 use tfc_store::{AnyStore, Store, VmRow};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -24,6 +24,7 @@ pub enum VmOp {
     Pause,
     Resume,
     Stop,
+    Snapshot,
 }
 
 impl VmOp {
@@ -32,6 +33,7 @@ impl VmOp {
             VmOp::Pause => VmEvent::Pause,
             VmOp::Resume => VmEvent::Resume,
             VmOp::Stop => VmEvent::Stop,
+            VmOp::Snapshot => VmEvent::SnapshotTaken,
         }
     }
 
@@ -40,8 +42,21 @@ impl VmOp {
             VmOp::Pause => "pause",
             VmOp::Resume => "resume",
             VmOp::Stop => "stop",
+            VmOp::Snapshot => "snapshot",
         }
     }
+}
+
+/// A snapshot the owner is asked to take.
+#[derive(Debug, Clone)]
+pub struct SnapshotJob {
+    /// Catalog id; becomes the VM's `last_snapshot`.
+    pub id: String,
+    pub kind: SnapshotKind,
+    pub state_file: PathBuf,
+    pub memory_file: PathBuf,
+    /// Resume afterwards if the VM was running before.
+    pub resume: bool,
 }
 
 /// Why an operation on a VM was not done.
@@ -60,11 +75,16 @@ pub enum VmError {
 }
 
 type Reply = oneshot::Sender<Result<VmInfo, VmError>>;
+type SnapshotReply = oneshot::Sender<Result<(VmInfo, SnapshotTiming), VmError>>;
 
 enum Command {
     Op {
         op: VmOp,
         reply: Reply,
+    },
+    Snapshot {
+        job: SnapshotJob,
+        reply: SnapshotReply,
     },
     /// Let go of the VM without stopping it (the daemon exits, the VM stays for
     /// the next daemon to adopt).
@@ -85,6 +105,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Op { op, .. } => write!(f, "Op({op:?})"),
+            Command::Snapshot { job, .. } => write!(f, "Snapshot({})", job.id),
             Command::Detach { .. } => f.write_str("Detach"),
         }
     }
@@ -110,6 +131,25 @@ impl VmHandle {
         };
         // A closed channel means the owner has ended: the VM is terminal.
         if self.commands.send(Command::Op { op, reply }).await.is_err() {
+            return Err(refused());
+        }
+        answer.await.unwrap_or_else(|_| Err(refused()))
+    }
+
+    /// Asks the owner to snapshot the VM (pausing it first if it runs).
+    pub async fn snapshot(&self, job: SnapshotJob) -> Result<(VmInfo, SnapshotTiming), VmError> {
+        let (reply, answer) = oneshot::channel();
+        let refused = || VmError::InvalidState {
+            id: self.id.clone(),
+            op: VmOp::Snapshot,
+            state: self.info().state,
+        };
+        if self
+            .commands
+            .send(Command::Snapshot { job, reply })
+            .await
+            .is_err()
+        {
             return Err(refused());
         }
         answer.await.unwrap_or_else(|_| Err(refused()))
@@ -192,7 +232,7 @@ pub async fn persist(store: &Arc<AnyStore>, info: VmInfo) {
 }
 
 /// The record of a VM that is about to be created.
-pub fn new_record(id: &VmId, spec: &VmSpec, workdir: &std::path::Path) -> VmInfo {
+pub fn new_record(id: &VmId, spec: &VmSpec, workdir: &std::path::Path, start: StartInfo) -> VmInfo {
     let now = now_ms();
     VmInfo {
         id: id.to_string(),
@@ -209,6 +249,8 @@ pub fn new_record(id: &VmId, spec: &VmSpec, workdir: &std::path::Path) -> VmInfo
             .join(tfc_firecracker::process::CONSOLE_LOG)
             .display()
             .to_string(),
+        last_snapshot: start.snapshot.clone(),
+        start,
     }
 }
 
@@ -253,6 +295,14 @@ pub fn spawn(
 pub fn adopt(info: VmInfo, backend: Backend, store: Arc<AnyStore>) -> VmHandle {
     let (handle, owner) = handle_and_owner(info, Instant::now(), store);
     tokio::spawn(owner.readopt(backend));
+    handle
+}
+
+/// Starts the owner of a VM restored from a snapshot, which already runs (its
+/// `ready` record already stored).
+pub fn spawn_running(info: VmInfo, machine: Machine, store: Arc<AnyStore>) -> VmHandle {
+    let (handle, owner) = handle_and_owner(info, Instant::now(), store);
+    tokio::spawn(owner.run_restored(machine));
     handle
 }
 
@@ -352,6 +402,12 @@ impl Owner {
         self.commit().await;
         crate::crash::point("create.after_start");
         self.finish_boot(&machine).await;
+    }
+
+    async fn run_restored(mut self, machine: Machine) {
+        if self.serve(&machine).await {
+            self.drain().await;
+        }
     }
 
     /// Takes over a VM from an earlier daemon.
@@ -465,6 +521,9 @@ impl Owner {
                     Command::Op { op, reply } => {
                         let _ = reply.send(Err(self.refuse(op)));
                     }
+                    Command::Snapshot { reply, .. } => {
+                        let _ = reply.send(Err(self.refuse(VmOp::Snapshot)));
+                    }
                     Command::Detach { done } => return BootOutcome::Detached(done),
                 },
             }
@@ -500,6 +559,10 @@ impl Owner {
                             let result = self.pause_or_resume(machine, op).await;
                             let _ = reply.send(result);
                         }
+                        Some(Command::Snapshot { job, reply }) => {
+                            let result = self.snapshot(machine, job).await;
+                            let _ = reply.send(result);
+                        }
                     }
                 }
             }
@@ -507,6 +570,9 @@ impl Owner {
     }
 
     async fn pause_or_resume(&self, machine: &Machine, op: VmOp) -> Result<VmInfo, VmError> {
+        if !matches!(op, VmOp::Pause | VmOp::Resume) {
+            return Err(self.refuse(op));
+        }
         transition(self.state(), op.event()).map_err(|_| self.refuse(op))?;
         let done = match op {
             VmOp::Pause => machine.pause().await,
@@ -519,6 +585,65 @@ impl Owner {
         })?;
         let _ = self.apply(op.event()).await;
         Ok(self.record.borrow().clone())
+    }
+
+    /// Pauses a running VM (the state machine allows snapshots of paused VMs
+    /// only), has the VMM write the snapshot, and resumes the VM if it ran
+    /// before and the job says so. Each step is stored as it happens. A failed
+    /// snapshot still resumes a VM this call paused.
+    async fn snapshot(
+        &self,
+        machine: &Machine,
+        job: SnapshotJob,
+    ) -> Result<(VmInfo, SnapshotTiming), VmError> {
+        let started = Instant::now();
+        let was_running = matches!(self.state(), VmState::Ready | VmState::Running);
+        let allowed = match self.state() {
+            VmState::Paused | VmState::Snapshotted => true,
+            _ => was_running,
+        };
+        if !allowed {
+            return Err(self.refuse(VmOp::Snapshot));
+        }
+        let backend_err = |op, source| VmError::Backend {
+            id: self.id.clone(),
+            op,
+            source: Box::new(source),
+        };
+        let mut timing = SnapshotTiming::default();
+        if was_running {
+            machine
+                .pause()
+                .await
+                .map_err(|e| backend_err(VmOp::Pause, e))?;
+            let _ = self.apply(VmEvent::Pause).await;
+        }
+        timing.pause_us = started.elapsed().as_micros() as u64;
+        crate::crash::point("snapshot.after_pause");
+        let created = machine
+            .snapshot(job.kind, &job.state_file, &job.memory_file)
+            .await;
+        timing.create_us = started.elapsed().as_micros() as u64 - timing.pause_us;
+        if created.is_ok() {
+            self.record
+                .send_modify(|r| r.last_snapshot = Some(job.id.clone()));
+            let _ = self.apply(VmEvent::SnapshotTaken).await;
+        }
+        let resumed_at = started.elapsed().as_micros() as u64;
+        if was_running && (job.resume || created.is_err()) {
+            match machine.resume().await {
+                Ok(()) => {
+                    let _ = self.apply(VmEvent::Resume).await;
+                }
+                Err(err) => {
+                    tracing::warn!(vm = %self.id, error = %error_chain(&err), "cannot resume the VM after its snapshot");
+                }
+            }
+        }
+        timing.resume_us = started.elapsed().as_micros() as u64 - resumed_at;
+        timing.total_us = started.elapsed().as_micros() as u64;
+        created.map_err(|e| backend_err(VmOp::Snapshot, e))?;
+        Ok((self.record.borrow().clone(), timing))
     }
 
     async fn stop(&self, machine: &Machine, reply: Reply) {
@@ -547,6 +672,9 @@ impl Owner {
             match command {
                 Command::Op { op, reply } => {
                     let _ = reply.send(Err(self.refuse(op)));
+                }
+                Command::Snapshot { reply, .. } => {
+                    let _ = reply.send(Err(self.refuse(VmOp::Snapshot)));
                 }
                 Command::Detach { done } => {
                     let _ = done.send(());

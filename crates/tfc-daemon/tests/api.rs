@@ -405,7 +405,15 @@ async fn a_shutting_down_daemon_refuses_new_vms_and_stops_the_rest() {
 #[tokio::test]
 async fn missing_assets_and_a_broken_data_dir_have_their_own_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::parse("[firecracker]\nbinary = \"/bin/true\"\n", "test").unwrap();
+    // Stands in for the binary only as far as `--version`; no VMM is started.
+    let binary = dir.path().join("firecracker");
+    std::fs::write(&binary, "#!/bin/sh\necho Firecracker v1.12.1\n").unwrap();
+    std::fs::set_permissions(&binary, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = Config::parse(
+        &format!("[firecracker]\nbinary = \"{}\"\n", binary.display()),
+        "test",
+    )
+    .unwrap();
     let backend = tfc_daemon::build_backend(&config, dir.path()).unwrap();
     let no_assets = Harness {
         app: tfc_daemon::api::router(VmManager::in_memory(backend, config, dir.path().to_owned())),

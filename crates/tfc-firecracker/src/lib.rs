@@ -9,9 +9,11 @@
 //! - [`pidfd`]: process file descriptors, so signals never reach a recycled pid.
 //! - [`process`]: spawn, wait for the API socket, detect exit, graceful stop, cleanup.
 //! - [`vm_config`]: a VM's boot configuration, applied over the API or as a config file.
+//! - [`memfile`]: snapshot memory files; merging diff snapshots onto their base.
 
 pub mod client;
 pub mod console;
+pub mod memfile;
 pub mod models;
 pub mod pidfd;
 pub mod process;

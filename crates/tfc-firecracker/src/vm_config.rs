@@ -3,13 +3,23 @@
 //! daemon, the benchmark's raw baseline, the host probe) builds it here, so "the
 //! same kernel, rootfs and arguments" holds by construction.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::client::{ApiClient, ApiError};
-use crate::models::{BootSource, ConfigFile, Drive, MachineConfiguration};
+use crate::models::{BootSource, ConfigFile, Drive, MachineConfiguration, Vsock};
 
 /// Drive id of the root filesystem.
 pub const ROOT_DRIVE_ID: &str = "rootfs";
+/// The root drive as the VMM sees it: a link in the VM's directory to the
+/// shared image. The path is relative to the VMM's working directory (the VM's
+/// directory), and a snapshot records it as given, so every VM restored from
+/// one snapshot opens the link in its own directory.
+pub const ROOTFS_LINK: &str = "rootfs.ext4";
+/// The host side of the guest's vsock device, relative for the same reason.
+pub const VSOCK_SOCKET: &str = "vsock.sock";
+/// The guest's vsock context id (3 is the first a guest may have). Every VM can
+/// use the same one: each has its own device and host socket.
+pub const GUEST_CID: u32 = 3;
 
 /// Kernel, root filesystem and machine size of one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,17 +30,41 @@ pub struct VmConfig {
     pub rootfs: PathBuf,
     pub vcpus: u8,
     pub memory_mib: u32,
+    /// Attach a vsock device (host side: [`VSOCK_SOCKET`] in the VM's directory).
+    pub vsock: bool,
+    /// Track dirty pages from boot, so diff snapshots can be taken.
+    pub track_dirty_pages: bool,
 }
 
 impl VmConfig {
+    /// Links the root image into `workdir` as [`ROOTFS_LINK`]. Call before
+    /// applying the configuration; the VMM must run with `workdir` as its
+    /// working directory.
+    pub fn link_into(&self, workdir: &Path) -> std::io::Result<()> {
+        let link = workdir.join(ROOTFS_LINK);
+        match std::fs::remove_file(&link) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        std::os::unix::fs::symlink(&self.rootfs, link)
+    }
+
     fn machine(&self) -> MachineConfiguration {
         MachineConfiguration {
             vcpu_count: self.vcpus,
             mem_size_mib: self.memory_mib,
             smt: None,
-            track_dirty_pages: None,
+            track_dirty_pages: self.track_dirty_pages.then_some(true),
             huge_pages: None,
         }
+    }
+
+    fn vsock_device(&self) -> Option<Vsock> {
+        self.vsock.then(|| Vsock {
+            guest_cid: GUEST_CID,
+            uds_path: VSOCK_SOCKET.to_owned(),
+        })
     }
 
     fn boot_source(&self) -> BootSource {
@@ -44,7 +78,7 @@ impl VmConfig {
     fn root_drive(&self) -> Drive {
         Drive {
             drive_id: ROOT_DRIVE_ID.to_owned(),
-            path_on_host: Some(self.rootfs.display().to_string()),
+            path_on_host: Some(ROOTFS_LINK.to_owned()),
             is_root_device: true,
             is_read_only: Some(true),
             partuuid: None,
@@ -58,7 +92,11 @@ impl VmConfig {
     pub async fn apply(&self, api: &ApiClient) -> Result<(), ApiError> {
         api.put_machine_config(&self.machine()).await?;
         api.put_boot_source(&self.boot_source()).await?;
-        api.put_drive(&self.root_drive()).await
+        api.put_drive(&self.root_drive()).await?;
+        if let Some(vsock) = self.vsock_device() {
+            api.put_vsock(&vsock).await?;
+        }
+        Ok(())
     }
 
     /// The same configuration as a `firecracker --config-file` document.
@@ -68,7 +106,7 @@ impl VmConfig {
             drives: vec![self.root_drive()],
             machine_config: self.machine(),
             network_interfaces: Vec::new(),
-            vsock: None,
+            vsock: self.vsock_device(),
             logger: None,
         }
     }
@@ -86,15 +124,37 @@ mod tests {
             rootfs: "/r/rootfs.ext4".into(),
             vcpus: 2,
             memory_mib: 256,
+            vsock: true,
+            track_dirty_pages: true,
         };
         assert_eq!(
             serde_json::to_value(config.to_config_file()).unwrap(),
             serde_json::json!({
                 "boot-source": {"kernel_image_path": "/k/vmlinux", "boot_args": "console=ttyS0"},
-                "drives": [{"drive_id": "rootfs", "path_on_host": "/r/rootfs.ext4",
+                "drives": [{"drive_id": "rootfs", "path_on_host": "rootfs.ext4",
                             "is_root_device": true, "is_read_only": true}],
-                "machine-config": {"vcpu_count": 2, "mem_size_mib": 256}
+                "machine-config": {"vcpu_count": 2, "mem_size_mib": 256, "track_dirty_pages": true},
+                "vsock": {"guest_cid": 3, "uds_path": "vsock.sock"}
             })
         );
+    }
+
+    #[test]
+    fn the_root_image_is_linked_into_the_vm_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = VmConfig {
+            kernel: "/k".into(),
+            boot_args: String::new(),
+            rootfs: "/images/a.ext4".into(),
+            vcpus: 1,
+            memory_mib: 128,
+            vsock: false,
+            track_dirty_pages: false,
+        };
+        config.link_into(dir.path()).unwrap();
+        config.rootfs = "/images/b.ext4".into();
+        config.link_into(dir.path()).unwrap();
+        let target = std::fs::read_link(dir.path().join(ROOTFS_LINK)).unwrap();
+        assert_eq!(target, Path::new("/images/b.ext4"));
     }
 }

@@ -10,12 +10,18 @@
 //!   under `<data_dir>/assets/`, and the manifest the daemon reads; host
 //!   programs are found with [`find_on_path`].
 //! - [`probe`]: `tfc doctor`'s host checks and the guest-userspace boot probe.
+//! - [`digest`]: sha256 of large files (kernel, rootfs), cached per process
+//!   while the file is unchanged.
+//! - [`cpu`]: the host CPU's identity and whether a snapshot taken on one CPU
+//!   may be restored on another.
 //!
 //! Dependencies point one way: `probe` reads `assets` and `kvm` and boots
 //! through the Firecracker adapter (`tfc-firecracker`); `assets` reads `kvm`
-//! (to pick a profile); `profile` depends on nothing.
+//! (to pick a profile); `profile`, `digest` and `cpu` depend on nothing.
 
 pub mod assets;
+pub mod cpu;
+pub mod digest;
 pub mod kvm;
 pub mod lockfile;
 pub mod paths;

@@ -3,12 +3,12 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tfc_core::VmId;
+use tfc_core::{SnapshotId, VmId};
 
 use crate::error::StoreError;
 use crate::memory::MemoryStore;
 use crate::sqlite::{SqliteStore, STATE_DB_FILE};
-use crate::store::{Store, StoreStats, VmRow};
+use crate::store::{SnapshotRow, Store, StoreStats, VmRow};
 
 /// Which backend keeps the daemon's state: `storage = "sqlite"` (the default) or
 /// `"memory"` (nothing survives a restart).
@@ -70,6 +70,22 @@ impl Store for AnyStore {
 
     fn list_vms(&self) -> Result<Vec<VmRow>, StoreError> {
         dispatch!(self, store => store.list_vms())
+    }
+
+    fn put_snapshot(&self, row: &SnapshotRow) -> Result<(), StoreError> {
+        dispatch!(self, store => store.put_snapshot(row))
+    }
+
+    fn delete_snapshot(&self, id: &SnapshotId) -> Result<bool, StoreError> {
+        dispatch!(self, store => store.delete_snapshot(id))
+    }
+
+    fn get_snapshot(&self, id: &SnapshotId) -> Result<Option<SnapshotRow>, StoreError> {
+        dispatch!(self, store => store.get_snapshot(id))
+    }
+
+    fn list_snapshots(&self) -> Result<Vec<SnapshotRow>, StoreError> {
+        dispatch!(self, store => store.list_snapshots())
     }
 
     fn stats(&self) -> Result<StoreStats, StoreError> {

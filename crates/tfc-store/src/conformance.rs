@@ -1,18 +1,21 @@
 //! The behaviour every [`Store`] must have. Each backend's tests call
 //! [`conformance_tests!`] with a constructor for a fresh, empty store; the macro
 //! expands to one `#[test]` per check below plus a property test against a
-//! `BTreeMap` model.
+//! model of two `BTreeMap`s, one per table.
+//!
+//! VM rows and snapshot rows obey the same rules; the snapshot checks (`snapshot_*`)
+//! mirror the VM checks of the same name.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use tfc_core::{VmId, VmState};
+use tfc_core::{SnapshotId, VmId, VmState};
 
 use crate::error::StoreError;
 use crate::schema::{SCHEMA_VERSION, TABLES};
-use crate::store::{now_ms, Store, VmRow, MAX_TIMESTAMP_MS};
+use crate::store::{now_ms, SnapshotRow, Store, VmRow, MAX_TIMESTAMP_MS};
 
 /// Expands to the conformance suite for one backend.
 ///
@@ -71,6 +74,42 @@ macro_rules! conformance_tests {
                 run($crate::conformance::last_write_advances)
             }
             #[test]
+            fn snapshot_put_then_get() {
+                run($crate::conformance::snapshot_put_then_get)
+            }
+            #[test]
+            fn snapshot_put_overwrites() {
+                run($crate::conformance::snapshot_put_overwrites)
+            }
+            #[test]
+            fn snapshot_delete_removes_once() {
+                run($crate::conformance::snapshot_delete_removes_once)
+            }
+            #[test]
+            fn snapshot_missing_ids() {
+                run($crate::conformance::snapshot_missing_ids)
+            }
+            #[test]
+            fn snapshot_list_is_ordered_by_id() {
+                run($crate::conformance::snapshot_list_is_ordered_by_id)
+            }
+            #[test]
+            fn snapshot_records_round_trip() {
+                run($crate::conformance::snapshot_records_round_trip)
+            }
+            #[test]
+            fn snapshot_timestamps_in_range_only() {
+                run($crate::conformance::snapshot_timestamps_in_range_only)
+            }
+            #[test]
+            fn snapshot_last_write_advances() {
+                run($crate::conformance::snapshot_last_write_advances)
+            }
+            #[test]
+            fn vms_and_snapshots_are_separate() {
+                run($crate::conformance::vms_and_snapshots_are_separate)
+            }
+            #[test]
             fn agrees_with_model() {
                 $crate::conformance::agrees_with_model($cases, $make, $restart)
             }
@@ -92,10 +131,31 @@ fn row(id_: &str, state: VmState, record: &str, updated_at_ms: u64) -> VmRow {
     }
 }
 
-fn vms_count(store: &dyn Store) -> u64 {
+fn snap_id(s: &str) -> SnapshotId {
+    SnapshotId::new(s).unwrap()
+}
+
+fn snapshot(id_: &str, record: &str, updated_at_ms: u64) -> SnapshotRow {
+    SnapshotRow {
+        id: snap_id(id_),
+        record: record.to_owned(),
+        updated_at_ms,
+    }
+}
+
+/// Rows in `table` according to the store's stats.
+fn count(store: &dyn Store, table: &str) -> u64 {
     let stats = store.stats().unwrap();
     let counts: BTreeMap<_, _> = stats.rows.iter().cloned().collect();
-    counts["vms"]
+    counts[table]
+}
+
+fn vms_count(store: &dyn Store) -> u64 {
+    count(store, "vms")
+}
+
+fn snapshots_count(store: &dyn Store) -> u64 {
+    count(store, "snapshots")
 }
 
 pub(crate) fn put_then_get(store: &dyn Store) {
@@ -206,8 +266,8 @@ pub(crate) fn timestamps_in_range_only(store: &dyn Store) {
     }
     let too_big = row("vm-t", VmState::Failed, "new", MAX_TIMESTAMP_MS + 1);
     match store.put_vm(&too_big) {
-        Err(StoreError::TimestampOutOfRange { id, value }) => {
-            assert_eq!(id, too_big.id);
+        Err(StoreError::TimestampOutOfRange { kind, id, value }) => {
+            assert_eq!((kind, id.as_str()), ("VM", too_big.id.as_str()));
             assert_eq!(value, MAX_TIMESTAMP_MS + 1);
         }
         other => panic!("expected TimestampOutOfRange, got {other:?}"),
@@ -235,11 +295,24 @@ pub(crate) fn stats_count_rows(store: &dyn Store) {
     assert_eq!(vms_count(store), 3, "overwrite adds no row");
     store.delete_vm(&id("vm-a")).unwrap();
     assert_eq!(vms_count(store), 2);
+    assert_eq!(snapshots_count(store), 0);
+
+    for s in ["snap-a", "snap-b"] {
+        store.put_snapshot(&snapshot(s, "{}", 1)).unwrap();
+    }
+    store.put_snapshot(&snapshot("snap-a", "{}", 2)).unwrap();
+    assert_eq!(snapshots_count(store), 2, "overwrite adds no row");
+    store.delete_snapshot(&snap_id("snap-b")).unwrap();
+    assert_eq!(snapshots_count(store), 1);
+    assert_eq!(vms_count(store), 2);
 
     let stats = store.stats().unwrap();
     let json = serde_json::to_value(&stats).unwrap();
     assert_eq!(json["backend"], stats.backend);
-    assert_eq!(json["rows"], serde_json::json!([["vms", 2]]));
+    assert_eq!(
+        json["rows"],
+        serde_json::json!([["vms", 2], ["snapshots", 1]])
+    );
     assert_eq!(json["schema_version"], SCHEMA_VERSION);
     match stats.backend {
         "memory" => assert_eq!((stats.path, stats.size_bytes), (None, None)),
@@ -282,13 +355,168 @@ pub(crate) fn last_write_advances(store: &dyn Store) {
     assert!(third >= before && third > second, "{second} -> {third}");
 }
 
-/// Ids chosen to exercise ordering ("vm-10" < "vm-2") and collisions.
+pub(crate) fn snapshot_put_then_get(store: &dyn Store) {
+    let a = snapshot("snap-a", r#"{"vm":"vm-a","mem_file":"a.mem"}"#, 17);
+    store.put_snapshot(&a).unwrap();
+    assert_eq!(store.get_snapshot(&a.id).unwrap(), Some(a.clone()));
+    assert_eq!(store.list_snapshots().unwrap(), vec![a]);
+}
+
+pub(crate) fn snapshot_put_overwrites(store: &dyn Store) {
+    let first = snapshot("snap-a", r#"{"status":"creating"}"#, 1);
+    let second = snapshot("snap-a", r#"{"status":"ready"}"#, 2);
+    let other = snapshot("snap-b", "{}", 1);
+    store.put_snapshot(&first).unwrap();
+    store.put_snapshot(&other).unwrap();
+    store.put_snapshot(&second).unwrap();
+    assert_eq!(store.get_snapshot(&first.id).unwrap(), Some(second.clone()));
+    assert_eq!(store.get_snapshot(&other.id).unwrap(), Some(other.clone()));
+    assert_eq!(store.list_snapshots().unwrap(), vec![second, other]);
+}
+
+pub(crate) fn snapshot_delete_removes_once(store: &dyn Store) {
+    let a = snapshot("snap-a", "{}", 1);
+    let b = snapshot("snap-b", "{}", 1);
+    store.put_snapshot(&a).unwrap();
+    store.put_snapshot(&b).unwrap();
+    assert!(store.delete_snapshot(&a.id).unwrap());
+    assert!(!store.delete_snapshot(&a.id).unwrap());
+    assert_eq!(store.get_snapshot(&a.id).unwrap(), None);
+    assert_eq!(store.list_snapshots().unwrap(), vec![b.clone()]);
+    // A deleted id can be used again.
+    store.put_snapshot(&a).unwrap();
+    assert_eq!(store.list_snapshots().unwrap(), vec![a, b]);
+}
+
+pub(crate) fn snapshot_missing_ids(store: &dyn Store) {
+    let ghost = snap_id("snap-ghost");
+    assert_eq!(store.get_snapshot(&ghost).unwrap(), None);
+    assert!(!store.delete_snapshot(&ghost).unwrap());
+    assert_eq!(store.list_snapshots().unwrap(), vec![]);
+    store.put_snapshot(&snapshot("snap-real", "{}", 1)).unwrap();
+    assert_eq!(store.get_snapshot(&ghost).unwrap(), None);
+    assert!(!store.delete_snapshot(&ghost).unwrap());
+    assert_eq!(snapshots_count(store), 1);
+}
+
+pub(crate) fn snapshot_list_is_ordered_by_id(store: &dyn Store) {
+    // Byte order, not numeric: "snap-10" sorts before "snap-2".
+    let ids = ["snap-2", "a", "snap-10", "snap-1", "z_9", "0", "snap-"];
+    for (i, s) in ids.iter().enumerate() {
+        store.put_snapshot(&snapshot(s, "{}", i as u64)).unwrap();
+    }
+    let listed: Vec<String> = store
+        .list_snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id.to_string())
+        .collect();
+    assert_eq!(
+        listed,
+        ["0", "a", "snap-", "snap-1", "snap-10", "snap-2", "z_9"]
+    );
+}
+
+pub(crate) fn snapshot_records_round_trip(store: &dyn Store) {
+    let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(1 << 20));
+    let records = [
+        "",
+        r#"{"quote":"\"","backslash":"\\","nl":"\n"}"#,
+        "snowman ☃, emoji 🦀, CJK 漢字",
+        "'; DROP TABLE snapshots; --",
+        "with\0nul",
+        big.as_str(),
+    ];
+    for (i, record) in records.iter().enumerate() {
+        let r = snapshot(&format!("snap-{i}"), record, 1);
+        store.put_snapshot(&r).unwrap();
+        assert_eq!(
+            store.get_snapshot(&r.id).unwrap().as_ref(),
+            Some(&r),
+            "record {i}"
+        );
+    }
+    assert_eq!(snapshots_count(store), records.len() as u64);
+}
+
+pub(crate) fn snapshot_timestamps_in_range_only(store: &dyn Store) {
+    for ts in [0, 1_700_000_000_000, MAX_TIMESTAMP_MS] {
+        let r = snapshot("snap-t", "{}", ts);
+        store.put_snapshot(&r).unwrap();
+        assert_eq!(store.get_snapshot(&r.id).unwrap(), Some(r));
+    }
+    let too_big = snapshot("snap-t", "new", MAX_TIMESTAMP_MS + 1);
+    match store.put_snapshot(&too_big) {
+        Err(StoreError::TimestampOutOfRange { kind, id, value }) => {
+            assert_eq!((kind, id.as_str()), ("snapshot", too_big.id.as_str()));
+            assert_eq!(value, MAX_TIMESTAMP_MS + 1);
+        }
+        other => panic!("expected TimestampOutOfRange, got {other:?}"),
+    }
+    // The refused write changed nothing.
+    assert_eq!(
+        store.get_snapshot(&too_big.id).unwrap().map(|r| r.record),
+        Some("{}".to_owned())
+    );
+}
+
+pub(crate) fn snapshot_last_write_advances(store: &dyn Store) {
+    assert_eq!(store.stats().unwrap().last_write_ms, None);
+    let last_write = || store.stats().unwrap().last_write_ms.expect("written");
+
+    let before = now_ms();
+    store.put_snapshot(&snapshot("snap-a", "{}", 1)).unwrap();
+    let first = last_write();
+    assert!(first >= before);
+
+    // Reads and no-op deletes are not writes.
+    std::thread::sleep(Duration::from_millis(5));
+    store.get_snapshot(&snap_id("snap-a")).unwrap();
+    store.list_snapshots().unwrap();
+    assert!(!store.delete_snapshot(&snap_id("snap-none")).unwrap());
+    assert_eq!(last_write(), first);
+
+    let before = now_ms();
+    store.put_snapshot(&snapshot("snap-a", "{}", 2)).unwrap();
+    let second = last_write();
+    assert!(second >= before && second > first, "{first} -> {second}");
+
+    std::thread::sleep(Duration::from_millis(5));
+    let before = now_ms();
+    assert!(store.delete_snapshot(&snap_id("snap-a")).unwrap());
+    let third = last_write();
+    assert!(third >= before && third > second, "{second} -> {third}");
+}
+
+/// A VM and a snapshot may share an id string; each table keeps its own row.
+pub(crate) fn vms_and_snapshots_are_separate(store: &dyn Store) {
+    let vm = row("same", VmState::Running, r#"{"kind":"vm"}"#, 1);
+    let snap = snapshot("same", r#"{"kind":"snapshot"}"#, 2);
+    store.put_vm(&vm).unwrap();
+    store.put_snapshot(&snap).unwrap();
+    assert_eq!(store.get_vm(&vm.id).unwrap(), Some(vm.clone()));
+    assert_eq!(store.get_snapshot(&snap.id).unwrap(), Some(snap.clone()));
+
+    assert!(store.delete_snapshot(&snap.id).unwrap());
+    assert_eq!(store.list_vms().unwrap(), vec![vm.clone()]);
+    assert_eq!(store.list_snapshots().unwrap(), vec![]);
+
+    store.put_snapshot(&snap).unwrap();
+    assert!(store.delete_vm(&vm.id).unwrap());
+    assert_eq!(store.list_vms().unwrap(), vec![]);
+    assert_eq!(store.list_snapshots().unwrap(), vec![snap]);
+}
+
+/// Ids chosen to exercise ordering ("vm-10" < "vm-2") and collisions, both within
+/// a table and between the two tables.
 const MODEL_IDS: [&str; 6] = ["a", "vm-1", "vm-10", "vm-2", "z_9", "0"];
 
 #[derive(Clone, Debug)]
 enum Op {
     Put(VmRow),
     Delete(VmId),
+    PutSnapshot(SnapshotRow),
+    DeleteSnapshot(SnapshotId),
     Restart,
 }
 
@@ -305,11 +533,28 @@ fn op() -> impl Strategy<Value = Op> {
             })
         },
     );
-    prop_oneof![6 => put, 3 => id.prop_map(Op::Delete), 1 => Just(Op::Restart)]
+    let snap_id = proptest::sample::select(&MODEL_IDS[..]).prop_map(snap_id);
+    let put_snapshot = (snap_id.clone(), "\\PC{0,24}", 0..=MAX_TIMESTAMP_MS).prop_map(
+        |(id, record, updated_at_ms)| {
+            Op::PutSnapshot(SnapshotRow {
+                id,
+                record,
+                updated_at_ms,
+            })
+        },
+    );
+    prop_oneof![
+        6 => put,
+        3 => id.prop_map(Op::Delete),
+        4 => put_snapshot,
+        2 => snap_id.prop_map(Op::DeleteSnapshot),
+        1 => Just(Op::Restart),
+    ]
 }
 
-/// Random sequences of puts, deletes and (where the backend survives one)
-/// restarts leave the store agreeing with a `BTreeMap` after every step.
+/// Random sequences of puts and deletes of both kinds of row and (where the
+/// backend survives one) restarts leave the store agreeing with a `BTreeMap` per
+/// table after every step.
 pub(crate) fn agrees_with_model<S: Store, G>(
     cases: u32,
     make: impl Fn() -> (S, G),
@@ -323,6 +568,7 @@ pub(crate) fn agrees_with_model<S: Store, G>(
     let result = runner.run(&proptest::collection::vec(op(), 0..40), |ops| {
         let (mut store, _guard) = make();
         let mut model: BTreeMap<VmId, VmRow> = BTreeMap::new();
+        let mut snapshots: BTreeMap<SnapshotId, SnapshotRow> = BTreeMap::new();
         for op in ops {
             match op {
                 Op::Put(row) => {
@@ -336,6 +582,17 @@ pub(crate) fn agrees_with_model<S: Store, G>(
                     prop_assert_eq!(store.delete_vm(&id).unwrap(), existed);
                     prop_assert_eq!(store.get_vm(&id).unwrap(), None);
                 }
+                Op::PutSnapshot(row) => {
+                    store.put_snapshot(&row).unwrap();
+                    let stored = store.get_snapshot(&row.id).unwrap();
+                    prop_assert_eq!(stored.as_ref(), Some(&row));
+                    snapshots.insert(row.id.clone(), row);
+                }
+                Op::DeleteSnapshot(id) => {
+                    let existed = snapshots.remove(&id).is_some();
+                    prop_assert_eq!(store.delete_snapshot(&id).unwrap(), existed);
+                    prop_assert_eq!(store.get_snapshot(&id).unwrap(), None);
+                }
                 Op::Restart => {
                     if let Some(restart) = restart {
                         store = restart(store);
@@ -345,6 +602,9 @@ pub(crate) fn agrees_with_model<S: Store, G>(
             let expected: Vec<VmRow> = model.values().cloned().collect();
             prop_assert_eq!(store.list_vms().unwrap(), expected);
             prop_assert_eq!(vms_count(&store), model.len() as u64);
+            let expected: Vec<SnapshotRow> = snapshots.values().cloned().collect();
+            prop_assert_eq!(store.list_snapshots().unwrap(), expected);
+            prop_assert_eq!(snapshots_count(&store), snapshots.len() as u64);
         }
         Ok(())
     });

@@ -6,7 +6,6 @@ use std::io;
 use std::path::PathBuf;
 
 use rusqlite::ErrorCode;
-use tfc_core::VmId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -62,8 +61,13 @@ pub enum StoreError {
         source: io::Error,
     },
 
-    #[error("VM {id}: updated_at_ms {value} is larger than a store can hold")]
-    TimestampOutOfRange { id: VmId, value: u64 },
+    /// `kind` names the row: `"VM"` or `"snapshot"`.
+    #[error("{kind} {id}: updated_at_ms {value} is larger than a store can hold")]
+    TimestampOutOfRange {
+        kind: &'static str,
+        id: String,
+        value: u64,
+    },
 
     #[error(
         "row {key:?} of table {table} has {column} = {value:?}, which this tfc cannot read; \

@@ -1,9 +1,10 @@
 //! Durable state of the tfc daemon. The daemon writes every VM record here before
 //! it acts on it and again after, so that a restarted daemon can reconcile what it
-//! recorded with what is actually running.
+//! recorded with what is actually running; snapshot records are kept the same way.
 //!
 //! Layout:
-//! - [`store`]: the [`Store`] trait, the rows it keeps ([`VmRow`]) and its [`StoreStats`].
+//! - [`store`]: the [`Store`] trait, the rows it keeps ([`VmRow`], [`SnapshotRow`]) and its
+//!   [`StoreStats`].
 //! - [`error`]: [`StoreError`], one enum for every backend, with messages that say what to do.
 //! - [`memory`]: [`MemoryStore`], a map behind a mutex, for tests and `storage = "memory"`.
 //! - [`sqlite`]: [`SqliteStore`], the default: one SQLite file in WAL mode, `synchronous=FULL`.
@@ -27,4 +28,4 @@ pub use error::{Corruption, StoreError};
 pub use memory::MemoryStore;
 pub use schema::SCHEMA_VERSION;
 pub use sqlite::{SqliteStore, STATE_DB_FILE};
-pub use store::{Store, StoreStats, VmRow, MAX_TIMESTAMP_MS};
+pub use store::{SnapshotRow, Store, StoreStats, VmRow, MAX_TIMESTAMP_MS};

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use tfc_core::VmId;
+use tfc_core::{SnapshotId, VmId};
 
 use crate::error::StoreError;
 use crate::schema::SCHEMA_VERSION;
-use crate::store::{now_ms, Store, StoreStats, VmRow};
+use crate::store::{now_ms, SnapshotRow, Store, StoreStats, VmRow};
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -18,6 +18,7 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct Inner {
     vms: BTreeMap<VmId, VmRow>,
+    snapshots: BTreeMap<SnapshotId, SnapshotRow>,
     last_write_ms: Option<u64>,
 }
 
@@ -66,12 +67,41 @@ impl Store for MemoryStore {
         Ok(self.lock().vms.values().cloned().collect())
     }
 
+    fn put_snapshot(&self, row: &SnapshotRow) -> Result<(), StoreError> {
+        row.check()?;
+        let mut inner = self.lock();
+        inner.snapshots.insert(row.id.clone(), row.clone());
+        inner.wrote();
+        Ok(())
+    }
+
+    fn delete_snapshot(&self, id: &SnapshotId) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let existed = inner.snapshots.remove(id).is_some();
+        if existed {
+            inner.wrote();
+        }
+        Ok(existed)
+    }
+
+    fn get_snapshot(&self, id: &SnapshotId) -> Result<Option<SnapshotRow>, StoreError> {
+        Ok(self.lock().snapshots.get(id).cloned())
+    }
+
+    fn list_snapshots(&self) -> Result<Vec<SnapshotRow>, StoreError> {
+        Ok(self.lock().snapshots.values().cloned().collect())
+    }
+
     fn stats(&self) -> Result<StoreStats, StoreError> {
         let inner = self.lock();
         Ok(StoreStats {
             backend: "memory",
             path: None,
-            rows: vec![("vms".to_owned(), inner.vms.len() as u64)],
+            // The order of `schema::TABLES`, as the SQLite store reports them.
+            rows: vec![
+                ("vms".to_owned(), inner.vms.len() as u64),
+                ("snapshots".to_owned(), inner.snapshots.len() as u64),
+            ],
             size_bytes: None,
             last_write_ms: inner.last_write_ms,
             schema_version: SCHEMA_VERSION,

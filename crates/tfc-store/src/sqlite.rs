@@ -16,11 +16,11 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use tfc_core::{VmId, VmState};
+use tfc_core::{SnapshotId, VmId, VmState};
 
 use crate::error::{Corruption, StoreError};
 use crate::schema::{self, META_LAST_WRITE_MS, SCHEMA_VERSION, TABLES};
-use crate::store::{now_ms, Store, StoreStats, VmRow};
+use crate::store::{now_ms, SnapshotRow, Store, StoreStats, VmRow};
 
 /// Name of the database file in the data directory.
 pub const STATE_DB_FILE: &str = "state.db";
@@ -128,6 +128,29 @@ impl SqliteStore {
         move |err| StoreError::sqlite(&self.path, op, err)
     }
 
+    /// Runs `change` in its own IMMEDIATE transaction and commits it together with
+    /// `last_write_ms`, so a crash keeps both or neither. A change that touched no
+    /// row is rolled back instead: it is not a write, and there is nothing to fsync.
+    /// Returns the number of rows changed.
+    fn write(
+        &self,
+        op: &'static str,
+        change: impl FnOnce(&Connection) -> rusqlite::Result<usize>,
+    ) -> Result<usize, StoreError> {
+        let fail = || self.fail(op);
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(fail())?;
+        let changed = change(&tx).map_err(fail())?;
+        if changed == 0 {
+            return Ok(0);
+        }
+        touch(&tx).map_err(fail())?;
+        tx.commit().map_err(fail())?;
+        Ok(changed)
+    }
+
     fn wal_path(&self) -> PathBuf {
         let mut wal = OsString::from(self.path.as_os_str());
         wal.push("-wal");
@@ -196,51 +219,60 @@ fn decode_vm((id, state, record, updated_at_ms): RawVm) -> Result<VmRow, StoreEr
     })
 }
 
+const SELECT_SNAPSHOT: &str = "SELECT id, record, updated_at_ms FROM snapshots";
+
+/// A `snapshots` row as SQLite holds it, before it is checked.
+type RawSnapshot = (String, String, i64);
+
+fn raw_snapshot(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawSnapshot> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+}
+
+fn decode_snapshot((id, record, updated_at_ms): RawSnapshot) -> Result<SnapshotRow, StoreError> {
+    let bad = |key: &str, column, value: String| StoreError::Decode {
+        table: "snapshots",
+        key: key.to_owned(),
+        column,
+        value,
+    };
+    let updated_at_ms = u64::try_from(updated_at_ms)
+        .map_err(|_| bad(&id, "updated_at_ms", updated_at_ms.to_string()))?;
+    let id = SnapshotId::new(id.as_str()).map_err(|_| bad(&id, "id", id.clone()))?;
+    Ok(SnapshotRow {
+        id,
+        record,
+        updated_at_ms,
+    })
+}
+
 impl Store for SqliteStore {
     fn put_vm(&self, row: &VmRow) -> Result<(), StoreError> {
         row.check()?;
-        let fail = || self.fail("write a VM record");
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(fail())?;
-        tx.prepare_cached(
-            "INSERT INTO vms (id, state, record, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (id) DO UPDATE SET
-                 state = excluded.state,
-                 record = excluded.record,
-                 updated_at_ms = excluded.updated_at_ms",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![
+        // An upsert changes one row whether it inserts or updates.
+        self.write("write a VM record", |tx| {
+            tx.prepare_cached(
+                "INSERT INTO vms (id, state, record, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET
+                     state = excluded.state,
+                     record = excluded.record,
+                     updated_at_ms = excluded.updated_at_ms",
+            )?
+            .execute(params![
                 row.id.as_str(),
                 row.state.as_str(),
                 row.record,
                 row.updated_at_ms
             ])
-        })
-        .map_err(fail())?;
-        touch(&tx).map_err(fail())?;
-        tx.commit().map_err(fail())
+        })?;
+        Ok(())
     }
 
     fn delete_vm(&self, id: &VmId) -> Result<bool, StoreError> {
-        let fail = || self.fail("delete a VM record");
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(fail())?;
-        let deleted = tx
-            .prepare_cached("DELETE FROM vms WHERE id = ?1")
-            .and_then(|mut stmt| stmt.execute([id.as_str()]))
-            .map_err(fail())?;
-        if deleted == 0 {
-            // Nothing changed: roll back rather than pay for a commit.
-            return Ok(false);
-        }
-        touch(&tx).map_err(fail())?;
-        tx.commit().map_err(fail())?;
-        Ok(true)
+        let deleted = self.write("delete a VM record", |tx| {
+            tx.prepare_cached("DELETE FROM vms WHERE id = ?1")?
+                .execute([id.as_str()])
+        })?;
+        Ok(deleted > 0)
     }
 
     fn get_vm(&self, id: &VmId) -> Result<Option<VmRow>, StoreError> {
@@ -260,6 +292,50 @@ impl Store for SqliteStore {
             .map_err(self.fail("list VM records"))?;
         drop(conn);
         raws.into_iter().map(decode_vm).collect()
+    }
+
+    fn put_snapshot(&self, row: &SnapshotRow) -> Result<(), StoreError> {
+        row.check()?;
+        self.write("write a snapshot record", |tx| {
+            tx.prepare_cached(
+                "INSERT INTO snapshots (id, record, updated_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET
+                     record = excluded.record,
+                     updated_at_ms = excluded.updated_at_ms",
+            )?
+            .execute(params![row.id.as_str(), row.record, row.updated_at_ms])
+        })?;
+        Ok(())
+    }
+
+    fn delete_snapshot(&self, id: &SnapshotId) -> Result<bool, StoreError> {
+        let deleted = self.write("delete a snapshot record", |tx| {
+            tx.prepare_cached("DELETE FROM snapshots WHERE id = ?1")?
+                .execute([id.as_str()])
+        })?;
+        Ok(deleted > 0)
+    }
+
+    fn get_snapshot(&self, id: &SnapshotId) -> Result<Option<SnapshotRow>, StoreError> {
+        let conn = self.lock();
+        let raw = conn
+            .prepare_cached(&format!("{SELECT_SNAPSHOT} WHERE id = ?1"))
+            .and_then(|mut stmt| stmt.query_row([id.as_str()], raw_snapshot).optional())
+            .map_err(self.fail("read a snapshot record"))?;
+        raw.map(decode_snapshot).transpose()
+    }
+
+    fn list_snapshots(&self) -> Result<Vec<SnapshotRow>, StoreError> {
+        let conn = self.lock();
+        let raws = conn
+            .prepare_cached(&format!("{SELECT_SNAPSHOT} ORDER BY id"))
+            .and_then(|mut stmt| {
+                stmt.query_map([], raw_snapshot)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(self.fail("list snapshot records"))?;
+        drop(conn);
+        raws.into_iter().map(decode_snapshot).collect()
     }
 
     fn stats(&self) -> Result<StoreStats, StoreError> {
@@ -340,6 +416,14 @@ mod tests {
         }
     }
 
+    fn snapshot(id: &str, record: &str) -> SnapshotRow {
+        SnapshotRow {
+            id: SnapshotId::new(id).unwrap(),
+            record: record.to_owned(),
+            updated_at_ms: 1_700_000_000_000,
+        }
+    }
+
     /// A closed database holding `n` rows of about 1 KiB each, all checkpointed
     /// into the main file (closing the last connection checkpoints the WAL).
     fn closed_db_with_rows(n: usize) -> (tempfile::TempDir, PathBuf) {
@@ -395,6 +479,65 @@ mod tests {
         let store = reopen(store);
         assert_eq!(store.list_vms().unwrap(), vec![a]);
         assert_eq!(store.stats().unwrap().last_write_ms, last_write);
+    }
+
+    #[test]
+    fn snapshots_survive_reopen() {
+        let (store, _dir) = fresh();
+        let a = snapshot("snap-a", r#"{"vm":"vm-a"}"#);
+        let b = snapshot("snap-b", r#"{"vm":"vm-b"}"#);
+        store.put_snapshot(&a).unwrap();
+        store.put_snapshot(&b).unwrap();
+        store.delete_snapshot(&b.id).unwrap();
+        let last_write = store.stats().unwrap().last_write_ms;
+
+        let store = reopen(store);
+        assert_eq!(store.list_snapshots().unwrap(), vec![a]);
+        assert_eq!(store.stats().unwrap().last_write_ms, last_write);
+    }
+
+    #[test]
+    fn a_version_1_database_migrates_forward() {
+        // The database a build with only the first migration left behind: WAL
+        // mode, user_version 1, one VM row, no snapshots table.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_DB_FILE);
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let _: String = conn
+                .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+                .unwrap();
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(schema::MIGRATIONS[0].sql).unwrap();
+            tx.pragma_update(None, "user_version", 1).unwrap();
+            tx.execute(
+                "INSERT INTO vms (id, state, record, updated_at_ms)
+                 VALUES ('vm-old', 'running', '{}', 5)",
+                [],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(schema::user_version(&store.lock()).unwrap(), SCHEMA_VERSION);
+        let old = store.get_vm(&VmId::new("vm-old").unwrap()).unwrap();
+        assert_eq!(
+            old.map(|r| (r.state, r.updated_at_ms)),
+            Some((VmState::Running, 5))
+        );
+        let s = snapshot("snap-new", "{}");
+        store.put_snapshot(&s).unwrap();
+        assert_eq!(store.list_snapshots().unwrap(), vec![s.clone()]);
+        assert_eq!(
+            store.stats().unwrap().rows,
+            vec![("vms".to_owned(), 1), ("snapshots".to_owned(), 1)]
+        );
+
+        // Migrated once: opening again changes nothing and loses nothing.
+        let store = reopen(store);
+        assert_eq!(store.list_snapshots().unwrap(), vec![s]);
+        assert_eq!(store.list_vms().unwrap().len(), 1);
     }
 
     #[test]
@@ -627,6 +770,52 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_refuses_a_snapshot_and_keeps_the_old_one() {
+        let (store, _dir) = fresh();
+        let small = snapshot("snap-a", "{}");
+        store.put_snapshot(&small).unwrap();
+        let last_write = store.stats().unwrap().last_write_ms;
+        {
+            let conn = store.lock();
+            let pages: u64 = conn
+                .pragma_query_value(None, "page_count", |r| r.get(0))
+                .unwrap();
+            conn.pragma_update(None, "max_page_count", pages).unwrap();
+        }
+        let big = snapshot("snap-a", &"b".repeat(256 * 1024));
+        let err = store.put_snapshot(&big).unwrap_err();
+        assert!(matches!(&err, StoreError::DiskFull { .. }), "{err:?}");
+        assert_eq!(store.list_snapshots().unwrap(), vec![small]);
+        assert_eq!(store.stats().unwrap().last_write_ms, last_write);
+    }
+
+    #[test]
+    fn unreadable_snapshot_rows_are_reported_not_skipped() {
+        let (store, _dir) = fresh();
+        store.put_snapshot(&snapshot("snap-a", "{}")).unwrap();
+        store
+            .lock()
+            .execute(
+                "UPDATE snapshots SET updated_at_ms = -1 WHERE id = 'snap-a'",
+                [],
+            )
+            .unwrap();
+        let err = store.list_snapshots().unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::Decode { table: "snapshots", key, column: "updated_at_ms", value }
+                    if key == "snap-a" && value == "-1"
+            ),
+            "{err:?}"
+        );
+        assert!(matches!(
+            store.get_snapshot(&SnapshotId::new("snap-a").unwrap()),
+            Err(StoreError::Decode { .. })
+        ));
+    }
+
+    #[test]
     fn unreadable_rows_are_reported_not_skipped() {
         let (store, _dir) = fresh();
         store.put_vm(&row("vm-a", VmState::Running, "{}")).unwrap();
@@ -678,7 +867,10 @@ mod tests {
             last.ends_with("/24"),
             "last write of some thread wins: {last}"
         );
-        assert_eq!(store.stats().unwrap().rows, vec![("vms".to_owned(), 201)]);
+        assert_eq!(
+            store.stats().unwrap().rows,
+            vec![("vms".to_owned(), 201), ("snapshots".to_owned(), 0)]
+        );
     }
 
     #[test]

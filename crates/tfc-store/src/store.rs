@@ -1,4 +1,5 @@
-//! The storage seam: what the daemon persists and the verbs it persists it with.
+//! The storage seam: what the daemon persists (VMs and snapshots, each one row
+//! per id) and the verbs it persists it with.
 //! Backends are interchangeable; `conformance` holds them to the same behaviour.
 
 use std::fmt::Debug;
@@ -6,7 +7,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use serde::Serialize;
-use tfc_core::{VmId, VmState};
+use tfc_core::{SnapshotId, VmId, VmState};
 
 use crate::error::StoreError;
 
@@ -31,14 +32,37 @@ pub struct VmRow {
 impl VmRow {
     /// Refuses rows that some backend could not store, before any backend is touched.
     pub(crate) fn check(&self) -> Result<(), StoreError> {
-        if self.updated_at_ms > MAX_TIMESTAMP_MS {
-            return Err(StoreError::TimestampOutOfRange {
-                id: self.id.clone(),
-                value: self.updated_at_ms,
-            });
-        }
-        Ok(())
+        check_timestamp("VM", self.id.as_str(), self.updated_at_ms)
     }
+}
+
+/// One snapshot as the daemon persists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotRow {
+    pub id: SnapshotId,
+    /// The daemon's full snapshot record as JSON. Opaque to the store.
+    pub record: String,
+    /// When the daemon last changed this snapshot, in milliseconds since the Unix
+    /// epoch. At most [`MAX_TIMESTAMP_MS`].
+    pub updated_at_ms: u64,
+}
+
+impl SnapshotRow {
+    /// Refuses rows that some backend could not store, before any backend is touched.
+    pub(crate) fn check(&self) -> Result<(), StoreError> {
+        check_timestamp("snapshot", self.id.as_str(), self.updated_at_ms)
+    }
+}
+
+fn check_timestamp(kind: &'static str, id: &str, value: u64) -> Result<(), StoreError> {
+    if value > MAX_TIMESTAMP_MS {
+        return Err(StoreError::TimestampOutOfRange {
+            kind,
+            id: id.to_owned(),
+            value,
+        });
+    }
+    Ok(())
 }
 
 /// What a store holds and how big it is, for `tfc doctor` and metrics.
@@ -75,6 +99,18 @@ pub trait Store: Send + Sync + Debug {
 
     /// Every row, ordered by id (byte order of the id string).
     fn list_vms(&self) -> Result<Vec<VmRow>, StoreError>;
+
+    /// Inserts the snapshot row, or replaces the row with the same id.
+    fn put_snapshot(&self, row: &SnapshotRow) -> Result<(), StoreError>;
+
+    /// Removes the snapshot row with this id; `false` if there was none.
+    fn delete_snapshot(&self, id: &SnapshotId) -> Result<bool, StoreError>;
+
+    /// The snapshot row with this id, if any.
+    fn get_snapshot(&self, id: &SnapshotId) -> Result<Option<SnapshotRow>, StoreError>;
+
+    /// Every snapshot row, ordered by id (byte order of the id string).
+    fn list_snapshots(&self) -> Result<Vec<SnapshotRow>, StoreError>;
 
     fn stats(&self) -> Result<StoreStats, StoreError>;
 }

@@ -9,7 +9,18 @@ use std::time::Duration;
 use tfc_core::{BootPhase, VmId};
 use tokio::sync::watch;
 
-use super::{BackendError, CreateRequest, ExitReason, VmBackend, VmMachine};
+use std::path::Path;
+
+use tfc_api::SnapshotKind;
+
+use super::{BackendError, CreateRequest, ExitReason, RestoreRequest, VmBackend, VmMachine};
+
+/// The version the fake reports for snapshots it writes.
+pub const FAKE_VERSION: &str = "Fake v0";
+/// Length of the memory files the fake writes.
+pub const FAKE_MEMORY_BYTES: u64 = 1 << 20;
+/// First bytes of a state file the fake writes, checked when it restores one.
+const FAKE_STATE_MAGIC: &[u8] = b"tfc-fake-vmstate\n";
 
 /// What the fake does next. Shared by the backend and the test that scripts it.
 #[derive(Debug, Clone, Default)]
@@ -24,6 +35,8 @@ pub struct FakeScript {
     pub crash_after: Option<Duration>,
     /// Fail every pause/resume with this message.
     pub fail_pause_resume: Option<String>,
+    /// Fail the next snapshot with this message.
+    pub fail_next_snapshot: Option<String>,
 }
 
 /// The fake backend.
@@ -70,6 +83,22 @@ impl FakeBackend {
     fn snapshot(&self) -> FakeScript {
         self.script.lock().expect("fake script lock").clone()
     }
+
+    fn machine(&self, id: &VmId, next: &FakeScript) -> FakeMachine {
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let exit_tx = Arc::new(exit_tx);
+        let mut machines = self.machines.lock().expect("fake machines lock");
+        machines.retain(|_, tx| tx.strong_count() > 0);
+        machines.insert(id.clone(), Arc::downgrade(&exit_tx));
+        drop(machines);
+        FakeMachine {
+            script: self.script.clone(),
+            boot_latency: next.boot_latency,
+            crash_after: next.crash_after,
+            exit_tx,
+            exit_rx,
+        }
+    }
 }
 
 /// One fake VM.
@@ -114,19 +143,35 @@ impl VmBackend for FakeBackend {
         ] {
             mark(phase);
         }
-        let (exit_tx, exit_rx) = watch::channel(None);
-        let exit_tx = Arc::new(exit_tx);
-        let mut machines = self.machines.lock().expect("fake machines lock");
-        machines.retain(|_, tx| tx.strong_count() > 0);
-        machines.insert(request.id.clone(), Arc::downgrade(&exit_tx));
-        drop(machines);
-        Ok(FakeMachine {
-            script: self.script.clone(),
-            boot_latency: next.boot_latency,
-            crash_after: next.crash_after,
-            exit_tx,
-            exit_rx,
-        })
+        Ok(self.machine(request.id, &next))
+    }
+
+    /// Checks the snapshot's files the way a VMM's load would (present, and a
+    /// state file it wrote), then runs at once.
+    async fn restore(
+        &self,
+        request: RestoreRequest<'_>,
+        mark: &mut (dyn FnMut(BootPhase) + Send),
+    ) -> Result<FakeMachine, BackendError> {
+        let next = self.snapshot();
+        if let Some(message) = next.fail_next_create {
+            self.script(|s| s.fail_next_create = None);
+            return Err(BackendError::Scripted(message));
+        }
+        mark(BootPhase::Spawned);
+        mark(BootPhase::ApiReady);
+        let state = std::fs::read(request.state_file).map_err(BackendError::Workdir)?;
+        if !state.starts_with(FAKE_STATE_MAGIC) {
+            return Err(BackendError::Scripted(format!(
+                "{} is not a snapshot state file",
+                request.state_file.display()
+            )));
+        }
+        std::fs::metadata(request.memory_file).map_err(BackendError::Workdir)?;
+        mark(BootPhase::SnapshotLoaded);
+        let machine = self.machine(request.id, &next);
+        machine.boot().await?;
+        Ok(machine)
     }
 
     /// Fake machines die with the daemon that made them, so there is never one
@@ -207,6 +252,34 @@ impl VmMachine for FakeMachine {
 
     async fn resume(&self) -> Result<(), BackendError> {
         self.pause().await
+    }
+
+    /// Writes a state file with a marker and a sparse memory file (no data, so
+    /// it costs no disk) of a fixed size.
+    async fn snapshot(
+        &self,
+        kind: SnapshotKind,
+        state_file: &Path,
+        memory_file: &Path,
+    ) -> Result<(), BackendError> {
+        self.gone("snapshot")?;
+        let failure = self
+            .script
+            .lock()
+            .expect("fake script lock")
+            .fail_next_snapshot
+            .take();
+        if let Some(message) = failure {
+            return Err(BackendError::Scripted(message));
+        }
+        let mut state = FAKE_STATE_MAGIC.to_vec();
+        state.extend_from_slice(format!("{kind:?}\n").as_bytes());
+        std::fs::write(state_file, state).map_err(BackendError::Workdir)?;
+        let memory = std::fs::File::create(memory_file).map_err(BackendError::Workdir)?;
+        memory
+            .set_len(FAKE_MEMORY_BYTES)
+            .map_err(BackendError::Workdir)?;
+        Ok(())
     }
 
     async fn stop(&self) -> ExitReason {

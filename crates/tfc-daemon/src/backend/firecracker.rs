@@ -4,10 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tfc_core::{BootPhase, Readiness};
+use tfc_api::SnapshotKind;
+use tfc_core::{BootPhase, Readiness, VmId, VmSpec};
+use tfc_firecracker::models::{
+    MemoryBackend, MemoryBackendType, SnapshotCreateParams, SnapshotLoadParams, SnapshotType,
+};
 use tfc_firecracker::{ExitReason, FirecrackerProcess, SpawnConfig, StopPolicy, VmConfig};
 
-use super::{BackendError, CreateRequest, VmBackend, VmMachine};
+use super::{BackendError, CreateRequest, RestoreRequest, VmBackend, VmMachine};
 
 /// Console text the kernel prints when it panics; a boot that shows it has failed.
 const PANIC_LINE: &str = "Kernel panic";
@@ -18,6 +22,8 @@ const API_READY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct FirecrackerBackend {
     pub binary: PathBuf,
+    /// First line of `firecracker --version`, recorded in every snapshot.
+    pub version: String,
     pub boot_timeout: Duration,
     pub console_log_limit: u64,
     pub stop: StopPolicy,
@@ -51,25 +57,34 @@ fn check_kvm() -> Result<(), BackendError> {
         .map_err(|e| BackendError::NoKvm(tfc_core::error_chain(&e)))
 }
 
+/// The VMM configuration of a cold boot of `spec`.
+fn vm_config(spec: &VmSpec) -> VmConfig {
+    VmConfig {
+        kernel: spec.kernel.clone(),
+        boot_args: spec.boot_args.clone(),
+        rootfs: spec.rootfs.clone(),
+        vcpus: spec.vcpus,
+        memory_mib: spec.memory_mib,
+        vsock: spec.vsock,
+        track_dirty_pages: spec.diff_snapshots,
+    }
+}
+
 impl FirecrackerBackend {
-    fn spawn_config(&self, request: &CreateRequest<'_>) -> SpawnConfig {
-        let Readiness::ConsoleLine { contains } = &request.spec.readiness;
+    fn spawn_config(&self, id: &VmId, spec: &VmSpec, workdir: &Path) -> SpawnConfig {
+        let Readiness::ConsoleLine { contains } = &spec.readiness;
         SpawnConfig {
             binary: self.binary.clone(),
-            workdir: request.workdir.to_owned(),
-            id: request.id.to_string(),
+            workdir: workdir.to_owned(),
+            id: id.to_string(),
             console_log_limit: self.console_log_limit,
             watch_for: vec![contains.clone(), PANIC_LINE.to_owned()],
             extra_args: Vec::new(),
         }
     }
 
-    fn machine(
-        &self,
-        process: FirecrackerProcess,
-        request: &CreateRequest<'_>,
-    ) -> FirecrackerMachine {
-        let Readiness::ConsoleLine { contains } = &request.spec.readiness;
+    fn machine(&self, process: FirecrackerProcess, spec: &VmSpec) -> FirecrackerMachine {
+        let Readiness::ConsoleLine { contains } = &spec.readiness;
         FirecrackerMachine {
             process,
             readiness: contains.clone(),
@@ -83,10 +98,68 @@ impl VmBackend for FirecrackerBackend {
     type Machine = FirecrackerMachine;
 
     async fn adopt(&self, request: CreateRequest<'_>) -> Result<FirecrackerMachine, BackendError> {
-        let process = FirecrackerProcess::adopt(&self.spawn_config(&request))
+        let config = self.spawn_config(request.id, request.spec, request.workdir);
+        let process = FirecrackerProcess::adopt(&config)
             .await
             .map_err(BackendError::Adopt)?;
-        Ok(self.machine(process, &request))
+        Ok(self.machine(process, request.spec))
+    }
+
+    async fn restore(
+        &self,
+        request: RestoreRequest<'_>,
+        mark: &mut (dyn FnMut(BootPhase) + Send),
+    ) -> Result<FirecrackerMachine, BackendError> {
+        let spec = request.spec;
+        require_file("rootfs", &spec.rootfs)?;
+        require_file("snapshot state file", request.state_file)?;
+        require_file("snapshot memory file", request.memory_file)?;
+        check_kvm()?;
+        // The snapshot names the root drive by the relative link; this VM's
+        // directory gets its own.
+        vm_config(spec)
+            .link_into(request.workdir)
+            .map_err(BackendError::Workdir)?;
+        let config = self.spawn_config(request.id, spec, request.workdir);
+        let process = FirecrackerProcess::spawn(&config)
+            .await
+            .map_err(BackendError::Spawn)?;
+        mark(BootPhase::Spawned);
+        let machine = self.machine(process, spec);
+        let loaded = async {
+            machine
+                .process
+                .wait_api_ready(API_READY_TIMEOUT)
+                .await
+                .map_err(BackendError::Spawn)?;
+            mark(BootPhase::ApiReady);
+            let load = SnapshotLoadParams {
+                snapshot_path: request.state_file.display().to_string(),
+                mem_backend: Some(MemoryBackend {
+                    backend_type: MemoryBackendType::File,
+                    backend_path: request.memory_file.display().to_string(),
+                }),
+                enable_diff_snapshots: spec.diff_snapshots.then_some(true),
+                resume_vm: Some(true),
+                network_overrides: Vec::new(),
+            };
+            machine
+                .process
+                .api()
+                .load_snapshot(&load)
+                .await
+                .map_err(BackendError::Restore)?;
+            mark(BootPhase::SnapshotLoaded);
+            Ok::<(), BackendError>(())
+        }
+        .await;
+        match loaded {
+            Ok(()) => Ok(machine),
+            Err(e) => {
+                machine.process.stop(StopPolicy::default()).await;
+                Err(e)
+            }
+        }
     }
 
     async fn create(
@@ -98,11 +171,15 @@ impl VmBackend for FirecrackerBackend {
         require_file("kernel", &spec.kernel)?;
         require_file("rootfs", &spec.rootfs)?;
         check_kvm()?;
-        let process = FirecrackerProcess::spawn(&self.spawn_config(&request))
+        let vm = vm_config(spec);
+        vm.link_into(request.workdir)
+            .map_err(BackendError::Workdir)?;
+        let config = self.spawn_config(request.id, spec, request.workdir);
+        let process = FirecrackerProcess::spawn(&config)
             .await
             .map_err(BackendError::Spawn)?;
         mark(BootPhase::Spawned);
-        let machine = self.machine(process, &request);
+        let machine = self.machine(process, spec);
         // From here on a failure must not leave the process behind.
         let configured = async {
             machine
@@ -111,16 +188,9 @@ impl VmBackend for FirecrackerBackend {
                 .await
                 .map_err(BackendError::Spawn)?;
             mark(BootPhase::ApiReady);
-            VmConfig {
-                kernel: spec.kernel.clone(),
-                boot_args: spec.boot_args.clone(),
-                rootfs: spec.rootfs.clone(),
-                vcpus: spec.vcpus,
-                memory_mib: spec.memory_mib,
-            }
-            .apply(machine.process.api())
-            .await
-            .map_err(BackendError::Configure)?;
+            vm.apply(machine.process.api())
+                .await
+                .map_err(BackendError::Configure)?;
             mark(BootPhase::Configured);
             Ok::<(), BackendError>(())
         }
@@ -210,6 +280,30 @@ impl VmMachine for FirecrackerMachine {
             .await
             .map_err(|source| BackendError::Api {
                 verb: "resume",
+                source,
+            })
+    }
+
+    async fn snapshot(
+        &self,
+        kind: SnapshotKind,
+        state_file: &Path,
+        memory_file: &Path,
+    ) -> Result<(), BackendError> {
+        let params = SnapshotCreateParams {
+            snapshot_path: state_file.display().to_string(),
+            mem_file_path: memory_file.display().to_string(),
+            snapshot_type: Some(match kind {
+                SnapshotKind::Full => SnapshotType::Full,
+                SnapshotKind::Diff => SnapshotType::Diff,
+            }),
+        };
+        self.process
+            .api()
+            .create_snapshot(&params)
+            .await
+            .map_err(|source| BackendError::Api {
+                verb: "take a snapshot",
                 source,
             })
     }

@@ -9,6 +9,8 @@ pub mod firecracker;
 use std::future::Future;
 use std::path::Path;
 
+use tfc_api::SnapshotKind;
+
 use tfc_core::{BootPhase, VmId, VmSpec};
 
 pub use self::fake::{FakeBackend, FakeMachine, FakeScript};
@@ -45,6 +47,10 @@ pub enum BackendError {
     ExitedDuringBoot { reason: ExitReason, tail: String },
     #[error("cannot adopt the VMM: {0}")]
     Adopt(#[source] tfc_firecracker::ProcessError),
+    #[error("cannot prepare the VM directory")]
+    Workdir(#[source] std::io::Error),
+    #[error("the VMM could not load the snapshot")]
+    Restore(#[source] tfc_firecracker::ApiError),
     #[error("fake backend: {0}")]
     Scripted(String),
 }
@@ -58,6 +64,21 @@ pub struct CreateRequest<'a> {
     pub workdir: &'a Path,
 }
 
+/// What a backend needs to restore one VM from a snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreRequest<'a> {
+    pub id: &'a VmId,
+    /// The snapshotted VM's spec (its rootfs is linked into the new directory).
+    pub spec: &'a VmSpec,
+    /// The VM's own directory; it exists and is empty.
+    pub workdir: &'a Path,
+    /// The VMM state file of the snapshot.
+    pub state_file: &'a Path,
+    /// A full memory file (a diff is merged before it gets here). Mapped
+    /// privately: shared, unchanged, by every VM restored from it.
+    pub memory_file: &'a Path,
+}
+
 /// Creates machines.
 pub trait VmBackend {
     type Machine: VmMachine;
@@ -67,6 +88,14 @@ pub trait VmBackend {
     fn create(
         &self,
         request: CreateRequest<'_>,
+        mark: &mut (dyn FnMut(BootPhase) + Send),
+    ) -> impl Future<Output = Result<Self::Machine, BackendError>> + Send;
+
+    /// Starts a VMM, loads the snapshot into it and resumes the guest, calling
+    /// `mark` as each phase is reached. On failure nothing is left running.
+    fn restore(
+        &self,
+        request: RestoreRequest<'_>,
         mark: &mut (dyn FnMut(BootPhase) + Send),
     ) -> impl Future<Output = Result<Self::Machine, BackendError>> + Send;
 
@@ -96,6 +125,14 @@ pub trait VmMachine: Send + Sync {
 
     /// Allowed on a paused guest.
     fn resume(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Writes a snapshot of the paused guest to the two files (absolute paths).
+    fn snapshot(
+        &self,
+        kind: SnapshotKind,
+        state_file: &Path,
+        memory_file: &Path,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
 
     /// Stops the VMM, escalating as needed, and reports how it ended.
     fn stop(&self) -> impl Future<Output = ExitReason> + Send;
@@ -132,6 +169,14 @@ impl Backend {
             Backend::Fake(_) => "fake",
         }
     }
+
+    /// The VMM's version, as snapshots record it.
+    pub fn vmm_version(&self) -> &str {
+        match self {
+            Backend::Firecracker(b) => &b.version,
+            Backend::Fake(_) => fake::FAKE_VERSION,
+        }
+    }
 }
 
 impl VmBackend for Backend {
@@ -145,6 +190,17 @@ impl VmBackend for Backend {
         match self {
             Backend::Firecracker(b) => b.create(request, mark).await.map(Machine::Firecracker),
             Backend::Fake(b) => b.create(request, mark).await.map(Machine::Fake),
+        }
+    }
+
+    async fn restore(
+        &self,
+        request: RestoreRequest<'_>,
+        mark: &mut (dyn FnMut(BootPhase) + Send),
+    ) -> Result<Machine, BackendError> {
+        match self {
+            Backend::Firecracker(b) => b.restore(request, mark).await.map(Machine::Firecracker),
+            Backend::Fake(b) => b.restore(request, mark).await.map(Machine::Fake),
         }
     }
 
@@ -180,6 +236,14 @@ impl VmMachine for Machine {
     }
     async fn resume(&self) -> Result<(), BackendError> {
         dispatch!(self, m => m.resume().await)
+    }
+    async fn snapshot(
+        &self,
+        kind: SnapshotKind,
+        state_file: &Path,
+        memory_file: &Path,
+    ) -> Result<(), BackendError> {
+        dispatch!(self, m => m.snapshot(kind, state_file, memory_file).await)
     }
     async fn stop(&self) -> ExitReason {
         dispatch!(self, m => m.stop().await)

@@ -190,7 +190,7 @@ pub fn load_manifest(data_dir: &Path) -> Result<Manifest, AssetError> {
 
 /// Writes `bytes` to a temporary file beside `path` and renames it over
 /// `path`, so readers see the old or the new content, never a torn one.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;

@@ -160,12 +160,13 @@ pub async fn run(
         .tempdir_in(&probe_dir)
         .map_err(wd(&probe_dir))?;
     let config_path = work.path().join(VM_CONFIG_FILE);
-    let config = serde_json::to_vec_pretty(&probe_vm(&manifest).to_config_file()).map_err(|e| {
-        BootProbeError::Workdir {
+    let vm = probe_vm(&manifest);
+    vm.link_into(work.path()).map_err(wd(work.path()))?;
+    let config =
+        serde_json::to_vec_pretty(&vm.to_config_file()).map_err(|e| BootProbeError::Workdir {
             path: config_path.clone(),
             source: e.into(),
-        }
-    })?;
+        })?;
     std::fs::write(&config_path, config).map_err(wd(&config_path))?;
 
     progress(&format!(
@@ -291,6 +292,8 @@ fn probe_vm(m: &Manifest) -> VmConfig {
         rootfs: m.rootfs.path.clone(),
         vcpus: 1,
         memory_mib: 128,
+        vsock: false,
+        track_dirty_pages: false,
     }
 }
 
@@ -432,7 +435,10 @@ mod tests {
         assert!(args.contains("clearcpuid=popcnt,smap"), "{args}");
         assert_eq!(c["drives"][0]["is_read_only"], true);
         assert_eq!(c["drives"][0]["is_root_device"], true);
-        assert_eq!(c["drives"][0]["path_on_host"], "/a/rootfs/r/rootfs.ext4");
+        assert_eq!(
+            c["drives"][0]["path_on_host"],
+            tfc_firecracker::vm_config::ROOTFS_LINK
+        );
         assert_eq!(c["boot-source"]["kernel_image_path"], "/a/kernel/k/vmlinux");
     }
 
