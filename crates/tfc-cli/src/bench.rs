@@ -33,6 +33,8 @@ use crate::client::Client;
 pub enum BenchCmd {
     /// Cold boot to the kernel's readiness line: raw Firecracker vs tfc.
     Boot(BootArgs),
+    /// Snapshot restore to a running guest: raw Firecracker vs tfc.
+    Restore(crate::bench_restore::RestoreArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,7 +59,7 @@ const VCPUS: u8 = 1;
 const MEMORY_MIB: u32 = 128;
 
 #[derive(Debug, Serialize)]
-struct Stats {
+pub(crate) struct Stats {
     min_ms: f64,
     median_ms: f64,
     max_ms: f64,
@@ -77,8 +79,12 @@ impl Stats {
     }
 }
 
-fn median(sorted: &[f64]) -> f64 {
+/// Median of sorted values (NaN for none).
+pub(crate) fn median(sorted: &[f64]) -> f64 {
     let n = sorted.len();
+    if n == 0 {
+        return f64::NAN;
+    }
     if n % 2 == 1 {
         sorted[n / 2]
     } else {
@@ -88,14 +94,14 @@ fn median(sorted: &[f64]) -> f64 {
 
 /// Raw and tfc figures for one interval, and tfc median / raw median.
 #[derive(Debug, Serialize)]
-struct Comparison {
-    raw: Stats,
-    tfc: Stats,
-    ratio: f64,
+pub(crate) struct Comparison {
+    pub(crate) raw: Stats,
+    pub(crate) tfc: Stats,
+    pub(crate) ratio: f64,
 }
 
 impl Comparison {
-    fn of(raw: &[Duration], tfc: &[Duration]) -> Self {
+    pub(crate) fn of(raw: &[Duration], tfc: &[Duration]) -> Self {
         let (raw, tfc) = (Stats::of(raw), Stats::of(tfc));
         Comparison {
             ratio: tfc.median_ms / raw.median_ms,
@@ -124,7 +130,10 @@ struct Sample {
 }
 
 pub async fn run(cmd: BenchCmd, data_dir: &Path) -> anyhow::Result<()> {
-    let BenchCmd::Boot(args) = cmd;
+    let args = match cmd {
+        BenchCmd::Boot(args) => args,
+        BenchCmd::Restore(args) => return crate::bench_restore::run(args, data_dir).await,
+    };
     if args.count == 0 {
         bail!("--count must be at least 1");
     }
@@ -230,6 +239,22 @@ fn progress(kind: &str, i: usize, sample: Sample) {
     );
 }
 
+/// One interval's min/median/max for raw and tfc, and the ratio of medians.
+pub(crate) fn print_comparison(title: &str, c: &Comparison) {
+    println!("\n{title}");
+    println!(
+        "  {:<18} {:>12} {:>12} {:>12}",
+        "", "min ms", "median ms", "max ms"
+    );
+    for (name, s) in [("raw firecracker", &c.raw), ("tfc", &c.tfc)] {
+        println!(
+            "  {name:<18} {:>12.2} {:>12.2} {:>12.2}",
+            s.min_ms, s.median_ms, s.max_ms
+        );
+    }
+    println!("  ratio tfc/raw (medians): {:.4}", c.ratio);
+}
+
 fn print_report(r: &Report) {
     println!(
         "{} boots each, {VCPUS} vCPU, {MEMORY_MIB} MiB, {}, kernel {}",
@@ -241,18 +266,7 @@ fn print_report(r: &Report) {
         ("to guest start", &r.to_guest_start),
         ("to ready (the \"Run /init\" console line)", &r.to_ready),
     ] {
-        println!("\n{title}");
-        println!(
-            "  {:<18} {:>12} {:>12} {:>12}",
-            "", "min ms", "median ms", "max ms"
-        );
-        for (name, s) in [("raw firecracker", &c.raw), ("tfc", &c.tfc)] {
-            println!(
-                "  {name:<18} {:>12.2} {:>12.2} {:>12.2}",
-                s.min_ms, s.median_ms, s.max_ms
-            );
-        }
-        println!("  ratio tfc/raw (medians): {:.4}", c.ratio);
+        print_comparison(title, c);
     }
     println!();
     println!("tfc phases (median ms since request):");

@@ -18,6 +18,7 @@
 
 mod assets;
 mod bench;
+mod bench_restore;
 mod client;
 mod doctor;
 #[cfg(test)]

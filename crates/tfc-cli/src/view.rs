@@ -149,6 +149,7 @@ fn phase_name(phase: BootPhase) -> &'static str {
         BootPhase::Configured => "configured",
         BootPhase::InstanceStarted => "instance_started",
         BootPhase::SnapshotLoaded => "snapshot_loaded",
+        BootPhase::Resumed => "resumed",
         BootPhase::Ready => "ready",
     }
 }

@@ -16,8 +16,10 @@ pub enum BootPhase {
     Configured,
     /// `InstanceStart` accepted: the guest is running.
     InstanceStarted,
-    /// A restore's snapshot loaded and the guest resumed (one VMM call does both).
+    /// A restore's snapshot loaded into the VMM (guest still paused).
     SnapshotLoaded,
+    /// A restored guest resumed.
+    Resumed,
     /// Readiness check passed.
     Ready,
 }

@@ -449,12 +449,11 @@ impl VmManager {
             return Err(ManagerError::ShuttingDown);
         }
         let (id, workdir) = self.new_workdir()?;
+        // The directory is this restore's intent: the VMM writes its process
+        // record into it right after spawning, and a daemon that dies before
+        // the VM's row exists finds an unclaimed directory at start and ends
+        // the VMM in it. (A row here would cost a store write per restore.)
         let mut record = vm::new_record(&id, &spec, &workdir, start);
-        if let Err(err) = self.write_row(&record).await {
-            let _ = std::fs::remove_dir(&workdir);
-            return Err(err);
-        }
-        crate::crash::point("restore.after_intent");
         let state_file = PathBuf::from(&snapshot.dir).join(&manifest.state_file);
         let mut phases = Vec::new();
         let mut mark = |phase| phases.push((phase, requested_at.elapsed().as_micros() as u64));
@@ -488,17 +487,25 @@ impl VmManager {
         for (phase, at) in phases {
             record.timeline.mark(phase, at);
         }
-        record
-            .timeline
-            .mark(BootPhase::Ready, requested_at.elapsed().as_micros() as u64);
         record.state = transition(record.state, VmEvent::Restored).expect("creating may restore");
         record.pid = machine.pid();
         record.updated_at_ms = vm::now_ms();
+        // Stored while the guest is still paused; a daemon that dies before
+        // the resume below resumes it when it re-adopts the VM.
         if let Err(err) = self.write_row(&record).await {
             machine.stop().await;
             undo(self);
             return Err(err);
         }
+        crate::crash::point("restore.after_record");
+        if let Err(err) = machine.resume().await {
+            machine.stop().await;
+            undo(self);
+            return Err(ManagerError::Restore(err));
+        }
+        let at = requested_at.elapsed().as_micros() as u64;
+        record.timeline.mark(BootPhase::Resumed, at);
+        record.timeline.mark(BootPhase::Ready, at);
         let mut table = self.inner.vms.write().expect("vm table lock");
         if table.closing {
             drop(table);

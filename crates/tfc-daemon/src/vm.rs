@@ -405,6 +405,8 @@ impl Owner {
     }
 
     async fn run_restored(mut self, machine: Machine) {
+        // The stored record predates the resume; bring it up to date.
+        self.commit().await;
         if self.serve(&machine).await {
             self.drain().await;
         }
@@ -429,6 +431,14 @@ impl Owner {
         tracing::info!(vm = %self.id, state = %info.state, "re-adopted VM");
         self.record.send_modify(|r| r.pid = machine.pid());
         self.commit().await;
+        if matches!(info.state, VmState::Ready | VmState::Running) {
+            // A restore records `ready` before it resumes the guest; a daemon
+            // that died in between left it paused. Resuming a running guest
+            // is refused harmlessly.
+            if let Err(err) = machine.resume().await {
+                tracing::debug!(vm = %self.id, error = %error_chain(&err), "resume at adoption refused");
+            }
+        }
         if matches!(info.state, VmState::Booting | VmState::Prewarming) {
             self.finish_boot(&machine).await;
         } else {

@@ -170,6 +170,7 @@ impl VmBackend for FakeBackend {
         std::fs::metadata(request.memory_file).map_err(BackendError::Workdir)?;
         mark(BootPhase::SnapshotLoaded);
         let machine = self.machine(request.id, &next);
+        // Runs (for `crash_after`) from the load; the fake has no paused state.
         machine.boot().await?;
         Ok(machine)
     }

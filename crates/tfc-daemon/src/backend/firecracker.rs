@@ -140,7 +140,9 @@ impl VmBackend for FirecrackerBackend {
                     backend_path: request.memory_file.display().to_string(),
                 }),
                 enable_diff_snapshots: spec.diff_snapshots.then_some(true),
-                resume_vm: Some(true),
+                // Resumed by the caller once the VM is recorded, so the record
+                // is written while the guest costs no CPU.
+                resume_vm: Some(false),
                 network_overrides: Vec::new(),
             };
             machine

@@ -91,8 +91,9 @@ pub trait VmBackend {
         mark: &mut (dyn FnMut(BootPhase) + Send),
     ) -> impl Future<Output = Result<Self::Machine, BackendError>> + Send;
 
-    /// Starts a VMM, loads the snapshot into it and resumes the guest, calling
-    /// `mark` as each phase is reached. On failure nothing is left running.
+    /// Starts a VMM and loads the snapshot into it, leaving the guest paused
+    /// (the caller resumes it), calling `mark` as each phase is reached. On
+    /// failure nothing is left running.
     fn restore(
         &self,
         request: RestoreRequest<'_>,

@@ -1,0 +1,383 @@
+//! `tfc bench restore`: restores one snapshot many times with raw Firecracker
+//! (a new process, then `PUT /snapshot/load` with `resume_vm`) and through tfc
+//! (`POST /v1/vms` with `from_snapshot` to an in-process daemon over its
+//! socket, with its default SQLite store), alternating which goes first, and
+//! prints min/median/max of each and the ratio of medians. Then restores per
+//! second with concurrent workers, for both.
+//!
+//! Each sample runs from just before the work begins (the spawn for raw, the
+//! request for tfc) to the moment the guest is running again: the load call's
+//! answer (raw) or the daemon's answer that the VM is ready (tfc). The VM is
+//! removed after each sample, outside the measured interval.
+//!
+//! The snapshot is the default VM type's template, built by the daemon under
+//! test at the start of the run (one cold boot).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use tfc_api::{CreateVmRequest, SnapshotInfo};
+use tfc_core::{BootPhase, VmTypeName};
+use tfc_daemon::config::{Config, ShutdownPolicy};
+use tfc_daemon::manager::VmManager;
+use tfc_firecracker::models::{MemoryBackend, MemoryBackendType, SnapshotLoadParams};
+use tfc_firecracker::{FirecrackerProcess, SpawnConfig, StopPolicy, VmConfig};
+use tfc_host::assets::Manifest;
+
+use crate::bench::{median, Comparison};
+use crate::client::Client;
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// Restores of each kind.
+    #[arg(long, default_value_t = 20)]
+    count: usize,
+    /// Unmeasured restores of each kind first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Workers of the throughput run.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Restores per worker in the throughput run (0 skips it).
+    #[arg(long, default_value_t = 10)]
+    per_worker: usize,
+    /// Longest wait for the template's boot, in seconds.
+    #[arg(long, default_value_t = 240)]
+    timeout: u64,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Throughput {
+    workers: usize,
+    restores: usize,
+    raw_per_second: f64,
+    tfc_per_second: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    count: usize,
+    firecracker: String,
+    snapshot: String,
+    memory_mib: u32,
+    restore_to_running: Comparison,
+    /// Medians of tfc's own phases, ms since the request.
+    tfc_phase_medians_ms: Vec<(BootPhase, f64)>,
+    throughput: Option<Throughput>,
+}
+
+/// The files of the snapshot under test, as raw Firecracker needs them.
+#[derive(Debug, Clone)]
+struct Snapshot {
+    state: PathBuf,
+    memory: PathBuf,
+    rootfs: PathBuf,
+}
+
+pub async fn run(args: RestoreArgs, data_dir: &Path) -> anyhow::Result<()> {
+    if args.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let manifest = tfc_host::assets::load_manifest(data_dir)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("tfc-bench-restore-")
+        .tempdir()
+        .context("cannot create a scratch directory")?;
+    let config = format!(
+        "[daemon]\nbackend = \"firecracker\"\n[firecracker]\nbinary = {:?}\nboot_timeout_secs = {}\n\
+         [vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {:?}\n",
+        manifest.firecracker.path,
+        args.timeout,
+        manifest.kernel.vmlinux,
+        manifest.rootfs.path,
+        manifest.boot_args,
+    );
+    let config = Config::parse(&config, "bench")?;
+    let daemon_dir = scratch.path().join("daemon");
+    std::fs::create_dir_all(&daemon_dir)?;
+    let backend = tfc_daemon::build_backend(&config, &daemon_dir)?;
+    let store = tfc_store::AnyStore::open(tfc_store::StoreKind::Sqlite, &daemon_dir)?;
+    let socket = scratch.path().join("tfc.sock");
+    let listener = tfc_daemon::bind(&socket)?;
+    let manager = VmManager::new(backend, config, daemon_dir, store);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tfc_daemon::serve_until(
+        listener,
+        manager,
+        ShutdownPolicy::Stop,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let client = Client::new(socket);
+    let measured = tokio::select! {
+        m = measure(&args, &manifest, scratch.path(), &client) => m,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let _ = stop_tx.send(());
+    server.await??;
+    let report = measured?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+async fn measure(
+    args: &RestoreArgs,
+    manifest: &Manifest,
+    scratch: &Path,
+    client: &Client,
+) -> anyhow::Result<Report> {
+    eprintln!("  building the template (one cold boot)");
+    let template = client
+        .build_template(&VmTypeName::new("default")?)
+        .await?
+        .value;
+    let snapshot_id = template
+        .snapshot
+        .context("the template build produced no snapshot")?;
+    let info: SnapshotInfo = client
+        .get_snapshot(&tfc_core::SnapshotId::new(snapshot_id.clone())?)
+        .await?
+        .value;
+    let m = info.manifest.clone().context("snapshot without manifest")?;
+    let snapshot = Snapshot {
+        state: Path::new(&info.dir).join(&m.state_file),
+        memory: Path::new(&info.dir).join(&m.memory_file),
+        rootfs: m.spec.rootfs.clone(),
+    };
+    let binary = manifest.firecracker.path.clone();
+    let mut n = 0usize;
+    let mut next_dir = || {
+        n += 1;
+        scratch.join(format!("raw-{n}"))
+    };
+    if args.warmup > 0 {
+        eprintln!("  warm-up ({} of each, not measured)", args.warmup);
+        for _ in 0..args.warmup {
+            restore_raw(&binary, &snapshot, &next_dir()).await?;
+            restore_tfc(client, &snapshot_id).await?;
+        }
+    }
+    let (mut raw, mut tfc, mut phases) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..args.count {
+        for raw_turn in [i % 2 == 0, i % 2 != 0] {
+            if raw_turn {
+                let took = restore_raw(&binary, &snapshot, &next_dir())
+                    .await
+                    .with_context(|| format!("raw restore {i}"))?;
+                eprintln!("  raw firecracker  restore {i}: {:>8.2} ms", ms(took));
+                raw.push(took);
+            } else {
+                let (took, marks) = restore_tfc(client, &snapshot_id)
+                    .await
+                    .with_context(|| format!("tfc restore {i}"))?;
+                eprintln!("  tfc              restore {i}: {:>8.2} ms", ms(took));
+                tfc.push(took);
+                phases.push(marks);
+            }
+        }
+    }
+    let tfc_phase_medians_ms = [
+        BootPhase::Spawned,
+        BootPhase::ApiReady,
+        BootPhase::SnapshotLoaded,
+        BootPhase::Resumed,
+        BootPhase::Ready,
+    ]
+    .iter()
+    .map(|phase| {
+        let mut values: Vec<f64> = phases
+            .iter()
+            .filter_map(|marks: &Vec<(BootPhase, f64)>| {
+                marks.iter().find(|(p, _)| p == phase).map(|(_, v)| *v)
+            })
+            .collect();
+        values.sort_by(f64::total_cmp);
+        (*phase, median(&values))
+    })
+    .collect();
+    let throughput = if args.per_worker > 0 && args.workers > 0 {
+        eprintln!(
+            "  throughput: {} workers x {} restores, raw then tfc",
+            args.workers, args.per_worker
+        );
+        Some(throughput(args, &binary, &snapshot, scratch, client, &snapshot_id).await?)
+    } else {
+        None
+    };
+    Ok(Report {
+        count: args.count,
+        firecracker: manifest.firecracker.version.clone(),
+        snapshot: snapshot_id,
+        memory_mib: m.spec.memory_mib,
+        restore_to_running: Comparison::of(&raw, &tfc),
+        tfc_phase_medians_ms,
+        throughput,
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// One restore by hand: new process, wait for its socket, load and resume.
+async fn restore_raw(binary: &Path, snapshot: &Snapshot, dir: &Path) -> anyhow::Result<Duration> {
+    std::fs::create_dir_all(dir)?;
+    // The snapshot names its root drive by the relative link, as every tfc VM
+    // directory has it.
+    VmConfig {
+        kernel: PathBuf::new(),
+        boot_args: String::new(),
+        rootfs: snapshot.rootfs.clone(),
+        vcpus: 1,
+        memory_mib: 0,
+        vsock: false,
+        track_dirty_pages: false,
+    }
+    .link_into(dir)?;
+    let started = Instant::now();
+    let process = FirecrackerProcess::spawn(&SpawnConfig {
+        binary: binary.to_owned(),
+        workdir: dir.to_owned(),
+        id: "bench-raw".to_owned(),
+        console_log_limit: 1024 * 1024,
+        watch_for: Vec::new(),
+        extra_args: Vec::new(),
+    })
+    .await?;
+    process.wait_api_ready(Duration::from_secs(5)).await?;
+    process
+        .api()
+        .load_snapshot(&SnapshotLoadParams {
+            snapshot_path: snapshot.state.display().to_string(),
+            mem_backend: Some(MemoryBackend {
+                backend_type: MemoryBackendType::File,
+                backend_path: snapshot.memory.display().to_string(),
+            }),
+            enable_diff_snapshots: None,
+            resume_vm: Some(true),
+            network_overrides: Vec::new(),
+        })
+        .await?;
+    let took = started.elapsed();
+    process
+        .stop(StopPolicy {
+            ctrl_alt_del_grace: None,
+            term_grace: Duration::from_secs(2),
+        })
+        .await;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(took)
+}
+
+/// One restore through the daemon's API; the VM is deleted afterwards.
+async fn restore_tfc(
+    client: &Client,
+    snapshot: &str,
+) -> anyhow::Result<(Duration, Vec<(BootPhase, f64)>)> {
+    let request = CreateVmRequest {
+        from_snapshot: Some(snapshot.to_owned()),
+        ..CreateVmRequest::default()
+    };
+    let started = Instant::now();
+    let vm = client.create_vm(&request).await?.value;
+    let took = started.elapsed();
+    client
+        .delete_vm(&tfc_core::VmId::new(vm.id.clone())?, true)
+        .await?;
+    let marks = vm
+        .timeline
+        .0
+        .iter()
+        .map(|m| (m.phase, m.at_us as f64 / 1e3))
+        .collect();
+    Ok((took, marks))
+}
+
+/// Restores per second with `args.workers` concurrent workers, raw and tfc.
+async fn throughput(
+    args: &RestoreArgs,
+    binary: &Path,
+    snapshot: &Snapshot,
+    scratch: &Path,
+    client: &Client,
+    snapshot_id: &str,
+) -> anyhow::Result<Throughput> {
+    let total = args.workers * args.per_worker;
+    let started = Instant::now();
+    let mut raw_workers = tokio::task::JoinSet::new();
+    let shared = Arc::new((binary.to_owned(), snapshot.clone()));
+    for w in 0..args.workers {
+        let shared = shared.clone();
+        let dir = scratch.join(format!("tput-{w}"));
+        let per_worker = args.per_worker;
+        raw_workers.spawn(async move {
+            for i in 0..per_worker {
+                restore_raw(&shared.0, &shared.1, &dir.join(i.to_string())).await?;
+            }
+            Ok::<(), anyhow::Error>(())
+        });
+    }
+    while let Some(done) = raw_workers.join_next().await {
+        done??;
+    }
+    let raw_per_second = total as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let mut tfc_workers = tokio::task::JoinSet::new();
+    for _ in 0..args.workers {
+        let client = client.clone();
+        let snapshot_id = snapshot_id.to_owned();
+        let per_worker = args.per_worker;
+        tfc_workers.spawn(async move {
+            for _ in 0..per_worker {
+                restore_tfc(&client, &snapshot_id).await?;
+            }
+            Ok::<(), anyhow::Error>(())
+        });
+    }
+    while let Some(done) = tfc_workers.join_next().await {
+        done??;
+    }
+    let tfc_per_second = total as f64 / started.elapsed().as_secs_f64();
+    Ok(Throughput {
+        workers: args.workers,
+        restores: total,
+        raw_per_second,
+        tfc_per_second,
+    })
+}
+
+fn print_report(r: &Report) {
+    println!(
+        "{} restores each of {} ({} MiB), {}",
+        r.count, r.snapshot, r.memory_mib, r.firecracker
+    );
+    crate::bench::print_comparison(
+        "restore to running (request to guest resumed)",
+        &r.restore_to_running,
+    );
+    println!("\ntfc phases (median ms since request):");
+    for (phase, ms) in &r.tfc_phase_medians_ms {
+        println!("  {:<18} {ms:>10.2}", format!("{phase:?}"));
+    }
+    if let Some(t) = &r.throughput {
+        println!(
+            "\nthroughput, {} workers, {} restores (each followed by a delete): raw {:.1}/s, tfc {:.1}/s (ratio {:.3})",
+            t.workers,
+            t.restores,
+            t.raw_per_second,
+            t.tfc_per_second,
+            t.tfc_per_second / t.raw_per_second
+        );
+    }
+}
