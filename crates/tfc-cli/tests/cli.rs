@@ -537,13 +537,19 @@ fn a_restart_accounts_for_every_stored_vm() {
 
 /// Firecracker config for tier-1 tests: the built assets, plus `extra` TOML.
 fn firecracker_config(extra: &str) -> String {
+    firecracker_config_with_type(extra, "")
+}
+
+/// [`firecracker_config`] with `type_keys` (TOML keys) added to the default
+/// VM type.
+fn firecracker_config_with_type(extra: &str, type_keys: &str) -> String {
     let assets = std::env::var_os("TFC_ASSETS_DATA_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(tfc_host::paths::data_dir);
     let manifest = tfc_host::assets::load_manifest(&assets)
         .unwrap_or_else(|e| panic!("tier-1 tests need built assets ({e})"));
     format!(
-        "{extra}\n[firecracker]\nbinary = {:?}\n[vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {:?}\n",
+        "{extra}\n[firecracker]\nbinary = {:?}\n[vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {:?}\n{type_keys}\n",
         manifest.firecracker.path, manifest.kernel.vmlinux, manifest.rootfs.path, manifest.boot_args,
     )
 }
@@ -752,38 +758,83 @@ impl Daemon {
             "{point}: processes vs records:\n{}",
             self.log()
         );
-        let mut dirs: Vec<String> = std::fs::read_dir(data.join("vms"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        dirs.sort();
-        for dir in &dirs {
+        for dir in &dir_entries(&data.join("vms")) {
             assert!(
                 vms.iter().any(|vm| vm["id"] == dir.as_str()),
                 "{point}: orphan directory {dir}"
             );
         }
+        self.audit_snapshots(point);
         vms
     }
 
-    /// Stops and deletes every VM, then checks nothing at all is left.
+    /// The snapshot half of the audit: every listed snapshot is complete (ready,
+    /// its directory with a manifest) and every directory under
+    /// `data/snapshots` is a listed snapshot's. Returns the snapshots.
+    fn audit_snapshots(&self, point: &str) -> Vec<Value> {
+        let snapshots = self.must_json(&["snapshot", "ls", "--json"])["snapshots"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let root = self.dir.path().join("data/snapshots");
+        for snapshot in &snapshots {
+            assert_eq!(snapshot["state"], "ready", "{point}: {snapshot:#}");
+            let id = snapshot["id"].as_str().expect("snapshot id");
+            assert!(
+                root.join(id).join("manifest.json").is_file(),
+                "{point}: snapshot {id} has no manifest in {}",
+                root.display()
+            );
+        }
+        for dir in dir_entries(&root) {
+            assert!(
+                snapshots.iter().any(|s| s["id"] == dir.as_str()),
+                "{point}: orphan snapshot directory {dir}:\n{}",
+                self.log()
+            );
+        }
+        snapshots
+    }
+
+    /// Stops and deletes every VM and snapshot, then checks nothing at all is
+    /// left.
     fn clear_and_check_empty(&self, point: &str) {
         for vm in self.audit(point) {
             let id = vm["id"].as_str().expect("id");
             self.must(&["vm", "rm", "--force", id]);
         }
+        // Newest first: no diff outlives its parent, so none needs merging.
+        for snapshot in self.audit_snapshots(point).iter().rev() {
+            let id = snapshot["id"].as_str().expect("snapshot id");
+            self.must(&["snapshot", "rm", "--force", id]);
+        }
         let data = self.dir.path().join("data");
         assert_eq!(firecrackers_of(&data), Vec::<u64>::new(), "{point}");
         assert_eq!(self.vm_dirs(), 0, "{point}");
+        assert_eq!(
+            dir_entries(&data.join("snapshots")),
+            Vec::<String>::new(),
+            "{point}"
+        );
         assert_eq!(
             self.tfc(&["vm", "ls", "--json"]).json()["vms"],
             serde_json::json!([]),
             "{point}"
         );
     }
+}
+
+/// The names in a directory, sorted (none if it does not exist).
+fn dir_entries(root: &Path) -> Vec<String> {
+    let mut dirs: Vec<String> = std::fs::read_dir(root)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
 }
 
 /// Tier 1 fault injection: the daemon is SIGKILLed at each named crash point of
