@@ -27,6 +27,8 @@ use tfc_daemon::manager::VmManager;
 use tfc_firecracker::{FirecrackerProcess, SpawnConfig, StopPolicy, VmConfig};
 use tfc_host::assets::Manifest;
 
+use tfc_store::{AnyStore, StoreKind};
+
 use crate::client::Client;
 
 #[derive(Debug, clap::Subcommand)]
@@ -155,37 +157,14 @@ pub async fn run(cmd: BenchCmd, data_dir: &Path) -> anyhow::Result<()> {
         manifest.rootfs.path,
         manifest.boot_args,
     );
-    let config = Config::parse(&config, "bench")?;
-    let daemon_dir = scratch.path().join("daemon");
-    let backend = tfc_daemon::build_backend(&config, &daemon_dir)?;
-    let socket = scratch.path().join("tfc.sock");
-    let listener = tfc_daemon::bind(&socket)?;
-    let manager = VmManager::in_memory(backend, config, daemon_dir);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tfc_daemon::serve_until(
-        listener,
-        manager,
-        ShutdownPolicy::Stop,
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
-    let client = Client::new(socket);
-
-    // Ctrl-C ends the run cleanly: the raw process is killed when its handle
-    // drops, and the daemon stops its VMs on the way out.
-    let boots = tokio::select! {
-        boots = async {
-            if args.warmup > 0 {
-                eprintln!("  warm-up ({} of each, not measured)", args.warmup);
-                run_boots(&manifest, scratch.path(), &client, args.warmup, timeout).await?;
-            }
-            run_boots(&manifest, scratch.path(), &client, args.count, timeout).await
-        } => boots,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-    };
-    let _ = stop_tx.send(());
-    server.await??;
+    let boots = with_daemon(&config, scratch.path(), StoreKind::Memory, async |client| {
+        if args.warmup > 0 {
+            eprintln!("  warm-up ({} of each, not measured)", args.warmup);
+            run_boots(&manifest, scratch.path(), client, args.warmup, timeout).await?;
+        }
+        run_boots(&manifest, scratch.path(), client, args.count, timeout).await
+    })
+    .await;
     let (raw, tfc, phases) = boots?;
 
     let starts = |s: &[Sample]| s.iter().map(|s| s.start).collect::<Vec<_>>();
@@ -229,6 +208,43 @@ pub async fn run(cmd: BenchCmd, data_dir: &Path) -> anyhow::Result<()> {
         print_report(&report);
     }
     Ok(())
+}
+
+/// Runs `work` against an in-process daemon configured by `config`, serving
+/// on a private socket in `scratch`, and stops the daemon (and its VMs)
+/// afterwards. Ctrl-C ends the run the same way (a raw process in flight is
+/// killed when its handle drops).
+pub(crate) async fn with_daemon<T>(
+    config: &str,
+    scratch: &Path,
+    store: StoreKind,
+    work: impl AsyncFnOnce(&Client) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let config = Config::parse(config, "bench")?;
+    let daemon_dir = scratch.join("daemon");
+    std::fs::create_dir_all(&daemon_dir)?;
+    let backend = tfc_daemon::build_backend(&config, &daemon_dir)?;
+    let store = AnyStore::open(store, &daemon_dir)?;
+    let socket = scratch.join("tfc.sock");
+    let listener = tfc_daemon::bind(&socket)?;
+    let manager = VmManager::new(backend, config, daemon_dir, store);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tfc_daemon::serve_until(
+        listener,
+        manager,
+        ShutdownPolicy::Stop,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let client = Client::new(socket);
+    let result = tokio::select! {
+        result = work(&client) => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let _ = stop_tx.send(());
+    server.await??;
+    result
 }
 
 fn progress(kind: &str, i: usize, sample: Sample) {

@@ -21,11 +21,10 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use tfc_api::{CreateVmRequest, SnapshotInfo};
 use tfc_core::{BootPhase, VmTypeName};
-use tfc_daemon::config::{Config, ShutdownPolicy};
-use tfc_daemon::manager::VmManager;
 use tfc_firecracker::models::{MemoryBackend, MemoryBackendType, SnapshotLoadParams};
 use tfc_firecracker::{FirecrackerProcess, SpawnConfig, StopPolicy, VmConfig};
 use tfc_host::assets::Manifest;
+use tfc_store::StoreKind;
 
 use crate::bench::{median, Comparison};
 use crate::client::Client;
@@ -98,30 +97,12 @@ pub async fn run(args: RestoreArgs, data_dir: &Path) -> anyhow::Result<()> {
         manifest.rootfs.path,
         manifest.boot_args,
     );
-    let config = Config::parse(&config, "bench")?;
-    let daemon_dir = scratch.path().join("daemon");
-    std::fs::create_dir_all(&daemon_dir)?;
-    let backend = tfc_daemon::build_backend(&config, &daemon_dir)?;
-    let store = tfc_store::AnyStore::open(tfc_store::StoreKind::Sqlite, &daemon_dir)?;
-    let socket = scratch.path().join("tfc.sock");
-    let listener = tfc_daemon::bind(&socket)?;
-    let manager = VmManager::new(backend, config, daemon_dir, store);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tfc_daemon::serve_until(
-        listener,
-        manager,
-        ShutdownPolicy::Stop,
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
-    let client = Client::new(socket);
-    let measured = tokio::select! {
-        m = measure(&args, &manifest, scratch.path(), &client) => m,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-    };
-    let _ = stop_tx.send(());
-    server.await??;
+    // The daemon's default store, so each restore pays its real write.
+    let measured =
+        crate::bench::with_daemon(&config, scratch.path(), StoreKind::Sqlite, async |client| {
+            measure(&args, &manifest, scratch.path(), client).await
+        })
+        .await;
     let report = measured?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -83,6 +83,47 @@ impl FirecrackerBackend {
         }
     }
 
+    /// Links the root image into `workdir`, spawns the VMM there, waits for its
+    /// API and runs `then` on it, marking each phase (`done` after `then`). A
+    /// failure after the spawn stops the process: nothing is left behind.
+    async fn launch(
+        &self,
+        id: &VmId,
+        spec: &VmSpec,
+        workdir: &Path,
+        mark: &mut (dyn FnMut(BootPhase) + Send),
+        done: BootPhase,
+        then: impl AsyncFnOnce(&tfc_firecracker::ApiClient) -> Result<(), BackendError>,
+    ) -> Result<FirecrackerMachine, BackendError> {
+        vm_config(spec)
+            .link_into(workdir)
+            .map_err(BackendError::Workdir)?;
+        let process = FirecrackerProcess::spawn(&self.spawn_config(id, spec, workdir))
+            .await
+            .map_err(BackendError::Spawn)?;
+        mark(BootPhase::Spawned);
+        let machine = self.machine(process, spec);
+        let prepared = async {
+            machine
+                .process
+                .wait_api_ready(API_READY_TIMEOUT)
+                .await
+                .map_err(BackendError::Spawn)?;
+            mark(BootPhase::ApiReady);
+            then(machine.process.api()).await?;
+            mark(done);
+            Ok::<(), BackendError>(())
+        }
+        .await;
+        match prepared {
+            Ok(()) => Ok(machine),
+            Err(e) => {
+                machine.process.stop(StopPolicy::default()).await;
+                Err(e)
+            }
+        }
+    }
+
     fn machine(&self, process: FirecrackerProcess, spec: &VmSpec) -> FirecrackerMachine {
         let Readiness::ConsoleLine { contains } = &spec.readiness;
         FirecrackerMachine {
@@ -115,53 +156,33 @@ impl VmBackend for FirecrackerBackend {
         require_file("snapshot state file", request.state_file)?;
         require_file("snapshot memory file", request.memory_file)?;
         check_kvm()?;
-        // The snapshot names the root drive by the relative link; this VM's
-        // directory gets its own.
-        vm_config(spec)
-            .link_into(request.workdir)
-            .map_err(BackendError::Workdir)?;
-        let config = self.spawn_config(request.id, spec, request.workdir);
-        let process = FirecrackerProcess::spawn(&config)
-            .await
-            .map_err(BackendError::Spawn)?;
-        mark(BootPhase::Spawned);
-        let machine = self.machine(process, spec);
-        let loaded = async {
-            machine
-                .process
-                .wait_api_ready(API_READY_TIMEOUT)
-                .await
-                .map_err(BackendError::Spawn)?;
-            mark(BootPhase::ApiReady);
-            let load = SnapshotLoadParams {
-                snapshot_path: request.state_file.display().to_string(),
-                mem_backend: Some(MemoryBackend {
-                    backend_type: MemoryBackendType::File,
-                    backend_path: request.memory_file.display().to_string(),
-                }),
-                enable_diff_snapshots: spec.diff_snapshots.then_some(true),
-                // Resumed by the caller once the VM is recorded, so the record
-                // is written while the guest costs no CPU.
-                resume_vm: Some(false),
-                network_overrides: Vec::new(),
-            };
-            machine
-                .process
-                .api()
-                .load_snapshot(&load)
-                .await
-                .map_err(BackendError::Restore)?;
-            mark(BootPhase::SnapshotLoaded);
-            Ok::<(), BackendError>(())
-        }
-        .await;
-        match loaded {
-            Ok(()) => Ok(machine),
-            Err(e) => {
-                machine.process.stop(StopPolicy::default()).await;
-                Err(e)
-            }
-        }
+        let load = SnapshotLoadParams {
+            snapshot_path: request.state_file.display().to_string(),
+            mem_backend: Some(MemoryBackend {
+                backend_type: MemoryBackendType::File,
+                backend_path: request.memory_file.display().to_string(),
+            }),
+            enable_diff_snapshots: spec.diff_snapshots.then_some(true),
+            // Resumed by the caller once the VM is recorded, so the record is
+            // written while the guest costs no CPU.
+            resume_vm: Some(false),
+            network_overrides: Vec::new(),
+        };
+        // The snapshot names the root drive by the relative link, which
+        // `launch` creates in this VM's own directory.
+        self.launch(
+            request.id,
+            spec,
+            request.workdir,
+            mark,
+            BootPhase::SnapshotLoaded,
+            async |api| {
+                api.load_snapshot(&load)
+                    .await
+                    .map_err(BackendError::Restore)
+            },
+        )
+        .await
     }
 
     async fn create(
@@ -174,36 +195,15 @@ impl VmBackend for FirecrackerBackend {
         require_file("rootfs", &spec.rootfs)?;
         check_kvm()?;
         let vm = vm_config(spec);
-        vm.link_into(request.workdir)
-            .map_err(BackendError::Workdir)?;
-        let config = self.spawn_config(request.id, spec, request.workdir);
-        let process = FirecrackerProcess::spawn(&config)
-            .await
-            .map_err(BackendError::Spawn)?;
-        mark(BootPhase::Spawned);
-        let machine = self.machine(process, spec);
-        // From here on a failure must not leave the process behind.
-        let configured = async {
-            machine
-                .process
-                .wait_api_ready(API_READY_TIMEOUT)
-                .await
-                .map_err(BackendError::Spawn)?;
-            mark(BootPhase::ApiReady);
-            vm.apply(machine.process.api())
-                .await
-                .map_err(BackendError::Configure)?;
-            mark(BootPhase::Configured);
-            Ok::<(), BackendError>(())
-        }
-        .await;
-        match configured {
-            Ok(()) => Ok(machine),
-            Err(e) => {
-                machine.process.stop(StopPolicy::default()).await;
-                Err(e)
-            }
-        }
+        self.launch(
+            request.id,
+            spec,
+            request.workdir,
+            mark,
+            BootPhase::Configured,
+            async |api| vm.apply(api).await.map_err(BackendError::Configure),
+        )
+        .await
     }
 }
 
