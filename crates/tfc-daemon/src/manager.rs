@@ -105,6 +105,14 @@ struct TemplateBuild {
     failure: Option<(String, String)>,
 }
 
+/// Why a template no longer matches its VM type, and the type's current
+/// inputs digest (`None` when an input cannot be read).
+#[derive(Debug)]
+struct Stale {
+    reason: String,
+    inputs: Option<String>,
+}
+
 /// Most start times kept per manager for deleted VMs.
 const START_HISTORY_LIMIT: usize = 10_000;
 
@@ -506,18 +514,24 @@ impl VmManager {
         let at = requested_at.elapsed().as_micros() as u64;
         record.timeline.mark(BootPhase::Resumed, at);
         record.timeline.mark(BootPhase::Ready, at);
-        let mut table = self.inner.vms.write().expect("vm table lock");
-        if table.closing {
-            drop(table);
-            // Shutting down: leave it to the shutdown policy like any other VM.
-            // A restored VM has no owner yet, so it is detached for the next
-            // daemon, whose reconciliation adopts it.
-            machine.detach();
+        // A shutdown that began during the restore gets the machine back: the
+        // caller gets nothing, so nothing stays.
+        let refused = {
+            let mut table = self.inner.vms.write().expect("vm table lock");
+            if table.closing {
+                Some(machine)
+            } else {
+                let handle = vm::spawn_running(record.clone(), machine, self.inner.store.clone());
+                table.vms.insert(id.clone(), handle);
+                None
+            }
+        };
+        if let Some(machine) = refused {
+            machine.stop().await;
+            undo(self);
             return Err(ManagerError::ShuttingDown);
         }
         tracing::info!(vm = %id, snapshot = %snapshot.id, us = requested_at.elapsed().as_micros() as u64, "VM restored");
-        let handle = vm::spawn_running(record.clone(), machine, self.inner.store.clone());
-        table.vms.insert(id, handle);
         Ok(record)
     }
 
@@ -526,8 +540,8 @@ impl VmManager {
         let template_ready = match self.inner.catalog.template(type_name) {
             Some(template) => match self.template_check(type_name, &template).await {
                 Ok(()) => true,
-                Err(reason) => {
-                    self.rebuild_if_due(type_name, &reason);
+                Err(stale) => {
+                    self.rebuild_if_due(type_name, &stale);
                     false
                 }
             },
@@ -801,19 +815,29 @@ impl VmManager {
 
     /// Whether `template` still matches the current inputs of `type_name`
     /// (VMM version, kernel and rootfs contents, spec); `Err` says what changed.
-    async fn template_check(&self, type_name: &str, template: &SnapshotInfo) -> Result<(), String> {
-        let current = self.template_inputs(type_name).await?;
-        match &template.manifest {
-            Some(m) if m.inputs == current => Ok(()),
-            Some(m) if m.firecracker_version != self.inner.host.vmm_version => Err(format!(
+    async fn template_check(&self, type_name: &str, template: &SnapshotInfo) -> Result<(), Stale> {
+        let current = self
+            .template_inputs(type_name)
+            .await
+            .map_err(|reason| Stale {
+                reason,
+                inputs: None,
+            })?;
+        let reason = match &template.manifest {
+            Some(m) if m.inputs == current => return Ok(()),
+            Some(m) if m.firecracker_version != self.inner.host.vmm_version => format!(
                 "the VMM changed ({} -> {})",
                 m.firecracker_version, self.inner.host.vmm_version
-            )),
-            Some(_) => Err(
-                "the VM type's kernel, rootfs or settings changed since it was built".to_owned(),
             ),
-            None => Err("it has no manifest".to_owned()),
-        }
+            Some(_) => {
+                "the VM type's kernel, rootfs or settings changed since it was built".to_owned()
+            }
+            None => "it has no manifest".to_owned(),
+        };
+        Err(Stale {
+            reason,
+            inputs: Some(current),
+        })
     }
 
     /// Digest of what a template of `type_name` would be built from now.
@@ -842,10 +866,19 @@ impl VmManager {
 
     /// Starts a background rebuild of a stale template, unless one runs or the
     /// last one failed with the same inputs.
-    fn rebuild_if_due(&self, type_name: &str, reason: &str) {
+    fn rebuild_if_due(&self, type_name: &str, stale: &Stale) {
+        let Some(inputs) = &stale.inputs else {
+            // An input cannot even be read: a build would fail the same way.
+            return;
+        };
+        let reason = &stale.reason;
         let mut templates = self.inner.templates.lock().expect("templates lock");
         let entry = templates.entry(type_name.to_owned()).or_default();
-        if entry.building || entry.failure.is_some() {
+        let failed_alike = entry
+            .failure
+            .as_ref()
+            .is_some_and(|(failed, _)| failed == inputs);
+        if entry.building || failed_alike {
             return;
         }
         entry.building = true;
@@ -865,8 +898,8 @@ impl VmManager {
     pub async fn refresh_templates(&self) {
         for type_name in self.inner.config.vm_types.keys() {
             if let Some(template) = self.inner.catalog.template(type_name) {
-                if let Err(reason) = self.template_check(type_name, &template).await {
-                    self.rebuild_if_due(type_name, &reason);
+                if let Err(stale) = self.template_check(type_name, &template).await {
+                    self.rebuild_if_due(type_name, &stale);
                 }
             }
         }
@@ -975,7 +1008,7 @@ impl VmManager {
             _ if building => (TemplateStatus::Building, None),
             Some(t) => match self.template_check(type_name, t).await {
                 Ok(()) => (TemplateStatus::Ready, None),
-                Err(reason) => match failure {
+                Err(Stale { reason, .. }) => match failure {
                     Some(failure) => (
                         TemplateStatus::Failed,
                         Some(format!("{reason}; the rebuild failed: {failure}")),
