@@ -437,17 +437,14 @@ impl VmManager {
         start: StartInfo,
         requested_at: Instant,
     ) -> Result<VmInfo, ManagerError> {
-        let catalog = &self.inner.catalog;
-        {
-            let (catalog_snapshot, host) = (snapshot.clone(), self.inner.host.clone());
-            let manager = self.clone();
-            tokio::task::spawn_blocking(move || {
-                manager.inner.catalog.verify(&catalog_snapshot, &host)
-            })
-            .await
-            .expect("verify does not panic")?;
-        }
-        let memory = catalog.memory_for_restore(&snapshot).await?;
+        // Digests read files (cached after the first time): off the async threads.
+        let (manager, checked) = (self.clone(), snapshot.clone());
+        tokio::task::spawn_blocking(move || {
+            manager.inner.catalog.verify(&checked, &manager.inner.host)
+        })
+        .await
+        .expect("verify does not panic")?;
+        let memory = self.inner.catalog.memory_for_restore(&snapshot).await?;
         let manifest = snapshot
             .manifest
             .clone()
