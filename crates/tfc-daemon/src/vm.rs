@@ -638,6 +638,11 @@ impl Owner {
             self.record
                 .send_modify(|r| r.last_snapshot = Some(job.id.clone()));
             let _ = self.apply(VmEvent::SnapshotTaken).await;
+        } else {
+            // Partial files go at once: on a full disk they hold the space the
+            // resume's record needs.
+            let _ = std::fs::remove_file(&job.memory_file);
+            let _ = std::fs::remove_file(&job.state_file);
         }
         let resumed_at = started.elapsed().as_micros() as u64;
         if was_running && (job.resume || created.is_err()) {
