@@ -103,6 +103,10 @@ pub struct VmInfo {
     /// from or last took. A diff snapshot is taken relative to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_snapshot: Option<String>,
+    /// The VM exists only to build its type's template; it is removed when
+    /// the build ends, or at the next start of a daemon that died during it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub template_build: bool,
 }
 
 /// Body of `GET /v1/vms`.

@@ -5,9 +5,11 @@
 //! prints min/median/max of each and the ratio of medians. Then restores per
 //! second with concurrent workers, for both.
 //!
-//! Each sample runs from just before the work begins (the spawn for raw, the
-//! request for tfc) to the moment the guest is running again: the load call's
-//! answer (raw) or the daemon's answer that the VM is ready (tfc). The VM is
+//! Each sample runs from just before the work begins (the VM directory and
+//! its root-drive link, then the spawn, for raw; the request for tfc, which
+//! does the same inside) to the moment the guest is running again: the resume
+//! (raw: the load with `resume_vm`) or the daemon's answer that the VM is
+//! ready (tfc). The VM is
 //! removed after each sample, outside the measured interval.
 //!
 //! The snapshot is the default VM type's template, built by the daemon under
@@ -213,6 +215,7 @@ fn ms(d: Duration) -> f64 {
 
 /// One restore by hand: new process, wait for its socket, load and resume.
 async fn restore_raw(binary: &Path, snapshot: &Snapshot, dir: &Path) -> anyhow::Result<Duration> {
+    let started = Instant::now();
     std::fs::create_dir_all(dir)?;
     // The snapshot names its root drive by the relative link, as every tfc VM
     // directory has it.
@@ -226,7 +229,6 @@ async fn restore_raw(binary: &Path, snapshot: &Snapshot, dir: &Path) -> anyhow::
         track_dirty_pages: false,
     }
     .link_into(dir)?;
-    let started = Instant::now();
     let process = FirecrackerProcess::spawn(&SpawnConfig {
         binary: binary.to_owned(),
         workdir: dir.to_owned(),

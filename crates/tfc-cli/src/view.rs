@@ -288,6 +288,7 @@ mod tests {
             console_log: format!("/data/vms/{id}/console.log"),
             start: StartInfo::default(),
             last_snapshot: None,
+            template_build: false,
         }
     }
 

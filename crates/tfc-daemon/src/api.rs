@@ -79,12 +79,13 @@ impl From<ManagerError> for ApiError {
             }
             ManagerError::Catalog(catalog) => match catalog {
                 CatalogError::NotFound(_) => (ErrorCode::NotFound, None),
-                CatalogError::NameTaken(_) | CatalogError::BadName(_) => {
-                    (ErrorCode::InvalidRequest, None)
-                }
+                CatalogError::NameTaken(_)
+                | CatalogError::BadName(_)
+                | CatalogError::NameLikeId(_) => (ErrorCode::InvalidRequest, None),
                 CatalogError::HasDependents { .. }
                 | CatalogError::IsTemplate { .. }
                 | CatalogError::NotReady(_)
+                | CatalogError::InUse(_)
                 | CatalogError::Refused { .. }
                 | CatalogError::Files { .. } => (ErrorCode::InvalidState, None),
                 CatalogError::Io { .. } => (ErrorCode::Internal, None),

@@ -99,7 +99,8 @@ struct Inner {
 struct TemplateBuild {
     /// Held by the build under way.
     lock: Arc<tokio::sync::Mutex<()>>,
-    building: bool,
+    /// Builds under way or queued on `lock`.
+    building: usize,
     /// The last failure and the inputs digest it failed with: a stale template
     /// is not rebuilt automatically again for the same inputs.
     failure: Option<(String, String)>,
@@ -280,6 +281,21 @@ impl VmManager {
     /// Ready or terminal (or the wait times out, returning the VM as it is
     /// then); a restore returns once the VM runs, or fails leaving nothing.
     pub async fn create(&self, request: CreateVmRequest) -> Result<VmInfo, ManagerError> {
+        // On its own task: a caller that goes away (a closed connection) does
+        // not cut a restore short between its steps.
+        let manager = self.clone();
+        tokio::spawn(async move { manager.create_now(request, false).await })
+            .await
+            .expect("creates do not panic")
+    }
+
+    /// `template_build` marks a VM that only exists to build its type's
+    /// template.
+    async fn create_now(
+        &self,
+        request: CreateVmRequest,
+        template_build: bool,
+    ) -> Result<VmInfo, ManagerError> {
         let requested_at = Instant::now();
         let level = request.optimization_level.unwrap_or_default();
         if let Some(snapshot) = &request.from_snapshot {
@@ -292,19 +308,18 @@ impl VmManager {
                     "from_snapshot restores the snapshot's VM type and machine size; vm_type, vcpus, memory_mib and extra_boot_args may not be given with it".to_owned(),
                 ));
             }
-            let snapshot = self.inner.catalog.get(snapshot)?;
             let start = StartInfo {
                 level: request
                     .optimization_level
                     .unwrap_or(OptimizationLevel::UltraFast),
                 method: StartMethod::Restore,
-                snapshot: Some(snapshot.id.clone()),
+                snapshot: None,
                 note: None,
             };
             return self.restore(snapshot, start, requested_at).await;
         }
         let type_name = self.type_name(&request);
-        let facts = self.start_facts(&type_name).await;
+        let facts = self.start_facts(&type_name, level).await;
         let choice = level::choose(level, &facts).map_err(|e| ManagerError::Unservable(e.0))?;
         let start = StartInfo {
             level,
@@ -325,11 +340,7 @@ impl VmManager {
                         "{level} restores the template of VM type {type_name} as it was built; vcpus, memory_mib and extra_boot_args cannot change it"
                     )));
                 }
-                let start = StartInfo {
-                    snapshot: Some(template.id.clone()),
-                    ..start
-                };
-                self.restore(template, start, requested_at).await
+                self.restore(&template.id, start, requested_at).await
             }
             StartMethod::ColdBoot | StartMethod::TunedBoot => {
                 let mut spec = self.resolve_spec(&request)?;
@@ -340,7 +351,8 @@ impl VmManager {
                     spec.diff_snapshots = false;
                     spec.validate().map_err(ManagerError::BadSpec)?;
                 }
-                self.boot(&request, spec, start, requested_at).await
+                self.boot(&request, spec, start, requested_at, template_build)
+                    .await
             }
             StartMethod::Pool => Err(ManagerError::Unservable(
                 "pools are not available".to_owned(),
@@ -361,7 +373,7 @@ impl VmManager {
         loop {
             let id = random_id();
             let workdir = vms_dir.join(id.as_str());
-            std::fs::create_dir_all(&vms_dir).map_err(|source| ManagerError::Workdir {
+            snapshots::private_dir(&vms_dir).map_err(|source| ManagerError::Workdir {
                 path: vms_dir.clone(),
                 source,
             })?;
@@ -385,11 +397,13 @@ impl VmManager {
         spec: VmSpec,
         start: StartInfo,
         requested_at: Instant,
+        template_build: bool,
     ) -> Result<VmInfo, ManagerError> {
         let (id, workdir) = self.new_workdir()?;
         // The intent is stored before anything is started: a daemon that dies
         // from here on finds a `creating` record and rolls it back.
-        let record = vm::new_record(&id, &spec, &workdir, start);
+        let mut record = vm::new_record(&id, &spec, &workdir, start);
+        record.template_build = template_build;
         if let Err(err) = self.write_row(&record).await {
             let _ = std::fs::remove_dir(&workdir);
             return Err(err);
@@ -433,10 +447,13 @@ impl VmManager {
     /// fails removes everything it made before answering.
     async fn restore(
         &self,
-        snapshot: SnapshotInfo,
-        start: StartInfo,
+        snapshot: &str,
+        mut start: StartInfo,
         requested_at: Instant,
     ) -> Result<VmInfo, ManagerError> {
+        // Held until the VM runs: the snapshot cannot be deleted under it.
+        let (snapshot, _in_use) = self.inner.catalog.use_snapshot(snapshot)?;
+        start.snapshot = Some(snapshot.id.clone());
         // Digests read files (cached after the first time): off the async threads.
         let (manager, checked) = (self.clone(), snapshot.clone());
         tokio::task::spawn_blocking(move || {
@@ -533,8 +550,19 @@ impl VmManager {
     }
 
     /// What decides how a VM of `type_name` is started at each level.
-    async fn start_facts(&self, type_name: &str) -> StartFacts {
-        let template_ready = match self.inner.catalog.template(type_name) {
+    async fn start_facts(&self, type_name: &str, level: OptimizationLevel) -> StartFacts {
+        // Only levels that may restore look at (and may start rebuilding) the
+        // template.
+        let may_restore = matches!(
+            level,
+            OptimizationLevel::UltraFast | OptimizationLevel::Sub2Second
+        );
+        let template = if may_restore {
+            self.inner.catalog.template(type_name)
+        } else {
+            None
+        };
+        let template_ready = match template {
             Some(template) => match self.template_check(type_name, &template).await {
                 Ok(()) => true,
                 Err(stale) => {
@@ -698,7 +726,12 @@ impl VmManager {
         vm_id: &str,
         request: CreateSnapshotRequest,
     ) -> Result<SnapshotInfo, ManagerError> {
-        self.snapshot_as(vm_id, request, None).await
+        // On its own task, for the same reason as `create`.
+        let manager = self.clone();
+        let vm_id = vm_id.to_owned();
+        tokio::spawn(async move { manager.snapshot_as(&vm_id, request, None).await })
+            .await
+            .expect("snapshots do not panic")
     }
 
     async fn snapshot_as(
@@ -708,12 +741,15 @@ impl VmManager {
         template_for: Option<String>,
     ) -> Result<SnapshotInfo, ManagerError> {
         let handle = self.handle(vm_id)?;
+        let catalog = &self.inner.catalog;
+        // One snapshot writer at a time: the VM's lineage (`last_snapshot`)
+        // read here is the one the VMM's dirty pages are relative to.
+        let _writer = catalog.writer().await;
         let vm = handle.info();
         let parent = match request.kind {
             SnapshotKind::Full => None,
             SnapshotKind::Diff => Some(self.diff_parent(&vm)?),
         };
-        let catalog = &self.inner.catalog;
         let mut info = catalog
             .begin(NewSnapshot {
                 name: request.name,
@@ -747,6 +783,10 @@ impl VmManager {
         let host = self.inner.host.clone();
         let (kind, manifest_dir) = (request.kind, dir.clone());
         let manifest = tokio::task::spawn_blocking(move || {
+            snapshots::seal_files(&manifest_dir).map_err(|err| CatalogError::Files {
+                path: manifest_dir.clone(),
+                what: format!("cannot be made private and durable: {err}"),
+            })?;
             snapshots::manifest(&vm, &host, kind, &manifest_dir)
         })
         .await
@@ -807,7 +847,12 @@ impl VmManager {
     }
 
     pub async fn delete_snapshot(&self, id_or_name: &str, force: bool) -> Result<(), ManagerError> {
-        Ok(self.inner.catalog.delete(id_or_name, force).await?)
+        let manager = self.clone();
+        let id_or_name = id_or_name.to_owned();
+        tokio::spawn(async move { manager.inner.catalog.delete(&id_or_name, force).await })
+            .await
+            .expect("deletes do not panic")?;
+        Ok(())
     }
 
     /// Whether `template` still matches the current inputs of `type_name`
@@ -875,16 +920,17 @@ impl VmManager {
             .failure
             .as_ref()
             .is_some_and(|(failed, _)| failed == inputs);
-        if entry.building || failed_alike {
+        if entry.building > 0 || failed_alike {
             return;
         }
-        entry.building = true;
+        entry.building += 1;
+        let lock = entry.lock.clone();
         drop(templates);
         tracing::info!(vm_type = %type_name, %reason, "template is stale; rebuilding it");
         let manager = self.clone();
         let type_name = type_name.to_owned();
         tokio::spawn(async move {
-            if let Err(err) = manager.build_template(&type_name).await {
+            if let Err(err) = manager.run_build(&type_name, lock).await {
                 tracing::warn!(vm_type = %type_name, error = %tfc_core::error_chain(&err), "template rebuild failed");
             }
         });
@@ -922,23 +968,35 @@ impl VmManager {
         let lock = {
             let mut templates = self.inner.templates.lock().expect("templates lock");
             let entry = templates.entry(type_name.to_owned()).or_default();
-            entry.building = true;
+            entry.building += 1;
             entry.lock.clone()
         };
+        // On its own task: a caller that goes away does not cut a build short.
+        let manager = self.clone();
+        let name = type_name.to_owned();
+        tokio::spawn(async move { manager.run_build(&name, lock).await })
+            .await
+            .expect("template builds do not panic")?;
+        Ok(self.template_info(type_name).await)
+    }
+
+    /// Runs one build queued by the caller (who counted it in `building`).
+    async fn run_build(
+        &self,
+        type_name: &str,
+        lock: Arc<tokio::sync::Mutex<()>>,
+    ) -> Result<SnapshotInfo, ManagerError> {
         let _building = lock.lock().await;
         let inputs = self.template_inputs(type_name).await.unwrap_or_default();
         let built = self.build_template_once(type_name).await;
-        {
-            let mut templates = self.inner.templates.lock().expect("templates lock");
-            let entry = templates.entry(type_name.to_owned()).or_default();
-            entry.building = false;
-            entry.failure = match &built {
-                Ok(_) => None,
-                Err(err) => Some((inputs, tfc_core::error_chain(err))),
-            };
-        }
-        built?;
-        Ok(self.template_info(type_name).await)
+        let mut templates = self.inner.templates.lock().expect("templates lock");
+        let entry = templates.entry(type_name.to_owned()).or_default();
+        entry.building -= 1;
+        entry.failure = match &built {
+            Ok(_) => None,
+            Err(err) => Some((inputs, tfc_core::error_chain(err))),
+        };
+        built
     }
 
     async fn build_template_once(&self, type_name: &str) -> Result<SnapshotInfo, ManagerError> {
@@ -948,12 +1006,15 @@ impl VmManager {
         };
         tracing::info!(vm_type = %type_name, "building template: booting a VM");
         let vm = self
-            .create(CreateVmRequest {
-                vm_type: Some(type_name.to_owned()),
-                optimization_level: Some(OptimizationLevel::Standard),
-                wait: true,
-                ..CreateVmRequest::default()
-            })
+            .create_now(
+                CreateVmRequest {
+                    vm_type: Some(type_name.to_owned()),
+                    optimization_level: Some(OptimizationLevel::Standard),
+                    wait: true,
+                    ..CreateVmRequest::default()
+                },
+                true,
+            )
             .await?;
         let snapshot = if vm.state == VmState::Ready {
             self.snapshot_as(
@@ -997,7 +1058,7 @@ impl VmManager {
         let (building, failure) = {
             let templates = self.inner.templates.lock().expect("templates lock");
             templates.get(type_name).map_or((false, None), |t| {
-                (t.building, t.failure.as_ref().map(|f| f.1.clone()))
+                (t.building > 0, t.failure.as_ref().map(|f| f.1.clone()))
             })
         };
         let template = self.inner.catalog.template(type_name);
@@ -1052,6 +1113,7 @@ impl VmManager {
     /// not orphans).
     pub async fn recover(&self) -> Result<std::collections::HashSet<String>, ManagerError> {
         self.inner.catalog.recover().await?;
+        let mut abandoned_builds = Vec::new();
         let rows = vm::with_store(&self.inner.store, |s| s.list_vms())
             .await
             .map_err(ManagerError::Store)?;
@@ -1068,6 +1130,7 @@ impl VmManager {
                 }
             };
             let workdir = PathBuf::from(&info.workdir);
+            let template_build = info.template_build;
             let handle = match info.state {
                 VmState::Creating => {
                     // Never finished creating: undo it.
@@ -1097,12 +1160,24 @@ impl VmManager {
                 _ => vm::adopt(info, self.inner.backend.clone(), self.inner.store.clone()),
             };
             kept.insert(row.id.to_string());
+            if template_build {
+                abandoned_builds.push(row.id.to_string());
+            }
             self.inner
                 .vms
                 .write()
                 .expect("vm table lock")
                 .vms
                 .insert(row.id.clone(), handle);
+        }
+        // A template build the previous daemon did not finish: its VM has no
+        // other user.
+        for id in abandoned_builds {
+            tracing::warn!(vm = %id, "removing the VM of an interrupted template build");
+            if let Err(err) = self.delete(&id, true).await {
+                tracing::warn!(vm = %id, error = %tfc_core::error_chain(&err), "cannot remove it");
+            }
+            kept.remove(&id);
         }
         Ok(kept)
     }

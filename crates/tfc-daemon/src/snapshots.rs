@@ -38,12 +38,16 @@ pub enum CatalogError {
     NameTaken(String),
     #[error("invalid snapshot name")]
     BadName(#[source] tfc_core::IdError),
+    #[error("snapshot name {0:?} starts with `snap-`, which is for snapshot ids")]
+    NameLikeId(String),
     #[error("snapshot {id} has dependents ({dependents}); delete them first or delete with force")]
     HasDependents { id: String, dependents: String },
     #[error("snapshot {id} is the template of VM type {vm_type}; delete with force (restores of that type then boot until the template is rebuilt)")]
     IsTemplate { id: String, vm_type: String },
     #[error("snapshot {0} is still being written")]
     NotReady(String),
+    #[error("snapshot {0} is being restored; try again once the restore is done")]
+    InUse(String),
     #[error("cannot restore snapshot {id}: {reason}")]
     Refused { id: String, reason: String },
     #[error("snapshot file {path}: {what}")]
@@ -66,6 +70,32 @@ pub struct Catalog {
     entries: Mutex<BTreeMap<SnapshotId, SnapshotInfo>>,
     /// Serialises merges of diff memory files (a merge writes a large file once).
     merging: tokio::sync::Mutex<()>,
+    /// Held by whoever adds or removes snapshots (a whole snapshot, from its
+    /// intent to its `ready` row, or a delete), so a diff's parent cannot go
+    /// while the diff is taken, and two snapshots of one VM cannot interleave
+    /// (a diff is relative to the snapshot before it).
+    writer: tokio::sync::Mutex<()>,
+    /// Restores under way per snapshot id; a snapshot in use is not deleted.
+    in_use: Mutex<BTreeMap<String, usize>>,
+}
+
+/// A restore's hold on a snapshot; released when dropped.
+#[derive(Debug)]
+pub struct InUse<'a> {
+    catalog: &'a Catalog,
+    id: String,
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        let mut in_use = self.catalog.in_use.lock().expect("catalog lock");
+        if let Some(n) = in_use.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                in_use.remove(&self.id);
+            }
+        }
+    }
 }
 
 /// Directory of all snapshots.
@@ -120,7 +150,36 @@ impl Catalog {
             store,
             entries: Mutex::default(),
             merging: tokio::sync::Mutex::new(()),
+            writer: tokio::sync::Mutex::new(()),
+            in_use: Mutex::default(),
         }
+    }
+
+    /// Excludes other snapshot writers and deletes while held.
+    pub async fn writer(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writer.lock().await
+    }
+
+    /// The snapshot with this id or name, held against deletion until the
+    /// returned guard drops.
+    pub fn use_snapshot(
+        &self,
+        id_or_name: &str,
+    ) -> Result<(SnapshotInfo, InUse<'_>), CatalogError> {
+        let entries = self.entries();
+        let info = find(&entries, id_or_name)?;
+        *self
+            .in_use
+            .lock()
+            .expect("catalog lock")
+            .entry(info.id.clone())
+            .or_default() += 1;
+        drop(entries);
+        let guard = InUse {
+            catalog: self,
+            id: info.id.clone(),
+        };
+        Ok((info, guard))
     }
 
     /// Loads the catalog from the store, finishing what a dead daemon left:
@@ -128,7 +187,7 @@ impl Catalog {
     pub async fn recover(&self) -> Result<(), CatalogError> {
         let dir = &self.dir;
         let store = &self.store;
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        private_dir(dir).map_err(io_err(dir))?;
         let rows = with_store(store, |s| s.list_snapshots())
             .await
             .map_err(CatalogError::Store)?;
@@ -178,6 +237,19 @@ impl Catalog {
                 if !claimed {
                     tracing::warn!(path = %entry.path().display(), "removing an orphaned snapshot directory");
                     let _ = std::fs::remove_dir_all(entry.path());
+                    continue;
+                }
+                // A merge a dead daemon left half-written (temporary files
+                // start with a dot; see `memfile::merge_diff`).
+                for file in std::fs::read_dir(entry.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if file.file_name().to_string_lossy().starts_with('.') {
+                        tracing::warn!(path = %file.path().display(), "removing an unfinished merge");
+                        let _ = std::fs::remove_file(file.path());
+                    }
                 }
             }
         }
@@ -198,17 +270,7 @@ impl Catalog {
 
     /// The snapshot with this id or name.
     pub fn get(&self, id_or_name: &str) -> Result<SnapshotInfo, CatalogError> {
-        let entries = self.entries();
-        if let Ok(id) = SnapshotId::new(id_or_name) {
-            if let Some(info) = entries.get(&id) {
-                return Ok(info.clone());
-            }
-        }
-        entries
-            .values()
-            .find(|s| s.name.as_deref() == Some(id_or_name))
-            .cloned()
-            .ok_or_else(|| CatalogError::NotFound(id_or_name.to_owned()))
+        find(&self.entries(), id_or_name)
     }
 
     /// The newest ready template snapshot of `vm_type`.
@@ -235,6 +297,9 @@ impl Catalog {
     pub async fn begin(&self, new: NewSnapshot) -> Result<SnapshotInfo, CatalogError> {
         if let Some(name) = &new.name {
             SnapshotId::new(name.as_str()).map_err(CatalogError::BadName)?;
+            if name.starts_with("snap-") {
+                return Err(CatalogError::NameLikeId(name.clone()));
+            }
         }
         let id = {
             let mut entries = self.entries();
@@ -269,7 +334,7 @@ impl Catalog {
         let info = self.get(id.as_str())?;
         let dir = PathBuf::from(&info.dir);
         let written = async {
-            std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+            private_dir(&self.dir).map_err(io_err(&self.dir))?;
             std::fs::create_dir(&dir).map_err(io_err(&dir))?;
             let r = row(&info);
             with_store(&self.store, move |s| s.put_snapshot(&r))
@@ -318,7 +383,11 @@ impl Catalog {
     /// is a template is refused. With it, dependent diffs are first merged so
     /// they no longer need it.
     pub async fn delete(&self, id_or_name: &str, force: bool) -> Result<(), CatalogError> {
+        let _writer = self.writer().await;
         let info = self.get(id_or_name)?;
+        if info.state != SnapshotState::Ready {
+            return Err(CatalogError::NotReady(info.id));
+        }
         let dependents = self.dependents(&info.id);
         if !force {
             if !dependents.is_empty() {
@@ -342,16 +411,38 @@ impl Catalog {
             self.finish(dep).await?;
         }
         let id = SnapshotId::new(info.id.clone()).expect("catalog ids are valid");
+        {
+            // Checked and removed under one lock with `use_snapshot`, so a
+            // restore either holds the snapshot or does not find it.
+            let mut entries = self.entries();
+            if self
+                .in_use
+                .lock()
+                .expect("catalog lock")
+                .contains_key(&info.id)
+            {
+                return Err(CatalogError::InUse(info.id));
+            }
+            entries.remove(&id);
+        }
         let key = id.clone();
         // The row goes first: a crash after it leaves an orphan directory, which
         // the next start removes; the other order would leave a row whose files
         // are gone.
-        with_store(&self.store, move |s| s.delete_snapshot(&key))
-            .await
-            .map_err(CatalogError::Store)?;
-        self.entries().remove(&id);
+        if let Err(err) = with_store(&self.store, move |s| s.delete_snapshot(&key)).await {
+            self.entries().insert(id, info);
+            return Err(CatalogError::Store(err));
+        }
         crate::crash::point("snapshot_delete.after_row");
-        std::fs::remove_dir_all(&info.dir).map_err(io_err(Path::new(&info.dir)))?;
+        let dir = PathBuf::from(&info.dir);
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir))
+            .await
+            .expect("remove does not panic");
+        if let Err(err) = removed {
+            // The snapshot is gone from the catalog; the next start removes
+            // the directory as an orphan.
+            tracing::warn!(snapshot = %info.id, %err, "cannot remove the snapshot's directory yet");
+        }
         tracing::info!(snapshot = %info.id, "snapshot deleted");
         Ok(())
     }
@@ -398,7 +489,10 @@ impl Catalog {
         })
         .await
         .expect("merge task does not panic");
-        let stats = merged.map_err(io_err(&full))?;
+        let stats = merged.map_err(|err| CatalogError::Files {
+            path: full.clone(),
+            what: format!("cannot be merged from the diff chain: {err}"),
+        })?;
         tracing::info!(snapshot = %info.id, bytes = stats.bytes_copied_from_diffs, "merged diff snapshot onto its parent");
         Ok(full)
     }
@@ -448,13 +542,69 @@ impl Catalog {
         let dir = Path::new(&info.dir);
         let state = dir.join(&manifest.state_file);
         check_len(&state, manifest.state_bytes)?;
-        if info.kind == SnapshotKind::Full {
-            check_len(&dir.join(&manifest.memory_file), manifest.memory_bytes)?;
-        } else if !dir.join(MEMORY_FILE).is_file() {
-            check_len(&dir.join(DIFF_MEMORY_FILE), manifest.memory_bytes)?;
+        // The memory: a full snapshot's own file, or, for a diff not merged
+        // yet, every file of its chain down to the full snapshot at its root.
+        let mut link = info.clone();
+        loop {
+            let dir = PathBuf::from(&link.dir);
+            let m = link
+                .manifest
+                .as_ref()
+                .ok_or_else(|| refuse(format!("snapshot {} has no manifest", link.id)))?;
+            if link.kind == SnapshotKind::Full {
+                check_len(&dir.join(&m.memory_file), m.memory_bytes)?;
+                return Ok(());
+            }
+            if dir.join(MEMORY_FILE).is_file() {
+                return Ok(());
+            }
+            check_len(&dir.join(DIFF_MEMORY_FILE), m.memory_bytes)?;
+            let parent = link.parent.clone().ok_or_else(|| {
+                refuse("its diff chain has no full snapshot at its root".to_owned())
+            })?;
+            link = self
+                .get(&parent)
+                .map_err(|_| refuse(format!("its parent snapshot {parent} is gone")))?;
         }
-        Ok(())
     }
+}
+
+fn find(
+    entries: &BTreeMap<SnapshotId, SnapshotInfo>,
+    id_or_name: &str,
+) -> Result<SnapshotInfo, CatalogError> {
+    if let Ok(id) = SnapshotId::new(id_or_name) {
+        if let Some(info) = entries.get(&id) {
+            return Ok(info.clone());
+        }
+    }
+    entries
+        .values()
+        .find(|s| s.name.as_deref() == Some(id_or_name))
+        .cloned()
+        .ok_or_else(|| CatalogError::NotFound(id_or_name.to_owned()))
+}
+
+/// Creates `dir` (and missing parents) readable by this user only: snapshots
+/// hold guest memory.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Makes the snapshot's files readable by this user only and durable before
+/// its row says `ready` (the VMM writes them with its own mode and no sync).
+pub fn seal_files(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::File::open(&path)?.sync_all()?;
+    }
+    std::fs::File::open(dir)?.sync_all()
 }
 
 fn check_len(path: &Path, expected: u64) -> Result<(), CatalogError> {

@@ -251,6 +251,7 @@ pub fn new_record(id: &VmId, spec: &VmSpec, workdir: &std::path::Path, start: St
             .to_string(),
         last_snapshot: start.snapshot.clone(),
         start,
+        template_build: false,
     }
 }
 
@@ -629,6 +630,14 @@ impl Owner {
             let _ = self.apply(VmEvent::Pause).await;
         }
         timing.pause_us = started.elapsed().as_micros() as u64;
+        if self.record.borrow().spec.diff_snapshots && self.record.borrow().last_snapshot.is_some()
+        {
+            // The VMM resets its dirty-page log as it writes a snapshot. Until
+            // this one is complete, no earlier snapshot is a valid base for a
+            // diff: a failed or interrupted one must not leave one recorded.
+            self.record.send_modify(|r| r.last_snapshot = None);
+            self.commit().await;
+        }
         crate::crash::point("snapshot.after_pause");
         let created = machine
             .snapshot(job.kind, &job.state_file, &job.memory_file)

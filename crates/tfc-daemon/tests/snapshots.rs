@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use tfc_daemon::backend::{Backend, FakeBackend};
 use tfc_daemon::config::Config;
 use tfc_daemon::manager::VmManager;
+use tfc_store::VmRow;
 use tfc_store::{AnyStore, SnapshotRow, Store, StoreKind};
 
 struct Harness {
@@ -52,7 +53,10 @@ boot_args = "console=ttyS0"
 }
 
 fn harness_with(dir: tempfile::TempDir, store: AnyStore) -> Harness {
-    let fake = FakeBackend::new(Duration::from_millis(5));
+    harness_with_fake(dir, store, FakeBackend::new(Duration::from_millis(5)))
+}
+
+fn harness_with_fake(dir: tempfile::TempDir, store: AnyStore, fake: FakeBackend) -> Harness {
     let manager = VmManager::new(
         Backend::Fake(fake),
         config(dir.path()),
@@ -531,4 +535,78 @@ async fn interrupted_snapshots_and_orphaned_directories_are_removed_at_start() {
     assert!(!h.snapshot_dir("snap-ffffffffffff").exists());
     assert!(h.snapshot_dir(&kept).is_dir());
     assert_eq!(h.manager.store().list_snapshots().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_snapshot_leaves_no_base_for_a_diff_and_names_cannot_pose_as_ids() {
+    let fake = FakeBackend::new(Duration::from_millis(5));
+    let h = harness_with_fake(
+        tempfile::tempdir().unwrap(),
+        AnyStore::Memory(tfc_store::MemoryStore::new()),
+        fake.clone(),
+    );
+    let vm = h.ready_vm("default").await;
+    let (status, _) = h.snapshot(&vm, json!({})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    // The VMM resets its dirty-page log as it writes; a failed snapshot
+    // leaves no valid base, so the next diff is refused rather than wrong.
+    fake.script(|s| s.fail_next_snapshot = Some("disk full".into()));
+    let (status, err) = h.snapshot(&vm, json!({"kind": "diff"})).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{err}");
+    let (_, info) = h.send(Method::GET, &format!("/v1/vms/{vm}"), None).await;
+    assert_eq!(
+        info["state"], "running",
+        "resumed after the failure: {info}"
+    );
+    assert!(info.get("last_snapshot").is_none(), "{info}");
+    let (status, err) = h.snapshot(&vm, json!({"kind": "diff"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    let (_, list) = h.send(Method::GET, "/v1/snapshots", None).await;
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        std::fs::read_dir(h.dir.path().join("snapshots"))
+            .unwrap()
+            .count(),
+        1,
+        "the failed snapshot's directory stayed"
+    );
+    let (status, err) = h.snapshot(&vm, json!({"name": "snap-0123456789ab"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+}
+
+#[tokio::test]
+async fn the_vm_of_an_interrupted_template_build_is_removed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = AnyStore::open(StoreKind::Sqlite, dir.path()).unwrap();
+    let h = harness_with(dir, store);
+    let vm = h.ready_vm("default").await;
+    // The owner stores `ready` just after publishing it; let that land first.
+    let id: tfc_core::VmId = vm.parse().unwrap();
+    for _ in 0..500 {
+        let row = h.manager.store().get_vm(&id).unwrap().unwrap();
+        if row.state == tfc_core::VmState::Ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (_, mut record) = h.send(Method::GET, &format!("/v1/vms/{vm}"), None).await;
+    record["template_build"] = json!(true);
+    h.manager
+        .store()
+        .put_vm(&VmRow {
+            id: vm.parse().unwrap(),
+            state: tfc_core::VmState::Ready,
+            record: record.to_string(),
+            updated_at_ms: 1,
+        })
+        .unwrap();
+    let Harness { dir, manager, .. } = h;
+    drop(manager);
+    let store = AnyStore::open(StoreKind::Sqlite, dir.path()).unwrap();
+    let h = harness_with(dir, store);
+    h.manager.recover().await.unwrap();
+    let (_, list) = h.send(Method::GET, "/v1/vms", None).await;
+    assert_eq!(list["vms"].as_array().unwrap().len(), 0, "{list}");
+    assert_eq!(h.vm_dirs(), 0);
+    assert!(h.manager.store().list_vms().unwrap().is_empty());
 }
