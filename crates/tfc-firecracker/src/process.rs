@@ -538,12 +538,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join(API_SOCKET);
         // A stand-in whose command line carries the socket the way Firecracker's
-        // does; `; true` keeps the shell from exec-ing sleep in its place.
+        // does. It waits on a builtin (`read` from a pipe nobody writes), so it
+        // never forks a child that would show the same command line.
         let mut child = std::process::Command::new("sh")
             .arg("-c")
-            .arg("sleep 60; true")
+            .arg("read line")
             .arg("--api-sock")
             .arg(&socket)
+            .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         // `spawn` returns once the child exists, which may be before its exec
