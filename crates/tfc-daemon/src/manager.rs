@@ -512,18 +512,28 @@ impl VmManager {
         record.state = transition(record.state, VmEvent::Restored).expect("creating may restore");
         record.pid = machine.pid();
         record.updated_at_ms = vm::now_ms();
-        // Stored while the guest is still paused; a daemon that dies before
-        // the resume below resumes it when it re-adopts the VM.
-        if let Err(err) = self.write_row(&record).await {
+        // The record is stored while the guest resumes, and the caller is
+        // answered only once both are done. A daemon that dies before the row
+        // exists leaves an unclaimed directory (its VMM is ended at start);
+        // one that dies after it but before the resume re-adopts the VM and
+        // resumes it.
+        let (stored, resumed) = tokio::join!(
+            async {
+                self.write_row(&record).await?;
+                crate::crash::point("restore.after_record");
+                Ok(())
+            },
+            machine.resume()
+        );
+        let failed = match (stored, resumed) {
+            (Ok(()), Ok(())) => None,
+            (Err(err), _) => Some(err),
+            (Ok(()), Err(err)) => Some(ManagerError::Restore(err)),
+        };
+        if let Some(err) = failed {
             machine.stop().await;
             undo(self);
             return Err(err);
-        }
-        crate::crash::point("restore.after_record");
-        if let Err(err) = machine.resume().await {
-            machine.stop().await;
-            undo(self);
-            return Err(ManagerError::Restore(err));
         }
         let at = requested_at.elapsed().as_micros() as u64;
         record.timeline.mark(BootPhase::Resumed, at);

@@ -630,6 +630,7 @@ impl Owner {
             let _ = self.apply(VmEvent::Pause).await;
         }
         timing.pause_us = started.elapsed().as_micros() as u64;
+        crate::crash::point("snapshot.after_pause");
         if self.record.borrow().spec.diff_snapshots && self.record.borrow().last_snapshot.is_some()
         {
             // The VMM resets its dirty-page log as it writes a snapshot. Until
@@ -638,7 +639,6 @@ impl Owner {
             self.record.send_modify(|r| r.last_snapshot = None);
             self.commit().await;
         }
-        crate::crash::point("snapshot.after_pause");
         let created = machine
             .snapshot(job.kind, &job.state_file, &job.memory_file)
             .await;
