@@ -1,7 +1,7 @@
 //! The REST API: routes, handlers, the OpenAPI document and the single mapping of
 //! domain errors to HTTP answers. Handlers only translate; the manager decides.
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -98,6 +98,13 @@ impl From<ManagerError> for ApiError {
             state,
         })
     }
+}
+
+/// A query string that does not parse is the caller's mistake.
+fn query<T>(params: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    params
+        .map(|Query(params)| params)
+        .map_err(|r| ApiError::new(ErrorCode::InvalidRequest, r.body_text()))
 }
 
 impl From<JsonRejection> for ApiError {
@@ -334,11 +341,9 @@ async fn get_snapshot(
 async fn delete_snapshot(
     State(manager): State<VmManager>,
     Path(id): Path<String>,
-    params: Result<Query<DeleteParams>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<DeleteParams>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let Query(params) =
-        params.map_err(|r| ApiError::new(ErrorCode::InvalidRequest, r.body_text()))?;
-    manager.delete_snapshot(&id, params.force).await?;
+    manager.delete_snapshot(&id, query(params)?.force).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -387,10 +392,8 @@ struct DeleteParams {
 async fn delete_vm(
     State(manager): State<VmManager>,
     Path(id): Path<String>,
-    params: Result<Query<DeleteParams>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<DeleteParams>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let Query(params) =
-        params.map_err(|r| ApiError::new(ErrorCode::InvalidRequest, r.body_text()))?;
-    manager.delete(&id, params.force).await?;
+    manager.delete(&id, query(params)?.force).await?;
     Ok(StatusCode::NO_CONTENT)
 }

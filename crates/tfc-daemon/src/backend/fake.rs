@@ -84,6 +84,16 @@ impl FakeBackend {
         self.script.lock().expect("fake script lock").clone()
     }
 
+    /// The script for a create or restore, or its scripted failure (used once).
+    fn next_create(&self) -> Result<FakeScript, BackendError> {
+        let next = self.snapshot();
+        if let Some(message) = next.fail_next_create {
+            self.script(|s| s.fail_next_create = None);
+            return Err(BackendError::Scripted(message));
+        }
+        Ok(next)
+    }
+
     fn machine(&self, id: &VmId, next: &FakeScript) -> FakeMachine {
         let (exit_tx, exit_rx) = watch::channel(None);
         let exit_tx = Arc::new(exit_tx);
@@ -131,11 +141,7 @@ impl VmBackend for FakeBackend {
         request: CreateRequest<'_>,
         mark: &mut (dyn FnMut(BootPhase) + Send),
     ) -> Result<FakeMachine, BackendError> {
-        let next = self.snapshot();
-        if let Some(message) = next.fail_next_create {
-            self.script(|s| s.fail_next_create = None);
-            return Err(BackendError::Scripted(message));
-        }
+        let next = self.next_create()?;
         for phase in [
             BootPhase::Spawned,
             BootPhase::ApiReady,
@@ -153,11 +159,7 @@ impl VmBackend for FakeBackend {
         request: RestoreRequest<'_>,
         mark: &mut (dyn FnMut(BootPhase) + Send),
     ) -> Result<FakeMachine, BackendError> {
-        let next = self.snapshot();
-        if let Some(message) = next.fail_next_create {
-            self.script(|s| s.fail_next_create = None);
-            return Err(BackendError::Scripted(message));
-        }
+        let next = self.next_create()?;
         mark(BootPhase::Spawned);
         mark(BootPhase::ApiReady);
         let state = std::fs::read(request.state_file).map_err(BackendError::Workdir)?;
