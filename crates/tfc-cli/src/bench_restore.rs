@@ -174,7 +174,6 @@ async fn measure(
         BootPhase::Spawned,
         BootPhase::ApiReady,
         BootPhase::SnapshotLoaded,
-        BootPhase::Resumed,
         BootPhase::Ready,
     ]
     .iter()

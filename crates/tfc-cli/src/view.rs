@@ -149,7 +149,6 @@ fn phase_name(phase: BootPhase) -> &'static str {
         BootPhase::Configured => "configured",
         BootPhase::InstanceStarted => "instance_started",
         BootPhase::SnapshotLoaded => "snapshot_loaded",
-        BootPhase::Resumed => "resumed",
         BootPhase::Ready => "ready",
     }
 }

@@ -1002,11 +1002,11 @@ fn snapshot_and_restore_survive_a_daemon_killed_at_every_step() {
     let refused = daemon.tfc(&["vm", "snapshot", &id, "--diff"]).error_line();
     assert!(refused.contains("take a full snapshot first"), "{refused}");
 
-    // A restore killed once its VMM has loaded the snapshot, before any record:
-    // that VMM is ended and its directory removed at restart.
+    // A restore killed once its VMM runs, before any record: that VMM is
+    // ended and its directory removed at restart.
     let before = firecrackers_of(&data);
     let mut while_dead = Vec::new();
-    daemon.crash_at("restore.after_load", |d| {
+    daemon.crash_at("restore.after_spawn", |d| {
         let _ = d.tfc(&["vm", "create", "--from-snapshot", &base_id]);
         // The daemon is dead by the time tfc returns.
         while_dead = firecrackers_of(&d.dir.path().join("data"));
@@ -1016,14 +1016,14 @@ fn snapshot_and_restore_survive_a_daemon_killed_at_every_step() {
         before.len() + 1,
         "the restore's VMM was not running when the daemon died: {while_dead:?}"
     );
-    let vms = daemon.audit("restore.after_load");
+    let vms = daemon.audit("restore.after_spawn");
     assert_eq!(vms.len(), 1, "{vms:#?}");
     assert_eq!(firecrackers_of(&data), before, "{}", daemon.log());
     assert_eq!(daemon.vm_dirs(), 1);
-    tried.push("restore.after_load");
+    tried.push("restore.after_spawn");
 
-    // A restore killed once recorded, guest still paused: re-adopted and
-    // resumed, so its Firecracker runs the guest.
+    // A restore killed once recorded, its VMM loading the snapshot: the
+    // load finishes without the daemon, and the VM is re-adopted running.
     daemon.crash_at("restore.after_record", |d| {
         let _ = d.tfc(&["vm", "create", "--from-snapshot", &base_id]);
     });
@@ -1031,10 +1031,18 @@ fn snapshot_and_restore_survive_a_daemon_killed_at_every_step() {
     assert_eq!(vms.len(), 2, "{vms:#?}");
     let clone = vms.iter().find(|v| v["id"] != id.as_str()).expect("clone");
     let clone_id = clone["id"].as_str().expect("id").to_owned();
-    assert_eq!(clone["state"], "ready", "{clone:#}");
     assert_eq!(clone["start"]["snapshot"], base_id.as_str(), "{clone:#}");
-    assert!(process_alive(clone["pid"].as_u64().expect("pid")));
-    daemon.await_run_state(&clone_id, InstanceState::Running);
+    // The load was under way in the VMM when the daemon died; almost always
+    // it had been sent and finished on its own. If the daemon died before
+    // sending it, the VM must be recorded failed for that reason, not ready.
+    if clone["state"] == "failed" {
+        let failure = clone["failure"].as_str().unwrap_or_default();
+        assert!(failure.contains("guest was not running"), "{clone:#}");
+    } else {
+        assert_eq!(clone["state"], "ready", "{clone:#}");
+        assert!(process_alive(clone["pid"].as_u64().expect("pid")));
+        daemon.await_run_state(&clone_id, InstanceState::Running);
+    }
     // A restored guest spins a core here: end it at once.
     daemon.must(&["vm", "rm", "--force", &clone_id]);
     tried.push("restore.after_record");

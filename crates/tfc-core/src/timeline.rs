@@ -16,10 +16,8 @@ pub enum BootPhase {
     Configured,
     /// `InstanceStart` accepted: the guest is running.
     InstanceStarted,
-    /// A restore's snapshot loaded into the VMM (guest still paused).
+    /// A restore's snapshot loaded and the guest resumed (one VMM call).
     SnapshotLoaded,
-    /// A restored guest resumed.
-    Resumed,
     /// Readiness check passed.
     Ready,
 }

@@ -71,6 +71,7 @@ impl From<ManagerError> for ApiError {
                 (ErrorCode::InvalidState, Some(*state))
             }
             ManagerError::Vm(VmError::Backend { .. }) => (ErrorCode::BackendError, None),
+            ManagerError::Vm(VmError::Record { .. }) => (ErrorCode::Unavailable, None),
             ManagerError::BadRequest(_) => (ErrorCode::InvalidRequest, None),
             ManagerError::Unservable(_) => (ErrorCode::Unavailable, None),
             ManagerError::NoDiff { .. } => (ErrorCode::InvalidState, None),

@@ -479,7 +479,7 @@ impl VmManager {
         let state_file = PathBuf::from(&snapshot.dir).join(&manifest.state_file);
         let mut phases = Vec::new();
         let mut mark = |phase| phases.push((phase, requested_at.elapsed().as_micros() as u64));
-        let restored = self
+        let started = self
             .inner
             .backend
             .restore(
@@ -487,56 +487,65 @@ impl VmManager {
                     id: &id,
                     spec: &spec,
                     workdir: &workdir,
-                    state_file: &state_file,
-                    memory_file: &memory,
                 },
                 &mut mark,
             )
             .await;
-        let undo = |manager: &Self| {
-            let _ = std::fs::remove_dir_all(&workdir);
-            let _ = manager.inner.store.delete_vm(&id);
+        // Row first, checked: a directory left behind is reaped at start, a
+        // row left behind would name a VM that is gone.
+        let undo = async |manager: &Self| {
+            let key = id.clone();
+            match vm::with_store(&manager.inner.store, move |s| s.delete_vm(&key)).await {
+                Ok(_) => {
+                    let _ = std::fs::remove_dir_all(&workdir);
+                }
+                Err(err) => {
+                    tracing::error!(vm = %id, error = %tfc_core::error_chain(&err), "cannot remove the record of a failed restore; the next start accounts for it");
+                }
+            }
         };
-        let machine = match restored {
+        let machine = match started {
             Ok(machine) => machine,
             Err(err) => {
-                undo(self);
+                undo(self).await;
                 tracing::warn!(snapshot = %snapshot.id, error = %tfc_core::error_chain(&err), "restore failed");
                 return Err(ManagerError::Restore(err));
             }
         };
-        crate::crash::point("restore.after_load");
+        crate::crash::point("restore.after_spawn");
         for (phase, at) in phases {
             record.timeline.mark(phase, at);
         }
         record.state = transition(record.state, VmEvent::Restored).expect("creating may restore");
         record.pid = machine.pid();
         record.updated_at_ms = vm::now_ms();
-        // The record is stored while the guest resumes, and the caller is
-        // answered only once both are done. A daemon that dies before the row
-        // exists leaves an unclaimed directory (its VMM is ended at start);
-        // one that dies after it but before the resume re-adopts the VM and
-        // resumes it.
-        let (stored, resumed) = tokio::join!(
+        // The record is stored while the VMM loads the snapshot and resumes
+        // the guest (one call), and the caller is answered only once both are
+        // done. A daemon that dies before the row exists leaves an unclaimed
+        // directory (its VMM is ended at start); one that dies after it finds
+        // the VM recorded ready and, at re-adoption, checks that its guest
+        // runs (a load that never finished fails the VM).
+        let (stored, loaded) = tokio::join!(
             async {
                 self.write_row(&record).await?;
                 crate::crash::point("restore.after_record");
                 Ok(())
             },
-            machine.resume()
+            machine.load_snapshot(&state_file, &memory, spec.diff_snapshots)
         );
-        let failed = match (stored, resumed) {
+        let failed = match (stored, loaded) {
             (Ok(()), Ok(())) => None,
             (Err(err), _) => Some(err),
             (Ok(()), Err(err)) => Some(ManagerError::Restore(err)),
         };
         if let Some(err) = failed {
             machine.stop().await;
-            undo(self);
+            undo(self).await;
+            tracing::warn!(snapshot = %snapshot.id, error = %tfc_core::error_chain(&err), "restore failed");
             return Err(err);
         }
         let at = requested_at.elapsed().as_micros() as u64;
-        record.timeline.mark(BootPhase::Resumed, at);
+        record.timeline.mark(BootPhase::SnapshotLoaded, at);
         record.timeline.mark(BootPhase::Ready, at);
         // A shutdown that began during the restore gets the machine back: the
         // caller gets nothing, so nothing stays.
@@ -552,7 +561,7 @@ impl VmManager {
         };
         if let Some(machine) = refused {
             machine.stop().await;
-            undo(self);
+            undo(self).await;
             return Err(ManagerError::ShuttingDown);
         }
         tracing::info!(vm = %id, snapshot = %snapshot.id, us = requested_at.elapsed().as_micros() as u64, "VM restored");
@@ -1055,7 +1064,9 @@ impl VmManager {
                         tracing::info!(snapshot = %old.id, error = %tfc_core::error_chain(&err), "keeping an older template");
                         continue;
                     }
-                    let _ = self.inner.catalog.delete(&old.id, true).await;
+                    if let Err(err) = self.inner.catalog.delete(&old.id, true).await {
+                        tracing::warn!(snapshot = %old.id, error = %tfc_core::error_chain(&err), "keeping an older template for now");
+                    }
                 }
             }
         }
@@ -1184,10 +1195,14 @@ impl VmManager {
         // other user.
         for id in abandoned_builds {
             tracing::warn!(vm = %id, "removing the VM of an interrupted template build");
-            if let Err(err) = self.delete(&id, true).await {
-                tracing::warn!(vm = %id, error = %tfc_core::error_chain(&err), "cannot remove it");
+            match self.delete(&id, true).await {
+                Ok(()) => {
+                    kept.remove(&id);
+                }
+                Err(err) => {
+                    tracing::warn!(vm = %id, error = %tfc_core::error_chain(&err), "cannot remove it");
+                }
             }
-            kept.remove(&id);
         }
         Ok(kept)
     }

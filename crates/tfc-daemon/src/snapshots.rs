@@ -403,6 +403,14 @@ impl Catalog {
                 });
             }
         }
+        if self
+            .in_use
+            .lock()
+            .expect("catalog lock")
+            .contains_key(&info.id)
+        {
+            return Err(CatalogError::InUse(info.id));
+        }
         for dependent in &dependents {
             let dep = self.get(dependent)?;
             self.memory_for_restore(&dep).await?;

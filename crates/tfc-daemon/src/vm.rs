@@ -64,6 +64,8 @@ pub struct SnapshotJob {
 pub enum VmError {
     #[error("cannot {verb} VM {id}: it is {state}", verb = op.verb())]
     InvalidState { id: VmId, op: VmOp, state: VmState },
+    #[error("cannot record VM {id} before its snapshot (nothing was taken): {reason}")]
+    Record { id: VmId, reason: String },
     #[error("cannot {verb} VM {id}", verb = op.verb())]
     Backend {
         id: VmId,
@@ -433,11 +435,23 @@ impl Owner {
         self.record.send_modify(|r| r.pid = machine.pid());
         self.commit().await;
         if matches!(info.state, VmState::Ready | VmState::Running) {
-            // A restore records `ready` before it resumes the guest; a daemon
-            // that died in between left it paused. Resuming a running guest
-            // is refused harmlessly.
-            if let Err(err) = machine.resume().await {
-                tracing::debug!(vm = %self.id, error = %error_chain(&err), "resume at adoption refused");
+            // A restore records `ready` while the VMM loads the snapshot; a
+            // daemon that died then may have left a guest that never started.
+            match machine.ensure_running().await {
+                Ok(()) => {}
+                Err(err @ BackendError::NotStarted(_)) => {
+                    machine.stop().await;
+                    let failure = format!(
+                        "the VM's guest was not running when the daemon restarted: {}",
+                        error_chain(&err)
+                    );
+                    self.fail(failure, None).await;
+                    return self.drain().await;
+                }
+                // The VMM answers but could not say: keep it, as adopted.
+                Err(err) => {
+                    tracing::warn!(vm = %self.id, error = %error_chain(&err), "cannot check the adopted VM's guest");
+                }
             }
         }
         if matches!(info.state, VmState::Booting | VmState::Prewarming) {
@@ -637,7 +651,23 @@ impl Owner {
             // this one is complete, no earlier snapshot is a valid base for a
             // diff: a failed or interrupted one must not leave one recorded.
             self.record.send_modify(|r| r.last_snapshot = None);
-            self.commit().await;
+            let encoded = row(&self.record.borrow());
+            let stored = match encoded {
+                Ok(row) => with_store(&self.store, move |s| s.put_vm(&row))
+                    .await
+                    .map_err(|e| error_chain(&e)),
+                Err(err) => Err(err.to_string()),
+            };
+            if let Err(err) = stored {
+                // Unrecorded, a later restart could still offer the old base.
+                if was_running && machine.resume().await.is_ok() {
+                    let _ = self.apply(VmEvent::Resume).await;
+                }
+                return Err(VmError::Record {
+                    id: self.id.clone(),
+                    reason: err,
+                });
+            }
         }
         let created = machine
             .snapshot(job.kind, &job.state_file, &job.memory_file)

@@ -152,8 +152,6 @@ impl VmBackend for FakeBackend {
         Ok(self.machine(request.id, &next))
     }
 
-    /// Checks the snapshot's files the way a VMM's load would (present, and a
-    /// state file it wrote), then runs at once.
     async fn restore(
         &self,
         request: RestoreRequest<'_>,
@@ -162,19 +160,7 @@ impl VmBackend for FakeBackend {
         let next = self.next_create()?;
         mark(BootPhase::Spawned);
         mark(BootPhase::ApiReady);
-        let state = std::fs::read(request.state_file).map_err(BackendError::Workdir)?;
-        if !state.starts_with(FAKE_STATE_MAGIC) {
-            return Err(BackendError::Scripted(format!(
-                "{} is not a snapshot state file",
-                request.state_file.display()
-            )));
-        }
-        std::fs::metadata(request.memory_file).map_err(BackendError::Workdir)?;
-        mark(BootPhase::SnapshotLoaded);
-        let machine = self.machine(request.id, &next);
-        // Runs (for `crash_after`) from the load; the fake has no paused state.
-        machine.boot().await?;
-        Ok(machine)
+        Ok(self.machine(request.id, &next))
     }
 
     /// Fake machines die with the daemon that made them, so there is never one
@@ -255,6 +241,30 @@ impl VmMachine for FakeMachine {
 
     async fn resume(&self) -> Result<(), BackendError> {
         self.pause().await
+    }
+
+    /// Checks the snapshot's files the way a VMM's load would (present, and a
+    /// state file the fake wrote), then runs.
+    async fn load_snapshot(
+        &self,
+        state_file: &Path,
+        memory_file: &Path,
+        _track_dirty_pages: bool,
+    ) -> Result<(), BackendError> {
+        let state = std::fs::read(state_file).map_err(BackendError::Workdir)?;
+        if !state.starts_with(FAKE_STATE_MAGIC) {
+            return Err(BackendError::Scripted(format!(
+                "{} is not a snapshot state file",
+                state_file.display()
+            )));
+        }
+        std::fs::metadata(memory_file).map_err(BackendError::Workdir)?;
+        self.boot().await
+    }
+
+    /// A fake machine is never adopted, so it never needs reconciling.
+    async fn ensure_running(&self) -> Result<(), BackendError> {
+        self.gone("run")
     }
 
     /// Writes a state file with a marker and a sparse memory file (no data, so

@@ -7,7 +7,8 @@ use std::time::Duration;
 use tfc_api::SnapshotKind;
 use tfc_core::{BootPhase, Readiness, VmId, VmSpec};
 use tfc_firecracker::models::{
-    MemoryBackend, MemoryBackendType, SnapshotCreateParams, SnapshotLoadParams, SnapshotType,
+    InstanceState, MemoryBackend, MemoryBackendType, SnapshotCreateParams, SnapshotLoadParams,
+    SnapshotType,
 };
 use tfc_firecracker::{ExitReason, FirecrackerProcess, SpawnConfig, StopPolicy, VmConfig};
 
@@ -84,16 +85,16 @@ impl FirecrackerBackend {
     }
 
     /// Links the root image into `workdir`, spawns the VMM there, waits for its
-    /// API and runs `then` on it, marking each phase (`done` after `then`). A
-    /// failure after the spawn stops the process: nothing is left behind.
+    /// API and runs `then` on it, marking each phase (`then` returns the one it
+    /// reached, if any). A failure after the spawn stops the process: nothing
+    /// is left behind.
     async fn launch(
         &self,
         id: &VmId,
         spec: &VmSpec,
         workdir: &Path,
         mark: &mut (dyn FnMut(BootPhase) + Send),
-        done: BootPhase,
-        then: impl AsyncFnOnce(&tfc_firecracker::ApiClient) -> Result<(), BackendError>,
+        then: impl AsyncFnOnce(&tfc_firecracker::ApiClient) -> Result<Option<BootPhase>, BackendError>,
     ) -> Result<FirecrackerMachine, BackendError> {
         vm_config(spec)
             .link_into(workdir)
@@ -110,8 +111,9 @@ impl FirecrackerBackend {
                 .await
                 .map_err(BackendError::Spawn)?;
             mark(BootPhase::ApiReady);
-            then(machine.process.api()).await?;
-            mark(done);
+            if let Some(reached) = then(machine.process.api()).await? {
+                mark(reached);
+            }
             Ok::<(), BackendError>(())
         }
         .await;
@@ -153,36 +155,11 @@ impl VmBackend for FirecrackerBackend {
     ) -> Result<FirecrackerMachine, BackendError> {
         let spec = request.spec;
         require_file("rootfs", &spec.rootfs)?;
-        require_file("snapshot state file", request.state_file)?;
-        require_file("snapshot memory file", request.memory_file)?;
         check_kvm()?;
-        let load = SnapshotLoadParams {
-            snapshot_path: request.state_file.display().to_string(),
-            mem_backend: Some(MemoryBackend {
-                backend_type: MemoryBackendType::File,
-                backend_path: request.memory_file.display().to_string(),
-            }),
-            enable_diff_snapshots: spec.diff_snapshots.then_some(true),
-            // Resumed by the caller once the VM is recorded, so the record is
-            // written while the guest costs no CPU.
-            resume_vm: Some(false),
-            network_overrides: Vec::new(),
-        };
         // The snapshot names the root drive by the relative link, which
         // `launch` creates in this VM's own directory.
-        self.launch(
-            request.id,
-            spec,
-            request.workdir,
-            mark,
-            BootPhase::SnapshotLoaded,
-            async |api| {
-                api.load_snapshot(&load)
-                    .await
-                    .map_err(BackendError::Restore)
-            },
-        )
-        .await
+        self.launch(request.id, spec, request.workdir, mark, async |_| Ok(None))
+            .await
     }
 
     async fn create(
@@ -195,14 +172,10 @@ impl VmBackend for FirecrackerBackend {
         require_file("rootfs", &spec.rootfs)?;
         check_kvm()?;
         let vm = vm_config(spec);
-        self.launch(
-            request.id,
-            spec,
-            request.workdir,
-            mark,
-            BootPhase::Configured,
-            async |api| vm.apply(api).await.map_err(BackendError::Configure),
-        )
+        self.launch(request.id, spec, request.workdir, mark, async |api| {
+            vm.apply(api).await.map_err(BackendError::Configure)?;
+            Ok(Some(BootPhase::Configured))
+        })
         .await
     }
 }
@@ -273,6 +246,48 @@ impl VmMachine for FirecrackerMachine {
                 verb: "pause",
                 source,
             })
+    }
+
+    async fn load_snapshot(
+        &self,
+        state_file: &Path,
+        memory_file: &Path,
+        track_dirty_pages: bool,
+    ) -> Result<(), BackendError> {
+        let load = SnapshotLoadParams {
+            snapshot_path: state_file.display().to_string(),
+            mem_backend: Some(MemoryBackend {
+                backend_type: MemoryBackendType::File,
+                backend_path: memory_file.display().to_string(),
+            }),
+            enable_diff_snapshots: track_dirty_pages.then_some(true),
+            resume_vm: Some(true),
+            network_overrides: Vec::new(),
+        };
+        self.process
+            .api()
+            .load_snapshot(&load)
+            .await
+            .map_err(BackendError::Restore)
+    }
+
+    async fn ensure_running(&self) -> Result<(), BackendError> {
+        let info = self
+            .process
+            .api()
+            .describe_instance()
+            .await
+            .map_err(|source| BackendError::Api {
+                verb: "describe the instance",
+                source,
+            })?;
+        match info.state {
+            InstanceState::Running => Ok(()),
+            InstanceState::Paused => self.resume().await,
+            InstanceState::NotStarted => Err(BackendError::NotStarted(
+                "it never loaded a snapshot or started a guest".to_owned(),
+            )),
+        }
     }
 
     async fn resume(&self) -> Result<(), BackendError> {

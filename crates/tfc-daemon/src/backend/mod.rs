@@ -51,6 +51,8 @@ pub enum BackendError {
     Workdir(#[source] std::io::Error),
     #[error("the VMM could not load the snapshot")]
     Restore(#[source] tfc_firecracker::ApiError),
+    #[error("the VMM runs no guest: {0}")]
+    NotStarted(String),
     #[error("fake backend: {0}")]
     Scripted(String),
 }
@@ -72,11 +74,6 @@ pub struct RestoreRequest<'a> {
     pub spec: &'a VmSpec,
     /// The VM's own directory; it exists and is empty.
     pub workdir: &'a Path,
-    /// The VMM state file of the snapshot.
-    pub state_file: &'a Path,
-    /// A full memory file (a diff is merged before it gets here). Mapped
-    /// privately: shared, unchanged, by every VM restored from it.
-    pub memory_file: &'a Path,
 }
 
 /// Creates machines.
@@ -91,9 +88,9 @@ pub trait VmBackend {
         mark: &mut (dyn FnMut(BootPhase) + Send),
     ) -> impl Future<Output = Result<Self::Machine, BackendError>> + Send;
 
-    /// Starts a VMM and loads the snapshot into it, leaving the guest paused
-    /// (the caller resumes it), calling `mark` as each phase is reached. On
-    /// failure nothing is left running.
+    /// Starts a VMM ready to load a snapshot of `request.spec` (root image
+    /// linked into the VM's directory), calling `mark` as each phase is
+    /// reached. On failure nothing is left running.
     fn restore(
         &self,
         request: RestoreRequest<'_>,
@@ -126,6 +123,22 @@ pub trait VmMachine: Send + Sync {
 
     /// Allowed on a paused guest.
     fn resume(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Loads a snapshot into a VMM from [`VmBackend::restore`] and resumes the
+    /// guest. `memory_file` is a full memory file (a diff is merged before it
+    /// gets here), mapped privately: shared, unchanged, by every VM restored
+    /// from it. `track_dirty_pages` keeps diff snapshots possible.
+    fn load_snapshot(
+        &self,
+        state_file: &Path,
+        memory_file: &Path,
+        track_dirty_pages: bool,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// For a VM recorded as running, found by a new daemon: resumes a guest
+    /// left paused; fails when the VMM never started one (a restore that did
+    /// not finish).
+    fn ensure_running(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
 
     /// Writes a snapshot of the paused guest to the two files (absolute paths).
     fn snapshot(
@@ -245,6 +258,17 @@ impl VmMachine for Machine {
         memory_file: &Path,
     ) -> Result<(), BackendError> {
         dispatch!(self, m => m.snapshot(kind, state_file, memory_file).await)
+    }
+    async fn load_snapshot(
+        &self,
+        state_file: &Path,
+        memory_file: &Path,
+        track_dirty_pages: bool,
+    ) -> Result<(), BackendError> {
+        dispatch!(self, m => m.load_snapshot(state_file, memory_file, track_dirty_pages).await)
+    }
+    async fn ensure_running(&self) -> Result<(), BackendError> {
+        dispatch!(self, m => m.ensure_running().await)
     }
     async fn stop(&self) -> ExitReason {
         dispatch!(self, m => m.stop().await)
