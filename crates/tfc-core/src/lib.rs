@@ -2,6 +2,7 @@
 //! decided from its inputs alone, so it is tested exhaustively without a VMM.
 //!
 //! Layout:
+//! - [`allocation`]: which of a pool's ready VMs to hand out (the strategies).
 //! - [`exit`]: how a VMM process ended.
 //! - [`error`]: printing an error with its causes, once, at the edge.
 //! - [`id`]: validated identifiers of VMs, snapshots and VM types.
@@ -11,6 +12,7 @@
 //! - [`time`]: wall-clock instants as Unix milliseconds.
 //! - [`timeline`]: per-phase boot timing of one VM.
 
+pub mod allocation;
 pub mod error;
 pub mod exit;
 pub mod id;
