@@ -730,6 +730,14 @@ impl Daemon {
         let data = self.dir.path().join("data");
         // Adoption finishes in the owner tasks, just after start.
         let deadline = Instant::now() + Duration::from_secs(10);
+        // A re-adopted VM whose guest turns out not to run is stopped, then
+        // recorded failed: for a moment its record and the process table
+        // disagree. Settled means no transitional state and both agree.
+        let live = |vms: &[Value]| {
+            let mut pids: Vec<u64> = vms.iter().filter_map(|vm| vm["pid"].as_u64()).collect();
+            pids.sort_unstable();
+            pids
+        };
         let vms = loop {
             let vms = self.must_json(&["vm", "ls", "--json"])["vms"]
                 .as_array()
@@ -737,7 +745,8 @@ impl Daemon {
                 .unwrap_or_default();
             let settled = vms
                 .iter()
-                .all(|vm| vm["state"] != "creating" && vm["state"] != "stopping");
+                .all(|vm| vm["state"] != "creating" && vm["state"] != "stopping")
+                && live(&vms) == firecrackers_of(&data);
             if settled || Instant::now() > deadline {
                 break vms;
             }
