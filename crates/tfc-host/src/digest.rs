@@ -12,16 +12,11 @@
 
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use sha2::{Digest, Sha256};
-
-/// Read size while hashing.
-const CHUNK: usize = 1 << 20;
 
 /// How much older than the start of hashing a file's mtime and ctime must be
 /// before its digest is remembered. Covers coarse timestamp clocks (one
@@ -110,17 +105,10 @@ fn digest_at(path: &Path, now: SystemTime) -> io::Result<String> {
 fn hash(file: &mut File) -> io::Result<String> {
     use std::io::Seek;
     file.rewind()?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+    Ok(format!(
+        "sha256:{}",
+        crate::assets::key::reader_sha256(file)?
+    ))
 }
 
 #[cfg(test)]
@@ -152,7 +140,7 @@ mod tests {
     fn an_unchanged_file_is_answered_from_the_cache() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rootfs.ext4");
-        std::fs::write(&path, vec![7u8; 3 * CHUNK + 5]).unwrap();
+        std::fs::write(&path, vec![7u8; 3 * (1 << 20) + 5]).unwrap();
         let real = digest_at(&path, later()).unwrap();
         let canonical = std::fs::canonicalize(&path).unwrap();
         let entry = cache().get(&canonical).cloned();
@@ -185,7 +173,10 @@ mod tests {
         assert_ne!(second, first);
         assert_eq!(
             second,
-            format!("sha256:{}", hex::encode(Sha256::digest(b"other version")))
+            format!(
+                "sha256:{}",
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"other version"))
+            )
         );
     }
 

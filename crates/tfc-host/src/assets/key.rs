@@ -56,16 +56,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 pub fn file_sha256(path: &Path) -> io::Result<String> {
-    let mut file = File::open(path)?;
+    reader_sha256(&mut File::open(path)?)
+}
+
+/// Hex sha256 of everything `reader` yields.
+pub(crate) fn reader_sha256(reader: &mut impl Read) -> io::Result<String> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
+    io::copy(reader, &mut hasher)?;
     Ok(hex::encode(hasher.finalize()))
 }
 
