@@ -216,19 +216,8 @@ pub enum SnapshotDevice {
     },
 }
 
-/// The CPU of the host that took a snapshot. A restore on a CPU that lacks any
-/// of these flags is refused: the guest may already use the features.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct CpuInfo {
-    pub vendor: String,
-    pub model_name: String,
-    pub family: u32,
-    pub model: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stepping: Option<u32>,
-    /// Sorted.
-    pub flags: Vec<String>,
-}
+/// The CPU of the host that took a snapshot (see [`tfc_core::CpuIdentity`]).
+pub use tfc_core::CpuIdentity as CpuInfo;
 
 /// What a snapshot was made from and on; a restore checks each against the
 /// host and refuses on any mismatch.

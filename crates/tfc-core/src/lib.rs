@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - [`allocation`]: which of a pool's ready VMs to hand out (the strategies).
+//! - [`cpu`]: a host CPU's identity and whether a snapshot may move between two.
 //! - [`exit`]: how a VMM process ended.
 //! - [`error`]: printing an error with its causes, once, at the edge.
 //! - [`id`]: validated identifiers of VMs, snapshots and VM types.
@@ -13,6 +14,7 @@
 //! - [`timeline`]: per-phase boot timing of one VM.
 
 pub mod allocation;
+pub mod cpu;
 pub mod error;
 pub mod exit;
 pub mod id;
@@ -22,6 +24,7 @@ pub mod state;
 pub mod time;
 pub mod timeline;
 
+pub use cpu::CpuIdentity;
 pub use error::error_chain;
 pub use exit::ExitReason;
 pub use id::{IdError, SnapshotId, VmId, VmTypeName};

@@ -143,7 +143,7 @@ impl VmManager {
         let host = HostFacts {
             vmm_version: backend.vmm_version().to_owned(),
             cpu: match tfc_host::cpu::read() {
-                Ok(cpu) => Some(snapshots::cpu_info(cpu)),
+                Ok(cpu) => Some(cpu),
                 Err(err) => {
                     tracing::warn!(%err, "cannot identify this host's CPU; snapshots cannot be taken or restored");
                     None

@@ -544,7 +544,9 @@ impl Catalog {
             }
         }
         match (&host.cpu, &manifest.cpu) {
-            (Some(here), taken_on) => cpu_compatible(taken_on, here).map_err(refuse)?,
+            (Some(here), taken_on) => taken_on
+                .compatibility(here)
+                .map_err(|e| refuse(e.to_string()))?,
             (None, _) => return Err(refuse("this host's CPU cannot be identified".to_owned())),
         }
         let dir = Path::new(&info.dir);
@@ -645,34 +647,6 @@ fn dir_data_bytes(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
-}
-
-/// The wire form of a host CPU's identity.
-pub fn cpu_info(cpu: tfc_host::cpu::CpuIdentity) -> CpuInfo {
-    CpuInfo {
-        vendor: cpu.vendor,
-        model_name: cpu.model_name,
-        family: cpu.family,
-        model: cpu.model,
-        stepping: cpu.stepping,
-        flags: cpu.flags,
-    }
-}
-
-/// A restore on `here` of a snapshot taken on `taken_on` is safe when the vendor
-/// and model match and `here` has every feature flag `taken_on` had.
-fn cpu_compatible(taken_on: &CpuInfo, here: &CpuInfo) -> Result<(), String> {
-    let identity = |c: &CpuInfo| tfc_host::cpu::CpuIdentity {
-        vendor: c.vendor.clone(),
-        model_name: c.model_name.clone(),
-        family: c.family,
-        model: c.model,
-        stepping: c.stepping,
-        flags: c.flags.clone(),
-    };
-    identity(taken_on)
-        .compatibility(&identity(here))
-        .map_err(|e| e.to_string())
 }
 
 /// Digest of everything a template's snapshot is built from; equal digests
