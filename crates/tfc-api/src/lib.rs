@@ -7,6 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 use tfc_core::{BootTimeline, OptimizationLevel, StartMethod, VmSpec, VmState};
+
+pub use tfc_core::allocation::AllocationStrategy;
+pub use tfc_core::PoolTier;
 use utoipa::ToSchema;
 
 /// Body of `POST /v1/vms`. Every field is optional: omitted fields come from the
@@ -107,6 +110,24 @@ pub struct VmInfo {
     /// the build ends, or at the next start of a daemon that died during it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub template_build: bool,
+    /// The VM's place in its type's pool: waiting in a tier, or handed out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolSlot>,
+}
+
+/// A VM that belongs to a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolSlot {
+    /// The tier it waits in (`running`, `hot`), or the tier that made it for
+    /// the caller that acquired it (`warm`, `cold`).
+    pub tier: PoolTier,
+    /// When a caller acquired it (Unix ms); absent while it waits. An
+    /// acquired VM is never handed to anyone else: release destroys it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acquired_at_ms: Option<u64>,
+    /// How long the acquire took, request to answer, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acquire_us: Option<u64>,
 }
 
 /// Body of `GET /v1/vms`.
@@ -336,4 +357,150 @@ pub struct TemplateInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TemplateList {
     pub templates: Vec<TemplateInfo>,
+}
+
+/// Body of `POST /v1/pools/{vm_type}/acquire`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireRequest {
+    /// Longest the acquire may take, in milliseconds; the pool's
+    /// `acquire_timeout_ms` if omitted. When no tier can serve within it the
+    /// answer is 503 with `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
+/// Answer of `POST /v1/pools/{vm_type}/acquire`: a running VM that is the
+/// caller's alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AcquireResponse {
+    pub vm: VmInfo,
+    /// The tier that served it.
+    pub tier: PoolTier,
+    /// Request to answer, in microseconds, as the daemon measured it.
+    pub acquire_us: u64,
+}
+
+/// Body of `PATCH /v1/pools/{vm_type}`: new sizes (omitted ones stay).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResizePoolRequest {
+    /// Hot VMs to keep waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+    /// Running VMs to keep waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<u32>,
+}
+
+/// VMs of one pool by where they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolSizes {
+    /// Waiting, running (acquire = handover).
+    pub running: u32,
+    /// Waiting, paused (acquire = resume).
+    pub hot: u32,
+    /// Being restored into the pool.
+    pub starting: u32,
+    /// Failed a health check or passed their age; being replaced.
+    pub needs_maintenance: u32,
+    /// Handed out and not yet released.
+    pub acquired: u32,
+}
+
+/// Acquires one tier served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TierStats {
+    pub tier: PoolTier,
+    pub count: u64,
+    /// Of every acquire that was served.
+    pub hit_rate: f64,
+    /// Request-to-answer latency of the most recent acquires (up to 1000), ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ms: Option<f64>,
+}
+
+/// A pool's counters since the daemon started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolStats {
+    /// Acquires asked for.
+    pub acquires: u64,
+    /// Acquires answered 503 (nothing could serve within the wait).
+    pub unserved: u64,
+    /// Acquires that failed for another reason (a VMM error).
+    pub failed: u64,
+    /// Per tier that served at least one acquire.
+    pub tiers: Vec<TierStats>,
+    /// VMs started into the pool, and starts that failed.
+    pub prewarmed: u64,
+    pub prewarm_failures: u64,
+    /// Failures in a row; refills back off exponentially while > 0.
+    pub consecutive_failures: u32,
+    /// The last refill failure, while it is unresolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+    /// When the next refill attempt is due while backing off (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<u64>,
+    /// Waiting VMs replaced because a health check failed, or for their age.
+    pub replaced_unhealthy: u64,
+    pub replaced_aged: u64,
+    /// The last waiting VM replaced, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_replacement: Option<String>,
+    /// Times autoscaling moved the target.
+    pub scaled_up: u64,
+    pub scaled_down: u64,
+}
+
+/// Autoscaling of the hot tier's target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AutoscaleInfo {
+    pub up_threshold: f64,
+    pub down_threshold: f64,
+    pub window_secs: u64,
+    pub step: u32,
+}
+
+/// One VM type's pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolInfo {
+    pub vm_type: String,
+    /// Tiers allowed to serve, in the order they are tried.
+    pub tiers: Vec<PoolTier>,
+    pub strategy: AllocationStrategy,
+    /// Hot tier: VMs to keep waiting, and the autoscaling bounds.
+    pub target: u32,
+    pub min: u32,
+    pub max: u32,
+    /// Running tier: VMs to keep waiting.
+    pub running: u32,
+    pub prewarm_concurrency: u32,
+    pub max_age_secs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleInfo>,
+    /// The template the pool restores from, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Why the pool cannot prewarm now (no template yet, backing off...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    pub sizes: PoolSizes,
+    pub stats: PoolStats,
+}
+
+/// Body of `GET /v1/pools`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolList {
+    pub pools: Vec<PoolInfo>,
 }

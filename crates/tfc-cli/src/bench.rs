@@ -37,6 +37,9 @@ pub enum BenchCmd {
     Boot(BootArgs),
     /// Snapshot restore to a running guest: raw Firecracker vs tfc.
     Restore(crate::bench_restore::RestoreArgs),
+    /// Acquire + release cycles against a pool, per tier, next to raw
+    /// Firecracker's resume and restore measured in the same run.
+    Pool(crate::bench_pool::PoolArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -62,19 +65,21 @@ const MEMORY_MIB: u32 = 128;
 
 #[derive(Debug, Serialize)]
 pub(crate) struct Stats {
-    min_ms: f64,
-    median_ms: f64,
-    max_ms: f64,
+    pub(crate) min_ms: f64,
+    pub(crate) median_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
     samples_ms: Vec<f64>,
 }
 
 impl Stats {
-    fn of(samples: &[Duration]) -> Self {
+    pub(crate) fn of(samples: &[Duration]) -> Self {
         let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
         ms.sort_by(f64::total_cmp);
         Stats {
             min_ms: ms[0],
             median_ms: median(&ms),
+            p99_ms: tfc_core::pool::percentile(&ms, 99.0).unwrap_or(f64::NAN),
             max_ms: ms[ms.len() - 1],
             samples_ms: ms,
         }
@@ -135,6 +140,7 @@ pub async fn run(cmd: BenchCmd, data_dir: &Path) -> anyhow::Result<()> {
     let args = match cmd {
         BenchCmd::Boot(args) => args,
         BenchCmd::Restore(args) => return crate::bench_restore::run(args, data_dir).await,
+        BenchCmd::Pool(args) => return crate::bench_pool::run(args, data_dir).await,
     };
     if args.count == 0 {
         bail!("--count must be at least 1");

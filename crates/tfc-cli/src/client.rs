@@ -15,8 +15,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tfc_api::{
-    CreateSnapshotRequest, CreateVmRequest, ErrorBody, SnapshotInfo, SnapshotList, TemplateInfo,
-    TemplateList, VmInfo, VmList,
+    AcquireRequest, AcquireResponse, CreateSnapshotRequest, CreateVmRequest, ErrorBody, PoolInfo,
+    PoolList, ResizePoolRequest, SnapshotInfo, SnapshotList, TemplateInfo, TemplateList, VmInfo,
+    VmList,
 };
 use tfc_core::{SnapshotId, VmId, VmTypeName};
 use tokio::net::UnixStream;
@@ -80,10 +81,14 @@ pub enum ClientError {
 
 /// A non-2xx answer carrying the daemon's [`ErrorBody`]. Displays as the
 /// daemon's message, plus the VM's state when the daemon reported it and the
-/// message does not already say it.
+/// message does not already say it, plus when to try again when the daemon
+/// said (`Retry-After`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub body: ErrorBody,
+    /// The answer's `Retry-After`, in seconds: trying again after this long
+    /// may succeed (a pool with nothing to hand out).
+    pub retry_after_secs: Option<u64>,
 }
 
 impl fmt::Display for Refusal {
@@ -93,6 +98,9 @@ impl fmt::Display for Refusal {
             if !self.body.message.contains(state.as_str()) {
                 write!(f, " (state: {state})")?;
             }
+        }
+        if let Some(secs) = self.retry_after_secs {
+            write!(f, "; retry after {secs} s")?;
         }
         Ok(())
     }
@@ -243,6 +251,60 @@ impl Client {
         self.call(Method::POST, path, None, None).await
     }
 
+    /// `GET /v1/pools`.
+    pub async fn list_pools(&self) -> Result<Answer<PoolList>, ClientError> {
+        self.call(
+            Method::GET,
+            "/v1/pools".to_owned(),
+            None,
+            Some(REQUEST_LIMIT),
+        )
+        .await
+    }
+
+    /// `GET /v1/pools/{vm_type}`.
+    pub async fn get_pool(&self, vm_type: &VmTypeName) -> Result<Answer<PoolInfo>, ClientError> {
+        let path = format!("/v1/pools/{vm_type}");
+        self.call(Method::GET, path, None, Some(REQUEST_LIMIT))
+            .await
+    }
+
+    /// `PATCH /v1/pools/{vm_type}`.
+    pub async fn resize_pool(
+        &self,
+        vm_type: &VmTypeName,
+        request: &ResizePoolRequest,
+    ) -> Result<Answer<PoolInfo>, ClientError> {
+        let body = serde_json::to_vec(request).map_err(ClientError::Encode)?;
+        let path = format!("/v1/pools/{vm_type}");
+        self.call(Method::PATCH, path, Some(body), Some(REQUEST_LIMIT))
+            .await
+    }
+
+    /// `POST /v1/pools/{vm_type}/acquire`. Bounded by the caller's wait (plus
+    /// a margin); without one, by the pool's own acquire timeout, which only
+    /// the daemon knows.
+    pub async fn acquire(
+        &self,
+        vm_type: &VmTypeName,
+        request: &AcquireRequest,
+    ) -> Result<Answer<AcquireResponse>, ClientError> {
+        let limit = request
+            .wait_ms
+            .map(|ms| Duration::from_millis(ms) + WAIT_MARGIN);
+        let body = serde_json::to_vec(request).map_err(ClientError::Encode)?;
+        let path = format!("/v1/pools/{vm_type}/acquire");
+        self.call(Method::POST, path, Some(body), limit).await
+    }
+
+    /// `POST /v1/vms/{id}/release`.
+    pub async fn release_vm(&self, id: &VmId) -> Result<(), ClientError> {
+        let path = format!("/v1/vms/{id}/release");
+        self.exchange(Method::POST, path, None, Some(REQUEST_LIMIT))
+            .await
+            .map(drop)
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -282,7 +344,7 @@ impl Client {
         let request = build_request(&method, &path, body)?;
         tracing::debug!(%method, %path, socket = %self.socket.display(), "request");
         let answer = send(stream, request);
-        let (status, bytes) =
+        let (status, retry_after, bytes) =
             match limit {
                 Some(limit) => tokio::time::timeout(limit, answer).await.map_err(|_| {
                     ClientError::TimedOut {
@@ -297,7 +359,7 @@ impl Client {
         if status.is_success() {
             Ok(bytes)
         } else {
-            Err(refusal(status, &bytes))
+            Err(refusal(status, retry_after, &bytes))
         }
     }
 }
@@ -325,10 +387,12 @@ fn build_request(
     })
 }
 
+/// Sends `request` and returns the answer's status, its `Retry-After` (whole
+/// seconds; the HTTP-date form is not used by the daemon) and its body.
 async fn send(
     stream: UnixStream,
     request: Request<Full<Bytes>>,
-) -> Result<(StatusCode, Bytes), ClientError> {
+) -> Result<(StatusCode, Option<u64>, Bytes), ClientError> {
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(ClientError::Exchange)?;
@@ -344,19 +408,27 @@ async fn send(
         .await
         .map_err(ClientError::Exchange)?;
     let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse().ok());
     let bytes = response
         .into_body()
         .collect()
         .await
         .map_err(ClientError::Exchange)?
         .to_bytes();
-    Ok((status, bytes))
+    Ok((status, retry_after, bytes))
 }
 
 /// A non-2xx answer: the daemon's [`ErrorBody`] if it sent one.
-fn refusal(status: StatusCode, bytes: &[u8]) -> ClientError {
+fn refusal(status: StatusCode, retry_after_secs: Option<u64>, bytes: &[u8]) -> ClientError {
     match serde_json::from_slice::<ErrorBody>(bytes) {
-        Ok(body) => ClientError::Refused(Refusal { body }),
+        Ok(body) => ClientError::Refused(Refusal {
+            body,
+            retry_after_secs,
+        }),
         Err(_) => {
             let text = String::from_utf8_lossy(bytes);
             let mut excerpt: String = text.trim().chars().take(EXCERPT_CHARS).collect();
@@ -382,7 +454,7 @@ mod tests {
     fn a_refusal_adds_the_state_only_when_the_message_lacks_it() {
         let body = br#"{"code":"invalid_state","message":"VM busy","state":"paused"}"#;
         assert_eq!(
-            refusal(StatusCode::CONFLICT, body).to_string(),
+            refusal(StatusCode::CONFLICT, None, body).to_string(),
             "VM busy (state: paused)"
         );
     }
@@ -390,7 +462,7 @@ mod tests {
     #[test]
     fn a_refusal_reads_as_the_daemons_message_and_state() {
         let body = br#"{"code":"invalid_state","message":"cannot pause VM vm-1: it is stopped","state":"stopped"}"#;
-        let err = refusal(StatusCode::CONFLICT, body);
+        let err = refusal(StatusCode::CONFLICT, None, body);
         assert_eq!(err.to_string(), "cannot pause VM vm-1: it is stopped");
         match err {
             ClientError::Refused(r) => {
@@ -405,21 +477,37 @@ mod tests {
     fn a_refusal_without_state_is_just_the_message() {
         let err = refusal(
             StatusCode::NOT_FOUND,
+            None,
             br#"{"code":"not_found","message":"no VM with id vm-000000000000"}"#,
         );
         assert_eq!(err.to_string(), "no VM with id vm-000000000000");
     }
 
     #[test]
+    fn a_refusal_with_retry_after_says_when_to_try_again() {
+        let body = br#"{"code":"unavailable","message":"no VM of type small could be handed out within 50 ms: no prewarmed VM waiting (0 starting)"}"#;
+        let err = refusal(StatusCode::SERVICE_UNAVAILABLE, Some(3), body);
+        assert_eq!(
+            err.to_string(),
+            "no VM of type small could be handed out within 50 ms: no prewarmed VM waiting \
+             (0 starting); retry after 3 s"
+        );
+        match err {
+            ClientError::Refused(r) => assert_eq!(r.retry_after_secs, Some(3)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
     fn a_non_json_error_is_quoted_briefly() {
-        let err = refusal(StatusCode::BAD_GATEWAY, "x".repeat(500).as_bytes());
+        let err = refusal(StatusCode::BAD_GATEWAY, None, "x".repeat(500).as_bytes());
         let text = err.to_string();
         assert!(
             text.starts_with("the tfc daemon answered 502 Bad Gateway"),
             "{text}"
         );
         assert!(text.ends_with('…') && text.len() < 300, "{text}");
-        let empty = refusal(StatusCode::INTERNAL_SERVER_ERROR, b"").to_string();
+        let empty = refusal(StatusCode::INTERNAL_SERVER_ERROR, None, b"").to_string();
         assert!(empty.ends_with("(empty)"), "{empty}");
     }
 

@@ -14,6 +14,17 @@ pub async fn answer_once(
     status: &'static str,
     body: String,
 ) -> tokio::task::JoinHandle<String> {
+    answer_once_with(socket, status, "", body).await
+}
+
+/// [`answer_once`] with `headers` (`name: value\r\n` lines) added to the
+/// answer's head.
+pub async fn answer_once_with(
+    socket: &Path,
+    status: &'static str,
+    headers: &'static str,
+    body: String,
+) -> tokio::task::JoinHandle<String> {
     let listener = UnixListener::bind(socket).unwrap();
     tokio::spawn(async move {
         let (mut conn, _) = listener.accept().await.unwrap();
@@ -38,7 +49,7 @@ pub async fn answer_once(
             request.extend_from_slice(&buf[..n]);
         }
         let response = format!(
-            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{headers}\
              content-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
         );

@@ -7,8 +7,9 @@
 //! - [`vm`]: `tfc vm ...`, the VM lifecycle commands (and taking snapshots).
 //! - [`snapshot`]: `tfc snapshot ...`, the snapshot catalog.
 //! - [`template`]: `tfc template ...`, VM types' golden snapshots and start times.
+//! - [`pool`]: `tfc pool ...`, VM types' pools of prewarmed VMs.
 //! - [`output`]: `--json` or a human view, for every command that asks the daemon.
-//! - [`view`]: human views of VMs, snapshots and templates.
+//! - [`view`]: human views of VMs, snapshots, templates and pools.
 //! - [`table`]: column-aligned text.
 //! - [`serve`]: `tfc serve`, the daemon in this process.
 //! - [`doctor`]: `tfc doctor`, checks that this host can run VMs.
@@ -18,12 +19,14 @@
 
 mod assets;
 mod bench;
+mod bench_pool;
 mod bench_restore;
 mod client;
 mod doctor;
 #[cfg(test)]
 mod fake_daemon;
 mod output;
+mod pool;
 mod serve;
 mod snapshot;
 mod table;
@@ -75,6 +78,9 @@ enum Command {
     /// Build VM types' templates and see how fast their VMs start (needs `tfc serve`).
     #[command(subcommand)]
     Template(template::TemplateCmd),
+    /// Acquire prewarmed VMs and size VM types' pools (needs `tfc serve`).
+    #[command(subcommand)]
+    Pool(pool::PoolCmd),
     /// Check that this host can run Firecracker VMs.
     Doctor(doctor::DoctorArgs),
     /// Build or inspect the kernel, root filesystem and Firecracker binary.
@@ -134,6 +140,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Template(cmd) => {
             let (runtime, client) = daemon_client(cli.socket)?;
             runtime.block_on(template::run(cmd, &client, &mut stdout))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pool(cmd) => {
+            let (runtime, client) = daemon_client(cli.socket)?;
+            runtime.block_on(pool::run(cmd, &client, &mut stdout))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor(args) => {
@@ -300,6 +311,35 @@ mod tests {
         assert!(err.contains("may contain only"), "{err}");
         let err = parse(&["tfc", "template", "build", "Default"]).unwrap_err();
         assert!(err.contains("may contain only"), "{err}");
+    }
+
+    #[test]
+    fn a_resize_needs_a_size_and_pool_commands_check_the_type() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(args)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        };
+        let err = parse(&["tfc", "pool", "resize", "small"]).unwrap_err();
+        assert!(
+            err.contains("--target") && err.contains("--running"),
+            "{err}"
+        );
+        let err = parse(&["tfc", "pool", "resize", "small", "--target", "-1"]).unwrap_err();
+        assert!(err.contains("--target"), "{err}");
+        let err = parse(&["tfc", "pool", "acquire", "../vms"]).unwrap_err();
+        assert!(err.contains("may contain only"), "{err}");
+        parse(&["tfc", "pool", "resize", "small", "--min", "1", "--max", "4"]).unwrap();
+        parse(&[
+            "tfc",
+            "pool",
+            "acquire",
+            "small",
+            "--wait-ms",
+            "50",
+            "--json",
+        ])
+        .unwrap();
     }
 
     #[test]

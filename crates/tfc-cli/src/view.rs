@@ -1,11 +1,13 @@
 //! Human views of the daemon's records. Here: VMs (the `vm ls` table, the
 //! `vm show` page, the summary printed by `vm create --wait`, the boot
 //! timeline they share) and the units every view prints times and sizes in.
-//! Snapshots are in [`snapshot`], templates in [`template`].
+//! Snapshots are in [`snapshot`], templates in [`template`], pools in
+//! [`pool`].
 //!
 //! The views are pure: "now" is a parameter (Unix milliseconds), so the same
 //! record always renders the same text.
 
+pub mod pool;
 pub mod snapshot;
 pub mod template;
 
@@ -14,7 +16,8 @@ use tfc_core::{BootPhase, BootTimeline, Readiness};
 
 use crate::table::{Align, Fields, Table};
 
-/// `vm ls`: one row per VM, oldest first.
+/// `vm ls`: one row per VM, oldest first. A pooled VM's method names its
+/// tier: `pool/hot`.
 pub fn list(vms: &[VmInfo], now_ms: u64) -> String {
     let mut vms: Vec<&VmInfo> = vms.iter().collect();
     vms.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
@@ -38,7 +41,7 @@ pub fn list(vms: &[VmInfo], now_ms: u64) -> String {
             format!("{}MiB", vm.spec.memory_mib),
             vm.pid.map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
             age(now_ms.saturating_sub(vm.created_at_ms)),
-            vm.start.method.to_string(),
+            method(vm),
             boot_time(&vm.timeline).unwrap_or_else(|| "-".to_owned()),
         ]);
     }
@@ -63,6 +66,9 @@ pub fn detail(vm: &VmInfo, now_ms: u64) -> String {
         fields.push("boot", boot);
     }
     push_start(&mut fields, &vm.start);
+    if let Some(slot) = &vm.pool {
+        fields.push("pool", pool::slot(slot, now_ms));
+    }
     if let Some(snapshot) = &vm.last_snapshot {
         fields.push("last snapshot", snapshot.as_str());
     }
@@ -103,6 +109,15 @@ pub fn created(vm: &VmInfo) -> String {
     }
     fields.push("console log", vm.console_log.as_str());
     format!("{}\n{fields}\n{}", vm.id, timeline(&vm.timeline))
+}
+
+/// How the VM was started, for `vm ls`: the method, with the tier for a
+/// pooled VM.
+fn method(vm: &VmInfo) -> String {
+    match &vm.pool {
+        Some(slot) => format!("{}/{}", vm.start.method, slot.tier),
+        None => vm.start.method.to_string(),
+    }
 }
 
 /// How the VM was started: `restore of snap-1 (level ultra_fast)`, and the
@@ -288,6 +303,7 @@ mod tests {
             start: StartInfo::default(),
             last_snapshot: None,
             template_build: false,
+            pool: None,
         }
     }
 
@@ -414,6 +430,38 @@ mod tests {
             text.contains(
                 "start:       cold_boot (level ultra_fast)\n\
                  start note:  no current golden snapshot; cold boot instead\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_pooled_vm_shows_its_tier_in_the_list_and_its_slot_in_detail() {
+        let mut pooled = restored("vm-p", NOW_MS - 2_000);
+        pooled.state = VmState::Running;
+        pooled.start = StartInfo {
+            level: OptimizationLevel::Instant,
+            method: StartMethod::Pool,
+            snapshot: Some("snap-0123456789ab".to_owned()),
+            note: Some("hot tier: prewarmed from the template".to_owned()),
+        };
+        pooled.pool = Some(tfc_api::PoolSlot {
+            tier: tfc_api::PoolTier::Hot,
+            acquired_at_ms: Some(NOW_MS - 1_000),
+            acquire_us: Some(420),
+        });
+        let table = list(&[pooled.clone()], NOW_MS);
+        assert_eq!(
+            table.lines().nth(1),
+            Some("vm-p  default  running      2  256MiB  4242   2s  pool/hot  11.4ms"),
+            "{table}"
+        );
+        let text = detail(&pooled, NOW_MS);
+        assert!(
+            text.contains(
+                "start:         pool of snap-0123456789ab (level instant)\n\
+                 start note:    hot tier: prewarmed from the template\n\
+                 pool:          hot tier, acquired 2023-11-14 22:13:19 UTC (1s ago) in 0.42ms\n"
             ),
             "{text}"
         );

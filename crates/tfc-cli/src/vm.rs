@@ -35,6 +35,12 @@ pub enum VmCmd {
     /// Snapshot a VM's memory and device state; prints the new snapshot.
     /// Allowed when ready, running or paused.
     Snapshot(SnapshotArgs),
+    /// Give back a VM taken with `tfc pool acquire`: it is stopped and removed
+    /// (never handed out again) and its pool replaces it.
+    Release {
+        /// The VM's id, as printed by `tfc pool acquire`.
+        id: VmId,
+    },
     /// Delete a stopped or failed VM's record and files.
     Rm {
         /// The VM's id, as printed by `tfc vm create` and `tfc vm ls`.
@@ -145,6 +151,11 @@ pub async fn run(cmd: VmCmd, client: &Client, out: &mut impl Write) -> anyhow::R
         VmCmd::Resume(target) => act(target, VmAction::Resume, client, out).await,
         VmCmd::Stop(target) => act(target, VmAction::Stop, client, out).await,
         VmCmd::Snapshot(args) => snapshot(args, client, out).await,
+        VmCmd::Release { id } => {
+            client.release_vm(&id).await?;
+            writeln!(out, "{id}: released")?;
+            Ok(())
+        }
         VmCmd::Rm { id, force } => {
             client.delete_vm(&id, force).await?;
             writeln!(out, "{id}")?;
@@ -409,6 +420,27 @@ mod tests {
         assert!(err.to_string().contains("failed"), "{err}");
         let printed: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(printed, failed_vm());
+    }
+
+    #[tokio::test]
+    async fn release_posts_to_the_vm_and_says_it_released_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("d.sock");
+        let server = answer_once(&socket, "204 No Content", String::new()).await;
+        let cmd = VmCmd::Release {
+            id: VmId::new("vm-0123456789ab").unwrap(),
+        };
+        let mut out = Vec::new();
+        run(cmd, &Client::new(socket), &mut out).await.unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "vm-0123456789ab: released\n"
+        );
+        let request = server.await.unwrap();
+        assert!(
+            request.starts_with("POST /v1/vms/vm-0123456789ab/release HTTP/1.1\r\n"),
+            "{request}"
+        );
     }
 
     #[tokio::test]

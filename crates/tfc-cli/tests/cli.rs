@@ -100,7 +100,11 @@ impl Daemon {
     }
 
     fn start_with(config_text: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(tempfile::tempdir().expect("tempdir"), config_text)
+    }
+
+    /// [`Daemon::start_with`] in `dir`, which may hold files the config names.
+    fn start_in(dir: tempfile::TempDir, config_text: &str) -> Self {
         std::fs::write(dir.path().join("tfc.toml"), config_text).expect("config written");
         let socket = dir.path().join("tfc.sock");
         let child = Self::spawn(dir.path(), &socket);
@@ -383,6 +387,8 @@ fn bad_values_are_refused_before_any_request() {
         (&["vm", "create", "--memory", "1"][..], "--memory"),
         (&["vm", "create", "--timeout", "5"][..], "--wait"),
         (&["vm", "show", "../../etc"][..], "may contain only"),
+        (&["pool", "resize", "default"][..], "--target"),
+        (&["pool", "acquire", "Default"][..], "may contain only"),
     ] {
         let run = tfc_at(&socket, args);
         assert_eq!(run.status.code(), Some(2), "{run:#?}");
@@ -1374,4 +1380,194 @@ fn a_full_data_disk_fails_a_snapshot_cleanly() {
     daemon.must(&["vm", "rm", &id]);
     daemon.clear_and_check_empty("after a snapshot on a full disk");
     daemon.terminate(Duration::from_secs(10));
+}
+
+/// `tfc serve` (fake backend) with two pooled VM types: `default` keeps one
+/// hot VM, restored from the template the daemon builds on its own; `hotonly`
+/// may serve only from its hot tier, which it keeps empty. The types name
+/// tiny real kernel and rootfs files so that the template's inputs digest.
+fn pool_daemon() -> Daemon {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kernel = dir.path().join("vmlinux");
+    let rootfs = dir.path().join("rootfs.ext4");
+    std::fs::write(&kernel, b"kernel").expect("kernel written");
+    std::fs::write(&rootfs, b"rootfs").expect("rootfs written");
+    let machine = format!(
+        "kernel = {:?}\nrootfs = {:?}\nboot_args = \"console=ttyS0\"\n",
+        kernel.display().to_string(),
+        rootfs.display().to_string()
+    );
+    let config = format!(
+        "{FAKE_CONFIG}\
+         [vm_types.default]\n{machine}\
+         [vm_types.default.pool]\ntarget = 1\n\
+         [vm_types.hotonly]\n{machine}\
+         [vm_types.hotonly.pool]\ntarget = 0\ntiers = [\"hot\"]\n"
+    );
+    Daemon::start_in(dir, &config)
+}
+
+impl Daemon {
+    /// Waits until `vm_type`'s pool has `hot` VMs waiting; returns the pool.
+    fn await_hot(&self, vm_type: &str, hot: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let pool = self.must_json(&["pool", "show", vm_type, "--json"]);
+            if pool["sizes"]["hot"].as_u64() == Some(hot) {
+                return pool;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pool {vm_type} never had {hot} hot VMs: {pool:#}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_pool_hands_out_prewarmed_vms_and_takes_them_back() {
+    let daemon = pool_daemon();
+
+    let table = daemon.must(&["pool", "ls"]);
+    let header = table.lines().next().expect("header");
+    for column in [
+        "TYPE", "TIERS", "RUNNING", "HOT", "STARTING", "ACQUIRED", "ACQUIRES", "HIT%", "HOT P50",
+        "HOT P99", "STATUS",
+    ] {
+        assert!(header.contains(column), "{column} missing: {table}");
+    }
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("hotonly "))
+        .expect("hotonly row");
+    assert!(
+        row.contains(" hot ") && row.contains(" 0/0 ") && row.ends_with(" ok"),
+        "{table}"
+    );
+
+    let pool = daemon.await_hot("default", 1);
+    assert_eq!(pool["vm_type"], "default", "{pool:#}");
+    assert_eq!(pool["target"], 1, "{pool:#}");
+    assert_eq!(
+        pool["tiers"],
+        serde_json::json!(["running", "hot", "warm", "cold"]),
+        "{pool:#}"
+    );
+    assert!(pool["template"].is_string(), "{pool:#}");
+    let table = daemon.must(&["pool", "ls"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("default "))
+        .expect("default row");
+    assert!(
+        row.contains("running,hot,warm,cold") && row.contains(" 0/0  1/1 "),
+        "{table}"
+    );
+
+    let acquired = daemon.must_json(&["pool", "acquire", "default", "--json"]);
+    assert_eq!(acquired["tier"], "hot", "{acquired:#}");
+    assert!(acquired["acquire_us"].is_u64(), "{acquired:#}");
+    assert_eq!(acquired["vm"]["state"], "running", "{acquired:#}");
+    assert!(
+        acquired["vm"]["pool"]["acquired_at_ms"].is_u64(),
+        "{acquired:#}"
+    );
+    let id = acquired["vm"]["id"].as_str().expect("id").to_owned();
+
+    let page = daemon.must(&["vm", "show", &id]);
+    assert!(
+        page.contains("pool:") && page.contains(" hot tier, acquired "),
+        "{page}"
+    );
+    let table = daemon.must(&["vm", "ls"]);
+    let row = table.lines().find(|l| l.starts_with(&id)).expect("row");
+    assert!(row.contains(" pool/hot "), "{table}");
+
+    // Whichever tier serves the second one, the answer reads the same way.
+    let out = daemon.must(&["pool", "acquire", "default", "--wait-ms", "10000"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    let second = lines[0].to_owned();
+    assert!(second.starts_with("vm-") && second != id, "{out}");
+    assert!(lines[1].starts_with("tier:    "), "{out}");
+    assert!(
+        lines[2].starts_with("acquire: ") && lines[2].ends_with("ms"),
+        "{out}"
+    );
+
+    for vm in [&id, &second] {
+        assert_eq!(
+            daemon.must(&["vm", "release", vm]),
+            format!("{vm}: released\n")
+        );
+        let gone = daemon.tfc(&["vm", "show", vm]).error_line();
+        assert!(gone.contains(vm.as_str()), "{gone}");
+    }
+
+    let page = daemon.must(&["pool", "show", "default"]);
+    assert!(page.contains("2 (0 unserved, 0 failed)"), "{page}");
+    assert!(
+        page.contains("\nTIER ") && page.contains("\nhot "),
+        "{page}"
+    );
+
+    // Only a VM a pool handed out can be released.
+    let own = daemon.must_json(&["vm", "create", "--wait", "--json"]);
+    let own = own["id"].as_str().expect("id");
+    let refused = daemon.tfc(&["vm", "release", own]).error_line();
+    assert!(
+        refused.contains(own) && refused.contains("not handed out by a pool"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn an_empty_pool_says_when_to_retry_and_resize_checks_bounds() {
+    let daemon = pool_daemon();
+
+    let refused = daemon
+        .tfc(&["pool", "acquire", "hotonly", "--wait-ms", "50"])
+        .error_line();
+    assert!(
+        refused.contains("hotonly") && refused.contains("; retry after "),
+        "{refused}"
+    );
+    let run = daemon.tfc(&["pool", "acquire", "hotonly", "--wait-ms", "50", "--json"]);
+    assert!(run.stdout.is_empty(), "{run:#?}");
+    assert!(run.error_line().contains("retry after"));
+    let pool = daemon.must_json(&["pool", "show", "hotonly", "--json"]);
+    assert_eq!(pool["stats"]["unserved"], 2, "{pool:#}");
+
+    let refused = daemon
+        .tfc(&["pool", "resize", "default", "--target", "500"])
+        .error_line();
+    assert!(
+        refused.contains("target") && refused.contains("0..=8"),
+        "{refused}"
+    );
+    let refused = daemon
+        .tfc(&["pool", "resize", "default", "--min", "5", "--max", "4"])
+        .error_line();
+    assert!(refused.contains("min"), "{refused}");
+    let unknown = daemon.tfc(&["pool", "show", "nosuch"]).error_line();
+    assert!(unknown.contains("unknown VM type"), "{unknown}");
+
+    assert_eq!(
+        daemon.must(&["pool", "resize", "hotonly", "--max", "2"]),
+        "hotonly: running target 0, hot target 0 (min 0, max 2)\n"
+    );
+    let resized = daemon.must_json(&[
+        "pool", "resize", "hotonly", "--min", "1", "--target", "1", "--json",
+    ]);
+    assert_eq!(
+        (
+            resized["min"].clone(),
+            resized["target"].clone(),
+            resized["max"].clone()
+        ),
+        (1.into(), 1.into(), 2.into()),
+        "{resized:#}"
+    );
 }

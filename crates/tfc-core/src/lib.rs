@@ -8,6 +8,7 @@
 //! - [`error`]: printing an error with its causes, once, at the edge.
 //! - [`id`]: validated identifiers of VMs, snapshots and VM types.
 //! - [`level`]: optimization levels and the start method that serves each.
+//! - [`pool`]: pool tiers and the pure decisions of a pool (refill, back-off, autoscaling).
 //! - [`spec`]: what a VM is made of (kernel, rootfs, vCPUs, memory, boot args, readiness).
 //! - [`state`]: the VM lifecycle, [`VmState`], and its single transition function.
 //! - [`time`]: wall-clock instants as Unix milliseconds.
@@ -19,6 +20,7 @@ pub mod error;
 pub mod exit;
 pub mod id;
 pub mod level;
+pub mod pool;
 pub mod spec;
 pub mod state;
 pub mod time;
@@ -29,6 +31,7 @@ pub use error::error_chain;
 pub use exit::ExitReason;
 pub use id::{IdError, SnapshotId, VmId, VmTypeName};
 pub use level::{OptimizationLevel, StartMethod};
+pub use pool::PoolTier;
 pub use spec::{Readiness, SpecError, VmSpec};
 pub use state::{transition, InvalidTransition, VmEvent, VmState};
 pub use time::unix_ms;

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //!  Creating ──Restored (snapshot loaded and resumed)──▶ Ready
+//!  Creating ──RestoredPaused (snapshot loaded, vCPUs left paused: a pool's hot tier)──▶ Paused
 //!  Creating ──StartBoot──▶ Booting ─────┐
 //!     │                                  ├─BootCompleted─▶ Ready ◀──Repaired── NeedsMaintenance
 //!     └──StartPrewarm──▶ Prewarming ────┘                    │ │                      ▲
@@ -116,6 +117,9 @@ pub enum VmEvent {
     StartPrewarm,
     /// The VMM loaded a snapshot and resumed the guest: ready without a boot.
     Restored,
+    /// The VMM loaded a snapshot and left the guest paused (a pool's hot
+    /// tier: no CPU cost until it is handed out).
+    RestoredPaused,
     /// The readiness check passed.
     BootCompleted,
     /// A caller takes the VM.
@@ -141,10 +145,11 @@ pub enum VmEvent {
 }
 
 impl VmEvent {
-    pub const ALL: [VmEvent; 14] = [
+    pub const ALL: [VmEvent; 15] = [
         VmEvent::StartBoot,
         VmEvent::StartPrewarm,
         VmEvent::Restored,
+        VmEvent::RestoredPaused,
         VmEvent::BootCompleted,
         VmEvent::Allocate,
         VmEvent::Allocated,
@@ -175,6 +180,7 @@ pub fn transition(from: VmState, event: VmEvent) -> Result<VmState, InvalidTrans
         (S::Creating, E::StartBoot) => S::Booting,
         (S::Creating, E::StartPrewarm) => S::Prewarming,
         (S::Creating, E::Restored) => S::Ready,
+        (S::Creating, E::RestoredPaused) => S::Paused,
         (S::Booting | S::Prewarming, E::BootCompleted) => S::Ready,
         (S::Ready | S::Paused | S::Snapshotted, E::Allocate) => S::Allocating,
         (S::Allocating, E::Allocated) => S::Running,
@@ -208,6 +214,7 @@ mod tests {
         t.insert((S::Creating, E::StartBoot), S::Booting);
         t.insert((S::Creating, E::StartPrewarm), S::Prewarming);
         t.insert((S::Creating, E::Restored), S::Ready);
+        t.insert((S::Creating, E::RestoredPaused), S::Paused);
         t.insert((S::Booting, E::BootCompleted), S::Ready);
         t.insert((S::Prewarming, E::BootCompleted), S::Ready);
         for s in [S::Ready, S::Paused, S::Snapshotted] {

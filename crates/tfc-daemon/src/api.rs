@@ -9,8 +9,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tfc_api::{
-    CreateSnapshotRequest, CreateVmRequest, ErrorBody, ErrorCode, Health, SnapshotInfo,
-    SnapshotList, TemplateInfo, TemplateList, VmInfo, VmList,
+    AcquireRequest, AcquireResponse, CreateSnapshotRequest, CreateVmRequest, ErrorBody, ErrorCode,
+    Health, PoolInfo, PoolList, ResizePoolRequest, SnapshotInfo, SnapshotList, TemplateInfo,
+    TemplateList, VmInfo, VmList,
 };
 use utoipa::OpenApi;
 
@@ -21,9 +22,10 @@ use crate::vm::{VmError, VmOp};
 /// Largest request body accepted; every body of this API is small.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// An error answer: status from [`status_for`], JSON [`ErrorBody`].
+/// An error answer: status from [`status_for`], JSON [`ErrorBody`], and a
+/// `Retry-After` header when trying again later may succeed.
 #[derive(Debug)]
-pub struct ApiError(ErrorBody);
+pub struct ApiError(ErrorBody, Option<u64>);
 
 /// The one place that maps error codes to HTTP statuses.
 pub fn status_for(code: ErrorCode) -> StatusCode {
@@ -39,17 +41,26 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
 
 impl ApiError {
     fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self(ErrorBody {
-            code,
-            message: message.into(),
-            state: None,
-        })
+        Self(
+            ErrorBody {
+                code,
+                message: message.into(),
+                state: None,
+            },
+            None,
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (status_for(self.0.code), Json(self.0)).into_response()
+        let mut response = (status_for(self.0.code), Json(self.0)).into_response();
+        if let Some(secs) = self.1 {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -78,6 +89,8 @@ impl From<ManagerError> for ApiError {
             ManagerError::Restore(_) | ManagerError::TemplateBuild { .. } => {
                 (ErrorCode::BackendError, None)
             }
+            ManagerError::NotPooled(_) => (ErrorCode::InvalidState, None),
+            ManagerError::PoolExhausted { .. } => (ErrorCode::Unavailable, None),
             ManagerError::Catalog(catalog) => match catalog {
                 CatalogError::NotFound(_) => (ErrorCode::NotFound, None),
                 CatalogError::NameTaken(_)
@@ -93,11 +106,20 @@ impl From<ManagerError> for ApiError {
                 CatalogError::Store(_) => (ErrorCode::Unavailable, None),
             },
         };
-        Self(ErrorBody {
-            code,
-            message,
-            state,
-        })
+        let retry_after = match &err {
+            ManagerError::PoolExhausted {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
+        Self(
+            ErrorBody {
+                code,
+                message,
+                state,
+            },
+            retry_after,
+        )
     }
 }
 
@@ -134,7 +156,12 @@ impl From<JsonRejection> for ApiError {
         get_snapshot,
         delete_snapshot,
         list_templates,
-        build_template
+        build_template,
+        list_pools,
+        get_pool,
+        resize_pool,
+        acquire,
+        release_vm
     ),
     components(schemas(
         CreateVmRequest,
@@ -145,6 +172,11 @@ impl From<JsonRejection> for ApiError {
         SnapshotList,
         TemplateInfo,
         TemplateList,
+        PoolInfo,
+        PoolList,
+        ResizePoolRequest,
+        AcquireRequest,
+        AcquireResponse,
         ErrorBody,
         ErrorCode,
         Health,
@@ -178,6 +210,10 @@ pub fn router(manager: VmManager) -> Router {
         )
         .route("/v1/templates", get(list_templates))
         .route("/v1/templates/{vm_type}/build", post(build_template))
+        .route("/v1/pools", get(list_pools))
+        .route("/v1/pools/{vm_type}", get(get_pool).patch(resize_pool))
+        .route("/v1/pools/{vm_type}/acquire", post(acquire))
+        .route("/v1/vms/{id}/release", post(release_vm))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(manager)
@@ -396,5 +432,83 @@ async fn delete_vm(
     params: Result<Query<DeleteParams>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     manager.delete(&id, query(params)?.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every VM type's pool: sizes per tier, targets, acquire statistics.
+#[utoipa::path(get, path = "/v1/pools", responses((status = 200, body = PoolList)))]
+async fn list_pools(State(manager): State<VmManager>) -> Json<PoolList> {
+    Json(PoolList {
+        pools: manager.pools().list(&manager),
+    })
+}
+
+/// One VM type's pool.
+#[utoipa::path(get, path = "/v1/pools/{vm_type}", params(("vm_type" = String, Path)), responses(
+    (status = 200, body = PoolInfo),
+    (status = 400, body = ErrorBody, description = "unknown VM type")
+))]
+async fn get_pool(
+    State(manager): State<VmManager>,
+    Path(vm_type): Path<String>,
+) -> Result<Json<PoolInfo>, ApiError> {
+    Ok(Json(manager.pools().info(&manager, &vm_type)?))
+}
+
+/// Change a pool's sizes (omitted ones stay). The pool fills or sheds VMs to
+/// the new targets in the background; `min <= target <= max` must hold.
+#[utoipa::path(patch, path = "/v1/pools/{vm_type}", params(("vm_type" = String, Path)), request_body = ResizePoolRequest, responses(
+    (status = 200, body = PoolInfo),
+    (status = 400, body = ErrorBody, description = "unknown VM type, or sizes out of bounds")
+))]
+async fn resize_pool(
+    State(manager): State<VmManager>,
+    Path(vm_type): Path<String>,
+    body: Result<Json<ResizePoolRequest>, JsonRejection>,
+) -> Result<Json<PoolInfo>, ApiError> {
+    let Json(request) = body?;
+    Ok(Json(manager.pools().resize(&manager, &vm_type, &request)?))
+}
+
+/// Hand out a running VM of the type, the caller's alone: a waiting one
+/// (running tier: a handover; hot tier: one resume), else a restore of the
+/// template (warm), else a boot (cold), as the pool allows. The body is
+/// optional. When nothing can serve within `wait_ms`: 503 with
+/// `Retry-After`.
+#[utoipa::path(post, path = "/v1/pools/{vm_type}/acquire", params(("vm_type" = String, Path)), request_body(content = AcquireRequest, description = "optional"), responses(
+    (status = 200, body = AcquireResponse),
+    (status = 400, body = ErrorBody, description = "unknown VM type or bad body"),
+    (status = 503, body = ErrorBody, description = "nothing could serve within the wait; see Retry-After")
+))]
+async fn acquire(
+    State(manager): State<VmManager>,
+    Path(vm_type): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<AcquireResponse>, ApiError> {
+    let request: AcquireRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        AcquireRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("invalid acquire body: {e}"),
+            )
+        })?
+    };
+    Ok(Json(manager.acquire(&vm_type, request.wait_ms).await?))
+}
+
+/// Give back a VM acquired from a pool: it is stopped and removed (a used VM
+/// is never handed to anyone else); the pool replaces it.
+#[utoipa::path(post, path = "/v1/vms/{id}/release", params(("id" = String, Path)), responses(
+    (status = 204),
+    (status = 404, body = ErrorBody),
+    (status = 409, body = ErrorBody, description = "the VM was not handed out by a pool")
+))]
+async fn release_vm(
+    State(manager): State<VmManager>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    manager.release(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -177,6 +177,80 @@ pub struct VmTypeConfig {
     /// this type's VMs.
     #[serde(default)]
     pub diff_snapshots: bool,
+    /// The type's pool of prewarmed VMs.
+    #[serde(default)]
+    pub pool: PoolConfig,
+}
+
+/// A VM type's pool: how many VMs wait in each tier, which tiers may serve an
+/// acquire, and how the pool looks after itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Hot tier (restored, paused): VMs to keep waiting.
+    #[serde(default)]
+    pub target: u32,
+    /// Bounds of the hot target (resizes and autoscaling stay within them).
+    #[serde(default)]
+    pub min: u32,
+    #[serde(default = "default_pool_max")]
+    pub max: u32,
+    /// Running tier (restored, left running): VMs to keep waiting. Each costs
+    /// what its guest does while idle.
+    #[serde(default)]
+    pub running: u32,
+    /// Tiers allowed to serve an acquire; they are tried in the order
+    /// running, hot, warm, cold whatever the order here.
+    #[serde(default = "default_pool_tiers")]
+    pub tiers: Vec<tfc_core::PoolTier>,
+    #[serde(default)]
+    pub strategy: tfc_core::allocation::AllocationStrategy,
+    /// Restores into the pool at once.
+    #[serde(default = "default_prewarm_concurrency")]
+    pub prewarm_concurrency: u32,
+    /// Waiting VMs older than this are replaced.
+    #[serde(default = "default_max_age")]
+    pub max_age_secs: u64,
+    /// How often waiting VMs are checked (process, VMM state, guest).
+    #[serde(default = "default_health_interval")]
+    pub health_interval_ms: u64,
+    /// An acquire's budget when the caller gives none.
+    #[serde(default = "default_acquire_timeout")]
+    pub acquire_timeout_ms: u64,
+    /// Scale the hot target with demand; off when absent.
+    pub autoscale: Option<AutoscaleConfig>,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            target: 0,
+            min: 0,
+            max: default_pool_max(),
+            running: 0,
+            tiers: default_pool_tiers(),
+            strategy: Default::default(),
+            prewarm_concurrency: default_prewarm_concurrency(),
+            max_age_secs: default_max_age(),
+            health_interval_ms: default_health_interval(),
+            acquire_timeout_ms: default_acquire_timeout(),
+            autoscale: None,
+        }
+    }
+}
+
+/// Autoscaling of a pool's hot target, decided once per window.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscaleConfig {
+    #[serde(default = "default_up_threshold")]
+    pub up_threshold: f64,
+    #[serde(default = "default_down_threshold")]
+    pub down_threshold: f64,
+    #[serde(default = "default_window")]
+    pub window_secs: u64,
+    #[serde(default = "default_step")]
+    pub step: u32,
 }
 
 fn default_backend() -> BackendKind {
@@ -212,6 +286,36 @@ fn default_memory() -> u32 {
 fn default_readiness_line() -> String {
     "Run /init as init process".to_owned()
 }
+fn default_pool_max() -> u32 {
+    8
+}
+fn default_pool_tiers() -> Vec<tfc_core::PoolTier> {
+    tfc_core::PoolTier::ALL.to_vec()
+}
+fn default_prewarm_concurrency() -> u32 {
+    2
+}
+fn default_max_age() -> u64 {
+    3600
+}
+fn default_health_interval() -> u64 {
+    10_000
+}
+fn default_acquire_timeout() -> u64 {
+    60_000
+}
+fn default_up_threshold() -> f64 {
+    0.75
+}
+fn default_down_threshold() -> f64 {
+    0.25
+}
+fn default_window() -> u64 {
+    60
+}
+fn default_step() -> u32 {
+    1
+}
 fn default_vm_types() -> BTreeMap<String, VmTypeConfig> {
     BTreeMap::from([(
         "default".to_owned(),
@@ -223,8 +327,116 @@ fn default_vm_types() -> BTreeMap<String, VmTypeConfig> {
             boot_args: None,
             readiness_line: default_readiness_line(),
             diff_snapshots: false,
+            pool: PoolConfig::default(),
         },
     )])
+}
+
+/// Most VMs one tier of a pool may hold.
+pub const MAX_POOL_SIZE: u32 = 256;
+
+impl PoolConfig {
+    fn validate(&self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        check_sizes(self.min, self.target, self.max, self.running, &self.tiers)
+            .map_err(|(field, reason)| invalid(key(field), reason))?;
+        if !(1..=64).contains(&self.prewarm_concurrency) {
+            return Err(invalid(
+                key("prewarm_concurrency"),
+                "must be between 1 and 64",
+            ));
+        }
+        if self.tiers.is_empty() {
+            return Err(invalid(key("tiers"), "must name at least one tier"));
+        }
+        let mut seen = self.tiers.clone();
+        seen.sort();
+        seen.dedup();
+        if seen.len() != self.tiers.len() {
+            return Err(invalid(key("tiers"), "names a tier twice"));
+        }
+        if self.max_age_secs == 0 {
+            return Err(invalid(key("max_age_secs"), "must be at least 1"));
+        }
+        if !(100..=3_600_000).contains(&self.health_interval_ms) {
+            return Err(invalid(
+                key("health_interval_ms"),
+                "must be between 100 and 3600000",
+            ));
+        }
+        if self.acquire_timeout_ms > 600_000 {
+            return Err(invalid(key("acquire_timeout_ms"), "must be at most 600000"));
+        }
+        if let Some(a) = &self.autoscale {
+            if !self.tiers.contains(&tfc_core::PoolTier::Hot) {
+                return Err(invalid(
+                    key("autoscale"),
+                    "scales the hot tier, which the pool's tiers do not include",
+                ));
+            }
+            let in_unit = |v: f64| (0.0..=1.0).contains(&v);
+            if !in_unit(a.up_threshold)
+                || !in_unit(a.down_threshold)
+                || a.down_threshold >= a.up_threshold
+            {
+                return Err(invalid(
+                    key("autoscale"),
+                    "needs 0 <= down_threshold < up_threshold <= 1",
+                ));
+            }
+            if !(1..=86_400).contains(&a.window_secs) {
+                return Err(invalid(
+                    key("autoscale.window_secs"),
+                    "must be between 1 and 86400",
+                ));
+            }
+            if !(1..=MAX_POOL_SIZE).contains(&a.step) {
+                return Err(invalid(
+                    key("autoscale.step"),
+                    format!("must be between 1 and {MAX_POOL_SIZE}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a pool's sizes; on error, the field at fault and why.
+pub fn check_sizes(
+    min: u32,
+    target: u32,
+    max: u32,
+    running: u32,
+    tiers: &[tfc_core::PoolTier],
+) -> Result<(), (&'static str, String)> {
+    if max > MAX_POOL_SIZE {
+        return Err(("max", format!("must be at most {MAX_POOL_SIZE}")));
+    }
+    if running > MAX_POOL_SIZE {
+        return Err(("running", format!("must be at most {MAX_POOL_SIZE}")));
+    }
+    if min > max {
+        return Err(("min", format!("{min} is above max {max}")));
+    }
+    if target < min || target > max {
+        return Err((
+            "target",
+            format!("{target} is outside min..=max ({min}..={max}); change the bound with it"),
+        ));
+    }
+    // VMs in a tier that may not serve would wait for nothing.
+    if target > 0 && !tiers.contains(&tfc_core::PoolTier::Hot) {
+        return Err((
+            "target",
+            "must be 0 unless the pool's tiers include \"hot\"".to_owned(),
+        ));
+    }
+    if running > 0 && !tiers.contains(&tfc_core::PoolTier::Running) {
+        return Err((
+            "running",
+            "must be 0 unless the pool's tiers include \"running\"".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 impl Config {
@@ -340,6 +552,9 @@ impl Config {
             if vm_type.readiness_line.is_empty() {
                 return Err(invalid(key("readiness_line"), "must not be empty"));
             }
+            vm_type
+                .pool
+                .validate(&|field| key(&format!("pool.{field}")))?;
         }
         if !self.vm_types.contains_key(&self.daemon.default_vm_type) {
             return Err(invalid(
@@ -467,6 +682,59 @@ mod tests {
             ("[vm_types.\"Bad Name\"]\nvcpus = 1", "vm_types.Bad Name"),
             ("[vm_types]", "vm_types"),
             ("daemon = 3", "daemon"),
+            (
+                "[vm_types.default.pool]\ntarget = 9",
+                "vm_types.default.pool.target",
+            ),
+            (
+                "[vm_types.default.pool]\nmin = 3\nmax = 2",
+                "vm_types.default.pool.min",
+            ),
+            (
+                "[vm_types.default.pool]\nmax = 1000",
+                "vm_types.default.pool.max",
+            ),
+            (
+                "[vm_types.default.pool]\ntiers = []",
+                "vm_types.default.pool.tiers",
+            ),
+            (
+                "[vm_types.default.pool]\ntiers = [\"hot\", \"hot\"]",
+                "vm_types.default.pool.tiers",
+            ),
+            (
+                "[vm_types.default.pool]\ntiers = [\"lukewarm\"]",
+                "lukewarm",
+            ),
+            (
+                "[vm_types.default.pool]\nprewarm_concurrency = 0",
+                "vm_types.default.pool.prewarm_concurrency",
+            ),
+            ("[vm_types.default.pool]\nstrategy = \"fastest\"", "fastest"),
+            (
+                "[vm_types.default.pool]\nhealth_interval_ms = 1",
+                "vm_types.default.pool.health_interval_ms",
+            ),
+            (
+                "[vm_types.default.pool]\ntarget = 1\ntiers = [\"warm\"]",
+                "vm_types.default.pool.target",
+            ),
+            (
+                "[vm_types.default.pool]\nrunning = 1\ntiers = [\"hot\"]",
+                "vm_types.default.pool.running",
+            ),
+            (
+                "[vm_types.default.pool]\nmax_age_secs = 0",
+                "vm_types.default.pool.max_age_secs",
+            ),
+            (
+                "[vm_types.default.pool.autoscale]\nup_threshold = 0.2\ndown_threshold = 0.5",
+                "vm_types.default.pool.autoscale",
+            ),
+            (
+                "[vm_types.default.pool.autoscale]\nwindow_secs = 0",
+                "vm_types.default.pool.autoscale.window_secs",
+            ),
         ];
         for (text, key) in cases {
             let err = tfc_core::error_chain(&Config::parse(text, "case").expect_err(text));

@@ -7,6 +7,8 @@
 //! - [`backend`]: the VMM seam (Firecracker, and a scriptable fake for tests).
 //! - [`vm`]: the owner task of one VM; the only code that changes its state.
 //! - [`manager`]: the table of VMs; resolves requests into specs.
+//! - [`snapshots`]: the snapshot catalog, restore checks, templates' files.
+//! - [`pools`]: pools of prewarmed VMs per VM type: tiers, acquire, refill, health.
 //! - [`api`]: HTTP routes, OpenAPI document, error-to-status mapping.
 //! - [`reaper`]: start-up cleanup of what an earlier daemon left behind.
 
@@ -15,6 +17,7 @@ pub mod backend;
 pub mod config;
 pub mod crash;
 pub mod manager;
+pub mod pools;
 pub mod reaper;
 pub mod snapshots;
 pub mod vm;
@@ -232,6 +235,8 @@ pub async fn serve_until(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     let deadline = Duration::from_secs(manager.config().daemon.shutdown_deadline_secs);
+    // Pools fill while the API serves (once: a caller may have started them).
+    manager.start_pools();
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let shutdown = {
         let manager = manager.clone();

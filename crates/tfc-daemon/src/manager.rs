@@ -11,18 +11,19 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tfc_api::{
-    CreateSnapshotRequest, CreateVmRequest, SnapshotInfo, SnapshotKind, StartInfo, StartStats,
-    TemplateInfo, TemplateStatus, VmInfo,
+    CreateSnapshotRequest, CreateVmRequest, PoolSlot, SnapshotInfo, SnapshotKind, StartInfo,
+    StartStats, TemplateInfo, TemplateStatus, VmInfo,
 };
 use tfc_core::level::{self, StartFacts};
 use tfc_core::{
-    spec, transition, BootPhase, OptimizationLevel, Readiness, SpecError, StartMethod, VmEvent,
-    VmId, VmSpec, VmState, VmTypeName,
+    spec, transition, BootPhase, OptimizationLevel, PoolTier, Readiness, SpecError, StartMethod,
+    VmEvent, VmId, VmSpec, VmState, VmTypeName,
 };
 use tfc_store::{AnyStore, MemoryStore, Store};
 
 use crate::backend::{Backend, BackendError, RestoreRequest, VmBackend, VmMachine};
 use crate::config::{Config, ShutdownPolicy};
+use crate::pools::{self, Pools};
 use crate::snapshots::{self, Catalog, CatalogError, HostFacts, NewSnapshot};
 use crate::vm::{self, SnapshotJob, VmError, VmHandle, VmOp};
 
@@ -71,6 +72,53 @@ pub enum ManagerError {
     Record(String),
     #[error(transparent)]
     Vm(#[from] VmError),
+    #[error("VM {0} was not handed out by a pool; delete it instead")]
+    NotPooled(String),
+    #[error("no VM of type {vm_type} could be handed out within {wait_ms} ms: {reason}")]
+    PoolExhausted {
+        vm_type: String,
+        wait_ms: u64,
+        reason: String,
+        /// When trying again is likely to succeed.
+        retry_after_secs: u64,
+    },
+}
+
+/// Extras of a boot: what the VM is for.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BootExtras {
+    pub template_build: bool,
+    pub pool: Option<PoolSlot>,
+}
+
+/// Whom a restore is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RestoreFor {
+    /// A caller of `POST /v1/vms`: the VM is ready and theirs.
+    Caller,
+    /// A pool's tier: a running VM waits (`running`), a paused one (`hot`).
+    Pool(PoolTier),
+    /// A caller of acquire, served by this tier: the VM is theirs, recorded
+    /// as handed out.
+    Acquire(PoolTier),
+}
+
+impl RestoreFor {
+    fn slot(self) -> Option<PoolSlot> {
+        match self {
+            RestoreFor::Caller => None,
+            RestoreFor::Pool(tier) => Some(PoolSlot {
+                tier,
+                acquired_at_ms: None,
+                acquire_us: None,
+            }),
+            RestoreFor::Acquire(tier) => Some(PoolSlot {
+                tier,
+                acquired_at_ms: Some(vm::now_ms()),
+                acquire_us: None,
+            }),
+        }
+    }
 }
 
 /// The daemon's table of VMs.
@@ -92,6 +140,12 @@ struct Inner {
     /// Request-to-Ready times of deleted VMs, per (VM type, method); the live
     /// ones are read from the table.
     start_history: std::sync::Mutex<Vec<(String, StartMethod, f64)>>,
+    pools: Pools,
+    pools_started: std::sync::atomic::AtomicBool,
+    /// Boots the daemon starts on its own (template builds, a pool's cold
+    /// tier) take one of these: about one booting VM per core is what a host
+    /// carries.
+    boot_slots: tokio::sync::Semaphore,
 }
 
 /// The template builds of one VM type.
@@ -154,13 +208,18 @@ impl VmManager {
             inner: Arc::new(Inner {
                 catalog: Catalog::new(&data_dir, store.clone()),
                 backend,
-                config,
                 data_dir,
                 store,
                 vms: RwLock::new(Table::default()),
                 host,
                 templates: Default::default(),
                 start_history: Default::default(),
+                pools: Pools::new(&config.vm_types),
+                pools_started: Default::default(),
+                boot_slots: tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                ),
+                config,
             }),
         }
     }
@@ -197,6 +256,19 @@ impl VmManager {
             .get(&id)
             .cloned()
             .ok_or_else(|| ManagerError::NotFound(id.to_string()))
+    }
+
+    pub(crate) fn handle_of(&self, id: &str) -> Result<VmHandle, ManagerError> {
+        self.handle(id)
+    }
+
+    /// Hands a ready or paused VM to a caller (see [`VmHandle::allocate`]).
+    pub(crate) async fn op_allocate(
+        &self,
+        id: &str,
+        requested_at: Instant,
+    ) -> Result<VmInfo, ManagerError> {
+        Ok(self.handle(id)?.allocate(requested_at).await?)
     }
 
     /// Merges the VM type with the request's overrides into a validated spec.
@@ -316,7 +388,9 @@ impl VmManager {
                 snapshot: None,
                 note: None,
             };
-            return self.restore(snapshot, start, requested_at).await;
+            return self
+                .restore(snapshot, start, requested_at, RestoreFor::Caller)
+                .await;
         }
         let type_name = self.type_name(&request);
         let facts = self.start_facts(&type_name, level).await;
@@ -340,7 +414,8 @@ impl VmManager {
                         "{level} restores the template of VM type {type_name} as it was built; vcpus, memory_mib and extra_boot_args cannot change it"
                     )));
                 }
-                self.restore(&template.id, start, requested_at).await
+                self.restore(&template.id, start, requested_at, RestoreFor::Caller)
+                    .await
             }
             StartMethod::ColdBoot | StartMethod::TunedBoot => {
                 let mut spec = self.resolve_spec(&request)?;
@@ -351,12 +426,25 @@ impl VmManager {
                     spec.diff_snapshots = false;
                     spec.validate().map_err(ManagerError::BadSpec)?;
                 }
-                self.boot(&request, spec, start, requested_at, template_build)
-                    .await
+                let extras = BootExtras {
+                    template_build,
+                    pool: None,
+                };
+                self.boot(&request, spec, start, requested_at, extras).await
             }
-            StartMethod::Pool => Err(ManagerError::Unservable(
-                "pools are not available".to_owned(),
-            )),
+            StartMethod::Pool => {
+                if request.vcpus.is_some()
+                    || request.memory_mib.is_some()
+                    || request.extra_boot_args.is_some()
+                {
+                    return Err(ManagerError::BadRequest(format!(
+                        "{level} hands out a pooled VM of type {type_name} as it was prewarmed; vcpus, memory_mib and extra_boot_args cannot change it"
+                    )));
+                }
+                let (vm, _, _) =
+                    pools::acquire(self, &type_name, request.wait_timeout_ms, requested_at).await?;
+                Ok(vm)
+            }
         }
     }
 
@@ -391,19 +479,20 @@ impl VmManager {
     }
 
     /// Boots a VM: its owner creates, boots and watches it.
-    async fn boot(
+    pub(crate) async fn boot(
         &self,
         request: &CreateVmRequest,
         spec: VmSpec,
         start: StartInfo,
         requested_at: Instant,
-        template_build: bool,
+        extras: BootExtras,
     ) -> Result<VmInfo, ManagerError> {
         let (id, workdir) = self.new_workdir()?;
         // The intent is stored before anything is started: a daemon that dies
         // from here on finds a `creating` record and rolls it back.
         let mut record = vm::new_record(&id, &spec, &workdir, start);
-        record.template_build = template_build;
+        record.template_build = extras.template_build;
+        record.pool = extras.pool;
         if let Err(err) = self.write_row(&record).await {
             let _ = std::fs::remove_dir(&workdir);
             return Err(err);
@@ -445,11 +534,12 @@ impl VmManager {
     /// new VMM in its own directory, resumed. The VM is recorded `creating`
     /// first, so a daemon that dies mid-restore rolls it back; a restore that
     /// fails removes everything it made before answering.
-    async fn restore(
+    pub(crate) async fn restore(
         &self,
         snapshot: &str,
         mut start: StartInfo,
         requested_at: Instant,
+        purpose: RestoreFor,
     ) -> Result<VmInfo, ManagerError> {
         // Held until the VM runs: the snapshot cannot be deleted under it.
         let (snapshot, _in_use) = self.inner.catalog.use_snapshot(snapshot)?;
@@ -476,6 +566,7 @@ impl VmManager {
         // the VM's row exists finds an unclaimed directory at start and ends
         // the VMM in it. (A row here would cost a store write per restore.)
         let mut record = vm::new_record(&id, &spec, &workdir, start);
+        record.pool = purpose.slot();
         let state_file = PathBuf::from(&snapshot.dir).join(&manifest.state_file);
         let mut phases = Vec::new();
         let mut mark = |phase| phases.push((phase, requested_at.elapsed().as_micros() as u64));
@@ -516,7 +607,19 @@ impl VmManager {
         for (phase, at) in phases {
             record.timeline.mark(phase, at);
         }
-        record.state = transition(record.state, VmEvent::Restored).expect("creating may restore");
+        let resume = !matches!(purpose, RestoreFor::Pool(PoolTier::Hot));
+        record.state = if resume {
+            transition(record.state, VmEvent::Restored).expect("creating may restore")
+        } else {
+            transition(record.state, VmEvent::RestoredPaused).expect("creating may restore")
+        };
+        if let RestoreFor::Acquire(_) = purpose {
+            // Handed out as it is made: stored as the caller's from the start.
+            for event in [VmEvent::Allocate, VmEvent::Allocated] {
+                record.state =
+                    transition(record.state, event).expect("a restored VM may be handed out");
+            }
+        }
         record.pid = machine.pid();
         record.updated_at_ms = vm::now_ms();
         // The record is stored while the VMM loads the snapshot and resumes
@@ -531,7 +634,7 @@ impl VmManager {
                 crate::crash::point("restore.after_record");
                 Ok(())
             },
-            machine.load_snapshot(&state_file, &memory, spec.diff_snapshots)
+            machine.load_snapshot(&state_file, &memory, spec.diff_snapshots, resume)
         );
         let failed = match (stored, loaded) {
             (Ok(()), Ok(())) => None,
@@ -547,6 +650,9 @@ impl VmManager {
         let at = requested_at.elapsed().as_micros() as u64;
         record.timeline.mark(BootPhase::SnapshotLoaded, at);
         record.timeline.mark(BootPhase::Ready, at);
+        if let Some(slot) = record.pool.as_mut().filter(|s| s.acquired_at_ms.is_some()) {
+            slot.acquire_us = Some(at);
+        }
         // A shutdown that began during the restore gets the machine back: the
         // caller gets nothing, so nothing stays.
         let refused = {
@@ -566,6 +672,101 @@ impl VmManager {
         }
         tracing::info!(vm = %id, snapshot = %snapshot.id, us = requested_at.elapsed().as_micros() as u64, "VM restored");
         Ok(record)
+    }
+
+    /// Releases a VM handed out by a pool: it is stopped and removed (a used
+    /// VM is never handed to anyone else); the pool has already started its
+    /// replacement.
+    pub async fn release(&self, id: &str) -> Result<(), ManagerError> {
+        let vm = self.get(id)?;
+        if vm.pool.as_ref().is_none_or(|s| s.acquired_at_ms.is_none()) {
+            return Err(ManagerError::NotPooled(vm.id));
+        }
+        self.delete(id, true).await?;
+        self.inner.pools.wake(vm.spec.vm_type.as_str());
+        Ok(())
+    }
+
+    /// The pools of every VM type.
+    pub fn pools(&self) -> &Pools {
+        &self.inner.pools
+    }
+
+    /// Starts the pools' tasks (refill, health checks, autoscaling); once,
+    /// after `recover`. Until then pools hold no VMs and acquires fall back
+    /// to the warm and cold tiers.
+    pub fn start_pools(&self) {
+        if !self
+            .inner
+            .pools_started
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.inner.pools.start(self);
+        }
+    }
+
+    /// Hands out a VM of `vm_type` from its pool (see [`pools::acquire`]).
+    pub async fn acquire(
+        &self,
+        vm_type: &str,
+        wait_ms: Option<u64>,
+    ) -> Result<tfc_api::AcquireResponse, ManagerError> {
+        let requested_at = Instant::now();
+        // On its own task: a caller that goes away does not cut it short.
+        let manager = self.clone();
+        let vm_type = vm_type.to_owned();
+        let (vm, tier, acquire_us) =
+            tokio::spawn(
+                async move { pools::acquire(&manager, &vm_type, wait_ms, requested_at).await },
+            )
+            .await
+            .expect("acquires do not panic")?;
+        Ok(tfc_api::AcquireResponse {
+            vm,
+            tier,
+            acquire_us,
+        })
+    }
+
+    /// See [`VmBackend::probe_guest`].
+    pub(crate) async fn probe_guest(
+        &self,
+        id: &VmId,
+        spec: &VmSpec,
+        workdir: &Path,
+    ) -> Result<(), BackendError> {
+        self.inner.backend.probe_guest(id, spec, workdir).await
+    }
+
+    pub(crate) fn boot_slots(&self) -> &tokio::sync::Semaphore {
+        &self.inner.boot_slots
+    }
+
+    /// The ready template a pool of `type_name` restores from, or why there
+    /// is none now. A missing or stale template is (re)built in the
+    /// background unless the last build with the same inputs failed.
+    pub(crate) async fn pool_template(&self, type_name: &str) -> Result<String, String> {
+        let stale = match self.inner.catalog.template(type_name) {
+            Some(template) => match self.template_check(type_name, &template).await {
+                Ok(()) => return Ok(template.id),
+                Err(stale) => stale,
+            },
+            None => Stale {
+                reason: "there is no template yet".to_owned(),
+                inputs: self.template_inputs(type_name).await.ok(),
+            },
+        };
+        self.rebuild_if_due(type_name, &stale);
+        let templates = self.inner.templates.lock().expect("templates lock");
+        let entry = templates.get(type_name);
+        Err(match entry {
+            Some(t) if t.building > 0 => format!("{}; building one", stale.reason),
+            Some(TemplateBuild {
+                failure: Some((_, failure)),
+                ..
+            }) => format!("{}; building one failed: {failure}", stale.reason),
+            _ => stale.reason,
+        })
     }
 
     /// What decides how a VM of `type_name` is started at each level.
@@ -598,7 +799,7 @@ impl VmManager {
             .collect();
         StartFacts {
             template_ready,
-            pool_available: false,
+            pool_available: self.inner.pools.contains(type_name),
             measured_ms,
         }
     }
@@ -618,7 +819,9 @@ impl VmManager {
             }
         }
         for vm in self.list() {
-            if vm.spec.vm_type.as_str() != type_name {
+            // A pooled VM's start was a prewarm nobody waited for; acquire
+            // times are the pool's statistics.
+            if vm.spec.vm_type.as_str() != type_name || vm.start.method == StartMethod::Pool {
                 continue;
             }
             if let Some(us) = vm.timeline.at(BootPhase::Ready) {
@@ -710,7 +913,8 @@ impl VmManager {
             .vms
             .remove(handle.id());
         let info = handle.info();
-        if let Some(us) = info.timeline.at(BootPhase::Ready) {
+        let ready = info.timeline.at(BootPhase::Ready);
+        if let Some(us) = ready.filter(|_| info.start.method != StartMethod::Pool) {
             let mut history = self.inner.start_history.lock().expect("history lock");
             if history.len() >= START_HISTORY_LIMIT {
                 history.remove(0);
@@ -1007,7 +1211,12 @@ impl VmManager {
     ) -> Result<SnapshotInfo, ManagerError> {
         let _building = lock.lock().await;
         let inputs = self.template_inputs(type_name).await.unwrap_or_default();
-        let built = self.build_template_once(type_name).await;
+        let built = {
+            // A build boots a VM: it counts against the host's boot slots.
+            let _slot = self.inner.boot_slots.acquire().await;
+            self.build_template_once(type_name).await
+        };
+        self.inner.pools.wake(type_name);
         let mut templates = self.inner.templates.lock().expect("templates lock");
         let entry = templates.entry(type_name.to_owned()).or_default();
         entry.building -= 1;
@@ -1151,7 +1360,16 @@ impl VmManager {
                 }
             };
             let workdir = PathBuf::from(&info.workdir);
-            let template_build = info.template_build;
+            // A template build the previous daemon did not finish, or a VM
+            // that waited in its pools: nobody else uses them. (A pooled VM
+            // is cheap to replace, and whether a caller was about to get it
+            // is not known: it is never handed out after a restart.)
+            let waiting_in_pool = info
+                .pool
+                .as_ref()
+                .is_some_and(|s| s.acquired_at_ms.is_none())
+                && !info.state.is_terminal();
+            let daemons_own = info.template_build || waiting_in_pool;
             let handle = match info.state {
                 VmState::Creating => {
                     // Never finished creating: undo it.
@@ -1181,7 +1399,7 @@ impl VmManager {
                 _ => vm::adopt(info, self.inner.backend.clone(), self.inner.store.clone()),
             };
             kept.insert(row.id.to_string());
-            if template_build {
+            if daemons_own {
                 abandoned_builds.push(row.id.to_string());
             }
             self.inner
@@ -1191,10 +1409,8 @@ impl VmManager {
                 .vms
                 .insert(row.id.clone(), handle);
         }
-        // A template build the previous daemon did not finish: its VM has no
-        // other user.
         for id in abandoned_builds {
-            tracing::warn!(vm = %id, "removing the VM of an interrupted template build");
+            tracing::warn!(vm = %id, "removing a VM the previous daemon kept for itself (template build or pool)");
             match self.delete(&id, true).await {
                 Ok(()) => {
                     kept.remove(&id);
@@ -1209,15 +1425,27 @@ impl VmManager {
 
     /// Refuses new VMs, then, by `policy`, stops every VM and removes its files,
     /// or lets every VM run on for the next daemon to adopt (records stay).
+    /// VMs waiting in pools are removed either way: they are the daemon's,
+    /// not a caller's.
     pub async fn shutdown(&self, policy: ShutdownPolicy) {
         let handles: Vec<VmHandle> = {
             let mut table = self.inner.vms.write().expect("vm table lock");
             table.closing = true;
             table.vms.values().cloned().collect()
         };
+        self.inner.pools.close();
         let mut tasks = tokio::task::JoinSet::new();
         for handle in handles {
             let manager = self.clone();
+            let waiting_in_pool = handle
+                .info()
+                .pool
+                .is_some_and(|s| s.acquired_at_ms.is_none());
+            let policy = if waiting_in_pool {
+                ShutdownPolicy::Stop
+            } else {
+                policy
+            };
             tasks.spawn(async move {
                 match policy {
                     ShutdownPolicy::LeaveRunning => handle.detach().await,

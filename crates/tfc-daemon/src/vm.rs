@@ -25,6 +25,7 @@ pub enum VmOp {
     Resume,
     Stop,
     Snapshot,
+    Allocate,
 }
 
 impl VmOp {
@@ -34,6 +35,7 @@ impl VmOp {
             VmOp::Resume => VmEvent::Resume,
             VmOp::Stop => VmEvent::Stop,
             VmOp::Snapshot => VmEvent::SnapshotTaken,
+            VmOp::Allocate => VmEvent::Allocate,
         }
     }
 
@@ -43,6 +45,7 @@ impl VmOp {
             VmOp::Resume => "resume",
             VmOp::Stop => "stop",
             VmOp::Snapshot => "snapshot",
+            VmOp::Allocate => "hand out",
         }
     }
 }
@@ -77,6 +80,7 @@ pub enum VmError {
 }
 
 type Reply = oneshot::Sender<Result<VmInfo, VmError>>;
+type CheckReply = oneshot::Sender<Result<(), String>>;
 type SnapshotReply = oneshot::Sender<Result<(VmInfo, SnapshotTiming), VmError>>;
 
 enum Command {
@@ -92,6 +96,16 @@ enum Command {
     /// the next daemon to adopt).
     Detach {
         done: oneshot::Sender<()>,
+    },
+    /// Hand the VM to a caller (see [`VmHandle::allocate`]).
+    Allocate {
+        requested_at: Instant,
+        reply: Reply,
+    },
+    /// Check a waiting VM (see [`VmHandle::check`]).
+    Check {
+        retire: Option<String>,
+        reply: CheckReply,
     },
 }
 
@@ -109,6 +123,8 @@ impl std::fmt::Debug for Command {
             Command::Op { op, .. } => write!(f, "Op({op:?})"),
             Command::Snapshot { job, .. } => write!(f, "Snapshot({})", job.id),
             Command::Detach { .. } => f.write_str("Detach"),
+            Command::Allocate { .. } => f.write_str("Allocate"),
+            Command::Check { .. } => f.write_str("Check"),
         }
     }
 }
@@ -155,6 +171,51 @@ impl VmHandle {
             return Err(refused());
         }
         answer.await.unwrap_or_else(|_| Err(refused()))
+    }
+
+    /// Hands a pooled VM to a caller: allowed in `ready` (no VMM call),
+    /// `paused` and `snapshotted` (resumed); results in `running` with the
+    /// pool slot marked acquired. The record is stored while the VMM
+    /// resumes, and the answer waits for both. `requested_at` is when the
+    /// caller asked, for the recorded acquire time.
+    pub async fn allocate(&self, requested_at: Instant) -> Result<VmInfo, VmError> {
+        let (reply, answer) = oneshot::channel();
+        let refused = || VmError::InvalidState {
+            id: self.id.clone(),
+            op: VmOp::Allocate,
+            state: self.info().state,
+        };
+        if self
+            .commands
+            .send(Command::Allocate {
+                requested_at,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return Err(refused());
+        }
+        answer.await.unwrap_or_else(|_| Err(refused()))
+    }
+
+    /// Checks a VM waiting in a pool (with `retire`, skips the check and
+    /// retires it for that reason). A VM that fails goes to
+    /// `needs_maintenance` and the answer says why; a VM that is not waiting
+    /// (handed out, stopping, gone) fails with what it is.
+    pub async fn check(&self, retire: Option<String>) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Check { retire, reply })
+            .await
+            .is_err()
+        {
+            return Err(format!("it is {}", self.info().state));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(format!("it is {}", self.info().state)))
     }
 
     /// Asks the owner to let the VM run on without it; resolves once it has (or
@@ -254,6 +315,7 @@ pub fn new_record(id: &VmId, spec: &VmSpec, workdir: &std::path::Path, start: St
         last_snapshot: start.snapshot.clone(),
         start,
         template_build: false,
+        pool: None,
     }
 }
 
@@ -549,6 +611,12 @@ impl Owner {
                     Command::Snapshot { reply, .. } => {
                         let _ = reply.send(Err(self.refuse(VmOp::Snapshot)));
                     }
+                    Command::Allocate { reply, .. } => {
+                        let _ = reply.send(Err(self.refuse(VmOp::Allocate)));
+                    }
+                    Command::Check { reply, .. } => {
+                        let _ = reply.send(Err(format!("it is {}", self.state())));
+                    }
                     Command::Detach { done } => return BootOutcome::Detached(done),
                 },
             }
@@ -587,6 +655,12 @@ impl Owner {
                         Some(Command::Snapshot { job, reply }) => {
                             let result = self.snapshot(machine, job).await;
                             let _ = reply.send(result);
+                        }
+                        Some(Command::Allocate { requested_at, reply }) => {
+                            self.allocate(machine, requested_at, reply).await;
+                        }
+                        Some(Command::Check { retire, reply }) => {
+                            let _ = reply.send(self.check(machine, retire).await);
                         }
                     }
                 }
@@ -700,6 +774,102 @@ impl Owner {
         Ok((self.record.borrow().clone(), timing))
     }
 
+    /// See [`VmHandle::allocate`]. The caller is answered before the final
+    /// record (`running`, with the acquire time) is stored: the record stored
+    /// with the resume already names the VM `running` and acquired, so a
+    /// daemon that dies in between re-adopts it as the caller's.
+    async fn allocate(&self, machine: &Machine, requested_at: Instant, reply: Reply) {
+        let from = self.state();
+        let Ok(allocating) = transition(from, VmEvent::Allocate) else {
+            let _ = reply.send(Err(self.refuse(VmOp::Allocate)));
+            return;
+        };
+        let running = transition(allocating, VmEvent::Allocated).expect("allocating ends running");
+        let before = self.record.borrow().clone();
+        self.record.send_modify(|r| {
+            r.state = running;
+            r.updated_at_ms = now_ms();
+            if let Some(slot) = &mut r.pool {
+                slot.acquired_at_ms = Some(r.updated_at_ms);
+            }
+        });
+        let encoded = row(&self.record.borrow());
+        let store = self.store.clone();
+        let stored = async move {
+            match encoded {
+                Ok(row) => with_store(&store, move |s| s.put_vm(&row))
+                    .await
+                    .map_err(|e| error_chain(&e)),
+                Err(err) => Err(err.to_string()),
+            }
+        };
+        let resume = async {
+            if matches!(from, VmState::Paused | VmState::Snapshotted) {
+                machine.resume().await
+            } else {
+                Ok(())
+            }
+        };
+        let (stored, resumed) = tokio::join!(stored, resume);
+        match (stored, resumed) {
+            (Ok(()), Ok(())) => {
+                self.record.send_modify(|r| {
+                    if let Some(slot) = &mut r.pool {
+                        slot.acquire_us = Some(requested_at.elapsed().as_micros() as u64);
+                    }
+                });
+                let _ = reply.send(Ok(self.record.borrow().clone()));
+                self.commit().await;
+            }
+            (Err(reason), resumed) => {
+                // Unrecorded, the VM must not run for anyone: back as it was.
+                if resumed.is_ok() && from != VmState::Ready {
+                    let _ = machine.pause().await;
+                }
+                self.record.send_replace(before);
+                let _ = reply.send(Err(VmError::Record {
+                    id: self.id.clone(),
+                    reason,
+                }));
+            }
+            (Ok(()), Err(source)) => {
+                // Recorded as handed out, but its guest does not run: the
+                // caller cannot use it and nobody else may.
+                let _ = reply.send(Err(VmError::Backend {
+                    id: self.id.clone(),
+                    op: VmOp::Allocate,
+                    source: Box::new(source),
+                }));
+                let exit = machine.stop().await;
+                self.fail(
+                    "the resume that handed it out failed".to_owned(),
+                    Some(exit),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// See [`VmHandle::check`].
+    async fn check(&self, machine: &Machine, retire: Option<String>) -> Result<(), String> {
+        let state = self.state();
+        let running = match state {
+            VmState::Ready => true,
+            VmState::Paused | VmState::Snapshotted => false,
+            _ => return Err(format!("it is {state}")),
+        };
+        let reason = match retire {
+            Some(reason) => reason,
+            None => match machine.check_health(running).await {
+                Ok(()) => return Ok(()),
+                Err(err) => error_chain(&err),
+            },
+        };
+        tracing::info!(vm = %self.id, %reason, "VM needs maintenance");
+        let _ = self.apply(VmEvent::HealthCheckFailed).await;
+        Err(reason)
+    }
+
     async fn stop(&self, machine: &Machine, reply: Reply) {
         // `stopping` is stored before the VMM is signalled: a daemon that dies
         // mid-stop finishes the stop when it comes back.
@@ -729,6 +899,12 @@ impl Owner {
                 }
                 Command::Snapshot { reply, .. } => {
                     let _ = reply.send(Err(self.refuse(VmOp::Snapshot)));
+                }
+                Command::Allocate { reply, .. } => {
+                    let _ = reply.send(Err(self.refuse(VmOp::Allocate)));
+                }
+                Command::Check { reply, .. } => {
+                    let _ = reply.send(Err(format!("it is {}", self.state())));
                 }
                 Command::Detach { done } => {
                     let _ = done.send(());

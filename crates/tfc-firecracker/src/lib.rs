@@ -10,6 +10,7 @@
 //! - [`process`]: spawn, wait for the API socket, detect exit, graceful stop, cleanup.
 //! - [`vm_config`]: a VM's boot configuration, applied over the API or as a config file.
 //! - [`memfile`]: snapshot memory files; merging diff snapshots onto their base.
+//! - [`vsock`]: the host side of the vsock device's connect handshake; a guest liveness probe.
 
 pub mod client;
 pub mod console;
@@ -18,6 +19,7 @@ pub mod models;
 pub mod pidfd;
 pub mod process;
 pub mod vm_config;
+pub mod vsock;
 
 pub use client::{ApiClient, ApiError};
 pub use console::{ConsoleError, ConsoleWatch};

@@ -37,6 +37,12 @@ pub struct FakeScript {
     pub fail_pause_resume: Option<String>,
     /// Fail the next snapshot with this message.
     pub fail_next_snapshot: Option<String>,
+    /// Time a restore takes (spawn to loaded).
+    pub restore_latency: Duration,
+    /// Fail every restore with this message while set.
+    pub fail_restores: Option<String>,
+    /// Machines whose health checks fail, with the reason.
+    pub unhealthy: HashMap<VmId, String>,
 }
 
 /// The fake backend.
@@ -102,6 +108,7 @@ impl FakeBackend {
         machines.insert(id.clone(), Arc::downgrade(&exit_tx));
         drop(machines);
         FakeMachine {
+            id: id.clone(),
             script: self.script.clone(),
             boot_latency: next.boot_latency,
             crash_after: next.crash_after,
@@ -114,6 +121,7 @@ impl FakeBackend {
 /// One fake VM.
 #[derive(Debug)]
 pub struct FakeMachine {
+    id: VmId,
     script: Arc<Mutex<FakeScript>>,
     boot_latency: Duration,
     crash_after: Option<Duration>,
@@ -158,9 +166,24 @@ impl VmBackend for FakeBackend {
         mark: &mut (dyn FnMut(BootPhase) + Send),
     ) -> Result<FakeMachine, BackendError> {
         let next = self.next_create()?;
+        tokio::time::sleep(next.restore_latency).await;
+        if let Some(message) = next.fail_restores {
+            return Err(BackendError::Scripted(message));
+        }
         mark(BootPhase::Spawned);
         mark(BootPhase::ApiReady);
         Ok(self.machine(request.id, &next))
+    }
+
+    /// Answers unless the script names the VM unhealthy.
+    async fn probe_guest(
+        &self,
+        id: &VmId,
+        _spec: &tfc_core::VmSpec,
+        _workdir: &Path,
+    ) -> Result<(), BackendError> {
+        let scripted = self.snapshot().unhealthy.get(id).cloned();
+        scripted.map_or(Ok(()), |reason| Err(BackendError::Unhealthy(reason)))
     }
 
     /// Fake machines die with the daemon that made them, so there is never one
@@ -250,6 +273,7 @@ impl VmMachine for FakeMachine {
         state_file: &Path,
         memory_file: &Path,
         _track_dirty_pages: bool,
+        _resume: bool,
     ) -> Result<(), BackendError> {
         let state = std::fs::read(state_file).map_err(BackendError::Workdir)?;
         if !state.starts_with(FAKE_STATE_MAGIC) {
@@ -260,6 +284,21 @@ impl VmMachine for FakeMachine {
         }
         std::fs::metadata(memory_file).map_err(BackendError::Workdir)?;
         self.boot().await
+    }
+
+    /// Healthy while it runs, unless the script says otherwise.
+    async fn check_health(&self, _running: bool) -> Result<(), BackendError> {
+        if let Some(reason) = self.exited() {
+            return Err(BackendError::Unhealthy(format!("the VMM {reason}")));
+        }
+        let scripted = self
+            .script
+            .lock()
+            .expect("fake script lock")
+            .unhealthy
+            .get(&self.id)
+            .cloned();
+        scripted.map_or(Ok(()), |reason| Err(BackendError::Unhealthy(reason)))
     }
 
     /// A fake machine is never adopted, so it never needs reconciling.

@@ -53,6 +53,8 @@ pub enum BackendError {
     Restore(#[source] tfc_firecracker::ApiError),
     #[error("the VMM runs no guest: {0}")]
     NotStarted(String),
+    #[error("health check failed: {0}")]
+    Unhealthy(String),
     #[error("fake backend: {0}")]
     Scripted(String),
 }
@@ -97,6 +99,16 @@ pub trait VmBackend {
         mark: &mut (dyn FnMut(BootPhase) + Send),
     ) -> impl Future<Output = Result<Self::Machine, BackendError>> + Send;
 
+    /// Asks the running guest of the VM in `workdir` whether its kernel
+    /// answers (a vsock connection request; a VM without a vsock device
+    /// passes). Needs no machine, so it can run beside the VM's owner.
+    fn probe_guest(
+        &self,
+        id: &VmId,
+        spec: &VmSpec,
+        workdir: &Path,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
     /// Takes charge of the VM an earlier daemon created in `request.workdir`,
     /// whose VMM still runs. Fails when there is no such VMM to adopt.
     fn adopt(
@@ -124,16 +136,22 @@ pub trait VmMachine: Send + Sync {
     /// Allowed on a paused guest.
     fn resume(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
 
-    /// Loads a snapshot into a VMM from [`VmBackend::restore`] and resumes the
-    /// guest. `memory_file` is a full memory file (a diff is merged before it
-    /// gets here), mapped privately: shared, unchanged, by every VM restored
-    /// from it. `track_dirty_pages` keeps diff snapshots possible.
+    /// Loads a snapshot into a VMM from [`VmBackend::restore`] and, with
+    /// `resume`, resumes the guest (else it stays paused). `memory_file` is a
+    /// full memory file (a diff is merged before it gets here), mapped
+    /// privately: shared, unchanged, by every VM restored from it.
+    /// `track_dirty_pages` keeps diff snapshots possible.
     fn load_snapshot(
         &self,
         state_file: &Path,
         memory_file: &Path,
         track_dirty_pages: bool,
+        resume: bool,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Checks that the VMM is alive, answers, and reports its guest running
+    /// (`running`) or paused, as the daemon believes.
+    fn check_health(&self, running: bool) -> impl Future<Output = Result<(), BackendError>> + Send;
 
     /// For a VM recorded as running, found by a new daemon: resumes a guest
     /// left paused; fails when the VMM never started one (a restore that did
@@ -218,6 +236,18 @@ impl VmBackend for Backend {
         }
     }
 
+    async fn probe_guest(
+        &self,
+        id: &VmId,
+        spec: &VmSpec,
+        workdir: &Path,
+    ) -> Result<(), BackendError> {
+        match self {
+            Backend::Firecracker(b) => b.probe_guest(id, spec, workdir).await,
+            Backend::Fake(b) => b.probe_guest(id, spec, workdir).await,
+        }
+    }
+
     async fn adopt(&self, request: CreateRequest<'_>) -> Result<Machine, BackendError> {
         match self {
             Backend::Firecracker(b) => b.adopt(request).await.map(Machine::Firecracker),
@@ -264,8 +294,12 @@ impl VmMachine for Machine {
         state_file: &Path,
         memory_file: &Path,
         track_dirty_pages: bool,
+        resume: bool,
     ) -> Result<(), BackendError> {
-        dispatch!(self, m => m.load_snapshot(state_file, memory_file, track_dirty_pages).await)
+        dispatch!(self, m => m.load_snapshot(state_file, memory_file, track_dirty_pages, resume).await)
+    }
+    async fn check_health(&self, running: bool) -> Result<(), BackendError> {
+        dispatch!(self, m => m.check_health(running).await)
     }
     async fn ensure_running(&self) -> Result<(), BackendError> {
         dispatch!(self, m => m.ensure_running().await)

@@ -1,0 +1,669 @@
+//! `tfc bench pool`: acquire + release cycles against a pool of an in-process
+//! daemon (default SQLite store, driven over its socket by the CLI's client),
+//! next to raw Firecracker doing the same VMM step in the same run.
+//!
+//! Phases, after the template is built (one cold boot, whose time is the
+//! cold-boot figure):
+//!
+//! 1. raw: a fresh Firecracker loads the template paused, then one
+//!    `PATCH /vm {"state":"Resumed"}` is timed (the hot tier's VMM step); and
+//!    raw restores (new process, load with `resume_vm`), the warm tier's.
+//! 2. hot: `cycles` acquire + release, back to back, from a pool of `target`
+//!    paused VMs; each acquire timed from request to answer at the client.
+//! 3. running: one VM kept running (acquire = handover); its idle CPU cost
+//!    is measured first. Each cycle waits until the pool holds it again.
+//! 4. warm: the pool emptied; each acquire restores the template.
+//! 5. beyond capacity: a burst of `target + 4` concurrent acquires with a
+//!    wait shorter than a restore: the pool's VMs are served, the rest must
+//!    be clean 503s, never failures.
+//!
+//! Releases are not timed. Figures print as min / median / p99 / max with the
+//! targets of the pools issue.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use tfc_api::{AcquireRequest, PoolTier, ResizePoolRequest, SnapshotInfo};
+use tfc_core::{StartMethod, VmId, VmTypeName};
+use tfc_firecracker::models::{MemoryBackend, MemoryBackendType, SnapshotLoadParams};
+use tfc_firecracker::{FirecrackerProcess, SpawnConfig, StopPolicy, VmConfig};
+use tfc_host::assets::Manifest;
+use tfc_store::StoreKind;
+
+use crate::bench::Stats;
+use crate::client::{Client, ClientError};
+
+#[derive(Debug, clap::Args)]
+pub struct PoolArgs {
+    /// Acquire + release cycles against the hot tier.
+    #[arg(long, default_value_t = 1000)]
+    cycles: usize,
+    /// The pool's hot target.
+    #[arg(long, default_value_t = 4)]
+    target: u32,
+    /// Raw Firecracker samples of each kind (resume of a paused restore; restore).
+    #[arg(long, default_value_t = 100)]
+    raw: usize,
+    /// Cycles served by the running tier (0 skips the phase).
+    #[arg(long, default_value_t = 50)]
+    running: usize,
+    /// Cycles served by the warm tier (0 skips the phase).
+    #[arg(long, default_value_t = 50)]
+    warm: usize,
+    /// Longest wait for the template's boot, in seconds.
+    #[arg(long, default_value_t = 240)]
+    timeout: u64,
+    /// The daemon's in-memory store instead of its default SQLite one (no
+    /// durable write per acquire), to show what the write costs.
+    #[arg(long)]
+    memory_store: bool,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Phase {
+    /// Acquires asked for, served (by tier), answered 503, failed otherwise.
+    asked: usize,
+    served: Vec<(PoolTier, usize)>,
+    unavailable: usize,
+    failed: usize,
+    /// Client-side request-to-answer of the served acquires.
+    latency: Option<Stats>,
+    /// The daemon's own figure for the same (request accepted to answer).
+    daemon_latency: Option<Stats>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    firecracker: String,
+    store: String,
+    memory_mib: u32,
+    target: u32,
+    cold_boot_ms: Option<f64>,
+    raw_resume: Stats,
+    raw_restore: Option<Stats>,
+    hot: Phase,
+    running: Option<Phase>,
+    /// CPU share of one core used by the idle running-tier VM.
+    running_idle_cpu: Option<f64>,
+    warm: Option<Phase>,
+    beyond_capacity: Phase,
+    /// Resident memory of the pool's paused VMMs, MiB each (median).
+    paused_vmm_rss_mib: Option<f64>,
+}
+
+pub async fn run(args: PoolArgs, data_dir: &Path) -> anyhow::Result<()> {
+    if args.cycles == 0 || args.raw == 0 {
+        bail!("--cycles and --raw must be at least 1");
+    }
+    if args.target == 0 {
+        bail!("--target must be at least 1");
+    }
+    let manifest = tfc_host::assets::load_manifest(data_dir)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("tfc-bench-pool-")
+        .tempdir()
+        .context("cannot create a scratch directory")?;
+    // Health checks every second: the pool under test does its maintenance
+    // while it serves.
+    let config = format!(
+        "[daemon]\nbackend = \"firecracker\"\n[firecracker]\nbinary = {:?}\nboot_timeout_secs = {}\n\
+         [vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {:?}\n\
+         [vm_types.default.pool]\ntarget = {target}\nmax = {max}\nhealth_interval_ms = 1000\n",
+        manifest.firecracker.path,
+        args.timeout,
+        manifest.kernel.vmlinux,
+        manifest.rootfs.path,
+        manifest.boot_args,
+        target = args.target,
+        max = args.target.max(8),
+    );
+    let store = if args.memory_store {
+        StoreKind::Memory
+    } else {
+        StoreKind::Sqlite
+    };
+    let measured = crate::bench::with_daemon(&config, scratch.path(), store, async |client| {
+        measure(&args, &manifest, scratch.path(), client).await
+    })
+    .await;
+    let report = measured?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+/// The snapshot files raw Firecracker loads.
+struct Template {
+    state: PathBuf,
+    memory: PathBuf,
+    rootfs: PathBuf,
+}
+
+fn default_type() -> VmTypeName {
+    VmTypeName::new("default").expect("a valid name")
+}
+
+async fn measure(
+    args: &PoolArgs,
+    manifest: &Manifest,
+    scratch: &Path,
+    client: &Client,
+) -> anyhow::Result<Report> {
+    let vm_type = default_type();
+    eprintln!("  building the template (one cold boot)");
+    let template = client.build_template(&vm_type).await?.value;
+    let cold_boot_ms = template
+        .starts
+        .iter()
+        .find(|s| s.method == StartMethod::ColdBoot)
+        .map(|s| s.median_ms);
+    let snapshot_id = template
+        .snapshot
+        .context("the template build produced no snapshot")?;
+    let info: SnapshotInfo = client
+        .get_snapshot(&tfc_core::SnapshotId::new(snapshot_id)?)
+        .await?
+        .value;
+    let m = info.manifest.clone().context("snapshot without manifest")?;
+    let files = Template {
+        state: Path::new(&info.dir).join(&m.state_file),
+        memory: Path::new(&info.dir).join(&m.memory_file),
+        rootfs: m.spec.rootfs.clone(),
+    };
+    let binary = &manifest.firecracker.path;
+
+    eprintln!(
+        "  raw firecracker: {} resumes of a paused restore",
+        args.raw
+    );
+    let mut raw_resume = Vec::new();
+    for i in 0..args.raw {
+        let dir = scratch.join(format!("raw-resume-{i}"));
+        raw_resume.push(raw(binary, &files, &dir, false).await?);
+    }
+    let raw_restore = if args.warm > 0 {
+        eprintln!("  raw firecracker: {} restores", args.raw);
+        let mut samples = Vec::new();
+        for i in 0..args.raw {
+            let dir = scratch.join(format!("raw-restore-{i}"));
+            samples.push(raw(binary, &files, &dir, true).await?);
+        }
+        Some(Stats::of(&samples))
+    } else {
+        None
+    };
+
+    eprintln!("  waiting for the pool to fill ({} hot)", args.target);
+    let pool = until(client, Duration::from_secs(120), |p| {
+        p.sizes.hot == args.target && p.sizes.starting == 0
+    })
+    .await?;
+    let paused_vmm_rss_mib = paused_rss(client).await;
+    drop(pool);
+
+    eprintln!("  hot tier: {} acquire + release cycles", args.cycles);
+    let hot = cycles(client, args.cycles, None, async |_| Ok(())).await?;
+
+    let (running, running_idle_cpu) = if args.running > 0 {
+        eprintln!("  running tier: 1 VM kept running, {} cycles", args.running);
+        resize(client, Some(args.target), Some(1)).await?;
+        until(client, Duration::from_secs(60), |p| {
+            p.sizes.running == 1 && p.sizes.starting == 0
+        })
+        .await?;
+        let cpu = idle_cpu(client).await;
+        let phase = cycles(client, args.running, None, async |client| {
+            until(client, Duration::from_secs(60), |p| p.sizes.running == 1)
+                .await
+                .map(drop)
+        })
+        .await?;
+        resize(client, None, Some(0)).await?;
+        (Some(phase), cpu)
+    } else {
+        (None, None)
+    };
+
+    let warm = if args.warm > 0 {
+        eprintln!("  warm tier: the pool emptied, {} cycles", args.warm);
+        resize(client, Some(0), Some(0)).await?;
+        until(client, Duration::from_secs(60), |p| {
+            p.sizes.hot == 0 && p.sizes.running == 0 && p.sizes.starting == 0
+        })
+        .await?;
+        // Removal of the shed VMs runs in the background; let it finish.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Some(cycles(client, args.warm, None, async |_| Ok(())).await?)
+    } else {
+        None
+    };
+
+    let burst = args.target as usize + 4;
+    eprintln!(
+        "  beyond capacity: {burst} concurrent acquires with a 5 ms wait against {} hot",
+        args.target
+    );
+    resize(client, Some(args.target), Some(0)).await?;
+    until(client, Duration::from_secs(60), |p| {
+        p.sizes.hot == args.target && p.sizes.starting == 0
+    })
+    .await?;
+    let beyond_capacity = burst_phase(client, burst, 5).await?;
+
+    Ok(Report {
+        firecracker: manifest.firecracker.version.clone(),
+        store: if args.memory_store {
+            "memory"
+        } else {
+            "sqlite"
+        }
+        .to_owned(),
+        memory_mib: m.spec.memory_mib,
+        target: args.target,
+        cold_boot_ms,
+        raw_resume: Stats::of(&raw_resume),
+        raw_restore,
+        hot,
+        running,
+        running_idle_cpu,
+        warm,
+        beyond_capacity,
+        paused_vmm_rss_mib,
+    })
+}
+
+/// One raw Firecracker sample: a new process loads the template (paused, or
+/// resumed with `restore`). With `restore`, the time from spawning to the
+/// loaded-and-running answer; without, the time of the one resume call.
+async fn raw(binary: &Path, t: &Template, dir: &Path, restore: bool) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    std::fs::create_dir_all(dir)?;
+    VmConfig {
+        kernel: PathBuf::new(),
+        boot_args: String::new(),
+        rootfs: t.rootfs.clone(),
+        vcpus: 1,
+        memory_mib: 0,
+        vsock: false,
+        track_dirty_pages: false,
+    }
+    .link_into(dir)?;
+    let process = FirecrackerProcess::spawn(&SpawnConfig {
+        binary: binary.to_owned(),
+        workdir: dir.to_owned(),
+        id: "bench-raw".to_owned(),
+        console_log_limit: 1024 * 1024,
+        watch_for: Vec::new(),
+        extra_args: Vec::new(),
+    })
+    .await?;
+    process.wait_api_ready(Duration::from_secs(5)).await?;
+    process
+        .api()
+        .load_snapshot(&SnapshotLoadParams {
+            snapshot_path: t.state.display().to_string(),
+            mem_backend: Some(MemoryBackend {
+                backend_type: MemoryBackendType::File,
+                backend_path: t.memory.display().to_string(),
+            }),
+            enable_diff_snapshots: None,
+            resume_vm: Some(restore),
+            network_overrides: Vec::new(),
+        })
+        .await?;
+    let took = if restore {
+        started.elapsed()
+    } else {
+        let resumed = Instant::now();
+        process.api().resume().await?;
+        resumed.elapsed()
+    };
+    process
+        .stop(StopPolicy {
+            ctrl_alt_del_grace: None,
+            term_grace: Duration::from_secs(2),
+        })
+        .await;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(took)
+}
+
+/// `n` acquire + release cycles, one at a time; `before` runs (untimed)
+/// before each acquire.
+async fn cycles(
+    client: &Client,
+    n: usize,
+    wait_ms: Option<u64>,
+    before: impl AsyncFn(&Client) -> anyhow::Result<()>,
+) -> anyhow::Result<Phase> {
+    let vm_type = default_type();
+    let mut tally = Tally::default();
+    for i in 0..n {
+        before(client).await?;
+        let started = Instant::now();
+        let answer = client.acquire(&vm_type, &AcquireRequest { wait_ms }).await;
+        let took = started.elapsed();
+        if let Some(id) = tally.add(answer, took) {
+            client.release_vm(&id).await?;
+        }
+        if (i + 1) % 100 == 0 {
+            eprintln!("    {} cycles", i + 1);
+        }
+    }
+    Ok(tally.phase())
+}
+
+/// `n` acquires at once, each with `wait_ms`; the served VMs are released
+/// afterwards.
+async fn burst_phase(client: &Client, n: usize, wait_ms: u64) -> anyhow::Result<Phase> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let started = Instant::now();
+            let answer = client
+                .acquire(
+                    &default_type(),
+                    &AcquireRequest {
+                        wait_ms: Some(wait_ms),
+                    },
+                )
+                .await;
+            (answer, started.elapsed())
+        });
+    }
+    let mut tally = Tally::default();
+    let mut served = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (answer, took) = done?;
+        served.extend(tally.add(answer, took));
+    }
+    for id in served {
+        client.release_vm(&id).await?;
+    }
+    Ok(tally.phase())
+}
+
+#[derive(Default)]
+struct Tally {
+    asked: usize,
+    served: Vec<(PoolTier, usize)>,
+    unavailable: usize,
+    failed: usize,
+    latency: Vec<Duration>,
+    daemon_latency: Vec<Duration>,
+}
+
+impl Tally {
+    /// Counts one answer; the VM to release when one was served.
+    fn add(
+        &mut self,
+        answer: Result<crate::client::Answer<tfc_api::AcquireResponse>, ClientError>,
+        took: Duration,
+    ) -> Option<VmId> {
+        self.asked += 1;
+        match answer {
+            Ok(answer) => {
+                let got = answer.value;
+                match self.served.iter_mut().find(|(t, _)| *t == got.tier) {
+                    Some((_, n)) => *n += 1,
+                    None => self.served.push((got.tier, 1)),
+                }
+                self.latency.push(took);
+                self.daemon_latency
+                    .push(Duration::from_micros(got.acquire_us));
+                VmId::new(got.vm.id).ok()
+            }
+            Err(ClientError::Refused(refusal))
+                if refusal.body.code == tfc_api::ErrorCode::Unavailable =>
+            {
+                self.unavailable += 1;
+                None
+            }
+            Err(err) => {
+                eprintln!("    acquire failed: {err}");
+                self.failed += 1;
+                None
+            }
+        }
+    }
+
+    fn phase(mut self) -> Phase {
+        self.served.sort();
+        let stats = |v: &[Duration]| (!v.is_empty()).then(|| Stats::of(v));
+        Phase {
+            asked: self.asked,
+            served: self.served,
+            unavailable: self.unavailable,
+            failed: self.failed,
+            latency: stats(&self.latency),
+            daemon_latency: stats(&self.daemon_latency),
+        }
+    }
+}
+
+async fn resize(client: &Client, target: Option<u32>, running: Option<u32>) -> anyhow::Result<()> {
+    client
+        .resize_pool(
+            &default_type(),
+            &ResizePoolRequest {
+                target,
+                running,
+                ..ResizePoolRequest::default()
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+/// Polls the pool until `done` holds, at most `limit`.
+async fn until(
+    client: &Client,
+    limit: Duration,
+    done: impl Fn(&tfc_api::PoolInfo) -> bool,
+) -> anyhow::Result<tfc_api::PoolInfo> {
+    let started = Instant::now();
+    loop {
+        let pool = client.get_pool(&default_type()).await?.value;
+        if done(&pool) {
+            return Ok(pool);
+        }
+        if started.elapsed() > limit {
+            bail!(
+                "the pool did not get there in {limit:?}: sizes {:?}, waiting for {:?}, last failure {:?}",
+                pool.sizes,
+                pool.waiting_for,
+                pool.stats.last_failure
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The pool's waiting VMs (VMM pids) in `tier`.
+async fn waiting_pids(client: &Client, tier: PoolTier) -> Vec<u32> {
+    let Ok(list) = client.list_vms().await else {
+        return Vec::new();
+    };
+    list.value
+        .vms
+        .iter()
+        .filter(|vm| {
+            vm.pool
+                .as_ref()
+                .is_some_and(|s| s.tier == tier && s.acquired_at_ms.is_none())
+        })
+        .filter_map(|vm| vm.pid)
+        .collect()
+}
+
+/// Median resident memory of the hot tier's VMMs, MiB.
+async fn paused_rss(client: &Client) -> Option<f64> {
+    let mut rss: Vec<f64> = waiting_pids(client, PoolTier::Hot)
+        .await
+        .into_iter()
+        .filter_map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib / 1024.0)
+        })
+        .collect();
+    rss.sort_by(f64::total_cmp);
+    (!rss.is_empty()).then(|| crate::bench::median(&rss))
+}
+
+/// Share of one core the running tier's VMM uses over two idle seconds.
+async fn idle_cpu(client: &Client) -> Option<f64> {
+    let pid = *waiting_pids(client, PoolTier::Running).await.first()?;
+    let ticks = || -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let after = stat.rsplit_once(") ")?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // utime and stime: fields 14 and 15 of the line, 12 and 13 here.
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let before = ticks()?;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = (ticks()? - before) as f64 / hz;
+    Some(used / started.elapsed().as_secs_f64())
+}
+
+fn print_stats(name: &str, s: &Stats) {
+    println!(
+        "  {name:<30} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+        s.min_ms, s.median_ms, s.p99_ms, s.max_ms
+    );
+}
+
+fn print_phase(title: &str, p: &Phase) {
+    let served: usize = p.served.iter().map(|(_, n)| n).sum();
+    let tiers: Vec<String> = p.served.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    println!(
+        "\n{title}: {} asked, {served} served ({}), {} answered 503, {} failed; success {:.1}%",
+        p.asked,
+        if tiers.is_empty() {
+            "none".to_owned()
+        } else {
+            tiers.join(", ")
+        },
+        p.unavailable,
+        p.failed,
+        100.0 * served as f64 / p.asked.max(1) as f64
+    );
+    if let Some(s) = &p.latency {
+        print_stats("acquire (client round trip)", s);
+    }
+    if let Some(s) = &p.daemon_latency {
+        print_stats("acquire (daemon's own figure)", s);
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+fn print_report(r: &Report) {
+    println!(
+        "pool of {} hot VMs ({} MiB each), {}, daemon store {}",
+        r.target, r.memory_mib, r.firecracker, r.store
+    );
+    println!(
+        "\n  {:<30} {:>9} {:>9} {:>9} {:>9}",
+        "ms", "min", "median", "p99", "max"
+    );
+    print_stats("raw resume (PATCH /vm)", &r.raw_resume);
+    if let Some(s) = &r.raw_restore {
+        print_stats("raw restore (spawn to running)", s);
+    }
+    print_phase("hot tier (acquire = resume)", &r.hot);
+    if let Some(p) = &r.running {
+        print_phase("running tier (acquire = handover)", p);
+    }
+    if let Some(cpu) = r.running_idle_cpu {
+        println!(
+            "  an idle running-tier VM used {:.0}% of a core while it waited",
+            cpu * 100.0
+        );
+    }
+    if let Some(p) = &r.warm {
+        print_phase("warm tier (acquire = restore)", p);
+    }
+    print_phase("beyond capacity (burst, 5 ms wait)", &r.beyond_capacity);
+    if let Some(rss) = r.paused_vmm_rss_mib {
+        println!("\npaused pool VMM resident memory: {rss:.1} MiB (median)");
+    }
+
+    println!("\ntargets:");
+    let hot_served: usize = r.hot.served.iter().map(|(_, n)| n).sum();
+    if let Some(hot) = &r.hot.latency {
+        let raw = &r.raw_resume;
+        println!(
+            "  hot p50 {:.3} <= raw resume p50 {:.3} + 0.5 ms: {}",
+            hot.median_ms,
+            raw.median_ms,
+            verdict(hot.median_ms <= raw.median_ms + 0.5)
+        );
+        println!(
+            "  hot p99 {:.3} <= raw resume p99 {:.3} + 1 ms: {}",
+            hot.p99_ms,
+            raw.p99_ms,
+            verdict(hot.p99_ms <= raw.p99_ms + 1.0)
+        );
+        if let Some(cold) = r.cold_boot_ms {
+            let factor = cold / hot.median_ms;
+            println!(
+                "  hot acquire {factor:.0}x faster than a cold boot ({cold:.0} ms) >= 1000x: {}",
+                verdict(factor >= 1000.0)
+            );
+        }
+    }
+    println!(
+        "  hot phase success {}/{} (100% within capacity): {}",
+        hot_served,
+        r.hot.asked,
+        verdict(hot_served == r.hot.asked)
+    );
+    if let (Some(warm), Some(raw)) = (
+        r.warm.as_ref().and_then(|w| w.latency.as_ref()),
+        &r.raw_restore,
+    ) {
+        println!(
+            "  warm p50 {:.3} <= 1.2 x raw restore p50 {:.3}: {} (ratio {:.3})",
+            warm.median_ms,
+            raw.median_ms,
+            verdict(warm.median_ms <= 1.2 * raw.median_ms),
+            warm.median_ms / raw.median_ms
+        );
+    }
+    if let Some(running) = r.running.as_ref().and_then(|p| p.latency.as_ref()) {
+        println!(
+            "  running p50 {:.3} <= 0.5 ms: {}",
+            running.median_ms,
+            verdict(running.median_ms <= 0.5)
+        );
+    }
+    let b = &r.beyond_capacity;
+    println!(
+        "  beyond capacity: {} served, {} clean 503, {} failures: {}",
+        b.served.iter().map(|(_, n)| n).sum::<usize>(),
+        b.unavailable,
+        b.failed,
+        verdict(b.failed == 0 && b.unavailable > 0)
+    );
+}

@@ -1,0 +1,223 @@
+//! Tier 1: a pool on the real `firecracker` binary. One guest boots (the
+//! template); everything else is restores: a pool of 3 hot VMs (restored,
+//! paused) and 1 running VM, 50 acquire/release cycles, health checks that
+//! ask the VMM for its state and the running guest's kernel over vsock, a
+//! waiting VMM killed from outside and replaced, and nothing left behind
+//! afterwards: no process, no directory.
+//!
+//! `#[ignore]`d like every tier-1 test: the project's test command runs it
+//! where the host can.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use serde_json::{json, Value};
+use tfc_daemon::config::{Config, ShutdownPolicy};
+use tfc_daemon::manager::VmManager;
+use tfc_firecracker::models::InstanceState;
+
+struct Daemon {
+    app: axum::Router,
+    manager: VmManager,
+    dir: tempfile::TempDir,
+}
+
+fn daemon() -> Daemon {
+    let assets = std::env::var_os("TFC_ASSETS_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(tfc_host::paths::data_dir);
+    let manifest = tfc_host::assets::load_manifest(&assets).unwrap_or_else(|e| {
+        panic!("tier-1 tests need built assets ({e}); run `tfc assets build` first")
+    });
+    if let Err(e) = tfc_host::kvm::check_device(Path::new(tfc_host::kvm::KVM_DEVICE)) {
+        panic!(
+            "tier-1 tests need a usable /dev/kvm: {}",
+            tfc_core::error_chain(&e)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Hot target 3 and one running VM: the running one spins a core on a
+    // nested-KVM host, so no more than one.
+    let config = format!(
+        "[firecracker]\nbinary = {:?}\nboot_timeout_secs = 240\nstop_grace_ms = 1000\n\
+         [vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {args:?}\n\
+         [vm_types.default.pool]\ntarget = 3\nrunning = 1\nhealth_interval_ms = 500\n\
+         tiers = [\"running\", \"hot\"]\n",
+        manifest.firecracker.path,
+        manifest.kernel.vmlinux,
+        manifest.rootfs.path,
+        args = manifest.boot_args,
+    );
+    let config = Config::parse(&config, "tier-1 test").unwrap();
+    let backend = tfc_daemon::build_backend(&config, dir.path()).unwrap();
+    let manager = VmManager::in_memory(backend, config, dir.path().to_owned());
+    manager.start_pools();
+    Daemon {
+        app: tfc_daemon::api::router(manager.clone()),
+        manager,
+        dir,
+    }
+}
+
+impl Daemon {
+    async fn send(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let body = body.map(|b| b.to_string());
+        common::send(&self.app, method, uri, body.as_deref()).await
+    }
+
+    async fn pool(&self) -> Value {
+        self.send(Method::GET, "/v1/pools/default", None).await.1
+    }
+
+    /// Waits until the pool satisfies `done`, at most `limit`.
+    async fn until(&self, what: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let started = std::time::Instant::now();
+        loop {
+            let pool = self.pool().await;
+            if done(&pool) {
+                return pool;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "pool never reached {what} in {limit:?}: {pool}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn full(&self, limit: Duration) -> Value {
+        self.until("full", limit, |p| {
+            p["sizes"]["hot"] == 3 && p["sizes"]["running"] == 1 && p["sizes"]["starting"] == 0
+        })
+        .await
+    }
+}
+
+fn alive(pid: u64) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.contains(") Z ")
+}
+
+/// Firecracker processes whose working directory is under `dir`.
+fn firecrackers_under(dir: &Path) -> Vec<u64> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+            comm.trim() == "firecracker" && cwd.starts_with(dir) && alive(*pid)
+        })
+        .collect()
+}
+
+/// What the VMM itself says about its guest.
+async fn vmm_state(vm: &Value) -> InstanceState {
+    let socket = Path::new(vm["workdir"].as_str().unwrap()).join("api.sock");
+    tfc_firecracker::ApiClient::new(socket)
+        .describe_instance()
+        .await
+        .unwrap()
+        .state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tier 1: needs KVM, firecracker and built assets; run by the project's test command"]
+async fn a_pool_serves_fifty_cycles_and_leaves_nothing_behind() {
+    let d = daemon();
+    // The template is built first (one boot), then the pool fills by
+    // restoring it.
+    let pool = d.full(Duration::from_secs(300)).await;
+    eprintln!("pool full: {pool}");
+    let (_, list) = d.send(Method::GET, "/v1/vms", None).await;
+    for vm in list["vms"].as_array().unwrap() {
+        let expected = match vm["pool"]["tier"].as_str() {
+            Some("hot") => InstanceState::Paused,
+            Some("running") => InstanceState::Running,
+            other => panic!("unexpected VM outside the pool ({other:?}): {vm}"),
+        };
+        assert_eq!(vmm_state(vm).await, expected, "{vm}");
+    }
+    // Health checks ran (every 500 ms) on real VMMs, and the running
+    // guest's kernel answered on vsock: nothing was replaced.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pool = d.pool().await;
+    assert_eq!(pool["stats"]["replaced_unhealthy"], 0, "{pool}");
+
+    let mut handed = HashSet::new();
+    let mut tiers = std::collections::BTreeMap::<String, u32>::new();
+    for cycle in 0..50 {
+        let (status, got) = d
+            .send(
+                Method::POST,
+                "/v1/pools/default/acquire",
+                Some(json!({"wait_ms": 30_000})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "cycle {cycle}: {got}");
+        let vm = &got["vm"];
+        let id = vm["id"].as_str().unwrap().to_owned();
+        assert!(handed.insert(id.clone()), "{id} handed out twice");
+        assert_eq!(vm["state"], "running");
+        assert_eq!(vmm_state(vm).await, InstanceState::Running, "{vm}");
+        *tiers
+            .entry(got["tier"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+        let pid = vm["pid"].as_u64().unwrap();
+        let (status, body) = d
+            .send(Method::POST, &format!("/v1/vms/{id}/release"), None)
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        assert!(!alive(pid), "firecracker {pid} survived its release");
+        assert!(!Path::new(vm["workdir"].as_str().unwrap()).exists());
+    }
+    eprintln!("tiers that served: {tiers:?}");
+    let pool = d.full(Duration::from_secs(60)).await;
+    eprintln!("after 50 cycles: {}", pool["stats"]);
+    assert_eq!(pool["stats"]["acquires"], 50);
+    assert_eq!(pool["stats"]["unserved"], 0);
+
+    // A waiting VMM killed from outside is found and replaced.
+    let (_, list) = d.send(Method::GET, "/v1/vms", None).await;
+    let victim = list["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|vm| vm["pool"]["tier"] == "hot")
+        .unwrap()
+        .clone();
+    let pid = victim["pid"].as_u64().unwrap();
+    // SAFETY: plain kill(2) of a firecracker this test's daemon started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let pool = d
+        .until("the killed VM replaced", Duration::from_secs(30), |p| {
+            p["stats"]["replaced_unhealthy"].as_u64() >= Some(1)
+                && p["sizes"]["hot"] == 3
+                && p["sizes"]["starting"] == 0
+        })
+        .await;
+    eprintln!("after the kill: {}", pool["stats"]);
+    let (status, _) = d
+        .send(
+            Method::GET,
+            &format!("/v1/vms/{}", victim["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Shut down: every waiting VM goes; nothing is left.
+    d.manager.shutdown(ShutdownPolicy::LeaveRunning).await;
+    assert!(d.manager.list().is_empty(), "{:?}", d.manager.list());
+    let left = firecrackers_under(d.dir.path());
+    assert!(left.is_empty(), "firecracker processes left: {left:?}");
+    let dirs = std::fs::read_dir(d.dir.path().join("vms"))
+        .map(|e| e.count())
+        .unwrap_or(0);
+    assert_eq!(dirs, 0, "VM directories left");
+}
