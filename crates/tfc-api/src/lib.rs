@@ -437,7 +437,8 @@ pub struct PoolStats {
     pub acquires: u64,
     /// Acquires answered 503 (nothing could serve within the wait).
     pub unserved: u64,
-    /// Acquires that failed for another reason (a VMM error).
+    /// Attempts to serve that failed (a VMM or store error in a hand-over,
+    /// restore or boot); the acquire went on to the next tier.
     pub failed: u64,
     /// Per tier that served at least one acquire.
     pub tiers: Vec<TierStats>,

@@ -89,7 +89,9 @@ impl From<ManagerError> for ApiError {
             ManagerError::Restore(_) | ManagerError::TemplateBuild { .. } => {
                 (ErrorCode::BackendError, None)
             }
-            ManagerError::NotPooled(_) => (ErrorCode::InvalidState, None),
+            ManagerError::NotPooled(_) | ManagerError::WaitingInPool { .. } => {
+                (ErrorCode::InvalidState, None)
+            }
             ManagerError::PoolExhausted { .. } => (ErrorCode::Unavailable, None),
             ManagerError::Catalog(catalog) => match catalog {
                 CatalogError::NotFound(_) => (ErrorCode::NotFound, None),

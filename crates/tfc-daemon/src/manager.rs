@@ -74,6 +74,8 @@ pub enum ManagerError {
     Vm(#[from] VmError),
     #[error("VM {0} was not handed out by a pool; delete it instead")]
     NotPooled(String),
+    #[error("VM {id} waits in the pool of VM type {vm_type}; acquire one with `tfc pool acquire {vm_type}`")]
+    WaitingInPool { id: String, vm_type: String },
     #[error("no VM of type {vm_type} could be handed out within {wait_ms} ms: {reason}")]
     PoolExhausted {
         vm_type: String,
@@ -98,9 +100,9 @@ pub(crate) enum RestoreFor {
     Caller,
     /// A pool's tier: a running VM waits (`running`), a paused one (`hot`).
     Pool(PoolTier),
-    /// A caller of acquire, served by this tier: the VM is theirs, recorded
-    /// as handed out.
-    Acquire(PoolTier),
+    /// A caller of acquire (asked at the instant given), served by this
+    /// tier: the VM is theirs, recorded as handed out.
+    Acquire(PoolTier, Instant),
 }
 
 impl RestoreFor {
@@ -112,7 +114,7 @@ impl RestoreFor {
                 acquired_at_ms: None,
                 acquire_us: None,
             }),
-            RestoreFor::Acquire(tier) => Some(PoolSlot {
+            RestoreFor::Acquire(tier, _) => Some(PoolSlot {
                 tier,
                 acquired_at_ms: Some(vm::now_ms()),
                 acquire_us: None,
@@ -356,9 +358,17 @@ impl VmManager {
         // On its own task: a caller that goes away (a closed connection) does
         // not cut a restore short between its steps.
         let manager = self.clone();
-        tokio::spawn(async move { manager.create_now(request, false).await })
-            .await
-            .expect("creates do not panic")
+        let task = tokio::spawn(async move { manager.create_now(request, false).await });
+        // A pooled VM (`instant`) whose caller went away belongs to nobody.
+        let manager = self.clone();
+        claim(task, move |created| {
+            if let Ok(vm) = created {
+                if vm.pool.is_some() {
+                    manager.release_unclaimed(vm.id);
+                }
+            }
+        })
+        .await
     }
 
     /// `template_build` marks a VM that only exists to build its type's
@@ -613,7 +623,7 @@ impl VmManager {
         } else {
             transition(record.state, VmEvent::RestoredPaused).expect("creating may restore")
         };
-        if let RestoreFor::Acquire(_) = purpose {
+        if let RestoreFor::Acquire(..) = purpose {
             // Handed out as it is made: stored as the caller's from the start.
             for event in [VmEvent::Allocate, VmEvent::Allocated] {
                 record.state =
@@ -650,8 +660,8 @@ impl VmManager {
         let at = requested_at.elapsed().as_micros() as u64;
         record.timeline.mark(BootPhase::SnapshotLoaded, at);
         record.timeline.mark(BootPhase::Ready, at);
-        if let Some(slot) = record.pool.as_mut().filter(|s| s.acquired_at_ms.is_some()) {
-            slot.acquire_us = Some(at);
+        if let (Some(slot), RestoreFor::Acquire(_, asked)) = (record.pool.as_mut(), purpose) {
+            slot.acquire_us = Some(asked.elapsed().as_micros() as u64);
         }
         // A shutdown that began during the restore gets the machine back: the
         // caller gets nothing, so nothing stays.
@@ -715,17 +725,35 @@ impl VmManager {
         // On its own task: a caller that goes away does not cut it short.
         let manager = self.clone();
         let vm_type = vm_type.to_owned();
-        let (vm, tier, acquire_us) =
+        let task =
             tokio::spawn(
                 async move { pools::acquire(&manager, &vm_type, wait_ms, requested_at).await },
-            )
-            .await
-            .expect("acquires do not panic")?;
+            );
+        // A VM handed out after its caller went away belongs to nobody.
+        let manager = self.clone();
+        let (vm, tier, acquire_us) = claim(task, move |acquired| {
+            if let Ok((vm, _, _)) = acquired {
+                manager.release_unclaimed(vm.id);
+            }
+        })
+        .await?;
         Ok(tfc_api::AcquireResponse {
             vm,
             tier,
             acquire_us,
         })
+    }
+
+    /// Releases a VM handed out to a caller that went away before the
+    /// answer (in the background).
+    fn release_unclaimed(&self, id: String) {
+        tracing::warn!(vm = %id, "the caller went away before its VM was handed out; releasing it");
+        let manager = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = manager.release(&id).await {
+                tracing::warn!(vm = %id, error = %tfc_core::error_chain(&err), "cannot release an unclaimed VM");
+            }
+        });
     }
 
     /// See [`VmBackend::probe_guest`].
@@ -878,7 +906,11 @@ impl VmManager {
     }
 
     pub async fn op(&self, id: &str, op: VmOp) -> Result<VmInfo, ManagerError> {
-        Ok(self.handle(id)?.op(op).await?)
+        let handle = self.handle(id)?;
+        if op != VmOp::Stop {
+            refuse_waiting(&handle.info())?;
+        }
+        Ok(handle.op(op).await?)
     }
 
     /// Removes a VM and its directory. Without `force` only a Stopped or Failed VM
@@ -964,6 +996,7 @@ impl VmManager {
         template_for: Option<String>,
     ) -> Result<SnapshotInfo, ManagerError> {
         let handle = self.handle(vm_id)?;
+        refuse_waiting(&handle.info())?;
         let catalog = &self.inner.catalog;
         // One snapshot writer at a time: the VM's lineage (`last_snapshot`)
         // read here is the one the VMM's dirty pages are relative to.
@@ -1367,8 +1400,7 @@ impl VmManager {
             let waiting_in_pool = info
                 .pool
                 .as_ref()
-                .is_some_and(|s| s.acquired_at_ms.is_none())
-                && !info.state.is_terminal();
+                .is_some_and(|s| s.acquired_at_ms.is_none());
             let daemons_own = info.template_build || waiting_in_pool;
             let handle = match info.state {
                 VmState::Creating => {
@@ -1428,25 +1460,30 @@ impl VmManager {
     /// VMs waiting in pools are removed either way: they are the daemon's,
     /// not a caller's.
     pub async fn shutdown(&self, policy: ShutdownPolicy) {
+        // Pools first: from here on nothing more is handed out.
+        self.inner.pools.close();
         let handles: Vec<VmHandle> = {
             let mut table = self.inner.vms.write().expect("vm table lock");
             table.closing = true;
             table.vms.values().cloned().collect()
         };
-        self.inner.pools.close();
         let mut tasks = tokio::task::JoinSet::new();
         for handle in handles {
             let manager = self.clone();
-            let waiting_in_pool = handle
-                .info()
-                .pool
-                .is_some_and(|s| s.acquired_at_ms.is_none());
-            let policy = if waiting_in_pool {
-                ShutdownPolicy::Stop
-            } else {
-                policy
-            };
             tasks.spawn(async move {
+                // Asked of the VM's owner, after any hand-over it has queued:
+                // a VM still waiting is retired (and goes), one handed out
+                // follows the policy.
+                let waiting_in_pool = handle.info().pool.is_some_and(|s| s.acquired_at_ms.is_none())
+                    && !matches!(
+                        handle.check(Some("the daemon is shutting down".to_owned())).await,
+                        Err(crate::vm::CheckError::NotWaiting(VmState::Running))
+                    );
+                let policy = if waiting_in_pool {
+                    ShutdownPolicy::Stop
+                } else {
+                    policy
+                };
                 match policy {
                     ShutdownPolicy::LeaveRunning => handle.detach().await,
                     ShutdownPolicy::Stop => {
@@ -1458,6 +1495,53 @@ impl VmManager {
             });
         }
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Awaits `task` for a caller. A caller that goes away (its future dropped,
+/// e.g. a closed connection) does not stop the task; `unclaimed` gets the
+/// task's result when it ends, to undo what nobody will use.
+async fn claim<T: Send + 'static>(
+    task: tokio::task::JoinHandle<T>,
+    unclaimed: impl FnOnce(T) + Send + 'static,
+) -> T {
+    struct Claim<T: Send + 'static, F: FnOnce(T) + Send + 'static> {
+        pending: Option<(tokio::task::JoinHandle<T>, F)>,
+    }
+    impl<T: Send + 'static, F: FnOnce(T) + Send + 'static> Drop for Claim<T, F> {
+        fn drop(&mut self) {
+            if let Some((task, unclaimed)) = self.pending.take() {
+                tokio::spawn(async move {
+                    if let Ok(result) = task.await {
+                        unclaimed(result);
+                    }
+                });
+            }
+        }
+    }
+    let mut claim = Claim {
+        pending: Some((task, unclaimed)),
+    };
+    let (task, _) = claim.pending.as_mut().expect("pending until taken");
+    let result = task.await;
+    claim.pending = None;
+    match result {
+        Ok(result) => result,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+/// A VM waiting in its pool is the pool's: only stopping or deleting it is
+/// allowed (the pool replaces it); using it takes an acquire.
+fn refuse_waiting(vm: &VmInfo) -> Result<(), ManagerError> {
+    match &vm.pool {
+        Some(slot) if slot.acquired_at_ms.is_none() && !vm.state.is_terminal() => {
+            Err(ManagerError::WaitingInPool {
+                id: vm.id.clone(),
+                vm_type: vm.spec.vm_type.to_string(),
+            })
+        }
+        _ => Ok(()),
     }
 }
 

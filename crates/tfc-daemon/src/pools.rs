@@ -33,6 +33,10 @@ const LATENCY_SAMPLES: usize = 1000;
 /// First back-off after a failed refill; doubles per failure.
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// Longest wait an acquire may ask for (as `acquire_timeout_ms` allows).
+pub const MAX_WAIT_MS: u64 = 600_000;
+/// With no boot measured yet, the least time left for the cold tier to try.
+const UNMEASURED_BOOT_FLOOR: Duration = Duration::from_secs(1);
 /// How often a pool waiting for its template looks again.
 const TEMPLATE_POLL: Duration = Duration::from_secs(1);
 
@@ -52,6 +56,8 @@ struct Pool {
     wake: Notify,
     /// Counts VMs that joined `waiting`; acquires waiting for one watch it.
     joined: watch::Sender<u64>,
+    /// Restores for acquires (the warm tier) under way at once.
+    on_demand: Arc<tokio::sync::Semaphore>,
 }
 
 /// A VM waiting in the pool.
@@ -122,7 +128,11 @@ impl Pools {
                     template: None,
                     closed: false,
                 };
+                let on_demand = Arc::new(tokio::sync::Semaphore::new(
+                    config.prewarm_concurrency as usize,
+                ));
                 let pool = Pool {
+                    on_demand,
                     vm_type: name.clone(),
                     config,
                     state: Mutex::new(state),
@@ -290,6 +300,9 @@ impl Pool {
     /// Takes the VM the strategy picks among those waiting in `tier`, if any.
     fn take(&self, tier: PoolTier) -> Option<Member> {
         let mut state = self.lock();
+        if state.closed {
+            return None;
+        }
         let indices: Vec<usize> = (0..state.waiting.len())
             .filter(|&i| state.waiting[i].tier == tier)
             .collect();
@@ -331,6 +344,12 @@ impl Pool {
         Some(member)
     }
 
+    /// Counts a tier's attempt to serve that failed (not one that was
+    /// skipped or ran out of time).
+    fn failed(&self) {
+        self.lock().stats.failed += 1;
+    }
+
     fn served(&self, tier: PoolTier, us: u64) {
         let mut state = self.lock();
         let (count, samples) = state.served.entry(tier).or_default();
@@ -369,11 +388,16 @@ impl Pool {
         })
     }
 
-    fn prewarming(&self) -> bool {
+    /// Whether a VM may join before `deadline`: restores are under way, or
+    /// the pool wants VMs and is neither waiting for its template nor
+    /// backing off past the deadline.
+    fn prewarming(&self, deadline: tokio::time::Instant) -> bool {
         let state = self.lock();
-        !state.closed
-            && (state.starting_hot + state.starting_running > 0
-                || (state.target + state.running > 0 && state.waiting_for.is_none()))
+        let starting = state.starting_hot + state.starting_running > 0;
+        let wants = state.target + state.running > 0
+            && state.waiting_for.is_none()
+            && state.retry_at.is_none_or(|at| at < deadline);
+        !state.closed && (starting || wants)
     }
 }
 
@@ -383,7 +407,7 @@ impl Pool {
 /// `acquire_timeout_ms` when `None`). When nothing can serve in time the
 /// answer is [`ManagerError::PoolExhausted`], never a hang. Returns the VM
 /// (running, the caller's), the tier that served it and the time taken.
-pub async fn acquire(
+pub(crate) async fn acquire(
     manager: &VmManager,
     vm_type: &str,
     wait_ms: Option<u64>,
@@ -391,6 +415,11 @@ pub async fn acquire(
 ) -> Result<(VmInfo, PoolTier, u64), ManagerError> {
     let pool = manager.pools().pool(vm_type)?.clone();
     let wait_ms = wait_ms.unwrap_or(pool.config.acquire_timeout_ms);
+    if wait_ms > MAX_WAIT_MS {
+        return Err(ManagerError::BadRequest(format!(
+            "a wait of {wait_ms} ms is longer than the {MAX_WAIT_MS} ms an acquire may wait"
+        )));
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     pool.lock().stats.acquires += 1;
     let mut joined = pool.joined.subscribe();
@@ -402,18 +431,16 @@ pub async fn acquire(
             if !pool.allows(tier) {
                 continue;
             }
-            while let Some(member) = pool.take(tier) {
+            while tokio::time::Instant::now() < deadline {
+                let Some(member) = pool.take(tier) else {
+                    break;
+                };
                 // The refill starts once the VM is handed over: a restore
                 // spawned meanwhile would compete with the resume for CPU.
-                let allocated = member.handle.allocate(requested_at).await;
+                let allocated = hand_over(manager, &pool, member, requested_at, deadline).await;
                 pool.wake.notify_one();
-                match allocated {
-                    Ok(vm) => return Ok(served(&pool, vm, tier, requested_at)),
-                    Err(err) => {
-                        // Not fit to hand out: replace it, try the next one.
-                        tracing::warn!(vm = %member.handle.id(), error = %tfc_core::error_chain(&err), "pooled VM could not be handed out");
-                        retire(manager, &pool, member.handle.id().clone(), false);
-                    }
+                if let Some(vm) = allocated {
+                    return Ok(served(&pool, vm, tier, requested_at));
                 }
             }
         }
@@ -424,13 +451,13 @@ pub async fn acquire(
         if !tried_on_demand {
             tried_on_demand = true;
             if pool.allows(PoolTier::Warm) {
-                match warm(manager, vm_type, requested_at, deadline).await {
+                match warm(manager, vm_type, &pool, requested_at, deadline).await {
                     Ok(vm) => return Ok(served(&pool, vm, PoolTier::Warm, requested_at)),
                     Err(reason) => reasons.push(format!("warm: {reason}")),
                 }
             }
             if pool.allows(PoolTier::Cold) {
-                match cold(manager, vm_type, requested_at, deadline).await {
+                match cold(manager, vm_type, &pool, requested_at, deadline).await {
                     Ok(vm) => return Ok(served(&pool, vm, PoolTier::Cold, requested_at)),
                     Err(reason) => reasons.push(format!("cold: {reason}")),
                 }
@@ -439,7 +466,7 @@ pub async fn acquire(
         // Wait for a VM to join the pool, as long as the budget lasts and
         // the pool is filling.
         let prewarmed = pool.allows(PoolTier::Running) || pool.allows(PoolTier::Hot);
-        if !prewarmed || !pool.prewarming() || tokio::time::Instant::now() >= deadline {
+        if !prewarmed || !pool.prewarming(deadline) || tokio::time::Instant::now() >= deadline {
             break;
         }
         tokio::select! {
@@ -467,6 +494,41 @@ pub async fn acquire(
         reason: reasons.join("; "),
         retry_after_secs: pool.retry_after_secs(),
     })
+}
+
+/// Hands `member` to the caller within `deadline`. A VM that cannot be
+/// handed out is replaced. One handed out too late belongs to nobody: it is
+/// removed once its owner answers (the hand-over runs on its own task, so
+/// it is never cut short).
+async fn hand_over(
+    manager: &VmManager,
+    pool: &Arc<Pool>,
+    member: Member,
+    requested_at: Instant,
+    deadline: tokio::time::Instant,
+) -> Option<VmInfo> {
+    let id = member.handle.id().clone();
+    let handle = member.handle.clone();
+    let mut allocate = tokio::spawn(async move { handle.allocate(requested_at).await });
+    match tokio::time::timeout_at(deadline, &mut allocate).await {
+        Ok(Ok(Ok(vm))) => Some(vm),
+        Ok(Ok(Err(err))) => {
+            pool.failed();
+            tracing::warn!(vm = %id, error = %tfc_core::error_chain(&err), "pooled VM could not be handed out; replacing it");
+            retire(manager, pool, id, false);
+            None
+        }
+        Ok(Err(join)) => std::panic::resume_unwind(join.into_panic()),
+        Err(_) => {
+            tracing::warn!(vm = %id, "pooled VM not handed out within the wait; replacing it");
+            let (manager, pool) = (manager.clone(), pool.clone());
+            tokio::spawn(async move {
+                let _ = allocate.await;
+                retire(&manager, &pool, id, false);
+            });
+            None
+        }
+    }
 }
 
 fn served(
@@ -506,37 +568,48 @@ fn start_info(tier: PoolTier, snapshot: Option<&str>, note: &str) -> StartInfo {
 async fn warm(
     manager: &VmManager,
     vm_type: &str,
+    pool: &Pool,
     requested_at: Instant,
     deadline: tokio::time::Instant,
 ) -> Result<VmInfo, String> {
+    if tokio::time::Instant::now() >= deadline {
+        return Err("no time left for a restore".to_owned());
+    }
     let template = manager.pool_template(vm_type).await?;
     let start = start_info(
         PoolTier::Warm,
         Some(&template),
         "restored from the template on demand",
     );
-    if tokio::time::Instant::now() >= deadline {
-        return Err("no time left for a restore".to_owned());
-    }
+    // Restores on demand are bounded like the pool's own: a burst of
+    // acquires cannot start a VMM each.
+    let slot = tokio::time::timeout_at(deadline, pool.on_demand.clone().acquire_owned())
+        .await
+        .map_err(|_| "every restore slot stayed busy".to_owned())?
+        .map_err(|_| "the daemon is shutting down".to_owned())?;
     // On its own task: a restore is never cut short between its steps. One
     // that outlives the wait finishes, belongs to nobody, and is removed.
     let mut restore = tokio::spawn({
         let manager = manager.clone();
         async move {
+            let _slot = slot;
+            // The VM's own timeline starts now; the acquire's time is kept
+            // apart for its `acquire_us`.
             manager
                 .restore(
                     &template,
                     start,
-                    requested_at,
-                    RestoreFor::Acquire(PoolTier::Warm),
+                    Instant::now(),
+                    RestoreFor::Acquire(PoolTier::Warm, requested_at),
                 )
                 .await
         }
     });
     match tokio::time::timeout_at(deadline, &mut restore).await {
-        Ok(done) => done
-            .expect("restores do not panic")
-            .map_err(|e| tfc_core::error_chain(&e)),
+        Ok(done) => done.expect("restores do not panic").map_err(|e| {
+            pool.failed();
+            tfc_core::error_chain(&e)
+        }),
         Err(_) => {
             let manager = manager.clone();
             tokio::spawn(async move {
@@ -555,6 +628,7 @@ async fn warm(
 async fn cold(
     manager: &VmManager,
     vm_type: &str,
+    pool: &Pool,
     requested_at: Instant,
     deadline: tokio::time::Instant,
 ) -> Result<VmInfo, String> {
@@ -564,11 +638,20 @@ async fn cold(
         .into_iter()
         .find(|s| s.method == StartMethod::ColdBoot)
         .map(|s| s.median_ms);
-    if let Some(ms) = expected.filter(|ms| *ms > left.as_millis() as f64) {
-        return Err(format!(
-            "a boot takes {ms:.0} ms here (median), more than the {} ms left",
-            left.as_millis()
-        ));
+    match expected {
+        Some(ms) if ms > left.as_millis() as f64 => {
+            return Err(format!(
+                "a boot takes {ms:.0} ms here (median), more than the {} ms left",
+                left.as_millis()
+            ));
+        }
+        None if left < UNMEASURED_BOOT_FLOOR => {
+            return Err(format!(
+                "boots are not measured here yet, and {} ms is too short to try one",
+                left.as_millis()
+            ));
+        }
+        _ => {}
     }
     let _slot = tokio::time::timeout(left, manager.boot_slots().acquire())
         .await
@@ -596,23 +679,36 @@ async fn cold(
             acquire_us: None,
         }),
     };
+    // The VM's own timeline starts now (its start time is a boot's, for the
+    // statistics); the acquire's time is kept for `acquire_us`.
     let vm = manager
-        .boot(&request, spec, start, requested_at, extras)
+        .boot(&request, spec, start, Instant::now(), extras)
         .await
-        .map_err(|e| tfc_core::error_chain(&e))?;
+        .map_err(|e| {
+            pool.failed();
+            tfc_core::error_chain(&e)
+        })?;
     let outcome = if vm.state == tfc_core::VmState::Ready {
         match manager.op_allocate(&vm.id, requested_at).await {
             Ok(vm) => return Ok(vm),
-            Err(err) => tfc_core::error_chain(&err),
+            Err(err) => {
+                pool.failed();
+                tfc_core::error_chain(&err)
+            }
         }
     } else if let Some(failure) = &vm.failure {
+        pool.failed();
         format!("the boot failed: {failure}")
     } else {
         "the boot did not finish within the wait".to_owned()
     };
-    if let Err(err) = manager.delete(&vm.id, true).await {
-        tracing::warn!(vm = %vm.id, error = %tfc_core::error_chain(&err), "cannot remove an unused cold-tier VM");
-    }
+    // Removed in the background: the caller's answer does not wait for it.
+    let manager = manager.clone();
+    tokio::spawn(async move {
+        if let Err(err) = manager.delete(&vm.id, true).await {
+            tracing::warn!(vm = %vm.id, error = %tfc_core::error_chain(&err), "cannot remove an unused cold-tier VM");
+        }
+    });
     Err(outcome)
 }
 
@@ -698,10 +794,9 @@ async fn refill(manager: &VmManager, pool: &Arc<Pool>) {
     let now = tokio::time::Instant::now();
     let (excess, want_running, want_hot) = {
         let mut state = pool.lock();
-        if state.closed || state.retry_at.is_some_and(|at| at > now) {
+        if state.closed {
             return;
         }
-        state.retry_at = None;
         let mut excess = Vec::new();
         for (tier, target) in [
             (PoolTier::Running, state.running),
@@ -724,22 +819,28 @@ async fn refill(manager: &VmManager, pool: &Arc<Pool>) {
                 excess.push(member.handle.id().clone());
             }
         }
-        let concurrency = pool.config.prewarm_concurrency;
-        let count = |tier| state.waiting.iter().filter(|m| m.tier == tier).count() as u32;
-        let busy = state.starting_running + state.starting_hot;
-        let want_running = decide::refill_count(
-            state.running,
-            count(PoolTier::Running),
-            state.starting_running,
-            concurrency.saturating_sub(busy - state.starting_running),
-        );
-        let want_hot = decide::refill_count(
-            state.target,
-            count(PoolTier::Hot),
-            state.starting_hot,
-            concurrency.saturating_sub(busy + want_running - state.starting_hot),
-        );
-        (excess, want_running, want_hot)
+        // Shed first: a smaller target applies even while backing off.
+        if state.retry_at.is_some_and(|at| at > now) {
+            (excess, 0, 0)
+        } else {
+            state.retry_at = None;
+            let concurrency = pool.config.prewarm_concurrency;
+            let count = |tier| state.waiting.iter().filter(|m| m.tier == tier).count() as u32;
+            let busy = state.starting_running + state.starting_hot;
+            let want_running = decide::refill_count(
+                state.running,
+                count(PoolTier::Running),
+                state.starting_running,
+                concurrency.saturating_sub(busy - state.starting_running),
+            );
+            let want_hot = decide::refill_count(
+                state.target,
+                count(PoolTier::Hot),
+                state.starting_hot,
+                concurrency.saturating_sub(busy + want_running - state.starting_hot),
+            );
+            (excess, want_running, want_hot)
+        }
     };
     for id in excess {
         let manager = manager.clone();
@@ -835,6 +936,11 @@ async fn prewarm(manager: VmManager, pool: Arc<Pool>, template: String, tier: Po
 /// Checks every waiting VM; replaces those that fail, are older than the
 /// pool's `max_age_secs`, or come from a template that was replaced.
 async fn maintain(manager: &VmManager, pool: &Arc<Pool>) {
+    if pool.lock().waiting.is_empty() {
+        // Nothing to check; and no template lookup, which could start a
+        // build for a pool that holds nothing.
+        return;
+    }
     let max_age = Duration::from_secs(pool.config.max_age_secs);
     let current = manager.pool_template(&pool.vm_type).await.ok();
     let now = tokio::time::Instant::now();
@@ -889,7 +995,7 @@ async fn maintain(manager: &VmManager, pool: &Arc<Pool>) {
 /// long); a running guest's probe, which a busy guest may answer slowly,
 /// goes around the owner, so the VM stays available while it runs.
 async fn check(manager: &VmManager, handle: &VmHandle, tier: PoolTier) -> Result<(), String> {
-    handle.check(None).await?;
+    handle.check(None).await.map_err(|e| e.to_string())?;
     if tier == PoolTier::Running {
         let vm = handle.info();
         manager
@@ -923,7 +1029,12 @@ fn autoscale(pool: &Pool) {
         step: config.step,
     };
     let mut state = pool.lock();
-    let window = std::mem::take(&mut state.window);
+    let mut window = std::mem::take(&mut state.window);
+    if state.stats.consecutive_failures > 0 {
+        // Misses while the pool cannot fill say nothing about demand: more
+        // VMs would not have been there either.
+        window.misses = 0;
+    }
     let next = decide::scaled_target(state.target, state.min, state.max, window, policy);
     if next != state.target {
         tracing::info!(vm_type = %pool.vm_type, from = state.target, to = next, ?window, "autoscaling the pool");

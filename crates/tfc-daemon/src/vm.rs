@@ -80,7 +80,19 @@ pub enum VmError {
 }
 
 type Reply = oneshot::Sender<Result<VmInfo, VmError>>;
-type CheckReply = oneshot::Sender<Result<(), String>>;
+type CheckReply = oneshot::Sender<Result<(), CheckError>>;
+
+/// Why a waiting VM did not pass [`VmHandle::check`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckError {
+    /// It is not waiting (handed out meanwhile, stopping, gone): nothing
+    /// was checked or changed.
+    #[error("it is {0}")]
+    NotWaiting(VmState),
+    /// It failed the check, or was retired: now `needs_maintenance`.
+    #[error("{0}")]
+    Unfit(String),
+}
 type SnapshotReply = oneshot::Sender<Result<(VmInfo, SnapshotTiming), VmError>>;
 
 enum Command {
@@ -203,19 +215,18 @@ impl VmHandle {
     /// retires it for that reason). A VM that fails goes to
     /// `needs_maintenance` and the answer says why; a VM that is not waiting
     /// (handed out, stopping, gone) fails with what it is.
-    pub async fn check(&self, retire: Option<String>) -> Result<(), String> {
+    pub async fn check(&self, retire: Option<String>) -> Result<(), CheckError> {
         let (reply, answer) = oneshot::channel();
+        let gone = || CheckError::NotWaiting(self.info().state);
         if self
             .commands
             .send(Command::Check { retire, reply })
             .await
             .is_err()
         {
-            return Err(format!("it is {}", self.info().state));
+            return Err(gone());
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(format!("it is {}", self.info().state)))
+        answer.await.unwrap_or_else(|_| Err(gone()))
     }
 
     /// Asks the owner to let the VM run on without it; resolves once it has (or
@@ -615,7 +626,7 @@ impl Owner {
                         let _ = reply.send(Err(self.refuse(VmOp::Allocate)));
                     }
                     Command::Check { reply, .. } => {
-                        let _ = reply.send(Err(format!("it is {}", self.state())));
+                        let _ = reply.send(Err(CheckError::NotWaiting(self.state())));
                     }
                     Command::Detach { done } => return BootOutcome::Detached(done),
                 },
@@ -657,7 +668,9 @@ impl Owner {
                             let _ = reply.send(result);
                         }
                         Some(Command::Allocate { requested_at, reply }) => {
-                            self.allocate(machine, requested_at, reply).await;
+                            if self.allocate(machine, requested_at, reply).await {
+                                return true;
+                            }
                         }
                         Some(Command::Check { retire, reply }) => {
                             let _ = reply.send(self.check(machine, retire).await);
@@ -778,11 +791,13 @@ impl Owner {
     /// record (`running`, with the acquire time) is stored: the record stored
     /// with the resume already names the VM `running` and acquired, so a
     /// daemon that dies in between re-adopts it as the caller's.
-    async fn allocate(&self, machine: &Machine, requested_at: Instant, reply: Reply) {
+    ///
+    /// Returns true when the VM ended (its resume failed and it was stopped).
+    async fn allocate(&self, machine: &Machine, requested_at: Instant, reply: Reply) -> bool {
         let from = self.state();
         let Ok(allocating) = transition(from, VmEvent::Allocate) else {
             let _ = reply.send(Err(self.refuse(VmOp::Allocate)));
-            return;
+            return false;
         };
         let running = transition(allocating, VmEvent::Allocated).expect("allocating ends running");
         let before = self.record.borrow().clone();
@@ -820,6 +835,7 @@ impl Owner {
                 });
                 let _ = reply.send(Ok(self.record.borrow().clone()));
                 self.commit().await;
+                false
             }
             (Err(reason), resumed) => {
                 // Unrecorded, the VM must not run for anyone: back as it was.
@@ -831,6 +847,7 @@ impl Owner {
                     id: self.id.clone(),
                     reason,
                 }));
+                false
             }
             (Ok(()), Err(source)) => {
                 // Recorded as handed out, but its guest does not run: the
@@ -846,17 +863,18 @@ impl Owner {
                     Some(exit),
                 )
                 .await;
+                true
             }
         }
     }
 
     /// See [`VmHandle::check`].
-    async fn check(&self, machine: &Machine, retire: Option<String>) -> Result<(), String> {
+    async fn check(&self, machine: &Machine, retire: Option<String>) -> Result<(), CheckError> {
         let state = self.state();
         let running = match state {
             VmState::Ready => true,
             VmState::Paused | VmState::Snapshotted => false,
-            _ => return Err(format!("it is {state}")),
+            _ => return Err(CheckError::NotWaiting(state)),
         };
         let reason = match retire {
             Some(reason) => reason,
@@ -867,7 +885,7 @@ impl Owner {
         };
         tracing::info!(vm = %self.id, %reason, "VM needs maintenance");
         let _ = self.apply(VmEvent::HealthCheckFailed).await;
-        Err(reason)
+        Err(CheckError::Unfit(reason))
     }
 
     async fn stop(&self, machine: &Machine, reply: Reply) {
@@ -904,7 +922,7 @@ impl Owner {
                     let _ = reply.send(Err(self.refuse(VmOp::Allocate)));
                 }
                 Command::Check { reply, .. } => {
-                    let _ = reply.send(Err(format!("it is {}", self.state())));
+                    let _ = reply.send(Err(CheckError::NotWaiting(self.state())));
                 }
                 Command::Detach { done } => {
                     let _ = done.send(());

@@ -179,6 +179,27 @@ async fn a_pool_fills_to_target_and_hands_out_hot_vms_by_resuming_them() {
     assert!(got["vm"]["pool"]["acquired_at_ms"].as_u64().is_some());
     assert!(got["acquire_us"].as_u64().is_some());
     assert!(waiting.contains(&id(&got)), "handed out a waiting VM");
+    // A waiting VM is the pool's: it cannot be used without an acquire.
+    let other = waiting.iter().find(|v| **v != id(&got)).unwrap();
+    let (status, err) = h
+        .send(Method::POST, &format!("/v1/vms/{other}/resume"), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("pool acquire"),
+        "{err}"
+    );
+    let (status, _) = h
+        .send(
+            Method::POST,
+            &format!("/v1/vms/{other}/snapshots"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // A wait beyond the limit is the caller's mistake.
+    let (status, _) = h.acquire(json!({"wait_ms": u64::MAX})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     let vm = h.vm(&id(&got)).await;
     assert_eq!(vm["state"], "running");
     assert!(vm["pool"]["acquire_us"].as_u64().is_some(), "{vm}");
@@ -461,18 +482,16 @@ async fn resizing_fills_and_sheds() {
         .await;
     assert_eq!(status, StatusCode::OK);
     h.hot(0).await;
-    h.until("shed VMs removed", |_| true).await;
-    for _ in 0..100 {
-        if h.vms()
-            .await
-            .iter()
-            .all(|vm| vm["template_build"].is_boolean())
-        {
+    // The shed VMs are removed, not just forgotten.
+    let mut left = usize::MAX;
+    for _ in 0..200 {
+        left = h.vms().await.len();
+        if left == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(h.waiting_ids().await.is_empty());
+    assert_eq!(left, 0, "shed VMs still listed: {:?}", h.vms().await);
     for (body, field) in [
         (json!({"target": 5}), "target"),
         (json!({"min": 3, "target": 2}), "target"),
@@ -500,6 +519,8 @@ async fn a_restart_discards_waiting_vms_and_keeps_acquired_ones() {
     let (_, got) = h.acquire(json!({})).await;
     h.hot(2).await;
     let waiting = h.waiting_ids().await;
+    // The first daemon "dies": its pool stops; nothing is cleaned up.
+    h.manager.pools().close();
     let dir = h.dir;
     // A new manager on the same store, as after a crash (the fake's VMs die
     // with their daemon, so the acquired one is found failed, not lost).
@@ -577,6 +598,31 @@ proptest::proptest! {
                 }
             }
             assert!(!handed.is_empty(), "within capacity, something was served");
+            // Nothing leaks: with every VM released, the pool settles at its
+            // targets and holds exactly those VMs.
+            let (_, list) = h.send(Method::GET, "/v1/vms", None).await;
+            for vm in list["vms"].as_array().unwrap() {
+                if vm["pool"]["acquired_at_ms"].is_u64() {
+                    assert_eq!(h.release(vm["id"].as_str().unwrap()).await, StatusCode::NO_CONTENT);
+                }
+            }
+            let settled = |p: &Value| {
+                p["sizes"]["hot"] == target
+                    && p["sizes"]["running"] == running
+                    && p["sizes"]["starting"] == 0
+                    && p["sizes"]["needs_maintenance"] == 0
+                    && p["sizes"]["acquired"] == 0
+            };
+            h.until("settled", settled).await;
+            let mut count = 0;
+            for _ in 0..200 {
+                count = h.vms().await.len();
+                if count == (target + running) as usize {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(count, (target + running) as usize, "VMs leaked: {:?}", h.vms().await);
         });
     }
 }

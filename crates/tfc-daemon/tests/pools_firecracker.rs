@@ -143,6 +143,22 @@ async fn a_pool_serves_fifty_cycles_and_leaves_nothing_behind() {
         };
         assert_eq!(vmm_state(vm).await, expected, "{vm}");
     }
+    // The guest probe is not vacuous: the running guest's kernel refuses a
+    // connection at once; a paused guest cannot answer, and the VMM's own
+    // timeout closing the request is not taken for a refusal.
+    for vm in list["vms"].as_array().unwrap() {
+        let uds = Path::new(vm["workdir"].as_str().unwrap()).join("vsock.sock");
+        let running = vm["pool"]["tier"] == "running";
+        let wait = Duration::from_secs(if running { 10 } else { 3 });
+        let answer = tfc_firecracker::vsock::probe(&uds, 52, wait).await;
+        match vm["pool"]["tier"].as_str() {
+            Some("running") => assert!(
+                matches!(answer, Ok(tfc_firecracker::vsock::ProbeAnswer::Refused)),
+                "running guest: {answer:?}"
+            ),
+            _ => assert!(answer.is_err(), "paused guest answered: {answer:?}"),
+        }
+    }
     // Health checks ran (every 500 ms) on real VMMs, and the running
     // guest's kernel answered on vsock: nothing was replaced.
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -5,7 +5,9 @@
 //!
 //! [`probe`] uses the refusal as a liveness check of the guest kernel: only a
 //! running guest kernel answers, either way, so an answer in time proves the
-//! guest runs without needing anything in its userspace.
+//! guest runs without needing anything in its userspace. The VMM also closes
+//! a request the guest never answered, after its own connect timeout (2 s in
+//! Firecracker v1.12.1); a close that late is not a refusal but silence.
 
 use std::path::Path;
 use std::time::Duration;
@@ -37,11 +39,18 @@ pub enum ProbeError {
     Timeout(Duration),
     #[error("unexpected answer on the vsock socket: {0:?}")]
     Unexpected(String),
+    #[error("the guest never answered; the VMM gave up on the connection after {0:?}")]
+    Unanswered(Duration),
 }
+
+/// A close later than this after the request is the VMM's own connect
+/// timeout (2 s), not the guest's refusal (milliseconds).
+pub const REFUSAL_WINDOW: Duration = Duration::from_millis(1500);
 
 /// Asks the guest behind `uds` for a connection to `port` and reports its
 /// answer, within `timeout`. The connection is closed afterwards.
 pub async fn probe(uds: &Path, port: u32, timeout: Duration) -> Result<ProbeAnswer, ProbeError> {
+    let started = tokio::time::Instant::now();
     let exchange = async {
         let mut stream = UnixStream::connect(uds)
             .await
@@ -59,7 +68,7 @@ pub async fn probe(uds: &Path, port: u32, timeout: Duration) -> Result<ProbeAnsw
         let mut byte = [0u8; 1];
         loop {
             match stream.read(&mut byte).await {
-                Ok(0) if line.is_empty() => return Ok(ProbeAnswer::Refused),
+                Ok(0) if line.is_empty() => return refused(started),
                 Ok(0) => {
                     return Err(ProbeError::Unexpected(
                         String::from_utf8_lossy(&line).into_owned(),
@@ -74,7 +83,7 @@ pub async fn probe(uds: &Path, port: u32, timeout: Duration) -> Result<ProbeAnsw
                 }
                 // A reset is how some VMM versions pass on the refusal.
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                    return Ok(ProbeAnswer::Refused)
+                    return refused(started)
                 }
                 Err(e) => return Err(ProbeError::Io(e)),
             }
@@ -91,6 +100,17 @@ pub async fn probe(uds: &Path, port: u32, timeout: Duration) -> Result<ProbeAnsw
         .map_err(|_| ProbeError::Timeout(timeout))?
 }
 
+/// A close of the connection, by the guest (in time) or by the VMM's own
+/// timeout (too late to be the guest's).
+fn refused(started: tokio::time::Instant) -> Result<ProbeAnswer, ProbeError> {
+    let after = started.elapsed();
+    if after < REFUSAL_WINDOW {
+        Ok(ProbeAnswer::Refused)
+    } else {
+        Err(ProbeError::Unanswered(after))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +119,14 @@ mod tests {
     /// A stand-in for the VMM's side of the socket, answering `answer` (or
     /// closing when `None`) after reading the request line.
     async fn vmm(answer: Option<&'static str>) -> (tempfile::TempDir, std::path::PathBuf) {
+        vmm_after(answer, Duration::ZERO).await
+    }
+
+    /// The same, answering (or closing) after `delay`.
+    async fn vmm_after(
+        answer: Option<&'static str>,
+        delay: Duration,
+    ) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.sock");
         let listener = UnixListener::bind(&path).unwrap();
@@ -107,6 +135,7 @@ mod tests {
             let mut buf = [0u8; 32];
             let n = stream.read(&mut buf).await.unwrap();
             assert_eq!(&buf[..n], b"CONNECT 52\n");
+            tokio::time::sleep(delay).await;
             match answer {
                 Some(text) => {
                     stream.write_all(text.as_bytes()).await.unwrap();
@@ -123,6 +152,16 @@ mod tests {
         let (_dir, path) = vmm(None).await;
         let answer = probe(&path, 52, Duration::from_secs(2)).await.unwrap();
         assert_eq!(answer, ProbeAnswer::Refused);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_as_late_as_the_vmms_own_timeout_is_silence() {
+        let (_dir, path) = vmm_after(None, Duration::from_secs(2)).await;
+        let answer = probe(&path, 52, Duration::from_secs(10)).await;
+        assert!(
+            matches!(answer, Err(ProbeError::Unanswered(_))),
+            "{answer:?}"
+        );
     }
 
     #[tokio::test]

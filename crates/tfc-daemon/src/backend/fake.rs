@@ -109,6 +109,7 @@ impl FakeBackend {
         drop(machines);
         FakeMachine {
             id: id.clone(),
+            paused: Default::default(),
             script: self.script.clone(),
             boot_latency: next.boot_latency,
             crash_after: next.crash_after,
@@ -122,6 +123,8 @@ impl FakeBackend {
 #[derive(Debug)]
 pub struct FakeMachine {
     id: VmId,
+    /// The guest's vCPUs are paused (as a VMM would report it).
+    paused: std::sync::atomic::AtomicBool,
     script: Arc<Mutex<FakeScript>>,
     boot_latency: Duration,
     crash_after: Option<Duration>,
@@ -205,6 +208,22 @@ impl FakeMachine {
         end(&self.exit_tx, reason);
     }
 
+    fn pause_or_resume(&self, verb: &str, pause: bool) -> Result<(), BackendError> {
+        self.gone(verb)?;
+        let failure = self
+            .script
+            .lock()
+            .expect("fake script lock")
+            .fail_pause_resume
+            .clone();
+        if let Some(message) = failure {
+            return Err(BackendError::Scripted(message));
+        }
+        self.paused
+            .store(pause, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
     fn gone(&self, verb: &str) -> Result<(), BackendError> {
         match self.exited() {
             Some(reason) => Err(BackendError::Scripted(format!(
@@ -252,18 +271,11 @@ impl VmMachine for FakeMachine {
     }
 
     async fn pause(&self) -> Result<(), BackendError> {
-        self.gone("pause")?;
-        let failure = self
-            .script
-            .lock()
-            .expect("fake script lock")
-            .fail_pause_resume
-            .clone();
-        failure.map_or(Ok(()), |m| Err(BackendError::Scripted(m)))
+        self.pause_or_resume("pause", true)
     }
 
     async fn resume(&self) -> Result<(), BackendError> {
-        self.pause().await
+        self.pause_or_resume("resume", false)
     }
 
     /// Checks the snapshot's files the way a VMM's load would (present, and a
@@ -273,7 +285,7 @@ impl VmMachine for FakeMachine {
         state_file: &Path,
         memory_file: &Path,
         _track_dirty_pages: bool,
-        _resume: bool,
+        resume: bool,
     ) -> Result<(), BackendError> {
         let state = std::fs::read(state_file).map_err(BackendError::Workdir)?;
         if !state.starts_with(FAKE_STATE_MAGIC) {
@@ -283,13 +295,24 @@ impl VmMachine for FakeMachine {
             )));
         }
         std::fs::metadata(memory_file).map_err(BackendError::Workdir)?;
+        self.paused
+            .store(!resume, std::sync::atomic::Ordering::SeqCst);
         self.boot().await
     }
 
-    /// Healthy while it runs, unless the script says otherwise.
-    async fn check_health(&self, _running: bool) -> Result<(), BackendError> {
+    /// Healthy while it runs in the state asked, unless the script says
+    /// otherwise.
+    async fn check_health(&self, running: bool) -> Result<(), BackendError> {
         if let Some(reason) = self.exited() {
             return Err(BackendError::Unhealthy(format!("the VMM {reason}")));
+        }
+        let paused = self.paused.load(std::sync::atomic::Ordering::SeqCst);
+        if paused == running {
+            return Err(BackendError::Unhealthy(format!(
+                "the guest is {}, not {}",
+                if paused { "paused" } else { "running" },
+                if running { "running" } else { "paused" }
+            )));
         }
         let scripted = self
             .script
