@@ -3,22 +3,25 @@
 //! next to raw Firecracker doing the same VMM step in the same run.
 //!
 //! Phases, after the template is built (one cold boot, whose time is the
-//! cold-boot figure):
+//! cold-boot figure) and the pool has filled:
 //!
-//! 1. raw: a fresh Firecracker loads the template paused, then one
-//!    `PATCH /vm {"state":"Resumed"}` is timed (the hot tier's VMM step); and
-//!    raw restores (new process, load with `resume_vm`), the warm tier's.
-//! 2. hot: `cycles` acquire + release, back to back, from a pool of `target`
-//!    paused VMs; each acquire timed from request to answer at the client.
-//! 3. running: one VM kept running (acquire = handover); its idle CPU cost
+//! 1. hot: `cycles` acquire + release cycles, back to back, from a pool of
+//!    `target` paused VMs; each acquire timed from request to answer at the
+//!    client. The first `raw` cycles each alternate with a raw sample: a
+//!    fresh Firecracker loads the template paused, then one
+//!    `PATCH /vm {"state":"Resumed"}` is timed (the hot tier's VMM step),
+//!    raw first on even cycles and second on odd ones, so both meet the same
+//!    host conditions.
+//! 2. running: one VM kept running (acquire = handover); its idle CPU cost
 //!    is measured first. Each cycle waits until the pool holds it again.
-//! 4. warm: the pool emptied; each acquire restores the template.
-//! 5. beyond capacity: a burst of `target + 4` concurrent acquires with a
+//! 3. warm: the pool emptied; each acquire restores the template, alternating
+//!    with raw restores (new process, load with `resume_vm`).
+//! 4. beyond capacity: a burst of `target + 4` concurrent acquires with a
 //!    wait shorter than a restore: the pool's VMs are served, the rest must
-//!    be clean 503s, never failures.
+//!    be clean 503s (with `Retry-After`), never failures.
 //!
-//! Releases are not timed. Figures print as min / median / p99 / max with the
-//! targets of the pools issue.
+//! Releases are not timed. Each phase reports the tiers that served it; the
+//! targets of the pools issue are judged on the tier the phase is about.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -43,8 +46,10 @@ pub struct PoolArgs {
     /// The pool's hot target.
     #[arg(long, default_value_t = 4)]
     target: u32,
-    /// Raw Firecracker samples of each kind (resume of a paused restore; restore).
-    #[arg(long, default_value_t = 100)]
+    /// Raw Firecracker resumes of a paused restore, alternating with the
+    /// first hot-tier cycles (at most `cycles`; the warm phase takes one raw
+    /// restore per cycle).
+    #[arg(long, default_value_t = 1000)]
     raw: usize,
     /// Cycles served by the running tier (0 skips the phase).
     #[arg(long, default_value_t = 50)]
@@ -209,29 +214,31 @@ async fn measure(
     .await?;
     let paused_vmm_rss_mib = paused_rss(client).await;
 
+    let mut sampler = RawSampler {
+        binary,
+        files: &files,
+        scratch,
+        taken: 0,
+    };
+    // Raw samples alternate with the acquires (raw first on even cycles,
+    // second on odd ones), so both meet the same host conditions.
     eprintln!(
-        "  raw firecracker: {} resumes of a paused restore",
-        args.raw
+        "  hot tier: {} acquire + release cycles, alternating with {} raw resumes",
+        args.cycles, args.raw
     );
     let mut raw_resume = Vec::new();
-    for i in 0..args.raw {
-        let dir = scratch.join(format!("raw-resume-{i}"));
-        raw_resume.push(raw(binary, &files, &dir, false).await?);
-    }
-    let raw_restore = if args.warm > 0 {
-        eprintln!("  raw firecracker: {} restores", args.raw);
-        let mut samples = Vec::new();
-        for i in 0..args.raw {
-            let dir = scratch.join(format!("raw-restore-{i}"));
-            samples.push(raw(binary, &files, &dir, true).await?);
-        }
-        Some(Stats::of(&samples))
-    } else {
-        None
-    };
-
-    eprintln!("  hot tier: {} acquire + release cycles", args.cycles);
-    let hot = cycles(client, args.cycles, None, async |_| Ok(())).await?;
+    let hot = cycles(
+        client,
+        args.cycles,
+        async |_| Ok(()),
+        async |i| {
+            if i < args.raw {
+                raw_resume.push(sampler.sample(false).await?);
+            }
+            Ok(())
+        },
+    )
+    .await?;
 
     let (running, running_idle_cpu) = if args.running > 0 {
         eprintln!("  running tier: 1 VM kept running, {} cycles", args.running);
@@ -241,11 +248,16 @@ async fn measure(
         })
         .await?;
         let cpu = idle_cpu(client).await;
-        let phase = cycles(client, args.running, None, async |client| {
-            until(client, Duration::from_secs(60), |p| p.sizes.running == 1)
-                .await
-                .map(drop)
-        })
+        let phase = cycles(
+            client,
+            args.running,
+            async |client| {
+                until(client, Duration::from_secs(60), |p| p.sizes.running == 1)
+                    .await
+                    .map(drop)
+            },
+            async |_| Ok(()),
+        )
         .await?;
         resize(client, None, Some(0)).await?;
         (Some(phase), cpu)
@@ -253,8 +265,12 @@ async fn measure(
         (None, None)
     };
 
+    let mut raw_restore = Vec::new();
     let warm = if args.warm > 0 {
-        eprintln!("  warm tier: the pool emptied, {} cycles", args.warm);
+        eprintln!(
+            "  warm tier: the pool emptied, {} cycles alternating with as many raw restores",
+            args.warm
+        );
         resize(client, Some(0), Some(0)).await?;
         until(client, Duration::from_secs(60), |p| {
             p.sizes.hot == 0 && p.sizes.running == 0 && p.sizes.starting == 0
@@ -262,7 +278,18 @@ async fn measure(
         .await?;
         // Removal of the shed VMs runs in the background; let it finish.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        Some(cycles(client, args.warm, None, async |_| Ok(())).await?)
+        Some(
+            cycles(
+                client,
+                args.warm,
+                async |_| Ok(()),
+                async |_| {
+                    raw_restore.push(sampler.sample(true).await?);
+                    Ok(())
+                },
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -291,7 +318,7 @@ async fn measure(
         target: args.target,
         cold_boot_ms,
         raw_resume: Stats::of(&raw_resume),
-        raw_restore,
+        raw_restore: (!raw_restore.is_empty()).then(|| Stats::of(&raw_restore)),
         hot,
         running,
         running_idle_cpu,
@@ -357,29 +384,54 @@ async fn raw(binary: &Path, t: &Template, dir: &Path, restore: bool) -> anyhow::
     Ok(took)
 }
 
-/// `n` acquire + release cycles, one at a time; `before` runs (untimed)
-/// before each acquire.
+/// `n` acquire + release cycles, one at a time. `before` runs (untimed)
+/// before each acquire; `beside(i)` (a raw sample) runs before the acquire
+/// of even cycles and after that of odd ones.
 async fn cycles(
     client: &Client,
     n: usize,
-    wait_ms: Option<u64>,
     before: impl AsyncFn(&Client) -> anyhow::Result<()>,
+    mut beside: impl AsyncFnMut(usize) -> anyhow::Result<()>,
 ) -> anyhow::Result<Phase> {
     let vm_type = default_type();
     let mut tally = Tally::default();
     for i in 0..n {
+        if i % 2 == 0 {
+            beside(i).await?;
+        }
         before(client).await?;
         let started = Instant::now();
-        let answer = client.acquire(&vm_type, &AcquireRequest { wait_ms }).await;
+        let answer = client
+            .acquire(&vm_type, &AcquireRequest { wait_ms: None })
+            .await;
         let took = started.elapsed();
         if let Some(id) = tally.add(answer, took) {
             client.release_vm(&id).await?;
+        }
+        if i % 2 == 1 {
+            beside(i).await?;
         }
         if (i + 1) % 100 == 0 {
             eprintln!("    {} cycles", i + 1);
         }
     }
     Ok(tally.phase())
+}
+
+/// Raw Firecracker samples, each in a fresh directory.
+struct RawSampler<'a> {
+    binary: &'a Path,
+    files: &'a Template,
+    scratch: &'a Path,
+    taken: usize,
+}
+
+impl RawSampler<'_> {
+    async fn sample(&mut self, restore: bool) -> anyhow::Result<Duration> {
+        self.taken += 1;
+        let dir = self.scratch.join(format!("raw-{}", self.taken));
+        raw(self.binary, self.files, &dir, restore).await
+    }
 }
 
 /// `n` acquires at once, each with `wait_ms`; the served VMs are released

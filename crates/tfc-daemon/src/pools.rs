@@ -33,6 +33,8 @@ const LATENCY_SAMPLES: usize = 1000;
 /// First back-off after a failed refill; doubles per failure.
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// Longest a hand-over of a waiting VM may take beyond the acquire's wait.
+const HANDOVER_LIMIT: Duration = Duration::from_secs(1);
 /// Longest wait an acquire may ask for (as `acquire_timeout_ms` allows).
 pub const MAX_WAIT_MS: u64 = 600_000;
 /// With no boot measured yet, the least time left for the cold tier to try.
@@ -496,9 +498,12 @@ pub(crate) async fn acquire(
     })
 }
 
-/// Hands `member` to the caller within `deadline`. A VM that cannot be
-/// handed out is replaced. One handed out too late belongs to nobody: it is
-/// removed once its owner answers (the hand-over runs on its own task, so
+/// Hands `member` to the caller. The wait budget bounds the search for a
+/// VM, not a hand-over once begun (a resume and a record write, a few
+/// milliseconds; cutting it short would waste a good VM): that is bounded by
+/// [`HANDOVER_LIMIT`], past which the VMM counts as wedged. A VM that cannot
+/// be handed out is replaced; one handed out too late belongs to nobody and
+/// is removed once its owner answers (the hand-over runs on its own task, so
 /// it is never cut short).
 async fn hand_over(
     manager: &VmManager,
@@ -510,7 +515,8 @@ async fn hand_over(
     let id = member.handle.id().clone();
     let handle = member.handle.clone();
     let mut allocate = tokio::spawn(async move { handle.allocate(requested_at).await });
-    match tokio::time::timeout_at(deadline, &mut allocate).await {
+    let limit = deadline.max(tokio::time::Instant::now() + HANDOVER_LIMIT);
+    match tokio::time::timeout_at(limit, &mut allocate).await {
         Ok(Ok(Ok(vm))) => Some(vm),
         Ok(Ok(Err(err))) => {
             pool.failed();
@@ -520,7 +526,7 @@ async fn hand_over(
         }
         Ok(Err(join)) => std::panic::resume_unwind(join.into_panic()),
         Err(_) => {
-            tracing::warn!(vm = %id, "pooled VM not handed out within the wait; replacing it");
+            tracing::warn!(vm = %id, "pooled VM not handed out in time; replacing it");
             let (manager, pool) = (manager.clone(), pool.clone());
             tokio::spawn(async move {
                 let _ = allocate.await;
