@@ -23,19 +23,18 @@
 //! Releases are not timed. Each phase reports the tiers that served it; the
 //! targets of the pools issue are judged on the tier the phase is about.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
 use tfc_api::{AcquireRequest, PoolTier, ResizePoolRequest, SnapshotInfo};
 use tfc_core::{StartMethod, VmId, VmTypeName};
-use tfc_firecracker::models::{MemoryBackend, MemoryBackendType, SnapshotLoadParams};
-use tfc_firecracker::{FirecrackerProcess, SpawnConfig, StopPolicy, VmConfig};
 use tfc_host::assets::Manifest;
 use tfc_store::StoreKind;
 
 use crate::bench::Stats;
+use crate::bench_restore::{raw_sample, Snapshot};
 use crate::client::{Client, ClientError};
 
 #[derive(Debug, clap::Args)]
@@ -134,19 +133,13 @@ pub async fn run(args: PoolArgs, data_dir: &Path) -> anyhow::Result<()> {
     // Health checks every second: the pool under test does its maintenance
     // while it serves. No cold tier: a boot would only blur the figures
     // (each phase reports the tiers that served it).
-    let config = format!(
-        "[daemon]\nbackend = \"firecracker\"\n[firecracker]\nbinary = {:?}\nboot_timeout_secs = {}\n\
-         [vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {:?}\n\
-         [vm_types.default.pool]\ntarget = {target}\nmax = {max}\nhealth_interval_ms = 1000\n\
+    let pool = format!(
+        "[vm_types.default.pool]\ntarget = {}\nmax = {}\nhealth_interval_ms = 1000\n\
          tiers = [\"running\", \"hot\", \"warm\"]\n",
-        manifest.firecracker.path,
-        args.timeout,
-        manifest.kernel.vmlinux,
-        manifest.rootfs.path,
-        manifest.boot_args,
-        target = args.target,
-        max = args.target.max(8),
+        args.target,
+        args.target.max(8),
     );
+    let config = crate::bench::daemon_config(&manifest, args.timeout, &pool);
     let store = if args.memory_store {
         StoreKind::Memory
     } else {
@@ -163,13 +156,6 @@ pub async fn run(args: PoolArgs, data_dir: &Path) -> anyhow::Result<()> {
         print_report(&report);
     }
     Ok(())
-}
-
-/// The snapshot files raw Firecracker loads.
-struct Template {
-    state: PathBuf,
-    memory: PathBuf,
-    rootfs: PathBuf,
 }
 
 fn default_type() -> VmTypeName {
@@ -198,7 +184,7 @@ async fn measure(
         .await?
         .value;
     let m = info.manifest.clone().context("snapshot without manifest")?;
-    let files = Template {
+    let files = Snapshot {
         state: Path::new(&info.dir).join(&m.state_file),
         memory: Path::new(&info.dir).join(&m.memory_file),
         rootfs: m.spec.rootfs.clone(),
@@ -328,62 +314,6 @@ async fn measure(
     })
 }
 
-/// One raw Firecracker sample: a new process loads the template (paused, or
-/// resumed with `restore`). With `restore`, the time from spawning to the
-/// loaded-and-running answer; without, the time of the one resume call.
-async fn raw(binary: &Path, t: &Template, dir: &Path, restore: bool) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    std::fs::create_dir_all(dir)?;
-    VmConfig {
-        kernel: PathBuf::new(),
-        boot_args: String::new(),
-        rootfs: t.rootfs.clone(),
-        vcpus: 1,
-        memory_mib: 0,
-        vsock: false,
-        track_dirty_pages: false,
-    }
-    .link_into(dir)?;
-    let process = FirecrackerProcess::spawn(&SpawnConfig {
-        binary: binary.to_owned(),
-        workdir: dir.to_owned(),
-        id: "bench-raw".to_owned(),
-        console_log_limit: 1024 * 1024,
-        watch_for: Vec::new(),
-        extra_args: Vec::new(),
-    })
-    .await?;
-    process.wait_api_ready(Duration::from_secs(5)).await?;
-    process
-        .api()
-        .load_snapshot(&SnapshotLoadParams {
-            snapshot_path: t.state.display().to_string(),
-            mem_backend: Some(MemoryBackend {
-                backend_type: MemoryBackendType::File,
-                backend_path: t.memory.display().to_string(),
-            }),
-            enable_diff_snapshots: None,
-            resume_vm: Some(restore),
-            network_overrides: Vec::new(),
-        })
-        .await?;
-    let took = if restore {
-        started.elapsed()
-    } else {
-        let resumed = Instant::now();
-        process.api().resume().await?;
-        resumed.elapsed()
-    };
-    process
-        .stop(StopPolicy {
-            ctrl_alt_del_grace: None,
-            term_grace: Duration::from_secs(2),
-        })
-        .await;
-    let _ = std::fs::remove_dir_all(dir);
-    Ok(took)
-}
-
 /// `n` acquire + release cycles, one at a time. `before` runs (untimed)
 /// before each acquire; `beside(i)` (a raw sample) runs before the acquire
 /// of even cycles and after that of odd ones.
@@ -421,7 +351,7 @@ async fn cycles(
 /// Raw Firecracker samples, each in a fresh directory.
 struct RawSampler<'a> {
     binary: &'a Path,
-    files: &'a Template,
+    files: &'a Snapshot,
     scratch: &'a Path,
     taken: usize,
 }
@@ -430,7 +360,7 @@ impl RawSampler<'_> {
     async fn sample(&mut self, restore: bool) -> anyhow::Result<Duration> {
         self.taken += 1;
         let dir = self.scratch.join(format!("raw-{}", self.taken));
-        raw(self.binary, self.files, &dir, restore).await
+        raw_sample(self.binary, self.files, &dir, restore).await
     }
 }
 

@@ -75,10 +75,10 @@ struct Report {
 
 /// The files of the snapshot under test, as raw Firecracker needs them.
 #[derive(Debug, Clone)]
-struct Snapshot {
-    state: PathBuf,
-    memory: PathBuf,
-    rootfs: PathBuf,
+pub(crate) struct Snapshot {
+    pub(crate) state: PathBuf,
+    pub(crate) memory: PathBuf,
+    pub(crate) rootfs: PathBuf,
 }
 
 pub async fn run(args: RestoreArgs, data_dir: &Path) -> anyhow::Result<()> {
@@ -90,15 +90,7 @@ pub async fn run(args: RestoreArgs, data_dir: &Path) -> anyhow::Result<()> {
         .prefix("tfc-bench-restore-")
         .tempdir()
         .context("cannot create a scratch directory")?;
-    let config = format!(
-        "[daemon]\nbackend = \"firecracker\"\n[firecracker]\nbinary = {:?}\nboot_timeout_secs = {}\n\
-         [vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {:?}\n",
-        manifest.firecracker.path,
-        args.timeout,
-        manifest.kernel.vmlinux,
-        manifest.rootfs.path,
-        manifest.boot_args,
-    );
+    let config = crate::bench::daemon_config(&manifest, args.timeout, "");
     // The daemon's default store, so each restore pays its real write.
     let measured =
         crate::bench::with_daemon(&config, scratch.path(), StoreKind::Sqlite, async |client| {
@@ -214,6 +206,20 @@ fn ms(d: Duration) -> f64 {
 
 /// One restore by hand: new process, wait for its socket, load and resume.
 async fn restore_raw(binary: &Path, snapshot: &Snapshot, dir: &Path) -> anyhow::Result<Duration> {
+    raw_sample(binary, snapshot, dir, true).await
+}
+
+/// One raw Firecracker sample in the fresh directory `dir`: a new process
+/// loads `snapshot`. With `resume`, the load resumes the guest and the time
+/// runs from creating the directory to the load's answer (a restore); without,
+/// the guest is loaded paused and only the one `PATCH /vm` resuming it is
+/// timed (a pool's hand-over step). The process is stopped afterwards.
+pub(crate) async fn raw_sample(
+    binary: &Path,
+    snapshot: &Snapshot,
+    dir: &Path,
+    resume: bool,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     std::fs::create_dir_all(dir)?;
     // The snapshot names its root drive by the relative link, as every tfc VM
@@ -247,11 +253,17 @@ async fn restore_raw(binary: &Path, snapshot: &Snapshot, dir: &Path) -> anyhow::
                 backend_path: snapshot.memory.display().to_string(),
             }),
             enable_diff_snapshots: None,
-            resume_vm: Some(true),
+            resume_vm: Some(resume),
             network_overrides: Vec::new(),
         })
         .await?;
-    let took = started.elapsed();
+    let took = if resume {
+        started.elapsed()
+    } else {
+        let resumed = Instant::now();
+        process.api().resume().await?;
+        resumed.elapsed()
+    };
     process
         .stop(StopPolicy {
             ctrl_alt_del_grace: None,

@@ -8,21 +8,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::tier1::alive;
+
+use std::path::Path;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use serde_json::Value;
 use tfc_daemon::config::{Config, ShutdownPolicy};
 use tfc_daemon::manager::VmManager;
-
-/// Assets come from `TFC_ASSETS_DATA_DIR`, else the standard data dir; VM
-/// directories go to a fresh temporary data dir per test.
-fn assets_data_dir() -> PathBuf {
-    std::env::var_os("TFC_ASSETS_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(tfc_host::paths::data_dir)
-}
 
 struct Daemon {
     app: axum::Router,
@@ -31,15 +25,7 @@ struct Daemon {
 }
 
 fn daemon(extra: &str) -> Daemon {
-    let manifest = tfc_host::assets::load_manifest(&assets_data_dir()).unwrap_or_else(|e| {
-        panic!("tier-1 tests need built assets ({e}); run `tfc assets build` first")
-    });
-    if let Err(e) = tfc_host::kvm::check_device(Path::new(tfc_host::kvm::KVM_DEVICE)) {
-        panic!(
-            "tier-1 tests need a usable /dev/kvm: {}",
-            tfc_core::error_chain(&e)
-        );
-    }
+    let manifest = common::tier1::assets();
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         "[firecracker]\nbinary = {:?}\nboot_timeout_secs = 240\nstop_grace_ms = 1000\n\
@@ -86,12 +72,6 @@ impl Daemon {
             .map(|d| d.count())
             .unwrap_or(0)
     }
-}
-
-fn alive(pid: u64) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // A zombie has exited; only its parent's wait is pending.
-    !stat.is_empty() && !stat.contains(") Z ")
 }
 
 fn phase_ms(vm: &Value, phase: &str) -> f64 {

@@ -30,12 +30,7 @@ struct Harness {
 /// A config with one VM type, `box`, whose pool section is `pool` (TOML
 /// lines), and real (tiny) kernel and rootfs files for template digests.
 fn config(dir: &Path, pool: &str) -> Config {
-    let kernel = dir.join("vmlinux");
-    let rootfs = dir.join("rootfs.ext4");
-    if !kernel.exists() {
-        std::fs::write(&kernel, b"kernel").unwrap();
-        std::fs::write(&rootfs, b"rootfs").unwrap();
-    }
+    let (kernel, rootfs) = common::tiny_assets(dir);
     let text = format!(
         r#"
 [daemon]

@@ -26,12 +26,7 @@ struct Harness {
 /// snapshot manifests can digest them. `default` tracks dirty pages; `plain`
 /// does not.
 fn config(dir: &Path) -> Config {
-    let kernel = dir.join("vmlinux");
-    let rootfs = dir.join("rootfs.ext4");
-    if !kernel.exists() {
-        std::fs::write(&kernel, b"kernel").unwrap();
-        std::fs::write(&rootfs, b"rootfs").unwrap();
-    }
+    let (kernel, rootfs) = common::tiny_assets(dir);
     let text = format!(
         r#"
 [daemon]

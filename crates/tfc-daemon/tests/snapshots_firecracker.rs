@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::tier1::{alive, firecrackers_under};
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -29,18 +31,7 @@ struct Daemon {
 /// test's own directory (so the test can change them) with dirty-page
 /// tracking, and whose `gold` type uses the built assets for a template.
 fn daemon() -> Daemon {
-    let assets = std::env::var_os("TFC_ASSETS_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(tfc_host::paths::data_dir);
-    let manifest = tfc_host::assets::load_manifest(&assets).unwrap_or_else(|e| {
-        panic!("tier-1 tests need built assets ({e}); run `tfc assets build` first")
-    });
-    if let Err(e) = tfc_host::kvm::check_device(Path::new(tfc_host::kvm::KVM_DEVICE)) {
-        panic!(
-            "tier-1 tests need a usable /dev/kvm: {}",
-            tfc_core::error_chain(&e)
-        );
-    }
+    let manifest = common::tier1::assets();
     let dir = tempfile::tempdir().unwrap();
     let kernel = dir.path().join("vmlinux");
     let rootfs = dir.path().join("rootfs.ext4");
@@ -105,25 +96,6 @@ impl Daemon {
             .map(|d| d.count())
             .unwrap_or(0)
     }
-}
-
-fn alive(pid: u64) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.is_empty() && !stat.contains(") Z ")
-}
-
-/// Firecracker processes whose working directory is under `dir`.
-fn firecrackers_under(dir: &Path) -> Vec<u64> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
-        .filter(|pid| {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
-            comm.trim() == "firecracker" && cwd.starts_with(dir) && alive(*pid)
-        })
-        .collect()
 }
 
 fn message(body: &Value) -> &str {

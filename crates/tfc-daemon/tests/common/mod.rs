@@ -1,6 +1,8 @@
 //! What the daemon's integration tests share: one HTTP exchange through the real
 //! router.
 
+pub mod tier1;
+
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -37,4 +39,17 @@ pub async fn send(
     let value = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| panic!("non-JSON answer: {}", String::from_utf8_lossy(&bytes)));
     (status, value)
+}
+
+/// Tiny stand-in kernel and rootfs files in `dir` (made once), for configs of
+/// fake-backend tests: snapshot manifests and templates digest them.
+#[allow(dead_code)]
+pub fn tiny_assets(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let kernel = dir.join("vmlinux");
+    let rootfs = dir.join("rootfs.ext4");
+    if !kernel.exists() {
+        std::fs::write(&kernel, b"kernel").unwrap();
+        std::fs::write(&rootfs, b"rootfs").unwrap();
+    }
+    (kernel, rootfs)
 }
