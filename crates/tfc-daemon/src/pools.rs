@@ -503,8 +503,8 @@ pub(crate) async fn acquire(
 /// milliseconds; cutting it short would waste a good VM): that is bounded by
 /// [`HANDOVER_LIMIT`], past which the VMM counts as wedged. A VM that cannot
 /// be handed out is replaced; one handed out too late belongs to nobody and
-/// is removed once its owner answers (the hand-over runs on its own task, so
-/// it is never cut short).
+/// is removed once its owner has finished (the owner, not this future,
+/// carries the hand-over out).
 async fn hand_over(
     manager: &VmManager,
     pool: &Arc<Pool>,
@@ -513,25 +513,20 @@ async fn hand_over(
     deadline: tokio::time::Instant,
 ) -> Option<VmInfo> {
     let id = member.handle.id().clone();
-    let handle = member.handle.clone();
-    let mut allocate = tokio::spawn(async move { handle.allocate(requested_at).await });
     let limit = deadline.max(tokio::time::Instant::now() + HANDOVER_LIMIT);
-    match tokio::time::timeout_at(limit, &mut allocate).await {
-        Ok(Ok(Ok(vm))) => Some(vm),
-        Ok(Ok(Err(err))) => {
+    // Dropping the hand-over when it takes too long does not stop it: its
+    // owner finishes it, then takes the retirement queued after it.
+    match tokio::time::timeout_at(limit, member.handle.allocate(requested_at)).await {
+        Ok(Ok(vm)) => Some(vm),
+        Ok(Err(err)) => {
             pool.failed();
             tracing::warn!(vm = %id, error = %tfc_core::error_chain(&err), "pooled VM could not be handed out; replacing it");
             retire(manager, pool, id, false);
             None
         }
-        Ok(Err(join)) => std::panic::resume_unwind(join.into_panic()),
         Err(_) => {
             tracing::warn!(vm = %id, "pooled VM not handed out in time; replacing it");
-            let (manager, pool) = (manager.clone(), pool.clone());
-            tokio::spawn(async move {
-                let _ = allocate.await;
-                retire(&manager, &pool, id, false);
-            });
+            retire(manager, pool, id, false);
             None
         }
     }
