@@ -433,16 +433,18 @@ pub(crate) async fn acquire(
             if !pool.allows(tier) {
                 continue;
             }
-            while tokio::time::Instant::now() < deadline {
-                let Some(member) = pool.take(tier) else {
-                    break;
-                };
+            // A waiting VM is taken even with no wait left (it is there now);
+            // after a failed hand-over, the next only while time is left.
+            while let Some(member) = pool.take(tier) {
                 // The refill starts once the VM is handed over: a restore
                 // spawned meanwhile would compete with the resume for CPU.
                 let allocated = hand_over(manager, &pool, member, requested_at, deadline).await;
                 pool.wake.notify_one();
                 if let Some(vm) = allocated {
                     return Ok(served(&pool, vm, tier, requested_at));
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    break;
                 }
             }
         }
@@ -852,6 +854,11 @@ async fn refill(manager: &VmManager, pool: &Arc<Pool>) {
         });
     }
     if want_running + want_hot == 0 {
+        let mut state = pool.lock();
+        if state.target + state.running == 0 {
+            // Wanting nothing, it waits for nothing.
+            state.waiting_for = None;
+        }
         return;
     }
     let template = match manager.pool_template(&pool.vm_type).await {

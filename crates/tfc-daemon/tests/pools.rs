@@ -207,6 +207,12 @@ async fn a_pool_fills_to_target_and_hands_out_hot_vms_by_resuming_them() {
     assert_eq!(pool["stats"]["tiers"][0]["hit_rate"], 1.0);
     assert!(!h.waiting_ids().await.contains(&id(&got)));
 
+    // No wait needed for a VM that is there.
+    let (status, now) = h.acquire(json!({"wait_ms": 0})).await;
+    assert_eq!(status, StatusCode::OK, "{now}");
+    assert_eq!(now["tier"], "hot");
+    assert_eq!(h.release(&id(&now)).await, StatusCode::NO_CONTENT);
+
     // Release destroys it: never handed to anyone else.
     assert_eq!(h.release(&id(&got)).await, StatusCode::NO_CONTENT);
     let (status, _) = h
