@@ -1474,11 +1474,18 @@ impl VmManager {
                 // Asked of the VM's owner, after any hand-over it has queued:
                 // a VM still waiting is retired (and goes), one handed out
                 // follows the policy.
-                let waiting_in_pool = handle.info().pool.is_some_and(|s| s.acquired_at_ms.is_none())
-                    && !matches!(
-                        handle.check(Some("the daemon is shutting down".to_owned())).await,
-                        Err(crate::vm::CheckError::NotWaiting(VmState::Running))
-                    );
+                let pooled = handle.info().pool.is_some() && !handle.info().state.is_terminal();
+                let waiting_in_pool = pooled
+                    && match handle
+                        .check(Some("the daemon is shutting down".to_owned()))
+                        .await
+                    {
+                        // It was waiting; it is retired now.
+                        Err(crate::vm::CheckError::Unfit(_)) => true,
+                        // Handed out (or rolled back to waiting by a failed
+                        // hand-over): the record says which.
+                        _ => handle.info().pool.is_some_and(|s| s.acquired_at_ms.is_none()),
+                    };
                 let policy = if waiting_in_pool {
                     ShutdownPolicy::Stop
                 } else {

@@ -871,7 +871,14 @@ impl Owner {
     /// See [`VmHandle::check`].
     async fn check(&self, machine: &Machine, retire: Option<String>) -> Result<(), CheckError> {
         let state = self.state();
+        let handed_out = self
+            .record
+            .borrow()
+            .pool
+            .as_ref()
+            .is_some_and(|s| s.acquired_at_ms.is_some());
         let running = match state {
+            _ if handed_out => return Err(CheckError::NotWaiting(state)),
             VmState::Ready => true,
             VmState::Paused | VmState::Snapshotted => false,
             _ => return Err(CheckError::NotWaiting(state)),

@@ -469,6 +469,46 @@ async fn a_dead_vm_is_never_handed_out() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_hand_over_that_hangs_is_given_up_and_the_vm_replaced() {
+    let h = harness("target = 1\ntiers = [\"hot\"]").await;
+    h.hot(1).await;
+    let stuck = h.waiting_ids().await.into_iter().next().unwrap();
+    // The VMM takes a minute to resume: past the wait and the hand-over's
+    // own limit.
+    h.fake
+        .script(|s| s.resume_latency = Duration::from_secs(60));
+    let started = tokio::time::Instant::now();
+    let (status, err) = h.acquire(json!({"wait_ms": 100})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded: {:?}",
+        started.elapsed()
+    );
+    h.fake.script(|s| s.resume_latency = Duration::ZERO);
+    // The VM is removed once its owner has finished, and replaced.
+    let pool = h
+        .until("replaced", |p| {
+            p["stats"]["replaced_unhealthy"] == 1 && p["sizes"]["hot"] == 1
+        })
+        .await;
+    assert_eq!(pool["sizes"]["needs_maintenance"], 1, "{pool}");
+    let mut gone = false;
+    for _ in 0..2000 {
+        let (status, _) = h.send(Method::GET, &format!("/v1/vms/{stuck}"), None).await;
+        if status == StatusCode::NOT_FOUND {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the stuck VM was never removed");
+    let pool = h.pool().await;
+    assert_eq!(pool["sizes"]["acquired"], 0, "{pool}");
+    assert_eq!(pool["sizes"]["needs_maintenance"], 0, "{pool}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn resizing_fills_and_sheds() {
     let h = harness("target = 1\nmax = 4").await;
     h.hot(1).await;
@@ -569,6 +609,11 @@ proptest::proptest! {
             .unwrap();
         rt.block_on(async move {
             let h = harness(&format!("target = {target}\nrunning = {running}\nmax = 8\nprewarm_concurrency = 2\ntiers = [\"running\", \"hot\"]")).await;
+            // Filled first: the rounds race the refills, not the template build.
+            h.until("filled", |p| {
+                p["sizes"]["hot"] == target && p["sizes"]["running"] == running
+            })
+            .await;
             let mut handed = HashSet::new();
             for (parallel, release) in rounds {
                 let mut tasks = tokio::task::JoinSet::new();

@@ -41,6 +41,8 @@ pub struct FakeScript {
     pub restore_latency: Duration,
     /// Fail every restore with this message while set.
     pub fail_restores: Option<String>,
+    /// Time a resume takes.
+    pub resume_latency: Duration,
     /// Machines whose health checks fail, with the reason.
     pub unhealthy: HashMap<VmId, String>,
 }
@@ -275,6 +277,8 @@ impl VmMachine for FakeMachine {
     }
 
     async fn resume(&self) -> Result<(), BackendError> {
+        let latency = self.script.lock().expect("fake script lock").resume_latency;
+        tokio::time::sleep(latency).await;
         self.pause_or_resume("resume", false)
     }
 
