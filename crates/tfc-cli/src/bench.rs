@@ -262,6 +262,81 @@ pub(crate) async fn with_daemon<T>(
     result
 }
 
+/// Runs `work` against a `tfc serve` child process configured by `config`
+/// (plus `store` and the `stop` shutdown policy), on a private socket and data
+/// directory in `scratch`, as a caller of a real daemon sees it; then stops
+/// it with SIGTERM (its VMs with it) and waits for it. Ctrl-C ends the run the
+/// same way.
+pub(crate) async fn with_daemon_process<T>(
+    config: &str,
+    scratch: &Path,
+    store: StoreKind,
+    work: impl AsyncFnOnce(&Client) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let store = match store {
+        StoreKind::Sqlite => "sqlite",
+        StoreKind::Memory => "memory",
+    };
+    let config = config.replacen(
+        "[daemon]\n",
+        &format!("[daemon]\nstorage = {store:?}\nshutdown_policy = \"stop\"\n"),
+        1,
+    );
+    // Checked here, so a mistake reads as one, not as a daemon that died.
+    Config::parse(&config, "bench")?;
+    let config_file = scratch.join("tfc.toml");
+    std::fs::write(&config_file, &config)?;
+    let socket = scratch.join("tfc.sock");
+    let data_dir = scratch.join("daemon");
+    let log = std::fs::File::create(scratch.join("serve.log"))?;
+    let mut daemon = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config_file)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start `tfc serve`")?;
+    let pid = daemon.id().context("`tfc serve` exited at once")?;
+    let client = Client::new(socket.clone());
+    let started = std::time::Instant::now();
+    while client.list_vms().await.is_err() {
+        if let Some(status) = daemon.try_wait()? {
+            bail!(
+                "`tfc serve` exited ({status}); its log: {}",
+                scratch.join("serve.log").display()
+            );
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "`tfc serve` did not answer on {} within 60 s",
+                socket.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let result = tokio::select! {
+        result = work(&client) => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    // SAFETY: kill(2) of the child this function started, still unreaped.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = daemon.wait().await?;
+    if !status.success() && result.is_ok() {
+        bail!(
+            "`tfc serve` ended with {status}; its log: {}",
+            scratch.join("serve.log").display()
+        );
+    }
+    result
+}
+
 fn progress(kind: &str, i: usize, sample: Sample) {
     eprintln!(
         "  {kind:<16} boot {i}: guest start {:>8.2} ms, ready {:>10.1} ms",

@@ -206,20 +206,28 @@ fn ms(d: Duration) -> f64 {
 
 /// One restore by hand: new process, wait for its socket, load and resume.
 async fn restore_raw(binary: &Path, snapshot: &Snapshot, dir: &Path) -> anyhow::Result<Duration> {
-    raw_sample(binary, snapshot, dir, true).await
+    raw_sample(binary, snapshot, dir, RawStep::Restore).await
+}
+
+/// What a raw sample times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RawStep {
+    /// From creating the VM directory to the answer of a load that resumes.
+    Restore,
+    /// The one `PATCH /vm` resuming a guest loaded paused, after it has
+    /// stayed paused this long (as a pooled VM waits before its hand-over).
+    Resume { paused_for: Duration },
 }
 
 /// One raw Firecracker sample in the fresh directory `dir`: a new process
-/// loads `snapshot`. With `resume`, the load resumes the guest and the time
-/// runs from creating the directory to the load's answer (a restore); without,
-/// the guest is loaded paused and only the one `PATCH /vm` resuming it is
-/// timed (a pool's hand-over step). The process is stopped afterwards.
+/// loads `snapshot` and `step` is timed. The process is stopped afterwards.
 pub(crate) async fn raw_sample(
     binary: &Path,
     snapshot: &Snapshot,
     dir: &Path,
-    resume: bool,
+    step: RawStep,
 ) -> anyhow::Result<Duration> {
+    let resume = step == RawStep::Restore;
     let started = Instant::now();
     std::fs::create_dir_all(dir)?;
     // The snapshot names its root drive by the relative link, as every tfc VM
@@ -257,12 +265,14 @@ pub(crate) async fn raw_sample(
             network_overrides: Vec::new(),
         })
         .await?;
-    let took = if resume {
-        started.elapsed()
-    } else {
-        let resumed = Instant::now();
-        process.api().resume().await?;
-        resumed.elapsed()
+    let took = match step {
+        RawStep::Restore => started.elapsed(),
+        RawStep::Resume { paused_for } => {
+            tokio::time::sleep(paused_for).await;
+            let resumed = Instant::now();
+            process.api().resume().await?;
+            resumed.elapsed()
+        }
     };
     process
         .stop(StopPolicy {
