@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tfc_api::{AutoscaleInfo, PoolInfo, PoolSizes, PoolStats, StartInfo, TierStats, VmInfo};
-use tfc_core::allocation::{Allocator, Candidate};
+use tfc_core::allocation::{AllocationStrategy, Allocator, Candidate};
 use tfc_core::pool::{self as decide, AutoscalePolicy, DemandWindow};
 use tfc_core::{OptimizationLevel, PoolTier, StartMethod, VmId};
 use tokio::sync::{watch, Notify};
@@ -324,8 +324,12 @@ impl Pool {
                 }
             })
             .collect();
+        // Only the weighted strategy reads the random number: no system
+        // call on the hand-out path for the others.
         let mut random = [0u8; 8];
-        let _ = getrandom::getrandom(&mut random);
+        if state.allocator.strategy() == AllocationStrategy::WeightedRandom {
+            let _ = getrandom::getrandom(&mut random);
+        }
         let picked = state
             .allocator
             .pick(&candidates, u64::from_le_bytes(random))?;
