@@ -45,6 +45,11 @@ pub struct CreateVmRequest {
     /// documentation for what each level does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub optimization_level: Option<OptimizationLevel>,
+    /// The VMM to run the VM on; the VM type's if omitted. `qemu-tcg` runs the
+    /// same kernel, rootfs and agent under software emulation (no KVM needed,
+    /// much slower, no snapshots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<tfc_core::Vmm>,
 }
 
 /// How a VM was started.

@@ -164,6 +164,7 @@ fn phase_name(phase: BootPhase) -> &'static str {
         BootPhase::Configured => "configured",
         BootPhase::InstanceStarted => "instance_started",
         BootPhase::SnapshotLoaded => "snapshot_loaded",
+        BootPhase::AgentReady => "agent_ready",
         BootPhase::Ready => "ready",
     }
 }
@@ -171,6 +172,7 @@ fn phase_name(phase: BootPhase) -> &'static str {
 fn readiness(readiness: &Readiness) -> String {
     match readiness {
         Readiness::ConsoleLine { contains } => format!("console line containing {contains:?}"),
+        Readiness::Agent { port } => format!("guest agent answers on vsock port {port}"),
     }
 }
 
@@ -278,6 +280,7 @@ mod tests {
                 readiness: Readiness::default(),
                 diff_snapshots: false,
                 vsock: true,
+                vmm: tfc_core::Vmm::Firecracker,
             },
             pid: Some(4242),
             created_at_ms,

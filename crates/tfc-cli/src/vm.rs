@@ -174,6 +174,7 @@ async fn create(args: CreateArgs, client: &Client, out: &mut impl Write) -> anyh
         wait_timeout_ms: args.timeout.map(|secs| secs.saturating_mul(1000)),
         from_snapshot: args.from_snapshot.map(String::from),
         optimization_level: args.level,
+        backend: None,
     };
     let answer = client.create_vm(&request).await?;
     let vm = &answer.value;

@@ -32,7 +32,7 @@ pub use exit::ExitReason;
 pub use id::{IdError, SnapshotId, VmId, VmTypeName};
 pub use level::{OptimizationLevel, StartMethod};
 pub use pool::PoolTier;
-pub use spec::{Readiness, SpecError, VmSpec};
+pub use spec::{Readiness, SpecError, VmSpec, Vmm};
 pub use state::{transition, InvalidTransition, VmEvent, VmState};
 pub use time::unix_ms;
 pub use timeline::{BootPhase, BootTimeline, PhaseMark};

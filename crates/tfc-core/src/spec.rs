@@ -26,6 +26,64 @@ pub enum Readiness {
     /// A line of the serial console contains this text (by default the kernel's
     /// `Run /init as init process`, printed just before it starts init).
     ConsoleLine { contains: String },
+    /// The guest agent answers a `ping` on this vsock port (the agent runs as
+    /// the guest's init). A VM with this readiness also gets the identity
+    /// fix-up (clock, entropy) after every restore.
+    Agent { port: u32 },
+}
+
+/// The guest agent's vsock port unless the VM type names another.
+pub const DEFAULT_AGENT_PORT: u32 = 1024;
+
+/// Which VMM runs a VM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum Vmm {
+    /// Firecracker on KVM.
+    #[default]
+    Firecracker,
+    /// QEMU's `microvm` machine under TCG software emulation: the same kernel,
+    /// rootfs and agent with no hardware virtualization, much slower, and no
+    /// snapshots.
+    QemuTcg,
+}
+
+impl Vmm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Vmm::Firecracker => "firecracker",
+            Vmm::QemuTcg => "qemu-tcg",
+        }
+    }
+}
+
+impl std::fmt::Display for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the kernel prints as it starts the guest's init, whichever it is.
+pub const INIT_STARTED_LINE: &str = "as init process";
+
+impl Readiness {
+    /// The console text a boot waits for first: the configured line, or for an
+    /// agent VM the kernel starting its init (the agent's `ping` follows).
+    pub fn console_marker(&self) -> &str {
+        match self {
+            Readiness::ConsoleLine { contains } => contains,
+            Readiness::Agent { .. } => INIT_STARTED_LINE,
+        }
+    }
+
+    /// The agent's vsock port, for VMs whose readiness is the agent.
+    pub fn agent_port(&self) -> Option<u32> {
+        match self {
+            Readiness::ConsoleLine { .. } => None,
+            Readiness::Agent { port } => Some(*port),
+        }
+    }
 }
 
 impl Default for Readiness {
@@ -58,6 +116,9 @@ pub struct VmSpec {
     /// Attach a vsock device (the host side is a socket in the VM's directory).
     #[serde(default)]
     pub vsock: bool,
+    /// The VMM that runs this VM.
+    #[serde(default)]
+    pub vmm: Vmm,
 }
 
 /// Why a spec is not acceptable. Each variant names the field at fault.
@@ -77,6 +138,10 @@ pub enum SpecError {
     EmptyReadiness,
     #[error("boot_args {0:?} would hide the kernel's console messages, and readiness is read from the console; remove it")]
     HidesReadiness(String),
+    #[error("agent port must be between 1 and 4294967294, got {0}")]
+    AgentPort(u32),
+    #[error("the guest agent needs the VM's vsock device")]
+    AgentWithoutVsock,
 }
 
 impl VmSpec {
@@ -97,6 +162,11 @@ impl VmSpec {
                 Some(word) => Err(SpecError::HidesReadiness(word.to_owned())),
                 None => Ok(()),
             },
+            Readiness::Agent { port } if *port == 0 || *port == u32::MAX => {
+                Err(SpecError::AgentPort(*port))
+            }
+            Readiness::Agent { .. } if !self.vsock => Err(SpecError::AgentWithoutVsock),
+            Readiness::Agent { .. } => Ok(()),
         }
     }
 }
@@ -145,6 +215,7 @@ mod tests {
             readiness: Readiness::default(),
             diff_snapshots: false,
             vsock: true,
+            vmm: Vmm::Firecracker,
         }
     }
 

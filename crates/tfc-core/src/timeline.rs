@@ -18,6 +18,8 @@ pub enum BootPhase {
     InstanceStarted,
     /// A restore's snapshot loaded and the guest resumed (one VMM call).
     SnapshotLoaded,
+    /// The guest agent answered its first `ping` (VMs whose readiness is the agent).
+    AgentReady,
     /// Readiness check passed.
     Ready,
 }

@@ -345,6 +345,7 @@ impl VmManager {
             },
             diff_snapshots: vm_type.diff_snapshots,
             vsock: true,
+            vmm: tfc_core::Vmm::Firecracker,
         };
         spec.validate().map_err(ManagerError::BadSpec)?;
         Ok(spec)

@@ -246,6 +246,7 @@ mod tests {
                     readiness: Readiness::default(),
                     diff_snapshots: true,
                     vsock: true,
+                    vmm: tfc_core::Vmm::Firecracker,
                 },
                 devices: vec![
                     SnapshotDevice::Drive {

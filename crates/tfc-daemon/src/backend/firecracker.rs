@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tfc_api::SnapshotKind;
-use tfc_core::{BootPhase, Readiness, VmId, VmSpec};
+use tfc_core::{BootPhase, VmId, VmSpec};
 use tfc_firecracker::models::{
     InstanceState, MemoryBackend, MemoryBackendType, SnapshotCreateParams, SnapshotLoadParams,
     SnapshotType,
@@ -81,13 +81,15 @@ fn vm_config(spec: &VmSpec) -> VmConfig {
 
 impl FirecrackerBackend {
     fn spawn_config(&self, id: &VmId, spec: &VmSpec, workdir: &Path) -> SpawnConfig {
-        let Readiness::ConsoleLine { contains } = &spec.readiness;
         SpawnConfig {
             binary: self.binary.clone(),
             workdir: workdir.to_owned(),
             id: id.to_string(),
             console_log_limit: self.console_log_limit,
-            watch_for: vec![contains.clone(), PANIC_LINE.to_owned()],
+            watch_for: vec![
+                spec.readiness.console_marker().to_owned(),
+                PANIC_LINE.to_owned(),
+            ],
             extra_args: Vec::new(),
         }
     }
@@ -135,10 +137,9 @@ impl FirecrackerBackend {
     }
 
     fn machine(&self, process: FirecrackerProcess, spec: &VmSpec) -> FirecrackerMachine {
-        let Readiness::ConsoleLine { contains } = &spec.readiness;
         FirecrackerMachine {
             process,
-            readiness: contains.clone(),
+            readiness: spec.readiness.console_marker().to_owned(),
             boot_timeout: self.boot_timeout,
             stop: self.stop,
         }
