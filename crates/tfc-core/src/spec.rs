@@ -32,6 +32,10 @@ pub enum Readiness {
     Agent { port: u32 },
 }
 
+/// Where the built root filesystems hold the guest agent; a VM whose readiness
+/// is the agent boots with `init=` this path.
+pub const AGENT_INIT: &str = "/sbin/tfc-agent";
+
 /// The guest agent's vsock port unless the VM type names another.
 pub const DEFAULT_AGENT_PORT: u32 = 1024;
 
