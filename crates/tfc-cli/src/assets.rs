@@ -32,6 +32,10 @@ pub struct BuildArgs {
     /// Use this jailer binary instead of searching PATH or downloading.
     #[arg(long, value_name = "PATH")]
     pub jailer: Option<PathBuf>,
+    /// Bake this static guest agent into the rootfs instead of looking beside
+    /// `tfc` and in Cargo's musl target directory.
+    #[arg(long, value_name = "PATH")]
+    pub agent: Option<PathBuf>,
     /// Print the resulting manifest as JSON.
     #[arg(long)]
     pub json: bool,
@@ -49,6 +53,7 @@ fn build(args: BuildArgs, data_dir: &Path) -> anyhow::Result<()> {
         profile: args.profile,
         firecracker: args.firecracker,
         jailer: args.jailer,
+        agent: args.agent,
         ..BuildOptions::default()
     };
     // Progress goes to stderr so that `--json` output stays parseable.

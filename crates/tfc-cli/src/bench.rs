@@ -40,6 +40,9 @@ pub enum BenchCmd {
     /// Acquire + release cycles against a pool, per tier, next to raw
     /// Firecracker's resume and restore measured in the same run.
     Pool(crate::bench_pool::PoolArgs),
+    /// The guest agent's exec round trip on the host transport, next to the
+    /// host spawning the same command itself.
+    Exec(crate::bench_exec::ExecArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -141,6 +144,7 @@ pub async fn run(cmd: BenchCmd, data_dir: &Path) -> anyhow::Result<()> {
         BenchCmd::Boot(args) => args,
         BenchCmd::Restore(args) => return crate::bench_restore::run(args, data_dir).await,
         BenchCmd::Pool(args) => return crate::bench_pool::run(args, data_dir).await,
+        BenchCmd::Exec(args) => return crate::bench_exec::run(args).await,
     };
     if args.count == 0 {
         bail!("--count must be at least 1");

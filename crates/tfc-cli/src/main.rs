@@ -14,11 +14,13 @@
 //! - [`serve`]: `tfc serve`, the daemon in this process.
 //! - [`doctor`]: `tfc doctor`, checks that this host can run VMs.
 //! - [`assets`]: `tfc assets`, the kernel, root filesystem and Firecracker binary.
-//! - [`bench`]: `tfc bench`, raw Firecracker vs tfc, measured in the same run.
+//! - [`bench`]: `tfc bench`, raw Firecracker vs tfc, measured in the same run
+//!   (`bench_restore`, `bench_pool`, `bench_exec` for the other subcommands).
 //! - `fake_daemon` (tests only): a one-shot stand-in for the daemon's socket.
 
 mod assets;
 mod bench;
+mod bench_exec;
 mod bench_pool;
 mod bench_restore;
 mod client;

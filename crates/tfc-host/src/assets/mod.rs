@@ -13,12 +13,14 @@
 //! - [`binaries`]: locate, download and verify firecracker and jailer.
 //! - [`kernel`]: configure, patch and compile the guest kernel.
 //! - [`kconfig`]: the config fragment and its post-`olddefconfig` check.
-//! - [`rootfs`]: the ext4 image with busybox and the profile's init.
+//! - [`rootfs`]: the ext4 image with busybox, the profile's init and the agent.
+//! - [`agent`]: find and check the static guest agent binary.
 //! - [`elf`]: the syscall-free init of the nested profile.
 //! - [`prereq`]: host programs and files, named by Debian package.
 //! - [`key`]: content keys and file digests.
 //! - [`tool`]: running build tools with a log and progress lines.
 
+pub mod agent;
 pub mod binaries;
 pub mod elf;
 pub mod kconfig;
@@ -72,6 +74,10 @@ pub struct RootfsAsset {
     /// Attach read-only: many VMs share one base image.
     pub path: PathBuf,
     pub key: String,
+    /// The sha256 of the guest agent at [`tfc_core::spec::AGENT_INIT`];
+    /// `None` when the image has no agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_sha256: Option<String>,
 }
 
 impl Manifest {
@@ -94,6 +100,9 @@ pub struct BuildOptions {
     pub profile: Option<Profile>,
     pub firecracker: Option<PathBuf>,
     pub jailer: Option<PathBuf>,
+    /// The static guest agent to bake into the rootfs; `None` looks in the
+    /// usual places ([`agent::candidates`]) and builds without one if absent.
+    pub agent: Option<PathBuf>,
     /// Parallel compile jobs; `None` uses every CPU.
     pub jobs: Option<usize>,
     pub tools: HostTools,
@@ -105,6 +114,7 @@ impl Default for BuildOptions {
             profile: None,
             firecracker: None,
             jailer: None,
+            agent: None,
             jobs: None,
             tools: HostTools::system(),
         }
@@ -154,6 +164,8 @@ pub enum AssetError {
     Kernel(#[from] kernel::KernelError),
     #[error(transparent)]
     Rootfs(#[from] rootfs::RootfsError),
+    #[error(transparent)]
+    Agent(#[from] agent::AgentError),
 }
 
 pub fn assets_dir(data_dir: &Path) -> PathBuf {
@@ -311,7 +323,27 @@ pub fn build(
     );
 
     let t = Instant::now();
-    let r = rootfs::build(&opts.tools, &assets, profile, progress)?;
+    let guest_agent = agent::locate(opts.agent.as_deref(), progress)?;
+    if guest_agent.is_none() {
+        progress(&format!(
+            "[rootfs] warning: no static guest agent found (looked in {}); building without it, so \
+             no VM can run exec or file transfer. Build it with `cargo build --release --target {} -p tfc-agent` \
+             or pass --agent PATH",
+            agent::candidates()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            agent::AGENT_TARGET
+        ));
+    }
+    let r = rootfs::build(
+        &opts.tools,
+        &assets,
+        profile,
+        guest_agent.as_ref(),
+        progress,
+    )?;
     record_step(
         &mut steps,
         progress,
@@ -333,6 +365,7 @@ pub fn build(
         rootfs: RootfsAsset {
             path: r.image,
             key: r.key,
+            agent_sha256: guest_agent.map(|a| a.sha256),
         },
         boot_args: profile.boot_args(),
         created: utc_rfc3339(SystemTime::now()),
@@ -565,7 +598,11 @@ pub fn status_with(data_dir: &Path, tools: &HostTools) -> StatusReport {
         &kernel,
     ));
     let rootfs = Freshness::of(
-        rootfs::expected_key(tools, manifest.profile),
+        rootfs::expected_key(
+            tools,
+            manifest.profile,
+            agent::locate(None, &mut |_| {}).ok().flatten().as_ref(),
+        ),
         &manifest.rootfs.key,
     );
     items.push(file_status("rootfs", &manifest.rootfs.path, &rootfs));
@@ -631,6 +668,7 @@ mod tests {
             rootfs: RootfsAsset {
                 path: dir.join("rootfs/r/rootfs.ext4"),
                 key: "ef".repeat(32),
+                agent_sha256: None,
             },
             boot_args: Profile::Nested.boot_args(),
             created: "2026-11-26T08:00:00Z".to_string(),

@@ -1,10 +1,12 @@
-//! The guest root filesystem: an ext4 image with static busybox and an init
-//! chosen by profile.
+//! The guest root filesystem: an ext4 image with static busybox, an init
+//! chosen by profile and, when one was built, the guest agent at
+//! [`tfc_core::spec::AGENT_INIT`] (VMs that run it boot with `init=` its path).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::agent::AgentBinary;
 use super::elf;
 use super::key::{self, KeyBuilder};
 use super::prereq::{HostTools, PrereqError, Requirement};
@@ -96,8 +98,8 @@ pub struct BuiltRootfs {
     pub cached: bool,
 }
 
-/// The cache key: busybox, init content, applets, image size, profile.
-pub fn cache_key(busybox_sha256: &str, profile: Profile) -> String {
+/// The cache key: busybox, init content, applets, image size, profile, agent.
+pub fn cache_key(busybox_sha256: &str, profile: Profile, agent_sha256: Option<&str>) -> String {
     KeyBuilder::new("rootfs")
         .part("busybox-sha256", busybox_sha256)
         .part("init", key::sha256_hex(&init_bytes(profile)))
@@ -105,6 +107,7 @@ pub fn cache_key(busybox_sha256: &str, profile: Profile) -> String {
         .part("applets", APPLETS.join(","))
         .part("size", IMAGE_SIZE)
         .part("profile", profile.as_str())
+        .part("agent-sha256", agent_sha256.unwrap_or("none"))
         .finish()
 }
 
@@ -128,8 +131,15 @@ fn busybox(tools: &HostTools) -> Result<(PathBuf, String), RootfsError> {
 }
 
 /// The key a build with today's inputs would produce.
-pub fn expected_key(tools: &HostTools, profile: Profile) -> Option<String> {
-    busybox(tools).ok().map(|(_, sha)| cache_key(&sha, profile))
+pub fn expected_key(
+    tools: &HostTools,
+    profile: Profile,
+    agent: Option<&AgentBinary>,
+) -> Option<String> {
+    let agent = agent.map(|a| a.sha256.as_str());
+    busybox(tools)
+        .ok()
+        .map(|(_, sha)| cache_key(&sha, profile, agent))
 }
 
 pub fn image_path(assets_dir: &Path, key: &str) -> PathBuf {
@@ -144,10 +154,11 @@ pub fn build(
     tools: &HostTools,
     assets_dir: &Path,
     profile: Profile,
+    agent: Option<&AgentBinary>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<BuiltRootfs, RootfsError> {
     let (busybox_path, busybox_sha) = busybox(tools)?;
-    let key = cache_key(&busybox_sha, profile);
+    let key = cache_key(&busybox_sha, profile, agent.map(|a| a.sha256.as_str()));
     let image = image_path(assets_dir, &key);
     if image.is_file() {
         return Ok(BuiltRootfs {
@@ -179,7 +190,12 @@ pub fn build(
         .prefix("rootfs-")
         .tempdir_in(&build_root)
         .map_err(wd(&build_root))?;
-    populate(staging.path(), &busybox_path, profile)?;
+    populate(
+        staging.path(),
+        &busybox_path,
+        profile,
+        agent.map(|a| a.path.as_path()),
+    )?;
 
     let out_dir = image.parent().map(Path::to_path_buf).unwrap_or_default();
     let partial = out_dir.with_extension("partial");
@@ -210,7 +226,12 @@ pub fn build(
 }
 
 /// Lays out the guest tree in `root`.
-fn populate(root: &Path, busybox: &Path, profile: Profile) -> Result<(), RootfsError> {
+fn populate(
+    root: &Path,
+    busybox: &Path,
+    profile: Profile,
+    agent: Option<&Path>,
+) -> Result<(), RootfsError> {
     let wd = |path: PathBuf| move |source| RootfsError::Workdir { path, source };
     for d in [
         "bin", "sbin", "dev", "proc", "sys", "tmp", "run", "etc", "root",
@@ -237,6 +258,12 @@ fn populate(root: &Path, busybox: &Path, profile: Profile) -> Result<(), RootfsE
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
             .map_err(wd(path))?;
     }
+    if let Some(agent) = agent {
+        let path = root.join(tfc_core::spec::AGENT_INIT.trim_start_matches('/'));
+        std::fs::copy(agent, &path).map_err(wd(path.clone()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .map_err(wd(path))?;
+    }
     Ok(())
 }
 
@@ -253,17 +280,22 @@ mod tests {
 
     #[test]
     fn key_depends_on_busybox_and_profile() {
-        let k = cache_key("bb", Profile::Nested);
-        assert_eq!(k, cache_key("bb", Profile::Nested));
-        assert_ne!(k, cache_key("bb", Profile::Default));
-        assert_ne!(k, cache_key("cc", Profile::Nested));
+        let k = cache_key("bb", Profile::Nested, None);
+        assert_eq!(k, cache_key("bb", Profile::Nested, None));
+        assert_ne!(k, cache_key("bb", Profile::Default, None));
+        assert_ne!(k, cache_key("cc", Profile::Nested, None));
+        assert_ne!(k, cache_key("bb", Profile::Nested, Some("agent")));
+        assert_ne!(
+            cache_key("bb", Profile::Nested, Some("agent")),
+            cache_key("bb", Profile::Nested, Some("agent2"))
+        );
     }
 
     #[test]
     fn missing_packages_are_named() {
         let root = tempfile::tempdir().expect("tempdir");
         let tools = HostTools::with_root(root.path());
-        let msg = build(&tools, root.path(), Profile::Default, &mut |_| {})
+        let msg = build(&tools, root.path(), Profile::Default, None, &mut |_| {})
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
@@ -286,7 +318,7 @@ mod tests {
                 .expect("chmod");
         }
         let tools = HostTools::with_root(root.path());
-        let err = build(&tools, root.path(), Profile::Default, &mut |_| {});
+        let err = build(&tools, root.path(), Profile::Default, None, &mut |_| {});
         assert!(matches!(err, Err(RootfsError::BusyboxNotStatic { .. })));
     }
 
@@ -297,7 +329,13 @@ mod tests {
         std::fs::write(&bb, elf::spin_init()).expect("write");
         let tree = root.path().join("tree");
         std::fs::create_dir(&tree).expect("mkdir");
-        populate(&tree, &bb, Profile::Nested).expect("populate");
+        let agent = root.path().join("agent-src");
+        std::fs::write(&agent, b"agent").expect("write");
+        populate(&tree, &bb, Profile::Nested, Some(&agent)).expect("populate");
+        assert_eq!(
+            std::fs::read(tree.join("sbin/tfc-agent")).expect("agent"),
+            b"agent"
+        );
         assert_eq!(
             std::fs::read(tree.join("init")).expect("init"),
             elf::spin_init()

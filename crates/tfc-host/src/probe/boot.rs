@@ -420,6 +420,7 @@ mod tests {
             rootfs: RootfsAsset {
                 path: PathBuf::from("/a/rootfs/r/rootfs.ext4"),
                 key: "33".repeat(32),
+                agent_sha256: None,
             },
             boot_args: profile.boot_args(),
             created: String::new(),
