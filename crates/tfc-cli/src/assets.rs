@@ -36,6 +36,11 @@ pub struct BuildArgs {
     /// `tfc` and in Cargo's musl target directory.
     #[arg(long, value_name = "PATH")]
     pub agent: Option<PathBuf>,
+    /// Also build the Debian 12 image (debootstrap minbase with the agent as
+    /// init; needs root and the Debian mirror). Once built, later builds keep
+    /// it up to date.
+    #[arg(long)]
+    pub debian: bool,
     /// Print the resulting manifest as JSON.
     #[arg(long)]
     pub json: bool,
@@ -54,6 +59,7 @@ fn build(args: BuildArgs, data_dir: &Path) -> anyhow::Result<()> {
         firecracker: args.firecracker,
         jailer: args.jailer,
         agent: args.agent,
+        debian: args.debian,
         ..BuildOptions::default()
     };
     // Progress goes to stderr so that `--json` output stays parseable.

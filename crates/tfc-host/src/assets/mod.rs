@@ -15,6 +15,7 @@
 //! - [`kconfig`]: the config fragment and its post-`olddefconfig` check.
 //! - [`rootfs`]: the ext4 image with busybox, the profile's init and the agent.
 //! - [`agent`]: find and check the static guest agent binary.
+//! - [`debian`]: the optional Debian image (debootstrap) with the agent as init.
 //! - [`elf`]: the syscall-free init of the nested profile.
 //! - [`prereq`]: host programs and files, named by Debian package.
 //! - [`key`]: content keys and file digests.
@@ -22,6 +23,7 @@
 
 pub mod agent;
 pub mod binaries;
+pub mod debian;
 pub mod elf;
 pub mod kconfig;
 pub mod kernel;
@@ -54,6 +56,10 @@ pub struct Manifest {
     pub jailer: BinaryAsset,
     pub kernel: KernelAsset,
     pub rootfs: RootfsAsset,
+    /// The optional Debian root filesystem (`tfc assets build --debian`),
+    /// with the agent as its init.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debian: Option<RootfsAsset>,
     /// The full default kernel command line for this profile.
     pub boot_args: String,
     /// UTC, RFC 3339.
@@ -103,6 +109,9 @@ pub struct BuildOptions {
     /// The static guest agent to bake into the rootfs; `None` looks in the
     /// usual places ([`agent::candidates`]) and builds without one if absent.
     pub agent: Option<PathBuf>,
+    /// Also build the Debian image (kept up to date by later builds once
+    /// built, whether or not they ask).
+    pub debian: bool,
     /// Parallel compile jobs; `None` uses every CPU.
     pub jobs: Option<usize>,
     pub tools: HostTools,
@@ -115,6 +124,7 @@ impl Default for BuildOptions {
             firecracker: None,
             jailer: None,
             agent: None,
+            debian: false,
             jobs: None,
             tools: HostTools::system(),
         }
@@ -166,6 +176,8 @@ pub enum AssetError {
     Rootfs(#[from] rootfs::RootfsError),
     #[error(transparent)]
     Agent(#[from] agent::AgentError),
+    #[error(transparent)]
+    Debian(#[from] debian::DebianError),
 }
 
 pub fn assets_dir(data_dir: &Path) -> PathBuf {
@@ -352,6 +364,26 @@ pub fn build(
         key::short(&r.key),
     );
 
+    let previous = load_manifest(data_dir).ok();
+    let debian = if opts.debian || previous.as_ref().is_some_and(|p| p.debian.is_some()) {
+        let t = Instant::now();
+        let d = debian::build(&opts.tools, &assets, guest_agent.as_ref(), progress)?;
+        record_step(
+            &mut steps,
+            progress,
+            ("debian", t, d.cached),
+            &d.image,
+            key::short(&d.key),
+        );
+        Some(RootfsAsset {
+            path: d.image,
+            key: d.key,
+            agent_sha256: guest_agent.as_ref().map(|a| a.sha256.clone()),
+        })
+    } else {
+        None
+    };
+
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         profile,
@@ -367,11 +399,11 @@ pub fn build(
             key: r.key,
             agent_sha256: guest_agent.map(|a| a.sha256),
         },
+        debian,
         boot_args: profile.boot_args(),
         created: utc_rfc3339(SystemTime::now()),
     };
     let path = manifest_path(data_dir);
-    let previous = load_manifest(data_dir).ok();
     let manifest_written = !previous.as_ref().is_some_and(|p| p.same_assets(&manifest));
     let manifest = if manifest_written {
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| AssetError::WriteManifest {
@@ -606,6 +638,14 @@ pub fn status_with(data_dir: &Path, tools: &HostTools) -> StatusReport {
         &manifest.rootfs.key,
     );
     items.push(file_status("rootfs", &manifest.rootfs.path, &rootfs));
+    if let Some(debian) = &manifest.debian {
+        let expected = agent::locate(None, &mut |_| {})
+            .ok()
+            .flatten()
+            .map(|a| debian::cache_key(&a.sha256));
+        let fresh = Freshness::of(expected, &debian.key);
+        items.push(file_status("rootfs debian", &debian.path, &fresh));
+    }
     StatusReport {
         manifest_path,
         profile: Some(manifest.profile),
@@ -670,6 +710,7 @@ mod tests {
                 key: "ef".repeat(32),
                 agent_sha256: None,
             },
+            debian: None,
             boot_args: Profile::Nested.boot_args(),
             created: "2026-11-26T08:00:00Z".to_string(),
         }

@@ -422,6 +422,7 @@ mod tests {
                 key: "33".repeat(32),
                 agent_sha256: None,
             },
+            debian: None,
             boot_args: profile.boot_args(),
             created: String::new(),
         }
