@@ -1,7 +1,7 @@
 //! Start-up cleanup of what no record claims: a VM directory the store does not
 //! know (a record lost with a memory store, or a directory made just before a
-//! crash) has its recorded Firecracker process ended and is removed, so nothing
-//! leaks.
+//! crash) has its recorded VMM processes (Firecracker, or QEMU and its vsock
+//! backend) ended and is removed, so nothing leaks.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -12,19 +12,28 @@ use std::time::Duration;
 pub struct ReapReport {
     /// Leftover VM directories removed.
     pub dirs_removed: usize,
-    /// Leftover Firecracker processes ended (pids).
+    /// Leftover VMM processes ended (pids).
     pub killed: Vec<u32>,
 }
 
-/// Ends the VMM of `workdir` if one still runs (found by its process record or
-/// its command line, signalled through a pidfd) and returns its pid.
-pub fn end_vmm(workdir: &Path) -> Option<u32> {
-    let (pid, pidfd) = tfc_firecracker::process::find_vmm(workdir)?;
-    let _ = pidfd.send_signal(libc::SIGKILL);
-    if !pidfd.wait_exited(Duration::from_secs(5)) {
-        tracing::warn!(pid, "VMM did not exit within 5 s of SIGKILL");
+/// Ends the VMM processes of `workdir` that still run (Firecracker, or QEMU
+/// and its vsock backend; found by their process records or command lines,
+/// signalled through pidfds) and returns their pids.
+pub fn end_vmm(workdir: &Path) -> Vec<u32> {
+    let mut found: Vec<(u32, tfc_firecracker::pidfd::Pidfd)> =
+        tfc_firecracker::process::find_vmm(workdir)
+            .into_iter()
+            .collect();
+    found.extend(tfc_qemu::process::find_processes(workdir));
+    for (_, pidfd) in &found {
+        let _ = pidfd.send_signal(libc::SIGKILL);
     }
-    Some(pid)
+    for (pid, pidfd) in &found {
+        if !pidfd.wait_exited(Duration::from_secs(5)) {
+            tracing::warn!(pid, "VMM did not exit within 5 s of SIGKILL");
+        }
+    }
+    found.into_iter().map(|(pid, _)| pid).collect()
 }
 
 /// Ends leftover VMM processes recorded under `vms_dir` and removes their
@@ -40,7 +49,7 @@ pub fn reap_orphans(vms_dir: &Path, recorded: &HashSet<String>) -> ReapReport {
         if !dir.is_dir() || recorded.contains(&name) {
             continue;
         }
-        if let Some(pid) = end_vmm(&dir) {
+        for pid in end_vmm(&dir) {
             tracing::warn!(pid, dir = %dir.display(), "ended VMM left by an earlier daemon");
             report.killed.push(pid);
         }

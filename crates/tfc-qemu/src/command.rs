@@ -32,6 +32,9 @@ pub struct MachineConfig {
     pub kernel: PathBuf,
     /// The kernel command line; the root device arguments are appended.
     pub boot_args: String,
+    /// The root image, attached read-only through the link [`ROOTFS_LINK`]
+    /// in the VM's directory.
+    pub rootfs: PathBuf,
     pub vcpus: u8,
     pub memory_mib: u32,
     /// Attach a vsock device served by `vhost-device-vsock`.
@@ -154,6 +157,7 @@ mod tests {
         MachineConfig {
             kernel: "/k/bzImage".into(),
             boot_args: "console=ttyS0 panic=1 ".into(),
+            rootfs: "/r/rootfs.ext4".into(),
             vcpus: 2,
             memory_mib: 256,
             vsock,

@@ -29,8 +29,8 @@ use tokio::sync::watch;
 pub use tfc_core::ExitReason;
 
 use crate::command::{
-    self, MachineConfig, CONSOLE_LOG, QEMU_STDERR, QMP_SOCKET, VHOST_LOG, VHOST_SOCKET,
-    VSOCK_SOCKET,
+    self, MachineConfig, CONSOLE_LOG, QEMU_STDERR, QMP_SOCKET, ROOTFS_LINK, VHOST_LOG,
+    VHOST_SOCKET, VSOCK_SOCKET,
 };
 use crate::qmp::{QmpClient, QmpError, Status};
 
@@ -165,6 +165,12 @@ impl QemuVm {
         }
         let workdir = &config.workdir;
         remove_sockets(workdir);
+        link_rootfs(&config.machine.rootfs, workdir).map_err(|source| {
+            ProcessError::PrepareFile {
+                path: workdir.join(ROOTFS_LINK),
+                source,
+            }
+        })?;
         let vhost = if config.machine.vsock {
             Some(spawn_vhost(config).await?)
         } else {
@@ -458,6 +464,18 @@ async fn supervise(
     };
     remove_sockets(&workdir);
     let _ = exit_tx.send(Some(reason));
+}
+
+/// Links the root image into `workdir` as [`ROOTFS_LINK`], which QEMU
+/// opens relative to its working directory.
+fn link_rootfs(rootfs: &Path, workdir: &Path) -> std::io::Result<()> {
+    let link = workdir.join(ROOTFS_LINK);
+    match std::fs::remove_file(&link) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::os::unix::fs::symlink(rootfs, link)
 }
 
 /// Removes the VM's sockets (a stale one would make the next bind fail).
@@ -772,6 +790,7 @@ mod tests {
         let machine = MachineConfig {
             kernel: "/k".into(),
             boot_args: String::new(),
+            rootfs: "/r".into(),
             vcpus: 1,
             memory_mib: 64,
             vsock: true,
