@@ -252,6 +252,21 @@ mod tests {
         );
     }
 
+    /// `./scripts/setup-host` installs the version the daemon's command line
+    /// is written for.
+    #[test]
+    fn setup_host_installs_the_pinned_version() {
+        let script = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/setup-host"),
+        )
+        .unwrap();
+        assert!(
+            script.contains(&format!("vhost_version={VHOST_VSOCK_VERSION}\n")),
+            "scripts/setup-host does not pin vhost-device-vsock {VHOST_VSOCK_VERSION}"
+        );
+        assert!(VHOST_VSOCK_INSTALL.contains(&format!("--version {VHOST_VSOCK_VERSION} ")));
+    }
+
     #[test]
     fn a_program_that_is_not_the_one_named_is_refused() {
         let root = tempfile::tempdir().unwrap();
