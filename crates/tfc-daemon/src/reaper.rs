@@ -121,4 +121,39 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         assert!(keep.is_dir());
     }
+
+    /// A qemu-tcg VM's directory holds two records, QEMU's and its vsock
+    /// backend's: both processes are ended.
+    #[test]
+    fn ends_both_processes_of_a_qemu_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = dir.path().join("vm-qemu");
+        std::fs::create_dir(&vm).unwrap();
+        let mut children = Vec::new();
+        for record in [
+            tfc_qemu::process::QEMU_RECORD,
+            tfc_qemu::process::VHOST_RECORD,
+        ] {
+            let child = std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap();
+            let pid = child.id();
+            let start_ticks = tfc_firecracker::process::process_start_ticks(pid).unwrap();
+            let bytes = serde_json::to_vec(&ProcessRecord { pid, start_ticks }).unwrap();
+            std::fs::write(vm.join(record), bytes).unwrap();
+            children.push(child);
+        }
+        let report = reap_orphans(dir.path(), &HashSet::new());
+        let mut expected: Vec<u32> = children.iter().map(|c| c.id()).collect();
+        let mut killed = report.killed.clone();
+        expected.sort_unstable();
+        killed.sort_unstable();
+        assert_eq!(killed, expected);
+        assert_eq!(report.dirs_removed, 1);
+        for mut child in children {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        }
+    }
 }
