@@ -225,54 +225,78 @@ async fn qemu_tcg_vm_lifecycle_and_external_kill() {
     assert_eq!(vms, 0, "VM directories left behind");
 }
 
-/// A daemon that exits leaving a qemu-tcg VM running; the next daemon on the
-/// same data directory re-adopts it (process records, QMP) and controls it.
+/// A daemon that exits leaving two qemu-tcg VMs running; the next daemon on
+/// the same data directory re-adopts them (process records, QMP) and
+/// controls them: one is paused, resumed, probed and stopped; the other's
+/// vsock backend is killed from outside, which ends its QEMU and fails it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "qemu-tcg lane: needs qemu-system-x86_64, vhost-device-vsock and built assets; run by the project's test command"]
-async fn qemu_tcg_vm_is_readopted_by_a_restarted_daemon() {
-    let Some(manifest) = common::tier1::qemu_lane("qemu_tcg_vm_is_readopted_by_a_restarted_daemon")
+async fn qemu_tcg_vms_are_readopted_by_a_restarted_daemon() {
+    let Some(manifest) =
+        common::tier1::qemu_lane("qemu_tcg_vms_are_readopted_by_a_restarted_daemon")
     else {
         return;
     };
     let dir = data_dir(&manifest);
     let store = || AnyStore::open(StoreKind::Sqlite, dir.path()).unwrap();
     let first = daemon(dir.path(), store());
-    let (status, vm) = first
-        .send(Method::POST, "/v1/vms", Some(r#"{"wait": true}"#))
-        .await;
-    assert_eq!(
-        (status, vm["state"].as_str()),
-        (StatusCode::CREATED, Some("ready")),
-        "{vm}"
+    let (a, b) = tokio::join!(
+        first.send(Method::POST, "/v1/vms", Some(r#"{"wait": true}"#)),
+        first.send(Method::POST, "/v1/vms", Some(r#"{"wait": true}"#)),
     );
-    let id = vm["id"].as_str().unwrap().to_owned();
-    let pid = vm["pid"].as_u64().unwrap();
-    let processes = qemu_processes_under(dir.path());
-    assert_eq!(processes.len(), 2, "{processes:?}");
+    for (status, vm) in [&a, &b] {
+        assert_eq!(
+            (*status, vm["state"].as_str()),
+            (StatusCode::CREATED, Some("ready")),
+            "{vm}"
+        );
+    }
+    let (a, b) = (a.1, b.1);
+    let all = qemu_processes_under(dir.path());
+    assert_eq!(all.len(), 4, "{all:?}");
     first.manager.shutdown(ShutdownPolicy::LeaveRunning).await;
     drop(first);
-    for pid in &processes {
+    for pid in &all {
         assert!(alive(*pid), "process {pid} did not outlive its daemon");
     }
 
     let second = daemon(dir.path(), store());
     let kept = second.manager.recover().await.unwrap();
-    assert!(kept.contains(&id), "{kept:?}");
-    let vm = second
-        .wait_for(&id, |vm| vm["pid"].as_u64() == Some(pid))
-        .await;
-    assert_eq!(vm["state"], "ready", "{vm}");
-    second.op(&id, "pause", "paused").await;
-    assert_eq!(qmp(&vm).query_status().await.unwrap().status, "paused");
-    second.op(&id, "resume", "running").await;
-    vsock_answers(&vm).await;
-    second.op(&id, "stop", "stopped").await;
+    for vm in [&a, &b] {
+        let id = vm["id"].as_str().unwrap();
+        assert!(kept.contains(id), "{kept:?}");
+        let pid = vm["pid"].as_u64();
+        let adopted = second.wait_for(id, |vm| vm["pid"].as_u64() == pid).await;
+        assert_eq!(adopted["state"], "ready", "{adopted}");
+    }
+
+    let id = a["id"].as_str().unwrap();
+    let processes = qemu_processes_under(Path::new(a["workdir"].as_str().unwrap()));
+    second.op(id, "pause", "paused").await;
+    assert_eq!(qmp(&a).query_status().await.unwrap().status, "paused");
+    second.op(id, "resume", "running").await;
+    vsock_answers(&a).await;
+    second.op(id, "stop", "stopped").await;
     for pid in &processes {
         assert!(!alive(*pid), "process {pid} survived the stop");
     }
-    let (status, _) = second
-        .send(Method::DELETE, &format!("/v1/vms/{id}"), None)
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let b_id = b["id"].as_str().unwrap();
+    let b_qemu = b["pid"].as_u64().unwrap();
+    let b_vhost = qemu_processes_under(Path::new(b["workdir"].as_str().unwrap()))
+        .into_iter()
+        .find(|pid| *pid != b_qemu)
+        .expect("B's vhost-device-vsock");
+    // SAFETY: plain kill(2) of the vsock backend this test's first daemon started.
+    unsafe { libc::kill(b_vhost as i32, libc::SIGKILL) };
+    let vm = second.wait_for(b_id, |vm| vm["state"] == "failed").await;
+    assert!(!alive(b_qemu), "QEMU outlived its vsock backend: {vm}");
+
+    for id in [id, b_id] {
+        let (status, _) = second
+            .send(Method::DELETE, &format!("/v1/vms/{id}"), None)
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
     assert!(qemu_processes_under(dir.path()).is_empty());
 }
