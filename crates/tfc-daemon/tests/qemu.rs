@@ -12,10 +12,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use serde_json::Value;
+use tfc_core::Vmm;
+use tfc_daemon::backend::{Backend, Vmms};
 use tfc_daemon::config::{Config, ShutdownPolicy};
 use tfc_daemon::manager::VmManager;
 use tfc_store::{AnyStore, StoreKind};
@@ -299,4 +302,58 @@ async fn qemu_tcg_vms_are_readopted_by_a_restarted_daemon() {
         assert_eq!(status, StatusCode::NO_CONTENT);
     }
     assert!(qemu_processes_under(dir.path()).is_empty());
+}
+
+/// A daemon that finds a running qemu-tcg VM it cannot take over (here: its
+/// QEMU is no longer installed as far as the new daemon knows) records the
+/// VM failed with the reason and ends its processes rather than leaving
+/// them running unmanaged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "qemu-tcg lane: needs qemu-system-x86_64, vhost-device-vsock and built assets; run by the project's test command"]
+async fn a_qemu_tcg_vm_that_cannot_be_adopted_is_ended() {
+    let Some(manifest) = common::tier1::qemu_lane("a_qemu_tcg_vm_that_cannot_be_adopted_is_ended")
+    else {
+        return;
+    };
+    let dir = data_dir(&manifest);
+    let store = || AnyStore::open(StoreKind::Sqlite, dir.path()).unwrap();
+    let first = daemon(dir.path(), store());
+    let (status, vm) = first
+        .send(Method::POST, "/v1/vms", Some(r#"{"wait": true}"#))
+        .await;
+    assert_eq!(
+        (status, vm["state"].as_str()),
+        (StatusCode::CREATED, Some("ready")),
+        "{vm}"
+    );
+    let id = vm["id"].as_str().unwrap().to_owned();
+    let processes = qemu_processes_under(dir.path());
+    assert_eq!(processes.len(), 2, "{processes:?}");
+    first.manager.shutdown(ShutdownPolicy::LeaveRunning).await;
+    drop(first);
+
+    let backend = Backend::Vmms(Arc::new(Vmms {
+        default: Vmm::QemuTcg,
+        firecracker: Err("not installed".to_owned()),
+        qemu: Err("qemu-system-x86_64 was removed".to_owned()),
+    }));
+    let manager = VmManager::new(backend, config(), dir.path().to_owned(), store());
+    let second = Daemon {
+        app: tfc_daemon::api::router(manager.clone()),
+        manager,
+    };
+    second.manager.recover().await.unwrap();
+    let vm = second.wait_for(&id, |vm| vm["state"] == "failed").await;
+    let failure = vm["failure"].as_str().unwrap();
+    assert!(
+        failure.contains("qemu-system-x86_64 was removed"),
+        "{failure}"
+    );
+    for pid in &processes {
+        assert!(!alive(*pid), "process {pid} left running unmanaged");
+    }
+    let (status, _) = second
+        .send(Method::DELETE, &format!("/v1/vms/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
 }
