@@ -152,8 +152,8 @@ pub struct ErrorBody {
 }
 
 /// Stable error codes. HTTP status per code: `not_found` 404, `invalid_request`
-/// 400, `invalid_state` 409, `backend_error` 502, `unavailable` 503, `internal`
-/// 500.
+/// 400, `invalid_state` 409, `backend_error` 502, `unavailable` 503,
+/// `unsupported` 501, `internal` 500.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -162,6 +162,9 @@ pub enum ErrorCode {
     InvalidState,
     BackendError,
     Unavailable,
+    /// The VM's backend cannot do this at all (snapshots, restores,
+    /// templates and pools on `qemu-tcg`).
+    Unsupported,
     Internal,
 }
 
@@ -172,7 +175,8 @@ pub struct Health {
     pub status: String,
     /// Daemon version.
     pub version: String,
-    /// "firecracker" or "fake".
+    /// The daemon's configured backend: "firecracker", "qemu-tcg" or "fake".
+    /// A real daemon runs each VM on its spec's `vmm`.
     pub backend: String,
     /// Number of VM records.
     pub vms: usize,

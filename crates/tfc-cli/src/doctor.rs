@@ -72,6 +72,18 @@ fn print_table(r: &HostReport) {
         r.recommended_profile,
         r.guest_userspace.as_str()
     );
+    for b in &r.backends {
+        if b.usable {
+            println!(
+                "backend {}: usable, guest userspace {} ({})",
+                b.backend,
+                b.guest_userspace.as_str(),
+                b.summary
+            );
+        } else {
+            println!("backend {}: NOT usable: {}", b.backend, b.summary);
+        }
+    }
     let name_w = r.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
     for c in &r.checks {
         println!(

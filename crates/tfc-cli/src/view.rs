@@ -24,6 +24,7 @@ pub fn list(vms: &[VmInfo], now_ms: u64) -> String {
     let mut table = Table::new(&[
         ("ID", Align::Left),
         ("TYPE", Align::Left),
+        ("BACKEND", Align::Left),
         ("STATE", Align::Left),
         ("VCPUS", Align::Right),
         ("MEM", Align::Right),
@@ -36,6 +37,7 @@ pub fn list(vms: &[VmInfo], now_ms: u64) -> String {
         table.push(vec![
             vm.id.clone(),
             vm.spec.vm_type.to_string(),
+            vm.spec.vmm.to_string(),
             vm.state.to_string(),
             vm.spec.vcpus.to_string(),
             format!("{}MiB", vm.spec.memory_mib),
@@ -54,6 +56,7 @@ pub fn detail(vm: &VmInfo, now_ms: u64) -> String {
     fields.push("id", vm.id.as_str());
     fields.push("state", vm.state.as_str());
     fields.push("type", vm.spec.vm_type.as_str());
+    fields.push("backend", vm.spec.vmm.as_str());
     fields.push("vcpus", vm.spec.vcpus.to_string());
     fields.push("memory", format!("{} MiB", vm.spec.memory_mib));
     fields.push(
@@ -99,8 +102,8 @@ pub fn created(vm: &VmInfo) -> String {
     fields.push(
         "type",
         format!(
-            "{}, {} vCPU, {} MiB",
-            vm.spec.vm_type, vm.spec.vcpus, vm.spec.memory_mib
+            "{} on {}, {} vCPU, {} MiB",
+            vm.spec.vm_type, vm.spec.vmm, vm.spec.vcpus, vm.spec.memory_mib
         ),
     );
     push_start(&mut fields, &vm.start);
@@ -367,20 +370,21 @@ mod tests {
     #[test]
     fn list_is_sorted_oldest_first_with_placeholders_for_missing_values() {
         let mut young = vm("vm-b", VmState::Booting, NOW_MS - 5_000);
+        young.spec.vmm = tfc_core::Vmm::QemuTcg;
         young.pid = None;
         young.timeline.0.truncate(1);
         let old = vm("vm-a", VmState::Paused, NOW_MS - 7_200_000);
         let clone = restored("vm-c", NOW_MS - 1_000);
         assert_eq!(
             list(&[young, old, clone], NOW_MS),
-            "ID    TYPE     STATE    VCPUS     MEM   PID  AGE  METHOD       BOOT\n\
-             vm-a  default  paused       2  256MiB  4242   2h  cold_boot  21.3ms\n\
-             vm-b  default  booting      2  256MiB     -   5s  cold_boot       -\n\
-             vm-c  default  ready        2  256MiB  4242   1s  restore    11.4ms\n"
+            "ID    TYPE     BACKEND      STATE    VCPUS     MEM   PID  AGE  METHOD       BOOT\n\
+             vm-a  default  firecracker  paused       2  256MiB  4242   2h  cold_boot  21.3ms\n\
+             vm-b  default  qemu-tcg     booting      2  256MiB     -   5s  cold_boot       -\n\
+             vm-c  default  firecracker  ready        2  256MiB  4242   1s  restore    11.4ms\n"
         );
         assert_eq!(
             list(&[], NOW_MS),
-            "ID  TYPE  STATE  VCPUS  MEM  PID  AGE  METHOD  BOOT\n"
+            "ID  TYPE  BACKEND  STATE  VCPUS  MEM  PID  AGE  METHOD  BOOT\n"
         );
     }
 
@@ -398,6 +402,7 @@ mod tests {
         for line in [
             "id:          vm-a\n",
             "state:       failed\n",
+            "backend:     firecracker\n",
             "memory:      256 MiB\n",
             "pid:         -\n",
             "created:     2023-11-14 22:11:50 UTC (1m ago)\n",
@@ -456,7 +461,7 @@ mod tests {
         let table = list(&[pooled.clone()], NOW_MS);
         assert_eq!(
             table.lines().nth(1),
-            Some("vm-p  default  running      2  256MiB  4242   2s  pool/hot  11.4ms"),
+            Some("vm-p  default  firecracker  running      2  256MiB  4242   2s  pool/hot  11.4ms"),
             "{table}"
         );
         let text = detail(&pooled, NOW_MS);
@@ -476,7 +481,10 @@ mod tests {
         let mut lines = text.lines();
         assert_eq!(lines.next(), Some("vm-a"));
         assert_eq!(lines.next(), Some("state:       ready (boot 21.3ms)"));
-        assert_eq!(lines.next(), Some("type:        default, 2 vCPU, 256 MiB"));
+        assert_eq!(
+            lines.next(),
+            Some("type:        default on firecracker, 2 vCPU, 256 MiB")
+        );
         assert_eq!(
             lines.next(),
             Some("start:       cold_boot (level standard)")
@@ -487,7 +495,7 @@ mod tests {
             text.starts_with(
                 "vm-c\n\
                  state:       ready (boot 11.4ms)\n\
-                 type:        default, 2 vCPU, 256 MiB\n\
+                 type:        default on firecracker, 2 vCPU, 256 MiB\n\
                  start:       restore of snap-0123456789ab (level ultra_fast)\n"
             ),
             "{text}"

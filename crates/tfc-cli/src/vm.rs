@@ -7,7 +7,7 @@ use clap::builder::RangedI64ValueParser;
 use clap::{Args, Subcommand};
 use tfc_api::{CreateSnapshotRequest, CreateVmRequest, SnapshotKind, VmInfo};
 use tfc_core::spec::{MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
-use tfc_core::{OptimizationLevel, SnapshotId, VmId, VmState};
+use tfc_core::{OptimizationLevel, SnapshotId, VmId, VmState, Vmm};
 
 use crate::client::{Client, VmAction};
 use crate::output::{now_ms, print_json, Output};
@@ -78,6 +78,10 @@ pub struct CreateArgs {
     /// VM type from the daemon's configuration [default: the configured default type]
     #[arg(long = "type", value_name = "TYPE")]
     vm_type: Option<String>,
+    /// The VMM to run it on: firecracker, or qemu-tcg (software emulation: no KVM
+    /// needed, slower, no snapshots) [default: the VM type's]
+    #[arg(long, value_name = "BACKEND")]
+    backend: Option<Vmm>,
     /// Number of vCPUs (1-32) [default: the VM type's]
     #[arg(long, value_name = "N", value_parser = vcpus_range())]
     vcpus: Option<u8>,
@@ -174,7 +178,7 @@ async fn create(args: CreateArgs, client: &Client, out: &mut impl Write) -> anyh
         wait_timeout_ms: args.timeout.map(|secs| secs.saturating_mul(1000)),
         from_snapshot: args.from_snapshot.map(String::from),
         optimization_level: args.level,
-        backend: None,
+        backend: args.backend,
     };
     let answer = client.create_vm(&request).await?;
     let vm = &answer.value;
@@ -275,6 +279,7 @@ mod tests {
             from_snapshot: None,
             level: None,
             vm_type: None,
+            backend: Some(Vmm::QemuTcg),
             vcpus: Some(2),
             memory: None,
             boot_args: vec!["nokaslr".to_owned(), "loglevel=8".to_owned()],
@@ -319,7 +324,7 @@ mod tests {
             body,
             serde_json::json!({
                 "vcpus": 2, "extra_boot_args": "nokaslr loglevel=8",
-                "wait": true, "wait_timeout_ms": 5000
+                "wait": true, "wait_timeout_ms": 5000, "backend": "qemu-tcg"
             })
         );
     }
@@ -337,6 +342,7 @@ mod tests {
             from_snapshot: Some(SnapshotId::new("golden").unwrap()),
             level: Some(OptimizationLevel::UltraFast),
             vm_type: None,
+            backend: None,
             vcpus: None,
             memory: None,
             boot_args: vec![],

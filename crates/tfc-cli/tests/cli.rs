@@ -258,7 +258,9 @@ fn a_vm_goes_through_its_life_from_the_command_line() {
 
     let table = daemon.tfc(&["vm", "ls"]).ok();
     let header = table.lines().next().expect("header");
-    for column in ["ID", "TYPE", "STATE", "VCPUS", "MEM", "PID", "AGE", "BOOT"] {
+    for column in [
+        "ID", "TYPE", "BACKEND", "STATE", "VCPUS", "MEM", "PID", "AGE", "BOOT",
+    ] {
         assert!(header.contains(column), "{column} missing: {table}");
     }
     let row = table.lines().find(|l| l.starts_with(&id)).expect("row");
@@ -379,6 +381,27 @@ fn create_with_wait_prints_id_summary_and_timeline() {
 }
 
 #[test]
+fn create_asks_for_a_backend_and_show_names_it() {
+    let daemon = Daemon::start();
+    let created = daemon
+        .tfc(&["vm", "create", "--backend", "qemu-tcg", "--wait", "--json"])
+        .json();
+    assert_eq!(created["spec"]["vmm"], "qemu-tcg", "{created:#}");
+    let id = created["id"].as_str().expect("id");
+    let page = daemon.tfc(&["vm", "show", id]).ok();
+    assert!(page.contains("backend:     qemu-tcg\n"), "{page}");
+    let table = daemon.tfc(&["vm", "ls"]).ok();
+    let row = table.lines().find(|l| l.starts_with(id)).expect("row");
+    assert!(row.contains(" qemu-tcg "), "{table}");
+    // The fake takes snapshots, but the daemon refuses them for a qemu-tcg VM.
+    let refused = daemon.tfc(&["vm", "snapshot", id]).error_line();
+    assert!(
+        refused.contains("not supported by the qemu-tcg backend"),
+        "{refused}"
+    );
+}
+
+#[test]
 fn bad_values_are_refused_before_any_request() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("nobody.sock");
@@ -389,6 +412,10 @@ fn bad_values_are_refused_before_any_request() {
         (&["vm", "show", "../../etc"][..], "may contain only"),
         (&["pool", "resize", "default"][..], "--target"),
         (&["pool", "acquire", "Default"][..], "may contain only"),
+        (
+            &["vm", "create", "--backend", "kvm"][..],
+            "use firecracker or qemu-tcg",
+        ),
     ] {
         let run = tfc_at(&socket, args);
         assert_eq!(run.status.code(), Some(2), "{run:#?}");

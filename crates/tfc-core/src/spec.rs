@@ -60,6 +60,25 @@ impl Vmm {
             Vmm::QemuTcg => "qemu-tcg",
         }
     }
+
+    /// Whether VMs on this VMM can be snapshotted (and so restored, and kept
+    /// in pools, which restore templates).
+    pub fn takes_snapshots(self) -> bool {
+        match self {
+            Vmm::Firecracker => true,
+            Vmm::QemuTcg => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Vmm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Vmm::Firecracker, Vmm::QemuTcg]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown backend {s:?}: use firecracker or qemu-tcg"))
+    }
 }
 
 impl std::fmt::Display for Vmm {

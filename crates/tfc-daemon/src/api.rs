@@ -15,6 +15,7 @@ use tfc_api::{
 };
 use utoipa::OpenApi;
 
+use crate::backend::BackendError;
 use crate::manager::{ManagerError, VmManager};
 use crate::snapshots::CatalogError;
 use crate::vm::{VmError, VmOp};
@@ -35,6 +36,7 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::InvalidState => StatusCode::CONFLICT,
         ErrorCode::BackendError => StatusCode::BAD_GATEWAY,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Unsupported => StatusCode::NOT_IMPLEMENTED,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -81,11 +83,24 @@ impl From<ManagerError> for ApiError {
             ManagerError::Vm(VmError::InvalidState { state, .. }) => {
                 (ErrorCode::InvalidState, Some(*state))
             }
+            ManagerError::Vm(VmError::Backend { source, .. })
+                if matches!(**source, BackendError::Unsupported { .. }) =>
+            {
+                (ErrorCode::Unsupported, None)
+            }
             ManagerError::Vm(VmError::Backend { .. }) => (ErrorCode::BackendError, None),
             ManagerError::Vm(VmError::Record { .. }) => (ErrorCode::Unavailable, None),
             ManagerError::BadRequest(_) => (ErrorCode::InvalidRequest, None),
             ManagerError::Unservable(_) => (ErrorCode::Unavailable, None),
             ManagerError::NoDiff { .. } => (ErrorCode::InvalidState, None),
+            ManagerError::Unsupported { .. }
+            | ManagerError::Restore(BackendError::Unsupported { .. }) => {
+                (ErrorCode::Unsupported, None)
+            }
+            ManagerError::VmmUnavailable(_)
+            | ManagerError::Restore(BackendError::Unavailable { .. }) => {
+                (ErrorCode::Unavailable, None)
+            }
             ManagerError::Restore(_) | ManagerError::TemplateBuild { .. } => {
                 (ErrorCode::BackendError, None)
             }
@@ -255,8 +270,9 @@ async fn health(State(manager): State<VmManager>) -> Json<Health> {
     (status = 400, body = ErrorBody, description = "bad body, unknown VM type, invalid spec"),
     (status = 404, body = ErrorBody, description = "no such snapshot"),
     (status = 409, body = ErrorBody, description = "the snapshot does not match this host (VMM version, kernel, rootfs, CPU) or its files are damaged"),
+    (status = 501, body = ErrorBody, description = "a restore onto (or of a snapshot of) a backend that takes no snapshots (`qemu-tcg`)"),
     (status = 502, body = ErrorBody, description = "the VMM could not load the snapshot"),
-    (status = 503, body = ErrorBody, description = "assets missing; level `instant` without a pool")
+    (status = 503, body = ErrorBody, description = "assets missing; the VM's backend is not installed here; level `instant` without a pool")
 ))]
 async fn create_vm(
     State(manager): State<VmManager>,
@@ -338,6 +354,7 @@ async fn stop_vm(
     (status = 400, body = ErrorBody, description = "bad body or name taken"),
     (status = 404, body = ErrorBody),
     (status = 409, body = ErrorBody, description = "not allowed in the VM's state, or a diff without dirty-page tracking or a parent"),
+    (status = 501, body = ErrorBody, description = "the VM's backend takes no snapshots (`qemu-tcg`)"),
     (status = 502, body = ErrorBody, description = "the VMM refused (e.g. no space left for the files)")
 ))]
 async fn snapshot_vm(
@@ -401,6 +418,7 @@ async fn list_templates(State(manager): State<VmManager>) -> Json<TemplateList> 
 #[utoipa::path(post, path = "/v1/templates/{vm_type}/build", params(("vm_type" = String, Path)), responses(
     (status = 200, body = TemplateInfo),
     (status = 400, body = ErrorBody, description = "unknown VM type"),
+    (status = 501, body = ErrorBody, description = "the type's backend takes no snapshots (`qemu-tcg`), so it has no template"),
     (status = 502, body = ErrorBody, description = "the build failed")
 ))]
 async fn build_template(
@@ -461,7 +479,8 @@ async fn get_pool(
 /// the new targets in the background; `min <= target <= max` must hold.
 #[utoipa::path(patch, path = "/v1/pools/{vm_type}", params(("vm_type" = String, Path)), request_body = ResizePoolRequest, responses(
     (status = 200, body = PoolInfo),
-    (status = 400, body = ErrorBody, description = "unknown VM type, or sizes out of bounds")
+    (status = 400, body = ErrorBody, description = "unknown VM type, or sizes out of bounds"),
+    (status = 501, body = ErrorBody, description = "waiting VMs for a type whose backend takes no snapshots (`qemu-tcg`)")
 ))]
 async fn resize_pool(
     State(manager): State<VmManager>,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use tfc_core::{spec, IdError, VmTypeName};
+use tfc_core::{spec, IdError, VmTypeName, Vmm};
 
 /// The embedded default configuration.
 pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
@@ -45,15 +45,22 @@ pub struct Config {
     #[serde(default)]
     pub firecracker: FirecrackerConfig,
     #[serde(default)]
+    pub qemu: QemuConfig,
+    #[serde(default)]
     pub fake: FakeConfig,
     #[serde(default = "default_vm_types")]
     pub vm_types: BTreeMap<String, VmTypeConfig>,
 }
 
+/// The daemon's backend: the VMM its VM types run on unless they name
+/// another (`firecracker`, `qemu-tcg`), or the fake for tests, which then
+/// runs every VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendKind {
     Firecracker,
+    #[serde(rename = "qemu-tcg")]
+    QemuTcg,
     Fake,
 }
 
@@ -61,7 +68,16 @@ impl BackendKind {
     pub fn as_str(self) -> &'static str {
         match self {
             BackendKind::Firecracker => "firecracker",
+            BackendKind::QemuTcg => "qemu-tcg",
             BackendKind::Fake => "fake",
+        }
+    }
+
+    /// The VMM of VM types that name none.
+    pub fn default_vmm(self) -> Vmm {
+        match self {
+            BackendKind::QemuTcg => Vmm::QemuTcg,
+            BackendKind::Firecracker | BackendKind::Fake => Vmm::Firecracker,
         }
     }
 }
@@ -140,6 +156,38 @@ impl Default for FirecrackerConfig {
     }
 }
 
+/// The qemu-tcg backend: QEMU's `microvm` machine under software emulation,
+/// with `vhost-device-vsock` for the vsock device.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QemuConfig {
+    /// `qemu-system-x86_64`; searched on PATH when omitted.
+    pub binary: Option<PathBuf>,
+    /// `vhost-device-vsock`; searched on PATH, then in cargo's install
+    /// directory, when omitted.
+    pub vhost_device_vsock: Option<PathBuf>,
+    #[serde(default = "default_qemu_boot_timeout")]
+    pub boot_timeout_secs: u64,
+    #[serde(default = "default_console_limit")]
+    pub console_log_limit_kib: u64,
+    /// A stop asks QEMU to quit, then sends SIGTERM, then SIGKILL, each after
+    /// this long.
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace_ms: u64,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        Self {
+            binary: None,
+            vhost_device_vsock: None,
+            boot_timeout_secs: default_qemu_boot_timeout(),
+            console_log_limit_kib: default_console_limit(),
+            stop_grace_ms: default_stop_grace(),
+        }
+    }
+}
+
 /// The fake backend's defaults; tests script it further in code.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,6 +225,8 @@ pub struct VmTypeConfig {
     /// this type's VMs.
     #[serde(default)]
     pub diff_snapshots: bool,
+    /// The VMM this type's VMs run on; the daemon's backend if omitted.
+    pub backend: Option<Vmm>,
     /// The type's pool of prewarmed VMs.
     #[serde(default)]
     pub pool: PoolConfig,
@@ -268,6 +318,9 @@ fn default_vm_type_name() -> String {
 fn default_boot_timeout() -> u64 {
     180
 }
+fn default_qemu_boot_timeout() -> u64 {
+    120
+}
 fn default_console_limit() -> u64 {
     1024
 }
@@ -327,6 +380,7 @@ fn default_vm_types() -> BTreeMap<String, VmTypeConfig> {
             boot_args: None,
             readiness_line: default_readiness_line(),
             diff_snapshots: false,
+            backend: None,
             pool: PoolConfig::default(),
         },
     )])
@@ -494,6 +548,30 @@ impl Config {
                 return Err(invalid("firecracker.binary", "must be an absolute path"));
             }
         }
+        let qemu = &self.qemu;
+        if !(1..=3600).contains(&qemu.boot_timeout_secs) {
+            return Err(invalid(
+                "qemu.boot_timeout_secs",
+                "must be between 1 and 3600",
+            ));
+        }
+        if !(4..=1024 * 1024).contains(&qemu.console_log_limit_kib) {
+            return Err(invalid(
+                "qemu.console_log_limit_kib",
+                "must be between 4 and 1048576",
+            ));
+        }
+        if qemu.stop_grace_ms > 60_000 {
+            return Err(invalid("qemu.stop_grace_ms", "must be at most 60000"));
+        }
+        for (key, path) in [
+            ("qemu.binary", &qemu.binary),
+            ("qemu.vhost_device_vsock", &qemu.vhost_device_vsock),
+        ] {
+            if path.as_ref().is_some_and(|p| !p.is_absolute()) {
+                return Err(invalid(key, "must be an absolute path"));
+            }
+        }
         if self.daemon.shutdown_deadline_secs > 3600 {
             return Err(invalid(
                 "daemon.shutdown_deadline_secs",
@@ -555,6 +633,30 @@ impl Config {
             vm_type
                 .pool
                 .validate(&|field| key(&format!("pool.{field}")))?;
+            if !self.vmm_of(vm_type).takes_snapshots() {
+                let vmm = self.vmm_of(vm_type);
+                let refuse = |field: &str, what: &str| {
+                    invalid(
+                        key(field),
+                        format!("{what}, and the {vmm} backend takes no snapshots: set it to 0/false, or run this type on firecracker (vm_types.{name}.backend = \"firecracker\")"),
+                    )
+                };
+                if vm_type.pool.target > 0 {
+                    return Err(refuse(
+                        "pool.target",
+                        "a pool keeps VMs restored from the type's template snapshot",
+                    ));
+                }
+                if vm_type.pool.running > 0 {
+                    return Err(refuse(
+                        "pool.running",
+                        "a pool keeps VMs restored from the type's template snapshot",
+                    ));
+                }
+                if vm_type.diff_snapshots {
+                    return Err(refuse("diff_snapshots", "diff snapshots are snapshots"));
+                }
+            }
         }
         if !self.vm_types.contains_key(&self.daemon.default_vm_type) {
             return Err(invalid(
@@ -566,6 +668,21 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The VMM VMs of `vm_type` run on.
+    pub fn vmm_of(&self, vm_type: &VmTypeConfig) -> Vmm {
+        vm_type
+            .backend
+            .unwrap_or_else(|| self.daemon.backend.default_vmm())
+    }
+
+    /// How long a VM on `vmm` may take from boot to ready.
+    pub fn boot_timeout(&self, vmm: Vmm) -> std::time::Duration {
+        std::time::Duration::from_secs(match vmm {
+            Vmm::Firecracker => self.firecracker.boot_timeout_secs,
+            Vmm::QemuTcg => self.qemu.boot_timeout_secs,
+        })
     }
 
     /// The socket path: `TFC_SOCKET`, else the config, else the standard path.
@@ -602,6 +719,32 @@ mod tests {
         let config = Config::load(None).unwrap();
         assert_eq!(config.daemon.backend, BackendKind::Firecracker);
         assert_eq!(config.vm_types["default"].memory_mib, 128);
+    }
+
+    #[test]
+    fn vm_types_run_on_their_own_backend_else_the_daemons() {
+        let config = Config::parse(
+            "[daemon]\nbackend = \"qemu-tcg\"\n[vm_types.default]\n[vm_types.fc]\nbackend = \"firecracker\"\n[vm_types.fc.pool]\ntarget = 1",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(config.daemon.backend, BackendKind::QemuTcg);
+        assert_eq!(config.vmm_of(&config.vm_types["default"]), Vmm::QemuTcg);
+        assert_eq!(config.vmm_of(&config.vm_types["fc"]), Vmm::Firecracker);
+        assert_eq!(config.boot_timeout(Vmm::QemuTcg).as_secs(), 120);
+        let fake = Config::parse("[daemon]\nbackend = \"fake\"", "t").unwrap();
+        assert_eq!(fake.vmm_of(&fake.vm_types["default"]), Vmm::Firecracker);
+        // The refusal says why and what to do instead.
+        let err = Config::parse(
+            "[vm_types.default]\nbackend = \"qemu-tcg\"\n[vm_types.default.pool]\ntarget = 1",
+            "t",
+        )
+        .unwrap_err();
+        let err = tfc_core::error_chain(&err);
+        assert!(
+            err.contains("takes no snapshots") && err.contains("backend = \"firecracker\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -734,6 +877,31 @@ mod tests {
             (
                 "[vm_types.default.pool.autoscale]\nwindow_secs = 0",
                 "vm_types.default.pool.autoscale.window_secs",
+            ),
+            ("[qemu]\nboot_timeout_secs = 0", "qemu.boot_timeout_secs"),
+            (
+                "[qemu]\nconsole_log_limit_kib = 1",
+                "qemu.console_log_limit_kib",
+            ),
+            ("[qemu]\nstop_grace_ms = 100000", "qemu.stop_grace_ms"),
+            ("[qemu]\nbinary = \"qemu\"", "qemu.binary"),
+            (
+                "[qemu]\nvhost_device_vsock = \"vhost\"",
+                "qemu.vhost_device_vsock",
+            ),
+            ("[qemu]\naccel = \"kvm\"", "accel"),
+            ("[vm_types.default]\nbackend = \"kvm\"", "kvm"),
+            (
+                "[vm_types.default]\nbackend = \"qemu-tcg\"\n[vm_types.default.pool]\ntarget = 1",
+                "vm_types.default.pool.target",
+            ),
+            (
+                "[daemon]\nbackend = \"qemu-tcg\"\n[vm_types.default.pool]\nrunning = 1\ntiers = [\"running\"]",
+                "vm_types.default.pool.running",
+            ),
+            (
+                "[vm_types.default]\nbackend = \"qemu-tcg\"\ndiff_snapshots = true",
+                "vm_types.default.diff_snapshots",
             ),
         ];
         for (text, key) in cases {

@@ -4,7 +4,8 @@
 //! Layout:
 //! - [`config`]: TOML configuration, validated at start.
 //! - [`crash`]: named crash points for fault-injection tests.
-//! - [`backend`]: the VMM seam (Firecracker, and a scriptable fake for tests).
+//! - [`backend`]: the VMM seam (Firecracker, QEMU TCG, and a scriptable fake for
+//!   tests), dispatched per VM by its spec's VMM.
 //! - [`vm`]: the owner task of one VM; the only code that changes its state.
 //! - [`manager`]: the table of VMs; resolves requests into specs.
 //! - [`snapshots`]: the snapshot catalog, restore checks, templates' files.
@@ -28,7 +29,9 @@ use std::time::Duration;
 use tfc_host::lockfile::LockFile;
 use tokio::net::UnixListener;
 
-use crate::backend::{Backend, FakeBackend, FirecrackerBackend};
+use tfc_core::Vmm;
+
+use crate::backend::{Backend, FakeBackend, FirecrackerBackend, QemuBackend, Vmms};
 use crate::config::{BackendKind, Config, ConfigError, ShutdownPolicy};
 use crate::manager::VmManager;
 
@@ -47,6 +50,12 @@ pub enum DaemonError {
     NoFirecracker { tried: String },
     #[error("cannot use the firecracker binary")]
     FirecrackerUnusable(#[source] tfc_host::assets::binaries::BinaryError),
+    #[error("the qemu-tcg backend is configured ({by}) but cannot run here")]
+    NoQemu {
+        by: String,
+        #[source]
+        source: tfc_host::qemu::ProgramError,
+    },
     #[error("a tfc daemon is already serving on {0}")]
     AlreadyRunning(PathBuf),
     #[error("another tfc daemon is using the data directory {0} (it holds daemon.lock); stop it or choose another data_dir")]
@@ -111,36 +120,100 @@ fn resolve_firecracker(config: &Config, data_dir: &Path) -> Result<PathBuf, Daem
     })
 }
 
-/// Builds the configured backend. Firecracker is never replaced by the fake when
-/// it is missing: the caller gets an error that says what to do.
-pub fn build_backend(config: &Config, data_dir: &Path) -> Result<Backend, DaemonError> {
-    Ok(match config.daemon.backend {
-        BackendKind::Fake => {
-            Backend::Fake(FakeBackend::new(Duration::from_millis(config.fake.boot_ms)))
-        }
-        BackendKind::Firecracker => {
-            let fc = &config.firecracker;
-            let binary = resolve_firecracker(config, data_dir)?;
-            let version = tfc_host::assets::binaries::describe(
-                &binary,
-                tfc_host::assets::binaries::FIRECRACKER,
-                tfc_host::assets::BinarySource::Explicit,
-            )
-            .map_err(DaemonError::FirecrackerUnusable)?
-            .version;
-            Backend::Firecracker(FirecrackerBackend {
-                binary,
-                version,
-                boot_timeout: Duration::from_secs(fc.boot_timeout_secs),
-                console_log_limit: fc.console_log_limit_kib * 1024,
-                stop: tfc_firecracker::StopPolicy {
-                    ctrl_alt_del_grace: (fc.ctrl_alt_del_grace_ms > 0)
-                        .then(|| Duration::from_millis(fc.ctrl_alt_del_grace_ms)),
-                    term_grace: Duration::from_millis(fc.stop_grace_ms),
-                },
-            })
-        }
+/// The Firecracker backend, if its binary is found and runs.
+fn firecracker_backend(
+    config: &Config,
+    data_dir: &Path,
+) -> Result<FirecrackerBackend, DaemonError> {
+    let fc = &config.firecracker;
+    let binary = resolve_firecracker(config, data_dir)?;
+    let version = tfc_host::assets::binaries::describe(
+        &binary,
+        tfc_host::assets::binaries::FIRECRACKER,
+        tfc_host::assets::BinarySource::Explicit,
+    )
+    .map_err(DaemonError::FirecrackerUnusable)?
+    .version;
+    Ok(FirecrackerBackend {
+        binary,
+        version,
+        boot_timeout: Duration::from_secs(fc.boot_timeout_secs),
+        console_log_limit: fc.console_log_limit_kib * 1024,
+        stop: tfc_firecracker::StopPolicy {
+            ctrl_alt_del_grace: (fc.ctrl_alt_del_grace_ms > 0)
+                .then(|| Duration::from_millis(fc.ctrl_alt_del_grace_ms)),
+            term_grace: Duration::from_millis(fc.stop_grace_ms),
+        },
     })
+}
+
+/// The qemu-tcg backend, if QEMU and vhost-device-vsock are found and run.
+fn qemu_backend(config: &Config) -> Result<QemuBackend, tfc_host::qemu::ProgramError> {
+    use tfc_host::qemu::{QEMU, VHOST_VSOCK, VHOST_VSOCK_VERSION};
+    let q = &config.qemu;
+    let qemu = QEMU.find(q.binary.as_deref())?;
+    let vhost = VHOST_VSOCK.find(q.vhost_device_vsock.as_deref())?;
+    if vhost.version != VHOST_VSOCK_VERSION {
+        tracing::warn!(
+            path = %vhost.path.display(),
+            version = %vhost.version,
+            "tfc is tested with vhost-device-vsock {VHOST_VSOCK_VERSION}; {}",
+            VHOST_VSOCK.install
+        );
+    }
+    Ok(QemuBackend {
+        qemu: qemu.path,
+        qemu_version: qemu.version,
+        vhost_vsock: vhost.path,
+        vhost_vsock_version: vhost.version,
+        boot_timeout: Duration::from_secs(q.boot_timeout_secs),
+        console_log_limit: q.console_log_limit_kib * 1024,
+        stop_grace: Duration::from_millis(q.stop_grace_ms),
+    })
+}
+
+/// The configuration key that makes the daemon run VMs on `vmm`, if any:
+/// `daemon.backend`, or the first VM type that names it.
+fn configured_by(config: &Config, vmm: Vmm) -> Option<String> {
+    if config.daemon.backend.default_vmm() == vmm {
+        return Some("daemon.backend".to_owned());
+    }
+    config
+        .vm_types
+        .iter()
+        .find(|(_, t)| t.backend == Some(vmm))
+        .map(|(name, _)| format!("vm_types.{name}.backend"))
+}
+
+/// Builds the configured backend. A VMM the configuration names (as the
+/// daemon's backend or a VM type's) must be usable, or the daemon does not
+/// start: the error says what to install. The other VMM is used when this
+/// host has it (a request's `backend` may ask for it) and refused with the
+/// reason otherwise. Firecracker is never replaced by the fake when it is
+/// missing.
+pub fn build_backend(config: &Config, data_dir: &Path) -> Result<Backend, DaemonError> {
+    if config.daemon.backend == BackendKind::Fake {
+        return Ok(Backend::Fake(FakeBackend::new(Duration::from_millis(
+            config.fake.boot_ms,
+        ))));
+    }
+    let firecracker = match firecracker_backend(config, data_dir) {
+        Ok(backend) => Ok(backend),
+        Err(err) if configured_by(config, Vmm::Firecracker).is_some() => return Err(err),
+        Err(err) => Err(tfc_core::error_chain(&err)),
+    };
+    let qemu = match qemu_backend(config) {
+        Ok(backend) => Ok(backend),
+        Err(source) => match configured_by(config, Vmm::QemuTcg) {
+            Some(by) => return Err(DaemonError::NoQemu { by, source }),
+            None => Err(tfc_core::error_chain(&source)),
+        },
+    };
+    Ok(Backend::Vmms(std::sync::Arc::new(Vmms {
+        default: config.daemon.backend.default_vmm(),
+        firecracker,
+        qemu,
+    })))
 }
 
 fn create_dir(path: &Path) -> Result<(), DaemonError> {

@@ -17,7 +17,7 @@ use tfc_api::{
 use tfc_core::level::{self, StartFacts};
 use tfc_core::{
     spec, transition, BootPhase, OptimizationLevel, PoolTier, Readiness, SpecError, StartMethod,
-    VmEvent, VmId, VmSpec, VmState, VmTypeName,
+    VmEvent, VmId, VmSpec, VmState, VmTypeName, Vmm,
 };
 use tfc_store::{AnyStore, MemoryStore, Store};
 
@@ -74,6 +74,16 @@ pub enum ManagerError {
     Vm(#[from] VmError),
     #[error("VM {0} was not handed out by a pool; delete it instead")]
     NotPooled(String),
+    /// The VM's VMM cannot do this at all (snapshots on qemu-tcg).
+    #[error("cannot {action}")]
+    Unsupported {
+        action: String,
+        #[source]
+        source: BackendError,
+    },
+    /// The VMM the VM would run on is not usable on this host.
+    #[error("cannot start the VM")]
+    VmmUnavailable(#[source] BackendError),
     #[error("VM {id} waits in the pool of VM type {vm_type}; acquire one with `tfc pool acquire {vm_type}`")]
     WaitingInPool { id: String, vm_type: String },
     #[error("no VM of type {vm_type} could be handed out within {wait_ms} ms: {reason}")]
@@ -216,7 +226,7 @@ impl VmManager {
                 host,
                 templates: Default::default(),
                 start_history: Default::default(),
-                pools: Pools::new(&config.vm_types),
+                pools: Pools::new(&config),
                 pools_started: Default::default(),
                 boot_slots: tokio::sync::Semaphore::new(
                     std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -292,6 +302,7 @@ impl VmManager {
                     .collect::<Vec<_>>()
                     .join(", "),
             })?;
+        let vmm = request.backend.unwrap_or_else(|| config.vmm_of(vm_type));
         let assets = match (&vm_type.kernel, &vm_type.rootfs, &vm_type.boot_args) {
             (Some(_), Some(_), Some(_)) => None,
             _ => Some(tfc_host::assets::load_manifest(&self.inner.data_dir)),
@@ -314,9 +325,14 @@ impl VmManager {
                 None => unreachable!("assets are loaded whenever a field is missing"),
             }
         };
+        // QEMU boots the kernel's bzImage; Firecracker its ELF vmlinux.
         let kernel = match &vm_type.kernel {
             Some(path) => path.clone(),
-            None => from_assets("kernel", &|m| m.kernel.vmlinux.display().to_string())?.into(),
+            None => from_assets("kernel", &|m| match vmm {
+                Vmm::Firecracker => m.kernel.vmlinux.display().to_string(),
+                Vmm::QemuTcg => m.kernel.bzimage.display().to_string(),
+            })?
+            .into(),
         };
         let rootfs = match &vm_type.rootfs {
             Some(path) => path.clone(),
@@ -345,7 +361,7 @@ impl VmManager {
             },
             diff_snapshots: vm_type.diff_snapshots,
             vsock: true,
-            vmm: tfc_core::Vmm::Firecracker,
+            vmm,
         };
         spec.validate().map_err(ManagerError::BadSpec)?;
         Ok(spec)
@@ -391,6 +407,13 @@ impl VmManager {
                     "from_snapshot restores the snapshot's VM type and machine size; vm_type, vcpus, memory_mib and extra_boot_args may not be given with it".to_owned(),
                 ));
             }
+            if let Some(vmm) = request.backend.filter(|v| !v.takes_snapshots()) {
+                return Err(no_snapshots(
+                    vmm,
+                    format!("restore snapshot {snapshot} on {vmm}"),
+                    "snapshot restores",
+                ));
+            }
             let start = StartInfo {
                 level: request
                     .optimization_level
@@ -404,8 +427,18 @@ impl VmManager {
                 .await;
         }
         let type_name = self.type_name(&request);
-        let facts = self.start_facts(&type_name, level).await;
-        let choice = level::choose(level, &facts).map_err(|e| ManagerError::Unservable(e.0))?;
+        let type_vmm = self.type_vmm(&type_name);
+        let vmm = request.backend.or(type_vmm).unwrap_or(Vmm::Firecracker);
+        let facts = self.start_facts(&type_name, level, vmm).await;
+        let mut choice = level::choose(level, &facts).map_err(|e| ManagerError::Unservable(e.0))?;
+        if choice.method == StartMethod::ColdBoot
+            && level == OptimizationLevel::UltraFast
+            && !vmm.takes_snapshots()
+        {
+            choice.note = Some(format!(
+                "the {vmm} backend takes no snapshots, so there is no golden snapshot to restore; cold boot instead"
+            ));
+        }
         let start = StartInfo {
             level,
             method: choice.method,
@@ -444,6 +477,12 @@ impl VmManager {
                 self.boot(&request, spec, start, requested_at, extras).await
             }
             StartMethod::Pool => {
+                if request.backend.is_some() && request.backend != type_vmm {
+                    return Err(ManagerError::BadRequest(format!(
+                        "{level} hands out a pooled VM of type {type_name}, which runs on {}; omit backend or ask for that one",
+                        type_vmm.unwrap_or_default()
+                    )));
+                }
                 if request.vcpus.is_some()
                     || request.memory_mib.is_some()
                     || request.extra_boot_args.is_some()
@@ -464,6 +503,12 @@ impl VmManager {
             .vm_type
             .clone()
             .unwrap_or_else(|| self.inner.config.daemon.default_vm_type.clone())
+    }
+
+    /// The VMM of VM type `type_name`, when there is such a type.
+    fn type_vmm(&self, type_name: &str) -> Option<Vmm> {
+        let config = &self.inner.config;
+        config.vm_types.get(type_name).map(|t| config.vmm_of(t))
     }
 
     /// A new, empty VM directory with a fresh id.
@@ -498,6 +543,10 @@ impl VmManager {
         requested_at: Instant,
         extras: BootExtras,
     ) -> Result<VmInfo, ManagerError> {
+        self.inner
+            .backend
+            .check_available(spec.vmm)
+            .map_err(ManagerError::VmmUnavailable)?;
         let (id, workdir) = self.new_workdir()?;
         // The intent is stored before anything is started: a daemon that dies
         // from here on finds a `creating` record and rolls it back.
@@ -531,7 +580,7 @@ impl VmManager {
             return Ok(handle.info());
         }
         let timeout = request.wait_timeout_ms.map_or_else(
-            || Duration::from_secs(self.inner.config.firecracker.boot_timeout_secs + 10),
+            || self.inner.config.boot_timeout(spec.vmm) + Duration::from_secs(10),
             Duration::from_millis,
         );
         Ok(handle
@@ -554,6 +603,24 @@ impl VmManager {
     ) -> Result<VmInfo, ManagerError> {
         // Held until the VM runs: the snapshot cannot be deleted under it.
         let (snapshot, _in_use) = self.inner.catalog.use_snapshot(snapshot)?;
+        if let Some(vmm) = snapshot
+            .manifest
+            .as_ref()
+            .map(|m| m.spec.vmm)
+            .filter(|v| !v.takes_snapshots())
+        {
+            return Err(no_snapshots(
+                vmm,
+                format!("restore snapshot {}, which is of a {vmm} VM", snapshot.id),
+                "snapshot restores",
+            ));
+        }
+        if let Some(manifest) = &snapshot.manifest {
+            self.inner
+                .backend
+                .check_available(manifest.spec.vmm)
+                .map_err(ManagerError::VmmUnavailable)?;
+        }
         start.snapshot = Some(snapshot.id.clone());
         // Digests read files (cached after the first time): off the async threads.
         let (manager, checked) = (self.clone(), snapshot.clone());
@@ -775,6 +842,11 @@ impl VmManager {
     /// is none now. A missing or stale template is (re)built in the
     /// background unless the last build with the same inputs failed.
     pub(crate) async fn pool_template(&self, type_name: &str) -> Result<String, String> {
+        if let Some(vmm) = self.type_vmm(type_name).filter(|v| !v.takes_snapshots()) {
+            return Err(format!(
+                "VM type {type_name} runs on {vmm}, which takes no snapshots, so it has no template"
+            ));
+        }
         let stale = match self.inner.catalog.template(type_name) {
             Some(template) => match self.template_check(type_name, &template).await {
                 Ok(()) => return Ok(template.id),
@@ -799,13 +871,16 @@ impl VmManager {
     }
 
     /// What decides how a VM of `type_name` is started at each level.
-    async fn start_facts(&self, type_name: &str, level: OptimizationLevel) -> StartFacts {
+    /// For a VM on `vmm`: a template is of the type's own VMM, and only one
+    /// that takes snapshots has any.
+    async fn start_facts(&self, type_name: &str, level: OptimizationLevel, vmm: Vmm) -> StartFacts {
         // Only levels that may restore look at (and may start rebuilding) the
         // template.
         let may_restore = matches!(
             level,
             OptimizationLevel::UltraFast | OptimizationLevel::Sub2Second
-        );
+        ) && vmm.takes_snapshots()
+            && self.type_vmm(type_name) == Some(vmm);
         let template = if may_restore {
             self.inner.catalog.template(type_name)
         } else {
@@ -998,6 +1073,15 @@ impl VmManager {
     ) -> Result<SnapshotInfo, ManagerError> {
         let handle = self.handle(vm_id)?;
         refuse_waiting(&handle.info())?;
+        // Refused before anything is paused or recorded.
+        let vmm = handle.info().spec.vmm;
+        if !vmm.takes_snapshots() {
+            return Err(no_snapshots(
+                vmm,
+                format!("snapshot VM {}", handle.id()),
+                "snapshots",
+            ));
+        }
         let catalog = &self.inner.catalog;
         // One snapshot writer at a time: the VM's lineage (`last_snapshot`)
         // read here is the one the VMM's dirty pages are relative to.
@@ -1166,6 +1250,13 @@ impl VmManager {
     /// Starts a background rebuild of a stale template, unless one runs or the
     /// last one failed with the same inputs.
     fn rebuild_if_due(&self, type_name: &str, stale: &Stale) {
+        if self
+            .type_vmm(type_name)
+            .is_some_and(|v| !v.takes_snapshots())
+        {
+            // Its VMM takes no snapshots: a build would fail every time.
+            return;
+        }
         let Some(inputs) = &stale.inputs else {
             // An input cannot even be read: a build would fail the same way.
             return;
@@ -1209,6 +1300,13 @@ impl VmManager {
     /// it to be ready, takes a full snapshot of it recorded as the type's
     /// template, and removes the VM and older templates nothing depends on.
     pub async fn build_template(&self, type_name: &str) -> Result<TemplateInfo, ManagerError> {
+        if let Some(vmm) = self.type_vmm(type_name).filter(|v| !v.takes_snapshots()) {
+            return Err(no_snapshots(
+                vmm,
+                format!("build the template of VM type {type_name} (a template is a snapshot)"),
+                "snapshots",
+            ));
+        }
         if !self.inner.config.vm_types.contains_key(type_name) {
             return Err(ManagerError::UnknownType {
                 name: type_name.to_owned(),
@@ -1539,6 +1637,14 @@ async fn claim<T: Send + 'static>(
     }
 }
 
+/// `action` cannot be done because `vmm` takes no snapshots (the API's 501).
+pub(crate) fn no_snapshots(vmm: Vmm, action: String, operation: &'static str) -> ManagerError {
+    ManagerError::Unsupported {
+        action,
+        source: BackendError::Unsupported { vmm, operation },
+    }
+}
+
 /// A VM waiting in its pool is the pool's: only stopping or deleting it is
 /// allowed (the pool replaces it); using it takes an acquire.
 fn refuse_waiting(vm: &VmInfo) -> Result<(), ManagerError> {
@@ -1553,6 +1659,15 @@ fn refuse_waiting(vm: &VmInfo) -> Result<(), ManagerError> {
     }
 }
 
+/// Removes the sockets a VMM ended from outside leaves behind.
 fn remove_socket(workdir: &Path) {
-    let _ = std::fs::remove_file(workdir.join(tfc_firecracker::process::API_SOCKET));
+    use tfc_qemu::command::{QMP_SOCKET, VHOST_SOCKET, VSOCK_SOCKET};
+    for name in [
+        tfc_firecracker::process::API_SOCKET,
+        QMP_SOCKET,
+        VHOST_SOCKET,
+        VSOCK_SOCKET,
+    ] {
+        let _ = std::fs::remove_file(workdir.join(name));
+    }
 }

@@ -24,7 +24,7 @@ use tfc_core::pool::{self as decide, AutoscalePolicy, DemandWindow};
 use tfc_core::{OptimizationLevel, PoolTier, StartMethod, VmId};
 use tokio::sync::{watch, Notify};
 
-use crate::config::{PoolConfig, VmTypeConfig};
+use crate::config::{Config, PoolConfig};
 use crate::manager::{BootExtras, ManagerError, RestoreFor, VmManager};
 use crate::vm::VmHandle;
 
@@ -51,6 +51,10 @@ pub struct Pools {
 #[derive(Debug)]
 struct Pool {
     vm_type: String,
+    /// The VMM of the type's VMs; one that takes no snapshots has no
+    /// template, so its pool never prewarms (configuration and resizes keep
+    /// its targets at 0).
+    vmm: tfc_core::Vmm,
     config: PoolConfig,
     state: Mutex<PoolState>,
     /// Wakes the pool's task: a VM was taken, the sizes changed, the template
@@ -105,8 +109,9 @@ struct PoolState {
 }
 
 impl Pools {
-    pub fn new(vm_types: &BTreeMap<String, VmTypeConfig>) -> Self {
-        let by_type = vm_types
+    pub fn new(daemon: &Config) -> Self {
+        let by_type = daemon
+            .vm_types
             .iter()
             .map(|(name, vm_type)| {
                 let config = vm_type.pool.clone();
@@ -136,6 +141,7 @@ impl Pools {
                 let pool = Pool {
                     on_demand,
                     vm_type: name.clone(),
+                    vmm: daemon.vmm_of(vm_type),
                     config,
                     state: Mutex::new(state),
                     wake: Notify::new(),
@@ -207,6 +213,13 @@ impl Pools {
             let max = request.max.unwrap_or(state.max);
             let target = request.target.unwrap_or(state.target);
             let running = request.running.unwrap_or(state.running);
+            if (target > 0 || running > 0) && !pool.vmm.takes_snapshots() {
+                return Err(crate::manager::no_snapshots(
+                    pool.vmm,
+                    format!("keep VMs of type {vm_type} waiting in its pool (they are restored from its template, a snapshot)"),
+                    "snapshots",
+                ));
+            }
             crate::config::check_sizes(min, target, max, running, &pool.config.tiers).map_err(
                 |(field, reason)| ManagerError::BadRequest(format!("{field}: {reason}")),
             )?;

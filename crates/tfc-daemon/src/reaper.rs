@@ -1,7 +1,7 @@
 //! Start-up cleanup of what no record claims: a VM directory the store does not
 //! know (a record lost with a memory store, or a directory made just before a
-//! crash) has its recorded Firecracker process ended and is removed, so nothing
-//! leaks.
+//! crash) has its recorded VMM processes (Firecracker, or QEMU and its vsock
+//! backend) ended and is removed, so nothing leaks.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -12,19 +12,28 @@ use std::time::Duration;
 pub struct ReapReport {
     /// Leftover VM directories removed.
     pub dirs_removed: usize,
-    /// Leftover Firecracker processes ended (pids).
+    /// Leftover VMM processes ended (pids).
     pub killed: Vec<u32>,
 }
 
-/// Ends the VMM of `workdir` if one still runs (found by its process record or
-/// its command line, signalled through a pidfd) and returns its pid.
-pub fn end_vmm(workdir: &Path) -> Option<u32> {
-    let (pid, pidfd) = tfc_firecracker::process::find_vmm(workdir)?;
-    let _ = pidfd.send_signal(libc::SIGKILL);
-    if !pidfd.wait_exited(Duration::from_secs(5)) {
-        tracing::warn!(pid, "VMM did not exit within 5 s of SIGKILL");
+/// Ends the VMM processes of `workdir` that still run (Firecracker, or QEMU
+/// and its vsock backend; found by their process records or command lines,
+/// signalled through pidfds) and returns their pids.
+pub fn end_vmm(workdir: &Path) -> Vec<u32> {
+    let mut found: Vec<(u32, tfc_firecracker::pidfd::Pidfd)> =
+        tfc_firecracker::process::find_vmm(workdir)
+            .into_iter()
+            .collect();
+    found.extend(tfc_qemu::process::find_processes(workdir));
+    for (_, pidfd) in &found {
+        let _ = pidfd.send_signal(libc::SIGKILL);
     }
-    Some(pid)
+    for (pid, pidfd) in &found {
+        if !pidfd.wait_exited(Duration::from_secs(5)) {
+            tracing::warn!(pid, "VMM did not exit within 5 s of SIGKILL");
+        }
+    }
+    found.into_iter().map(|(pid, _)| pid).collect()
 }
 
 /// Ends leftover VMM processes recorded under `vms_dir` and removes their
@@ -40,7 +49,7 @@ pub fn reap_orphans(vms_dir: &Path, recorded: &HashSet<String>) -> ReapReport {
         if !dir.is_dir() || recorded.contains(&name) {
             continue;
         }
-        if let Some(pid) = end_vmm(&dir) {
+        for pid in end_vmm(&dir) {
             tracing::warn!(pid, dir = %dir.display(), "ended VMM left by an earlier daemon");
             report.killed.push(pid);
         }
@@ -111,5 +120,40 @@ mod tests {
         assert_eq!(status.signal(), Some(libc::SIGKILL));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         assert!(keep.is_dir());
+    }
+
+    /// A qemu-tcg VM's directory holds two records, QEMU's and its vsock
+    /// backend's: both processes are ended.
+    #[test]
+    fn ends_both_processes_of_a_qemu_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = dir.path().join("vm-qemu");
+        std::fs::create_dir(&vm).unwrap();
+        let mut children = Vec::new();
+        for record in [
+            tfc_qemu::process::QEMU_RECORD,
+            tfc_qemu::process::VHOST_RECORD,
+        ] {
+            let child = std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap();
+            let pid = child.id();
+            let start_ticks = tfc_firecracker::process::process_start_ticks(pid).unwrap();
+            let bytes = serde_json::to_vec(&ProcessRecord { pid, start_ticks }).unwrap();
+            std::fs::write(vm.join(record), bytes).unwrap();
+            children.push(child);
+        }
+        let report = reap_orphans(dir.path(), &HashSet::new());
+        let mut expected: Vec<u32> = children.iter().map(|c| c.id()).collect();
+        let mut killed = report.killed.clone();
+        expected.sort_unstable();
+        killed.sort_unstable();
+        assert_eq!(killed, expected);
+        assert_eq!(report.dirs_removed, 1);
+        for mut child in children {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        }
     }
 }

@@ -496,6 +496,12 @@ impl Owner {
         let machine = match adopted {
             Ok(machine) => machine,
             Err(err) => {
+                // A VMM that still runs but cannot be taken over (it does not
+                // answer, or its backend is no longer installed) would run on
+                // unmanaged: it is ended with the VM.
+                for pid in crate::reaper::end_vmm(&workdir) {
+                    tracing::warn!(vm = %self.id, pid, "ended a VMM process that could not be adopted");
+                }
                 let failure = format!(
                     "the VMM did not survive the daemon restart: {}",
                     error_chain(&err)

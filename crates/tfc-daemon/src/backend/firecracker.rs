@@ -12,10 +12,11 @@ use tfc_firecracker::models::{
 };
 use tfc_firecracker::{ExitReason, FirecrackerProcess, SpawnConfig, StopPolicy, VmConfig};
 
-use super::{BackendError, CreateRequest, RestoreRequest, VmBackend, VmMachine};
+use super::{
+    console_ready, probe_vsock, require_file, BackendError, CreateRequest, RestoreRequest,
+    VmBackend, VmMachine, PANIC_LINE,
+};
 
-/// Console text the kernel prints when it panics; a boot that shows it has failed.
-const PANIC_LINE: &str = "Kernel panic";
 /// Firecracker itself starts in a few milliseconds; this only bounds a wedged start.
 const API_READY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -37,25 +38,6 @@ pub struct FirecrackerMachine {
     readiness: String,
     boot_timeout: Duration,
     stop: StopPolicy,
-}
-
-/// The guest port a health probe asks for; nothing listens there, so a live
-/// guest kernel refuses at once.
-const PROBE_PORT: u32 = 52;
-/// How long a live guest kernel may take to answer a probe: 6-29 ms measured
-/// on an idle nested-KVM host, but seconds when its vCPU competes with
-/// spinning guests for the host's cores.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn require_file(what: &'static str, path: &Path) -> Result<(), BackendError> {
-    if path.is_file() {
-        Ok(())
-    } else {
-        Err(BackendError::AssetMissing {
-            what,
-            path: path.display().to_string(),
-        })
-    }
 }
 
 /// Firecracker reports a missing or unusable /dev/kvm only at `InstanceStart`, as a
@@ -155,19 +137,7 @@ impl VmBackend for FirecrackerBackend {
         spec: &VmSpec,
         workdir: &Path,
     ) -> Result<(), BackendError> {
-        if !spec.vsock {
-            return Ok(());
-        }
-        let uds = workdir.join(tfc_firecracker::vm_config::VSOCK_SOCKET);
-        tfc_firecracker::vsock::probe(&uds, PROBE_PORT, PROBE_TIMEOUT)
-            .await
-            .map(drop)
-            .map_err(|err| {
-                BackendError::Unhealthy(format!(
-                    "the guest kernel does not answer on vsock: {}",
-                    tfc_core::error_chain(&err)
-                ))
-            })
+        probe_vsock(spec, workdir).await
     }
 
     async fn adopt(&self, request: CreateRequest<'_>) -> Result<FirecrackerMachine, BackendError> {
@@ -210,20 +180,6 @@ impl VmBackend for FirecrackerBackend {
     }
 }
 
-impl FirecrackerMachine {
-    fn tail_text(&self) -> String {
-        let tail = self.process.console().tail();
-        if tail.is_empty() {
-            "  (no console output)".to_owned()
-        } else {
-            tail.iter()
-                .map(|l| format!("  {l}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        }
-    }
-}
-
 impl VmMachine for FirecrackerMachine {
     fn pid(&self) -> Option<u32> {
         Some(self.process.pid())
@@ -238,33 +194,13 @@ impl VmMachine for FirecrackerMachine {
     }
 
     async fn wait_ready(&self) -> Result<(), BackendError> {
-        let console = self.process.console();
-        let outcome = tokio::time::timeout(self.boot_timeout, async {
-            tokio::select! {
-                ready = console.wait_for(&self.readiness) => ready.map(drop).map_err(|_| None),
-                panic = console.wait_for(PANIC_LINE) => match panic {
-                    Ok(line) => Err(Some(line)),
-                    Err(_) => Err(None),
-                },
-            }
-        })
-        .await;
-        match outcome {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(Some(line))) => Err(BackendError::GuestPanic { line }),
-            // The console closed: the process is gone.
-            Ok(Err(None)) => {
-                let reason = self.process.wait_exit().await;
-                Err(BackendError::ExitedDuringBoot {
-                    reason,
-                    tail: self.tail_text(),
-                })
-            }
-            Err(_) => Err(BackendError::ReadyTimeout {
-                timeout_s: self.boot_timeout.as_secs(),
-                tail: self.tail_text(),
-            }),
-        }
+        console_ready(
+            self.process.console(),
+            &self.readiness,
+            self.boot_timeout,
+            self.process.wait_exit(),
+        )
+        .await
     }
 
     async fn pause(&self) -> Result<(), BackendError> {

@@ -1,5 +1,6 @@
 //! `tfc doctor`: what this host can do, as a list of checks with evidence
-//! plus typed answers other code uses to pick lanes and profiles.
+//! plus typed answers other code uses to pick lanes and profiles (which
+//! backends can run VMs here, and whether their guests run userspace).
 //!
 //! Modules:
 //! - [`boot`]: the boot probe that answers "can guest userspace run under
@@ -20,6 +21,7 @@ use tfc_store::{Store, StoreStats};
 use crate::assets::{self, find_on_path, AssetState, HostTools, Manifest};
 use crate::kvm::{self, KvmKind};
 use crate::profile::Profile;
+use crate::qemu;
 
 /// One check's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,7 +107,22 @@ pub struct HostReport {
     pub assets_ready: bool,
     /// What the daemon's state database holds, when there is one.
     pub store: Option<StoreStats>,
+    /// Which backends can run VMs on this host.
+    pub backends: Vec<BackendSupport>,
     pub checks: Vec<Check>,
+}
+
+/// Whether this host can run VMs on one backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendSupport {
+    pub backend: tfc_core::Vmm,
+    pub usable: bool,
+    /// Whether guest userspace (init scripts, the agent) runs under it: for
+    /// Firecracker the boot probe's verdict; software emulation runs it
+    /// whenever the backend is usable.
+    pub guest_userspace: GuestUserspace,
+    /// Versions when usable, else what is missing and how to get it.
+    pub summary: String,
 }
 
 impl HostReport {
@@ -161,13 +178,19 @@ pub fn probe(data_dir: &Path) -> HostReport {
 
     let (store_check, store) = store_check(data_dir);
     checks.push(store_check);
-    checks.push(qemu_check());
+    let qemu = qemu::QEMU.find(None);
+    let vhost_vsock = qemu::VHOST_VSOCK.find(None);
+    checks.push(qemu_check(&qemu));
     checks.push(tun_check(Path::new("/dev/net/tun")));
     checks.push(netns_check());
     checks.push(nft_check());
     let (cg_check, cgroup) = cgroup_check(Path::new("/sys/fs/cgroup"));
     checks.push(cg_check);
-    checks.push(vhost_vsock_check(&tools));
+    checks.push(vhost_vsock_check(&vhost_vsock));
+    let backends = vec![
+        firecracker_support(kvm_usable, firecracker.as_ref(), guest_userspace),
+        qemu_support(&qemu, &vhost_vsock),
+    ];
 
     HostReport {
         data_dir: data_dir.to_owned(),
@@ -181,7 +204,67 @@ pub fn probe(data_dir: &Path) -> HostReport {
         jailer,
         assets_ready,
         store,
+        backends,
         checks,
+    }
+}
+
+fn firecracker_support(
+    kvm_usable: bool,
+    firecracker: Option<&BinaryAsset>,
+    guest_userspace: GuestUserspace,
+) -> BackendSupport {
+    let (usable, summary) = match (kvm_usable, firecracker) {
+        (true, Some(fc)) => (true, format!("{}, /dev/kvm usable", fc.version)),
+        (false, Some(_)) => (false, "/dev/kvm is not usable".to_owned()),
+        (true, None) => (
+            false,
+            "firecracker not found: run `tfc assets build`".to_owned(),
+        ),
+        (false, None) => (
+            false,
+            "/dev/kvm is not usable and firecracker is not found".to_owned(),
+        ),
+    };
+    BackendSupport {
+        backend: tfc_core::Vmm::Firecracker,
+        usable,
+        guest_userspace: if usable {
+            guest_userspace
+        } else {
+            GuestUserspace::No
+        },
+        summary,
+    }
+}
+
+fn qemu_support(
+    qemu: &Result<qemu::Found, qemu::ProgramError>,
+    vhost_vsock: &Result<qemu::Found, qemu::ProgramError>,
+) -> BackendSupport {
+    let (usable, summary) = match (qemu, vhost_vsock) {
+        (Ok(q), Ok(v)) => (
+            true,
+            format!("QEMU {}, vhost-device-vsock {}", q.version, v.version),
+        ),
+        (q, v) => {
+            let missing: Vec<String> = [q.as_ref().err(), v.as_ref().err()]
+                .into_iter()
+                .flatten()
+                .map(|e| e.to_string())
+                .collect();
+            (false, missing.join("; "))
+        }
+    };
+    BackendSupport {
+        backend: tfc_core::Vmm::QemuTcg,
+        usable,
+        guest_userspace: if usable {
+            GuestUserspace::Yes
+        } else {
+            GuestUserspace::No
+        },
+        summary,
     }
 }
 
@@ -426,19 +509,23 @@ pub fn first_line(text: &str) -> String {
         .to_string()
 }
 
-fn qemu_check() -> Check {
-    match first_line_of("qemu-system-x86_64", &["--version"]) {
-        Ok(v) => Check::new(
+fn qemu_check(found: &Result<qemu::Found, qemu::ProgramError>) -> Check {
+    match found {
+        Ok(q) => Check::new(
             "qemu-tcg",
             CheckStatus::Ok,
-            format!("{v}: the guest-userspace lane can run under TCG"),
-            format!("`qemu-system-x86_64 --version`: {v}"),
+            format!(
+                "QEMU {} at {}: the qemu-tcg backend can run guests (with vhost-device-vsock)",
+                q.version,
+                q.path.display()
+            ),
+            format!("`{} --version`: {}", q.path.display(), q.version),
         ),
         Err(e) => Check::new(
             "qemu-tcg",
             CheckStatus::Warn,
-            "qemu-system-x86_64 missing: install qemu-system-x86 for the guest-userspace lane",
-            e,
+            format!("{e} (needed by the qemu-tcg backend)"),
+            error_chain(e),
         ),
     }
 }
@@ -637,19 +724,35 @@ fn cgroup_check(path: &Path) -> (Check, CgroupVersion) {
     }
 }
 
-fn vhost_vsock_check(tools: &HostTools) -> Check {
-    match tools.find_program("vhost-device-vsock") {
-        Some(p) => Check::new(
+fn vhost_vsock_check(found: &Result<qemu::Found, qemu::ProgramError>) -> Check {
+    match found {
+        Ok(v) if v.version == qemu::VHOST_VSOCK_VERSION => Check::new(
             "vhost-device-vsock",
             CheckStatus::Ok,
-            format!("{}: vsock for the QEMU lane", p.display()),
-            format!("found on PATH at {}", p.display()),
+            format!(
+                "{} at {}: vsock for qemu-tcg guests",
+                v.version,
+                v.path.display()
+            ),
+            format!("`{} --version`: {}", v.path.display(), v.version),
         ),
-        None => Check::new(
+        Ok(v) => Check::new(
             "vhost-device-vsock",
             CheckStatus::Warn,
-            "not on PATH: `cargo install vhost-device-vsock` to give QEMU guests a vsock",
-            "searched PATH and sbin directories",
+            format!(
+                "{} at {}: tfc is tested with {}; {}",
+                v.version,
+                v.path.display(),
+                qemu::VHOST_VSOCK_VERSION,
+                qemu::VHOST_VSOCK.install
+            ),
+            format!("`{} --version`: {}", v.path.display(), v.version),
+        ),
+        Err(e) => Check::new(
+            "vhost-device-vsock",
+            CheckStatus::Warn,
+            format!("{e} (gives qemu-tcg guests their vsock)"),
+            error_chain(e),
         ),
     }
 }
@@ -742,5 +845,51 @@ mod tests {
             .is_some_and(|c| c.status == CheckStatus::Warn));
         let json = serde_json::to_value(&report).expect("serialize");
         assert!(json["checks"][0]["status"].is_string());
+        let backends: Vec<&str> = json["backends"]
+            .as_array()
+            .expect("backends listed")
+            .iter()
+            .map(|b| b["backend"].as_str().expect("named"))
+            .collect();
+        assert_eq!(backends, ["firecracker", "qemu-tcg"]);
+    }
+
+    #[test]
+    fn backends_say_what_they_lack() {
+        let fc = firecracker_support(false, None, GuestUserspace::Unknown);
+        assert!(!fc.usable);
+        assert_eq!(fc.guest_userspace, GuestUserspace::No);
+        assert!(fc.summary.contains("/dev/kvm"), "{}", fc.summary);
+        let asset = BinaryAsset {
+            path: "/fc".into(),
+            version: "Firecracker v1.12.1".into(),
+            sha256: String::new(),
+            source: BinarySource::Path,
+        };
+        let fc = firecracker_support(true, Some(&asset), GuestUserspace::No);
+        assert!(fc.usable);
+        assert_eq!(fc.guest_userspace, GuestUserspace::No);
+        assert!(fc.summary.contains("v1.12.1"), "{}", fc.summary);
+
+        let found = |version: &str| qemu::Found {
+            path: "/q".into(),
+            version: version.into(),
+            origin: qemu::Origin::Path,
+        };
+        let missing = || {
+            Err(qemu::ProgramError::NotFound {
+                name: "vhost-device-vsock",
+                key: "qemu.vhost_device_vsock",
+                install: "cargo install vhost-device-vsock",
+                cargo_bin: "~/.cargo/bin".into(),
+            })
+        };
+        let q = qemu_support(&Ok(found("7.2.22")), &missing());
+        assert!(!q.usable);
+        assert!(q.summary.contains("cargo install"), "{}", q.summary);
+        let q = qemu_support(&Ok(found("7.2.22")), &Ok(found("0.3.0")));
+        assert!(q.usable);
+        assert_eq!(q.guest_userspace, GuestUserspace::Yes);
+        assert_eq!(q.summary, "QEMU 7.2.22, vhost-device-vsock 0.3.0");
     }
 }
