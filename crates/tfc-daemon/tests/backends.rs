@@ -45,7 +45,9 @@ fn assets(data_dir: &Path) {
         rootfs: tfc_host::assets::RootfsAsset {
             path: rootfs,
             key: "r".into(),
+            agent_sha256: None,
         },
+        debian: None,
         boot_args: "console=ttyS0".into(),
         created: "2026-01-01T00:00:00Z".into(),
     };
