@@ -307,6 +307,7 @@ mod tests {
             last_snapshot: None,
             template_build: false,
             pool: None,
+            identity_fixup: None,
         }
     }
 

@@ -13,7 +13,7 @@ use tfc_api::SnapshotKind;
 
 use tfc_core::{BootPhase, VmId, VmSpec};
 
-pub use self::fake::{FakeBackend, FakeMachine, FakeScript};
+pub use self::fake::{FakeAgent, FakeBackend, FakeMachine, FakeScript};
 pub use self::firecracker::{FirecrackerBackend, FirecrackerMachine};
 
 pub use tfc_core::ExitReason;
