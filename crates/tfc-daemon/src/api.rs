@@ -685,15 +685,12 @@ async fn put_file(
     body: axum::body::Body,
 ) -> Result<Json<GuestFile>, ApiError> {
     let params = query(params)?;
-    let mode = match &params.mode {
-        Some(mode) => guest::parse_mode(mode)?,
-        None => guest::DEFAULT_MODE,
-    };
     let size = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     let limit = manager.config().agent.max_file_bytes();
+    let mode = params.mode.as_deref();
     let written = guest::put_file(&manager, &id, &params.path, mode, size, limit, body).await?;
     Ok(Json(written))
 }

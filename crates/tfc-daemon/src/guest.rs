@@ -304,32 +304,52 @@ pub fn parse_mode(text: &str) -> Result<u32, GuestError> {
 pub const DEFAULT_MODE: u32 = 0o644;
 
 /// Writes the request body (`size` bytes, as its Content-Length said) to
-/// `path` in VM `id`'s guest, atomically: the guest sees the old file or
-/// the whole new one. A body that ends early or fails leaves nothing.
+/// `path` in VM `id`'s guest with permission bits `mode` (octal text; 0644
+/// when `None`), atomically: the guest sees the old file or the whole new
+/// one. A body that ends early or fails leaves nothing.
+///
+/// A refused upload still reads (and drops) the body its client is
+/// sending, when its length is within `limit`: a client whose body is cut
+/// off mid-write sees a broken pipe instead of the answer that says why.
 pub async fn put_file(
     manager: &VmManager,
     id: &str,
     path: &str,
-    mode: u32,
+    mode: Option<&str>,
     size: Option<u64>,
     limit: u64,
     body: axum::body::Body,
 ) -> Result<GuestFile, GuestError> {
-    check_path(path)?;
-    let size = size.ok_or(GuestError::NoLength)?;
-    if size > limit {
-        return Err(GuestError::TooLarge { size, limit });
-    }
-    let (connection, mut end) = manager.agent(id).await?;
+    let checked = async {
+        check_path(path)?;
+        let mode = mode.map_or(Ok(DEFAULT_MODE), parse_mode)?;
+        let size = size.ok_or(GuestError::NoLength)?;
+        if size > limit {
+            return Err(GuestError::TooLarge { size, limit });
+        }
+        let (connection, end) = manager.agent(id).await?;
+        Ok((mode, size, connection, end))
+    };
+    let (mode, size, connection, mut end) = match checked.await {
+        Ok(checked) => checked,
+        Err(err) => {
+            if size.is_some_and(|size| size <= limit) {
+                discard(body).await;
+            }
+            return Err(err);
+        }
+    };
     let (mut writer, reader) = tokio::io::duplex(tfc_agent_client::connection::CHUNK);
     let feed = async move {
         let mut body = body;
+        let mut refused = false;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(UploadError::Body)?;
             if let Ok(data) = frame.into_data() {
-                // The agent side ends only by failing, which it reports.
-                if writer.write_all(&data).await.is_err() {
-                    break;
+                // The agent's side fails only when it refused the file,
+                // which it reports; the rest of the body is dropped.
+                if !refused && writer.write_all(&data).await.is_err() {
+                    refused = true;
                 }
             }
         }
@@ -367,6 +387,16 @@ pub async fn put_file(
         size,
         mode,
     })
+}
+
+/// How long a refused upload's body is read at most before the connection
+/// is dropped anyway.
+const DISCARD_LIMIT: Duration = Duration::from_secs(60);
+
+/// Reads and drops `body` (its length was checked against the limit).
+async fn discard(mut body: axum::body::Body) {
+    let drained = async { while let Some(Ok(_)) = body.frame().await {} };
+    let _ = tokio::time::timeout(DISCARD_LIMIT, drained).await;
 }
 
 /// Starts reading `path` from VM `id`'s guest: what the agent announced

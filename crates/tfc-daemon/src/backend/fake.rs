@@ -249,6 +249,18 @@ impl FakeGuest {
                     .arg("--clock-file")
                     .arg(workdir.join(FAKE_CLOCK_FILE));
             }
+            // SAFETY: the closure runs in the forked child before exec and
+            // only makes one async-signal-safe system call.
+            unsafe {
+                command.pre_exec(|| {
+                    // A daemon killed outright takes its fake guests along,
+                    // as a VMM's death takes its guest.
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
             Some(command.spawn()?)
         };
         let relay = tokio::spawn(relay(listener, port, agent_socket.clone(), connections));
