@@ -72,6 +72,21 @@ pub fn detail(vm: &VmInfo, now_ms: u64) -> String {
     if let Some(snapshot) = &vm.last_snapshot {
         fields.push("last snapshot", snapshot.as_str());
     }
+    if let Some(fixup) = &vm.identity_fixup {
+        let entropy = if fixup.entropy_credited {
+            "credited"
+        } else {
+            "mixed in, not credited"
+        };
+        fields.push(
+            "identity fix-up",
+            format!(
+                "clock set, entropy {entropy}, in {} ({})",
+                ms(fixup.duration_us),
+                moment(fixup.at_ms, now_ms)
+            ),
+        );
+    }
     fields.push("kernel", vm.spec.kernel.display().to_string());
     fields.push("rootfs", vm.spec.rootfs.display().to_string());
     fields.push("boot args", vm.spec.boot_args.as_str());
@@ -417,8 +432,15 @@ mod tests {
 
     #[test]
     fn detail_says_how_the_vm_started_and_its_last_snapshot() {
-        let text = detail(&restored("vm-a", NOW_MS), NOW_MS);
+        let mut fixed = restored("vm-a", NOW_MS);
+        fixed.identity_fixup = Some(tfc_api::IdentityFixup {
+            at_ms: NOW_MS - 1_000,
+            duration_us: 2_300,
+            entropy_credited: true,
+        });
+        let text = detail(&fixed, NOW_MS);
         for line in [
+            "identity fix-up: clock set, entropy credited, in 2.3ms (2023-11-14 22:13:19 UTC, 1s ago)\n",
             "boot:          11.4ms\n",
             "start:         restore of snap-0123456789ab (level ultra_fast)\n",
             "last snapshot: snap-0123456789ab\n",

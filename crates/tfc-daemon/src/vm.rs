@@ -964,16 +964,16 @@ impl Owner {
                 if let Err(source) = self.hand_over_agent().await {
                     // Recorded as handed out, but with the snapshot's clock
                     // and random state: the caller must not get it.
+                    let failure = format!(
+                        "the identity fix-up of its hand-over failed: {}",
+                        error_chain(&source)
+                    );
                     let _ = reply.send(Err(VmError::Fixup {
                         id: self.id.clone(),
                         source,
                     }));
                     let exit = machine.stop().await;
-                    self.fail(
-                        "the identity fix-up of its hand-over failed".to_owned(),
-                        Some(exit),
-                    )
-                    .await;
+                    self.fail(failure, Some(exit)).await;
                     return true;
                 }
                 self.record.send_modify(|r| {
@@ -1025,7 +1025,10 @@ impl Owner {
             return Ok(());
         };
         if self.record.borrow().start.snapshot.is_none() {
-            link.open(None);
+            // A booted VM's session (opened at readiness) goes on.
+            if !link.is_open() {
+                link.open(None);
+            }
             return Ok(());
         }
         let (connection, fixup) = link.address().fix_identity().await?;

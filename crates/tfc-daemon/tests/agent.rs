@@ -866,3 +866,52 @@ async fn a_pooled_vm_is_fixed_up_when_it_is_handed_out() {
     let vm = h.vm(id).await;
     assert_eq!(vm["state"], "running");
 }
+
+#[tokio::test]
+async fn a_failed_fixup_at_hand_over_replaces_the_pooled_vm() {
+    let h = harness_with(agent(), 20, "target = 1\ntiers = [\"hot\"]");
+    let (status, template) = h
+        .send(Method::POST, "/v1/templates/default/build", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{template}");
+    // Pooled VMs restored from now on run an agent that refuses the clock.
+    h.fake.script(|s| {
+        s.agent = Some(FakeAgent {
+            record_clock: false,
+            ..agent()
+        })
+    });
+    h.manager.start_pools();
+    let waiting = loop {
+        let pool = h.send(Method::GET, "/v1/pools/default", None).await.1;
+        if pool["sizes"]["hot"] == 1 {
+            let vm = h.manager.list().into_iter().find(|vm| vm.pool.is_some());
+            break vm.expect("the pool's VM is listed");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (status, body) = h
+        .send(
+            Method::POST,
+            "/v1/pools/default/acquire",
+            Some(json!({"wait_ms": 0})),
+        )
+        .await;
+    assert_error(
+        &(status, body.clone()),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    let pool = h.send(Method::GET, "/v1/pools/default", None).await.1;
+    assert_eq!(pool["stats"]["failed"], 1, "{pool}");
+    // The VM that could not be fixed up is gone, directory and all.
+    let workdir = PathBuf::from(&waiting.workdir);
+    for _ in 0..500 {
+        let listed = h.manager.list().iter().any(|vm| vm.id == waiting.id);
+        if !listed && !workdir.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the VM whose fix-up failed was left behind");
+}
