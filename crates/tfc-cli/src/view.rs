@@ -81,7 +81,7 @@ pub fn detail(vm: &VmInfo, now_ms: u64) -> String {
         fields.push(
             "identity fix-up",
             format!(
-                "clock set, entropy {entropy}, in {} ({})",
+                "clock set, entropy {entropy}, in {}, at {}",
                 ms(fixup.duration_us),
                 moment(fixup.at_ms, now_ms)
             ),
@@ -432,15 +432,9 @@ mod tests {
 
     #[test]
     fn detail_says_how_the_vm_started_and_its_last_snapshot() {
-        let mut fixed = restored("vm-a", NOW_MS);
-        fixed.identity_fixup = Some(tfc_api::IdentityFixup {
-            at_ms: NOW_MS - 1_000,
-            duration_us: 2_300,
-            entropy_credited: true,
-        });
-        let text = detail(&fixed, NOW_MS);
+        let text = detail(&restored("vm-a", NOW_MS), NOW_MS);
+        assert!(!text.contains("identity fix-up"), "{text}");
         for line in [
-            "identity fix-up: clock set, entropy credited, in 2.3ms (2023-11-14 22:13:19 UTC, 1s ago)\n",
             "boot:          11.4ms\n",
             "start:         restore of snap-0123456789ab (level ultra_fast)\n",
             "last snapshot: snap-0123456789ab\n",
@@ -459,6 +453,20 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn detail_shows_the_identity_fixup_of_a_restored_agent_vm() {
+        let mut fixed = restored("vm-a", NOW_MS);
+        fixed.identity_fixup = Some(tfc_api::IdentityFixup {
+            at_ms: NOW_MS - 1_000,
+            duration_us: 2_300,
+            entropy_credited: false,
+        });
+        let text = detail(&fixed, NOW_MS);
+        let line = "identity fix-up: clock set, entropy mixed in, not credited, in 2.3ms, \
+                    at 2023-11-14 22:13:19 UTC (1s ago)\n";
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
     }
 
     #[test]

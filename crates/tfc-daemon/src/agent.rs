@@ -40,7 +40,8 @@ pub const FIXUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// bytes that fully seed the kernel's pool, within the agent's limit.
 pub const SEED_BYTES: usize = 64;
 
-/// Why talking to a VM's agent failed.
+/// Why talking to a VM's agent failed: a call, a connection, the wait for a
+/// booting guest's agent, or a restored guest's identity fix-up.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// The session ended (the VM was paused, stopped or is gone) before or
@@ -53,35 +54,21 @@ pub enum LinkError {
         #[source]
         source: AgentError,
     },
-    #[error("the guest agent did not answer {what} within {} s", after.as_secs())]
+    #[error("the guest agent did not answer the {what} call within {} s", after.as_secs())]
     Timeout { what: &'static str, after: Duration },
-    #[error("the guest agent failed {what}")]
+    #[error("the {what} call to the guest agent failed")]
     Call {
         what: &'static str,
         #[source]
         source: AgentError,
     },
-}
-
-/// Why an agent VM did not become ready.
-#[derive(Debug, thiserror::Error)]
-#[error("the guest agent never answered a ping on vsock port {port} within {} s (last attempt: {last})", waited.as_secs_f64().round())]
-pub struct NeverAnswered {
-    pub port: u32,
-    pub waited: Duration,
-    /// Why the last attempt failed.
-    pub last: String,
-}
-
-/// Why a restored VM's identity could not be fixed up.
-#[derive(Debug, thiserror::Error)]
-pub enum FixupError {
-    #[error("the restored guest's agent did not answer")]
-    Unreachable(#[source] NeverAnswered),
-    #[error("setting the guest's clock failed")]
-    Clock(#[source] LinkError),
-    #[error("reseeding the guest's entropy failed")]
-    Entropy(#[source] LinkError),
+    #[error("the guest agent never answered a ping on vsock port {port} within {} s (last attempt: {last})", waited.as_secs_f64().round())]
+    NeverAnswered {
+        port: u32,
+        waited: Duration,
+        /// Why the last attempt failed.
+        last: String,
+    },
     #[error("the host's random source failed: {0}")]
     HostRandom(String),
 }
@@ -117,10 +104,11 @@ impl AgentAddress {
     /// Connects and pings until the agent answers or `deadline` passes.
     /// Refused and reset connections are what a booting guest gives before
     /// its agent listens, so every failure is retried.
+    /// Fails with [`LinkError::NeverAnswered`].
     pub async fn wait_until_answers(
         &self,
         deadline: Instant,
-    ) -> Result<(AgentConnection, Pong), NeverAnswered> {
+    ) -> Result<(AgentConnection, Pong), LinkError> {
         let started = Instant::now();
         let mut last = "no attempt was made".to_owned();
         loop {
@@ -131,7 +119,7 @@ impl AgentAddress {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(NeverAnswered {
+                return Err(LinkError::NeverAnswered {
                     port: self.port,
                     waited: now - started,
                     last,
@@ -144,22 +132,15 @@ impl AgentAddress {
     /// Connects to a restored guest's agent and fixes up its identity: the
     /// clock set to the host's, fresh host randomness mixed into its pool.
     /// Returns the connection, for the VM's session to keep.
-    pub async fn fix_identity(&self) -> Result<(AgentConnection, IdentityFixup), FixupError> {
+    pub async fn fix_identity(&self) -> Result<(AgentConnection, IdentityFixup), LinkError> {
         let started = Instant::now();
-        let (connection, _) = self
-            .wait_until_answers(started + FIXUP_TIMEOUT)
-            .await
-            .map_err(FixupError::Unreachable)?;
+        let (connection, _) = self.wait_until_answers(started + FIXUP_TIMEOUT).await?;
         // Read as late as possible: the guest's clock is as right as the
         // host's at the moment the agent sets it, less the call's latency.
-        call("sync_clock", connection.sync_clock(SystemTime::now()))
-            .await
-            .map_err(FixupError::Clock)?;
+        call("sync_clock", connection.sync_clock(SystemTime::now())).await?;
         let mut seed = [0u8; SEED_BYTES];
-        getrandom::getrandom(&mut seed).map_err(|e| FixupError::HostRandom(e.to_string()))?;
-        let credited = call("reseed_entropy", connection.reseed_entropy(&seed))
-            .await
-            .map_err(FixupError::Entropy)?;
+        getrandom::getrandom(&mut seed).map_err(|e| LinkError::HostRandom(e.to_string()))?;
+        let credited = call("reseed_entropy", connection.reseed_entropy(&seed)).await?;
         let fixup = IdentityFixup {
             at_ms: tfc_core::unix_ms(SystemTime::now()),
             duration_us: started.elapsed().as_micros() as u64,

@@ -17,7 +17,7 @@ use tfc_api::{
 use utoipa::OpenApi;
 
 use crate::agent::LinkError;
-use crate::guest::{self, GuestError, UploadError};
+use crate::guest::{self, GuestError};
 use crate::manager::{ManagerError, VmManager};
 use crate::snapshots::CatalogError;
 use crate::vm::{VmError, VmOp};
@@ -171,8 +171,8 @@ pub fn agent_error_code(err: &AgentError) -> ErrorCode {
 fn link_error_code(err: &LinkError) -> ErrorCode {
     match err {
         LinkError::Ended => ErrorCode::InvalidState,
-        LinkError::Connect { .. } => ErrorCode::BackendError,
-        LinkError::Timeout { .. } => ErrorCode::Timeout,
+        LinkError::Connect { .. } | LinkError::HostRandom(_) => ErrorCode::BackendError,
+        LinkError::Timeout { .. } | LinkError::NeverAnswered { .. } => ErrorCode::Timeout,
         LinkError::Call { source, .. } => agent_error_code(source),
     }
 }
@@ -188,11 +188,9 @@ impl From<GuestError> for ApiError {
             | GuestError::NoLength => ErrorCode::InvalidRequest,
             GuestError::StdinTooLarge(_) | GuestError::TooLarge { .. } => ErrorCode::TooLarge,
             GuestError::Agent { source, .. } => link_error_code(source),
-            GuestError::Upload { source, .. } => match source {
-                UploadError::Body(_) | UploadError::ShortBody(_) => ErrorCode::InvalidRequest,
-                UploadError::Agent(err) => agent_error_code(err),
-                UploadError::Ended => ErrorCode::InvalidState,
-            },
+            GuestError::UploadBody(_) | GuestError::ShortBody(_) => ErrorCode::InvalidRequest,
+            GuestError::Upload { source, .. } => agent_error_code(source),
+            GuestError::UploadEnded { .. } => ErrorCode::InvalidState,
         };
         ApiError::new(code, tfc_core::error_chain(&err))
     }

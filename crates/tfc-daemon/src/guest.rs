@@ -62,44 +62,33 @@ pub enum GuestError {
         #[source]
         source: LinkError,
     },
-    #[error("VM {id}: the upload to {path} failed")]
+    #[error("reading the upload's request body failed")]
+    UploadBody(#[source] axum::Error),
+    #[error("the upload's request body ended before the length its Content-Length announced")]
+    ShortBody(#[source] std::io::Error),
+    #[error("VM {id}: writing {path} in the guest failed")]
     Upload {
         id: String,
         path: String,
         #[source]
-        source: UploadError,
+        source: AgentError,
     },
+    #[error("VM {id}: the guest stopped running during the upload (paused or stopped)")]
+    UploadEnded { id: String },
 }
 
-/// How an upload failed once it had begun.
-#[derive(Debug, thiserror::Error)]
-pub enum UploadError {
-    #[error("reading the request body failed")]
-    Body(#[source] axum::Error),
-    #[error("the request body ended before the length its Content-Length announced")]
-    ShortBody(#[source] std::io::Error),
-    #[error("the agent refused or failed the write")]
-    Agent(#[source] AgentError),
-    #[error("the VM's guest stopped running during the upload (paused or stopped)")]
-    Ended,
-}
-
-/// An answer body fed through a channel by the task that produces it.
+/// An answer body fed through a channel by the task that produces it. An
+/// error in the channel cuts the connection, so the client sees an
+/// incomplete body, never a complete-looking wrong one.
 #[derive(Debug)]
 pub struct ChannelBody {
-    chunks: mpsc::Receiver<Result<Bytes, BodyError>>,
+    chunks: mpsc::Receiver<Result<Bytes, std::io::Error>>,
     /// The exact length, when known before the first byte.
     size: Option<u64>,
 }
 
-/// Why an answer body ended early: the connection is then cut, so the
-/// client sees an incomplete body, never a complete-looking wrong one.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BodyError(String);
-
 impl ChannelBody {
-    fn channel(size: Option<u64>) -> (mpsc::Sender<Result<Bytes, BodyError>>, Self) {
+    fn channel(size: Option<u64>) -> (mpsc::Sender<Result<Bytes, std::io::Error>>, Self) {
         let (sender, chunks) = mpsc::channel(BODY_CHUNKS);
         (sender, Self { chunks, size })
     }
@@ -107,12 +96,12 @@ impl ChannelBody {
 
 impl http_body::Body for ChannelBody {
     type Data = Bytes;
-    type Error = BodyError;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         self.chunks
             .poll_recv(cx)
             .map(|chunk| chunk.map(|chunk| chunk.map(Frame::data)))
@@ -191,7 +180,7 @@ async fn pump_exec(
     mut handle: ExecHandle,
     stdin: Option<Vec<u8>>,
     mut end: SessionEnd,
-    lines: mpsc::Sender<Result<Bytes, BodyError>>,
+    lines: mpsc::Sender<Result<Bytes, std::io::Error>>,
     started: Instant,
     timeout: Option<Duration>,
 ) {
@@ -344,7 +333,7 @@ pub async fn put_file(
         let mut body = body;
         let mut refused = false;
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(UploadError::Body)?;
+            let frame = frame.map_err(GuestError::UploadBody)?;
             if let Ok(data) = frame.into_data() {
                 // The agent's side fails only when it refused the file,
                 // which it reports; the rest of the body is dropped.
@@ -355,7 +344,7 @@ pub async fn put_file(
         }
         // Dropping the writer ends the agent's source: a short body is a
         // short file, which the agent refuses and removes.
-        Ok::<(), UploadError>(())
+        Ok::<(), GuestError>(())
     };
     let write = async {
         connection
@@ -363,8 +352,12 @@ pub async fn put_file(
             .await
             .map_err(|err| match err {
                 // The agent then has removed what it began writing.
-                AgentError::ReadSource(short) => UploadError::ShortBody(short),
-                err => UploadError::Agent(err),
+                AgentError::ReadSource(short) => GuestError::ShortBody(short),
+                source => GuestError::Upload {
+                    id: id.to_owned(),
+                    path: path.to_owned(),
+                    source,
+                },
             })
     };
     let upload = async {
@@ -373,15 +366,10 @@ pub async fn put_file(
         written?;
         fed
     };
-    let outcome = tokio::select! {
-        outcome = upload => outcome,
-        _ = end.wait() => Err(UploadError::Ended),
+    tokio::select! {
+        outcome = upload => outcome?,
+        _ = end.wait() => return Err(GuestError::UploadEnded { id: id.to_owned() }),
     };
-    outcome.map_err(|source| GuestError::Upload {
-        id: id.to_owned(),
-        path: path.to_owned(),
-        source,
-    })?;
     Ok(GuestFile {
         path: path.to_owned(),
         size,
@@ -429,7 +417,7 @@ pub async fn get_file(
                 Ok(Some(bytes)) => chunks.send(Ok(Bytes::from(bytes))).await,
                 Ok(None) => return,
                 Err(err) => {
-                    let err = BodyError(format!(
+                    let err = std::io::Error::other(format!(
                         "the download failed: {}",
                         tfc_core::error_chain(&err)
                     ));

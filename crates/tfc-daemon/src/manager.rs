@@ -21,7 +21,7 @@ use tfc_core::{
 };
 use tfc_store::{AnyStore, MemoryStore, Store};
 
-use crate::agent::{AgentAddress, FixupError, LinkError, SessionEnd};
+use crate::agent::{AgentAddress, LinkError, SessionEnd};
 use crate::backend::{Backend, BackendError, RestoreRequest, VmBackend, VmMachine};
 use crate::config::{AgentMode, Config, ShutdownPolicy};
 use crate::pools::{self, Pools};
@@ -69,12 +69,12 @@ pub enum ManagerError {
     #[error(
         "the restored VM's identity fix-up failed, so it was removed; nothing was left behind"
     )]
-    Fixup(#[source] FixupError),
+    Fixup(#[source] LinkError),
     #[error("VM {id} has no guest agent: {reason}")]
     NoAgent { id: String, reason: String },
     #[error("VM {id} is {state}: its guest does not run, so its agent cannot be reached{hint}", hint = not_running_hint(*.state, id))]
     GuestNotRunning { id: String, state: VmState },
-    #[error("VM {id}'s guest agent")]
+    #[error("cannot reach the guest agent of VM {id}")]
     Agent {
         id: String,
         #[source]

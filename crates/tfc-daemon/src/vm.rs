@@ -14,7 +14,7 @@ use tfc_core::{error_chain, transition, BootPhase, BootTimeline, VmEvent, VmId, 
 use tfc_store::{AnyStore, Store, VmRow};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::agent::{AgentAddress, AgentLink, FixupError, NeverAnswered};
+use crate::agent::{AgentAddress, AgentLink, LinkError};
 use crate::backend::{
     Backend, BackendError, CreateRequest, ExitReason, Machine, VmBackend, VmMachine,
 };
@@ -83,7 +83,7 @@ pub enum VmError {
     Fixup {
         id: VmId,
         #[source]
-        source: FixupError,
+        source: LinkError,
     },
 }
 
@@ -460,7 +460,7 @@ enum BootOutcome {
     /// it did (microseconds since the request).
     Ready(Option<(AgentConnection, u64)>),
     Failed(BackendError),
-    AgentSilent(NeverAnswered),
+    AgentSilent(LinkError),
     Exited(ExitReason),
     StopRequested(Reply),
     Detached(oneshot::Sender<()>),
@@ -1020,7 +1020,7 @@ impl Owner {
     /// from a snapshot gets its identity fix-up first (after the resume, so
     /// its agent runs), a booted one only its session. Costs nothing for a
     /// VM without an agent.
-    async fn hand_over_agent(&self) -> Result<(), FixupError> {
+    async fn hand_over_agent(&self) -> Result<(), LinkError> {
         let Some(link) = &self.agent else {
             return Ok(());
         };

@@ -808,7 +808,7 @@ async fn a_failed_fixup_removes_the_restored_vm() {
     let message = body["message"].as_str().unwrap();
     assert!(
         message.contains("identity fix-up failed")
-            && message.contains("setting the guest's clock failed"),
+            && message.contains("the sync_clock call to the guest agent failed"),
         "{message}"
     );
     assert_eq!(h.manager.list().len(), vms_before, "the VM was left behind");
