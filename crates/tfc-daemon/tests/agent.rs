@@ -718,6 +718,34 @@ async fn one_connection_per_vm_dropped_while_the_guest_is_paused() {
     assert_eq!(h.connections(&id), 3);
 }
 
+#[tokio::test]
+async fn a_broken_connection_is_replaced_on_the_next_call() {
+    let h = harness();
+    let id = h.ready().await;
+    assert_eq!(h.sh(&id, "echo before").await.stdout(), "before\n");
+    assert!(h.fake.cut_agent_connections(&VmId::new(&id).unwrap()));
+    // A call that races the daemon's noticing the break may fail (on a
+    // connection that was already gone, nothing reached the agent); the
+    // next one reconnects.
+    let mut failures = 0;
+    let run = loop {
+        match h.exec(&id, json!({"argv": ["echo", "after"]})).await {
+            Ok(run) => break run,
+            Err(answer) => {
+                assert_error(&answer, StatusCode::BAD_GATEWAY, "backend_error");
+                failures += 1;
+                assert!(
+                    failures <= 1,
+                    "the broken connection was reused: {}",
+                    answer.1
+                );
+            }
+        }
+    };
+    assert_eq!(run.stdout(), "after\n");
+    assert_eq!(h.connections(&id), 2);
+}
+
 /// The clock the restored guest's agent was asked to set, Unix ns.
 fn recorded_clock(vm: &Value) -> u128 {
     let file = PathBuf::from(vm["workdir"].as_str().unwrap()).join("guest-clock");

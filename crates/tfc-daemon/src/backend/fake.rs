@@ -91,7 +91,7 @@ pub struct FakeBackend {
     machines: Arc<Mutex<HashMap<VmId, Weak<ExitChannel>>>>,
     /// Connections each machine's vsock relay passed to its agent, so tests
     /// can see the daemon keep one connection per VM.
-    agent_connections: Arc<Mutex<HashMap<VmId, Arc<AtomicU64>>>>,
+    agent_connections: Arc<Mutex<HashMap<VmId, Arc<RelayControl>>>>,
 }
 
 type ExitChannel = watch::Sender<Option<ExitReason>>;
@@ -113,7 +113,23 @@ impl FakeBackend {
     /// agent so far; `None` for a machine without a scripted agent.
     pub fn agent_connections(&self, id: &VmId) -> Option<u64> {
         let counters = self.agent_connections.lock().expect("fake counters lock");
-        counters.get(id).map(|n| n.load(Ordering::SeqCst))
+        counters
+            .get(id)
+            .map(|relay| relay.passed.load(Ordering::SeqCst))
+    }
+
+    /// Breaks every connection machine `id`'s vsock relay carries now, as a
+    /// transport failure would (the agent and the relay go on). Returns
+    /// false for a machine without a scripted agent.
+    pub fn cut_agent_connections(&self, id: &VmId) -> bool {
+        let counters = self.agent_connections.lock().expect("fake counters lock");
+        match counters.get(id) {
+            Some(relay) => {
+                relay.cut.notify_one();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Changes what the fake does next.
@@ -166,7 +182,7 @@ impl FakeBackend {
             (Some(agent), Some(port)) if spec.vsock => Some((agent.clone(), port)),
             _ => None,
         };
-        let connections = Arc::new(AtomicU64::new(0));
+        let connections = Arc::new(RelayControl::default());
         if agent.is_some() {
             let mut counters = self.agent_connections.lock().expect("fake counters lock");
             counters.insert(id.clone(), connections.clone());
@@ -204,8 +220,8 @@ pub struct FakeMachine {
     /// The running guest's agent, while the machine runs (boxed: the
     /// process handle is large, and `Machine` holds a fake by value).
     guest: Mutex<Option<Box<FakeGuest>>>,
-    /// Connections passed to the agent (see [`FakeBackend::agent_connections`]).
-    connections: Arc<AtomicU64>,
+    /// Its relay's count and cut (see [`FakeBackend::agent_connections`]).
+    connections: Arc<RelayControl>,
 }
 
 /// A fake VM's guest: the agent process and the relay that plays the
@@ -225,7 +241,7 @@ impl FakeGuest {
         agent: &FakeAgent,
         port: u32,
         workdir: &Path,
-        connections: Arc<AtomicU64>,
+        connections: Arc<RelayControl>,
     ) -> std::io::Result<Self> {
         let vsock = workdir.join(tfc_firecracker::vm_config::VSOCK_SOCKET);
         let agent_socket = workdir.join(FAKE_AGENT_SOCKET);
@@ -301,13 +317,23 @@ async fn relay(
     listener: tokio::net::UnixListener,
     port: u32,
     agent_socket: PathBuf,
-    passed: Arc<AtomicU64>,
+    control: Arc<RelayControl>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
-    while let Ok((stream, _)) = listener.accept().await {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => return,
+            },
+            _ = control.cut.notified() => {
+                connections.abort_all();
+                continue;
+            }
+        };
         while connections.try_join_next().is_some() {}
         let agent_socket = agent_socket.clone();
-        let passed = passed.clone();
+        let passed = control.clone();
         connections.spawn(async move {
             use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
             let mut host = tokio::io::BufReader::new(stream);
@@ -326,12 +352,21 @@ async fn relay(
             if host.get_mut().write_all(b"OK 1073741824\n").await.is_err() {
                 return;
             }
-            passed.fetch_add(1, Ordering::SeqCst);
+            passed.passed.fetch_add(1, Ordering::SeqCst);
             // Bytes the host sent after its CONNECT line are in `host`'s
             // buffer and go first.
             let _ = tokio::io::copy_bidirectional(&mut host, &mut agent).await;
         });
     }
+}
+
+/// What a test sees of and does to a fake VM's vsock relay.
+#[derive(Debug, Default)]
+struct RelayControl {
+    /// Connections passed to the agent so far.
+    passed: AtomicU64,
+    /// Signalled to break every connection the relay carries.
+    cut: tokio::sync::Notify,
 }
 
 /// Records the first way the machine ended; later ones are ignored, as with a
