@@ -550,7 +550,7 @@ async fn pausing_the_vm_ends_a_running_exec() {
     let h = harness();
     let id = h.ready().await;
     let response = h
-        .exec_response(&id, json!({"argv": ["sh", "-c", "echo up; exec sleep 60"]}))
+        .exec_response(&id, json!({"argv": ["sh", "-c", "echo $$; exec sleep 60"]}))
         .await;
     let mut body = response.into_body();
     let mut seen = Vec::new();
@@ -566,6 +566,14 @@ async fn pausing_the_vm_ends_a_running_exec() {
     let last = run.last();
     assert_eq!(last["event"], "error", "{last}");
     assert_eq!(last["code"], "invalid_state", "{last}");
+    // The command dies with its VM (here: a host process the fake kills
+    // with its agent), not later.
+    let pid: u64 = run.stdout().trim().parse().unwrap();
+    let (status, _) = h
+        .send(Method::DELETE, &format!("/v1/vms/{id}?force=true"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    until_gone(pid).await;
 }
 
 #[tokio::test]

@@ -302,11 +302,44 @@ impl FakeGuest {
 impl Drop for FakeGuest {
     fn drop(&mut self) {
         self.relay.abort();
-        // The Child's kill_on_drop ends the agent (a stopped one too).
+        // In a VM, the commands die with the guest; here they are host
+        // processes that would outlive their agent. Frozen first, the agent
+        // starts no more while its commands are found and killed; then the
+        // Child's kill_on_drop ends the agent itself.
+        if let Some(pid) = self.agent.as_ref().and_then(|child| child.id()) {
+            self.freeze(true);
+            for group in command_groups(pid) {
+                // SAFETY: killpg has no memory effects; each group was
+                // started by this guest's agent, which is stopped and has
+                // not reaped its leader (its parent is still the agent).
+                unsafe { libc::killpg(group, libc::SIGKILL) };
+            }
+        }
         for socket in &self.sockets {
             let _ = std::fs::remove_file(socket);
         }
     }
+}
+
+/// The process groups of the commands the agent `agent` runs: its children,
+/// each of which leads a group of its own (the agent makes every command a
+/// process-group leader).
+fn command_groups(agent: u32) -> Vec<libc::pid_t> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|pid| {
+            // `pid (comm) state ppid ...`; comm may hold spaces and parens.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            ppid == Some(agent)
+        })
+        .collect()
 }
 
 /// Plays the VMM's side of the vsock socket: `CONNECT <port>\n` reaches the
