@@ -336,6 +336,22 @@ impl AgentConnection {
         max_size: u64,
         mut sink: impl AsyncWrite + Unpin,
     ) -> Result<FileInfo, AgentError> {
+        let mut download = self.open_file(path, max_size).await?;
+        while let Some(bytes) = download.next_chunk().await? {
+            sink.write_all(&bytes)
+                .await
+                .map_err(AgentError::WriteSink)?;
+        }
+        sink.flush().await.map_err(AgentError::WriteSink)?;
+        Ok(download.info())
+    }
+
+    /// Starts reading the guest file at `path` and returns once the agent
+    /// said what it is (size and mode, so a caller can announce the length
+    /// before any byte); the contents follow through
+    /// [`FileDownload::next_chunk`]. Refused with `too_large` when the file
+    /// holds more than `max_size` bytes.
+    pub async fn open_file(&self, path: &str, max_size: u64) -> Result<FileDownload, AgentError> {
         let request = Request::GetFile {
             path: path.into(),
             max_size: Some(max_size),
@@ -345,38 +361,73 @@ impl AgentConnection {
             Reply::FileInfo { size, mode } => FileInfo { size, mode },
             other => return Err(AgentError::unexpected("file_info", other)),
         };
-        let mut arrived = 0u64;
-        loop {
-            match call.recv().await? {
-                FrameBody::Data {
-                    kind: DataKind::File,
-                    bytes,
-                } => {
-                    arrived += bytes.len() as u64;
-                    // The agent promised `size` bytes; more is a broken agent,
-                    // and must not be written past what was announced.
-                    if arrived > info.size {
-                        return Err(AgentError::unexpected(
-                            "no more file data",
-                            format!("{arrived} bytes of a {}-byte file", info.size),
-                        ));
-                    }
-                    sink.write_all(&bytes)
-                        .await
-                        .map_err(AgentError::WriteSink)?;
+        Ok(FileDownload {
+            call,
+            info,
+            arrived: 0,
+            done: false,
+        })
+    }
+
+    /// Whether the connection has ended (the agent closed it, or reading or
+    /// writing failed): every call on it fails from now on, so a caller that
+    /// keeps connections opens a new one.
+    pub fn is_closed(&self) -> bool {
+        self.inner.shared.state().closed.is_some()
+    }
+}
+
+/// A guest file being read: what the agent announced, then its contents in
+/// chunks. Dropping it before the end gives the call up (the agent's further
+/// chunks are discarded).
+#[derive(Debug)]
+pub struct FileDownload {
+    call: Call,
+    info: FileInfo,
+    arrived: u64,
+    done: bool,
+}
+
+impl FileDownload {
+    /// The size and mode the agent announced.
+    pub fn info(&self) -> FileInfo {
+        self.info
+    }
+
+    /// The next chunk of the contents, or `None` after the last one. Fails
+    /// when the agent sends more or fewer bytes than it announced.
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, AgentError> {
+        if self.done {
+            return Ok(None);
+        }
+        match self.call.recv().await? {
+            FrameBody::Data {
+                kind: DataKind::File,
+                bytes,
+            } => {
+                self.arrived += bytes.len() as u64;
+                // The agent promised `size` bytes; more is a broken agent,
+                // and must not be passed on past what was announced.
+                if self.arrived > self.info.size {
+                    return Err(AgentError::unexpected(
+                        "no more file data",
+                        format!("{} bytes of a {}-byte file", self.arrived, self.info.size),
+                    ));
                 }
-                FrameBody::Eof(DataKind::File) => break,
-                other => return Err(Call::unexpected_or_agent_error("file data", other)),
+                Ok(Some(bytes))
             }
+            FrameBody::Eof(DataKind::File) => {
+                self.done = true;
+                if self.arrived != self.info.size {
+                    return Err(AgentError::unexpected(
+                        "the whole file",
+                        format!("{} of {} bytes", self.arrived, self.info.size),
+                    ));
+                }
+                Ok(None)
+            }
+            other => Err(Call::unexpected_or_agent_error("file data", other)),
         }
-        if arrived != info.size {
-            return Err(AgentError::unexpected(
-                "the whole file",
-                format!("{arrived} of {} bytes", info.size),
-            ));
-        }
-        sink.flush().await.map_err(AgentError::WriteSink)?;
-        Ok(info)
     }
 }
 

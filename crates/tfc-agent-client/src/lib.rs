@@ -22,7 +22,7 @@ pub mod error;
 pub mod exec;
 pub mod handshake;
 
-pub use connection::{AgentConnection, FileInfo, Pong};
+pub use connection::{AgentConnection, FileDownload, FileInfo, Pong};
 pub use error::AgentError;
 pub use exec::{ExecEvent, ExecHandle, ExecOutput, ExecRequest, ExitStatus};
 pub use handshake::{connect_unix, connect_vsock};

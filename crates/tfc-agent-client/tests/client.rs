@@ -384,6 +384,36 @@ async fn files_round_trip() {
 }
 
 #[tokio::test]
+async fn a_download_announces_size_and_mode_before_the_contents() {
+    let agent = Agent::start().await;
+    let connection = agent.connect().await;
+    let path = agent.path("announced");
+    let contents: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    within(connection.put_file(&path, 0o751, &contents))
+        .await
+        .unwrap();
+    let mut download = within(connection.open_file(&path, 1_000_000))
+        .await
+        .unwrap();
+    assert_eq!(download.info().size, contents.len() as u64);
+    assert_eq!(download.info().mode, 0o751);
+    let mut back = Vec::new();
+    while let Some(chunk) = within(download.next_chunk()).await.unwrap() {
+        assert!(!chunk.is_empty());
+        back.extend(chunk);
+    }
+    assert!(back == contents, "the file came back altered");
+    assert_eq!(within(download.next_chunk()).await.unwrap(), None);
+    // A download given up halfway leaves the connection usable.
+    let mut abandoned = within(connection.open_file(&path, 1_000_000))
+        .await
+        .unwrap();
+    within(abandoned.next_chunk()).await.unwrap();
+    drop(abandoned);
+    within(connection.ping()).await.unwrap();
+}
+
+#[tokio::test]
 async fn file_refusals_are_typed_and_leave_the_connection_usable() {
     let agent = Agent::start().await;
     let connection = agent.connect().await;
@@ -417,6 +447,7 @@ async fn the_agent_going_away_fails_pending_and_later_calls() {
     let agent = Agent::start().await;
     let (path, relay) = relay(&agent, None);
     let connection = connect_unix(&path).await.unwrap();
+    assert!(!connection.is_closed());
     let mut handle = within(connection.exec(ExecRequest::new(["sleep", "30"])))
         .await
         .unwrap();
@@ -433,6 +464,7 @@ async fn the_agent_going_away_fails_pending_and_later_calls() {
     );
     let err = within(connection.ping()).await.unwrap_err();
     assert!(matches!(err, AgentError::ConnectionClosed), "{err:?}");
+    assert!(connection.is_closed());
 }
 
 #[tokio::test]

@@ -15,8 +15,12 @@ struct Args {
     unix: PathBuf,
     /// Allow requests that change the machine: the clock, credited entropy.
     /// Only inside a guest; never on a host.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "clock_file")]
     guest: bool,
+    /// Host tests only: answer `sync_clock` by writing the requested time
+    /// (Unix ns) to this file instead of setting any clock.
+    #[arg(long, value_name = "PATH")]
+    clock_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -28,7 +32,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = AgentConfig { guest: args.guest };
+    let config = AgentConfig {
+        guest: args.guest,
+        clock_file: args.clock_file,
+    };
     server::serve_unix(&args.unix, config)
         .await
         .with_context(|| format!("serving on {}", args.unix.display()))

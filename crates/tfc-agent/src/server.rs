@@ -43,6 +43,11 @@ pub struct AgentConfig {
     /// (clock, credited entropy). Off on a host, where such a request must
     /// never touch the host's clock, even when the agent runs as root.
     pub guest: bool,
+    /// Host tests only: `sync_clock` writes the time it was asked to set
+    /// (Unix nanoseconds, one line) to this file instead of setting a clock,
+    /// so a test on a host can see the request arrive while the host's clock
+    /// stays untouched.
+    pub clock_file: Option<std::path::PathBuf>,
 }
 
 /// Why the agent stopped serving.

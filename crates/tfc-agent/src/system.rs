@@ -3,7 +3,9 @@
 //!
 //! Changes to the machine happen only in guest mode ([`AgentConfig::guest`]):
 //! the same binary runs on the host for tests, often as root, and must never
-//! set the host's clock there.
+//! set the host's clock there. A host test that needs `sync_clock` to
+//! succeed gives the agent a clock file ([`AgentConfig::clock_file`]) that
+//! records the request instead.
 
 use std::io::Write;
 use std::sync::OnceLock;
@@ -30,6 +32,8 @@ pub enum SystemError {
     NotRoot(&'static str),
     #[error("setting the clock failed")]
     SetClock(#[source] std::io::Error),
+    #[error("recording the requested time in the clock file failed")]
+    RecordClock(#[source] std::io::Error),
     #[error("the seed must hold 1 to {MAX_SEED} bytes, not {0}")]
     SeedSize(usize),
     #[error("writing the seed to /dev/urandom failed")]
@@ -44,12 +48,13 @@ impl SystemError {
             SystemError::NotGuest(_) | SystemError::NotRoot(_) => ErrorCode::PermissionDenied,
             SystemError::SeedSize(0) => ErrorCode::BadRequest,
             SystemError::SeedSize(_) => ErrorCode::TooLarge,
-            SystemError::SetClock(e) | SystemError::WriteSeed(e) | SystemError::CreditSeed(e) => {
-                match e.kind() {
-                    std::io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
-                    _ => ErrorCode::Io,
-                }
-            }
+            SystemError::SetClock(e)
+            | SystemError::RecordClock(e)
+            | SystemError::WriteSeed(e)
+            | SystemError::CreditSeed(e) => match e.kind() {
+                std::io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
+                _ => ErrorCode::Io,
+            },
         }
     }
 }
@@ -84,8 +89,12 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Sets `CLOCK_REALTIME` to `unix_ns`.
+/// Sets `CLOCK_REALTIME` to `unix_ns` (or, with a clock file, only records
+/// that it was asked to).
 pub fn sync_clock(unix_ns: u64, config: &AgentConfig) -> Result<(), SystemError> {
+    if let Some(path) = &config.clock_file {
+        return std::fs::write(path, format!("{unix_ns}\n")).map_err(SystemError::RecordClock);
+    }
     if !config.guest {
         return Err(SystemError::NotGuest("sync_clock"));
     }
@@ -154,14 +163,31 @@ mod tests {
 
     #[test]
     fn outside_guest_mode_the_clock_is_never_touched() {
-        let err = sync_clock(0, &AgentConfig { guest: false }).unwrap_err();
+        let err = sync_clock(0, &AgentConfig::default()).unwrap_err();
         assert_eq!(err.code(), ErrorCode::PermissionDenied);
         assert!(err.to_string().contains("--guest"), "{err}");
     }
 
     #[test]
+    fn a_clock_file_records_the_time_and_touches_no_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clock");
+        let config = AgentConfig {
+            guest: false,
+            clock_file: Some(path.clone()),
+        };
+        sync_clock(1_234_567_890_123, &config).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "1234567890123\n");
+        let missing = AgentConfig {
+            guest: false,
+            clock_file: Some(dir.path().join("no/such/dir/clock")),
+        };
+        assert_eq!(sync_clock(1, &missing).unwrap_err().code(), ErrorCode::Io);
+    }
+
+    #[test]
     fn seeds_are_mixed_but_not_credited_outside_guest_mode() {
-        let config = AgentConfig { guest: false };
+        let config = AgentConfig::default();
         assert!(!reseed_entropy(&[7; 32], &config).unwrap());
         assert_eq!(
             reseed_entropy(&[], &config).unwrap_err().code(),

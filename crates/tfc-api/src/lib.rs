@@ -118,6 +118,27 @@ pub struct VmInfo {
     /// The VM's place in its type's pool: waiting in a tier, or handed out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolSlot>,
+    /// The last identity fix-up of this VM (guest clock set, entropy
+    /// reseeded through its agent): after its restore for a caller, or at
+    /// its hand-over from a pool. Absent for VMs without an agent and for
+    /// VMs that were booted, not restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_fixup: Option<IdentityFixup>,
+}
+
+/// An identity fix-up: a restored guest is as old as its snapshot and
+/// shares its random state with every other clone, so before it is handed
+/// to a caller its agent sets its clock to the host's and mixes fresh host
+/// randomness into its pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct IdentityFixup {
+    /// When it finished (Unix ms).
+    pub at_ms: u64,
+    /// How long it took, connecting to the agent included, in microseconds.
+    pub duration_us: u64,
+    /// Whether the guest kernel also counted the seed as entropy (the agent
+    /// runs as root in its guest mode); it is mixed into the pool either way.
+    pub entropy_credited: bool,
 }
 
 /// A VM that belongs to a pool.
@@ -152,19 +173,26 @@ pub struct ErrorBody {
 }
 
 /// Stable error codes. HTTP status per code: `not_found` 404, `invalid_request`
-/// 400, `invalid_state` 409, `backend_error` 502, `unavailable` 503,
-/// `unsupported` 501, `internal` 500.
+/// 400, `permission_denied` 403, `invalid_state` 409, `too_large` 413,
+/// `backend_error` 502, `unavailable` 503, `unsupported` 501, `timeout` 504,
+/// `internal` 500.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     NotFound,
     InvalidRequest,
+    /// The guest agent may not do it (e.g. run as another uid without root).
+    PermissionDenied,
     InvalidState,
+    /// A file or input over a size limit.
+    TooLarge,
     BackendError,
     Unavailable,
     /// The VM's backend cannot do this at all (snapshots, restores,
     /// templates and pools on `qemu-tcg`).
     Unsupported,
+    /// The guest agent did not answer in time.
+    Timeout,
     Internal,
 }
 
@@ -513,4 +541,85 @@ pub struct PoolInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PoolList {
     pub pools: Vec<PoolInfo>,
+}
+
+/// Body of `POST /v1/vms/{id}/exec`: a command to run in the guest through
+/// its agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The program and its arguments; `argv[0]` is looked up in `PATH`.
+    pub argv: Vec<String>,
+    /// Environment of the command. Nothing is inherited from the agent: the
+    /// command gets a standard `PATH` and these variables (which may
+    /// replace `PATH`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Working directory in the guest (absolute); the agent's if omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Input for the command, all of it (at most [`MAX_EXEC_STDIN`] bytes
+    /// once decoded); without it the command reads an empty stdin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<ExecStdin>,
+    /// The agent kills the command's process group after this long; the
+    /// `exit` event then has `timed_out`. No limit if omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Run as this uid (and its gid); needs an agent running as root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+}
+
+/// The most stdin an exec request may carry, decoded.
+pub const MAX_EXEC_STDIN: usize = 4 * 1024 * 1024;
+
+/// An exec's stdin, as text or as base64 for bytes that are not UTF-8:
+/// `{"text": "hello\n"}` or `{"base64": "aGVsbG8K"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ExecStdin {
+    Text(String),
+    Base64(String),
+}
+
+/// One line of the `application/x-ndjson` answer of `POST
+/// /v1/vms/{id}/exec`, in the order things happened in the guest: `started`,
+/// then `stdout`/`stderr` chunks as the command writes them, then exactly
+/// one final `exit` or `error`. Nothing follows the final event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ExecEvent {
+    /// The command runs, as this process id in the guest.
+    Started { pid: u32 },
+    /// Bytes the command wrote to stdout, base64.
+    Stdout { data: String },
+    /// Bytes the command wrote to stderr, base64.
+    Stderr { data: String },
+    /// The command ended: `code` when it exited, `signal` when a signal
+    /// ended it; `timed_out` when the agent killed it for `timeout_ms`.
+    Exit {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+        #[serde(default)]
+        timed_out: bool,
+        /// From the start of the command to its end, as the daemon saw it.
+        duration_ms: u64,
+    },
+    /// The exec ended without an exit to report (the VM was paused or
+    /// stopped, the agent's connection broke, the agent gave no exit in
+    /// time); whether the command still runs in the guest is not known,
+    /// though the daemon has asked the agent to kill it.
+    Error { code: ErrorCode, message: String },
+}
+
+/// What `PUT /v1/vms/{id}/files` wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GuestFile {
+    pub path: String,
+    pub size: u64,
+    /// Permission bits, e.g. 420 (0644).
+    pub mode: u32,
 }

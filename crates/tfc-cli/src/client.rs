@@ -14,10 +14,11 @@ use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use tfc_api::{
-    AcquireRequest, AcquireResponse, CreateSnapshotRequest, CreateVmRequest, ErrorBody, PoolInfo,
-    PoolList, ResizePoolRequest, SnapshotInfo, SnapshotList, TemplateInfo, TemplateList, VmInfo,
-    VmList,
+    AcquireRequest, AcquireResponse, CreateSnapshotRequest, CreateVmRequest, ErrorBody, ExecEvent,
+    ExecRequest, GuestFile, PoolInfo, PoolList, ResizePoolRequest, SnapshotInfo, SnapshotList,
+    TemplateInfo, TemplateList, VmInfo, VmList,
 };
 use tfc_core::{SnapshotId, VmId, VmTypeName};
 use tokio::net::UnixStream;
@@ -77,6 +78,8 @@ pub enum ClientError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("the tfc daemon's answer to {method} {path} ended in the middle of a line")]
+    Truncated { method: Method, path: String },
 }
 
 /// A non-2xx answer carrying the daemon's [`ErrorBody`]. Displays as the
@@ -305,6 +308,157 @@ impl Client {
             .map(drop)
     }
 
+    /// `POST /v1/vms/{id}/exec`: once the command runs, its events as the
+    /// daemon streams them. Only the start is bounded in time; the command
+    /// may run as long as it likes.
+    pub async fn exec(&self, id: &VmId, request: &ExecRequest) -> Result<ExecStream, ClientError> {
+        let body = serde_json::to_vec(request).map_err(ClientError::Encode)?;
+        let path = format!("/v1/vms/{id}/exec");
+        let request = build_request(&Method::POST, &path, Some(body))?;
+        let response = self.open(request, Some(REQUEST_LIMIT)).await?;
+        Ok(ExecStream {
+            body: response.into_body(),
+            pending: Vec::new(),
+            path,
+        })
+    }
+
+    /// `PUT /v1/vms/{id}/files?path=...&mode=...`: uploads `size` bytes of
+    /// `contents`, which the daemon streams to the guest's agent.
+    pub async fn put_file<B>(
+        &self,
+        id: &VmId,
+        guest_path: &str,
+        mode: Option<u32>,
+        size: u64,
+        contents: B,
+    ) -> Result<Answer<GuestFile>, ClientError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut path = format!("/v1/vms/{id}/files?path={}", query_value(guest_path));
+        if let Some(mode) = mode {
+            path.push_str(&format!("&mode={mode:04o}"));
+        }
+        let request = Request::builder()
+            .method(Method::PUT)
+            .uri(&path)
+            .header(header::HOST, "localhost")
+            .header(header::ACCEPT, "application/json")
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, size)
+            .body(contents)
+            .map_err(|source| ClientError::BuildRequest {
+                method: Method::PUT,
+                path: path.clone(),
+                source,
+            })?;
+        // The answer comes after the whole upload, which takes as long as
+        // the file is large.
+        let response = self.open(request, None).await?;
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(ClientError::Exchange)?
+            .to_bytes();
+        let decode = |source| ClientError::Decode {
+            method: Method::PUT,
+            path: path.clone(),
+            source,
+        };
+        let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(decode)?;
+        let value = GuestFile::deserialize(&json).map_err(decode)?;
+        Ok(Answer { value, json })
+    }
+
+    /// `GET /v1/vms/{id}/files?path=...`: the file's announced size and
+    /// mode, and its contents to read as they stream.
+    pub async fn get_file(&self, id: &VmId, guest_path: &str) -> Result<Download, ClientError> {
+        let path = format!("/v1/vms/{id}/files?path={}", query_value(guest_path));
+        let request = build_request(&Method::GET, &path, None)?;
+        let response = self.open(request, Some(REQUEST_LIMIT)).await?;
+        let headers = response.headers();
+        let number = |name: &str, radix| {
+            headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| u64::from_str_radix(value, radix).ok())
+        };
+        Ok(Download {
+            size: number(header::CONTENT_LENGTH.as_str(), 10),
+            mode: number(MODE_HEADER, 8).and_then(|mode| u32::try_from(mode).ok()),
+            body: response.into_body(),
+        })
+    }
+
+    /// Sends `request` on a fresh connection and returns the answer once
+    /// its head arrived (within `limit`), its body unread; a non-2xx answer
+    /// is read whole and becomes [`ClientError::Refused`].
+    async fn open<B>(
+        &self,
+        request: Request<B>,
+        limit: Option<Duration>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (method, path) = (request.method().clone(), request.uri().to_string());
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
+        tracing::debug!(%method, %path, socket = %self.socket.display(), "request");
+        let head = async {
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(ClientError::Exchange)?;
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(error = %err, "connection to the daemon ended with an error");
+                }
+            });
+            sender
+                .send_request(request)
+                .await
+                .map_err(ClientError::Exchange)
+        };
+        let response =
+            match limit {
+                Some(limit) => tokio::time::timeout(limit, head).await.map_err(|_| {
+                    ClientError::TimedOut {
+                        method: method.clone(),
+                        path: path.clone(),
+                        limit,
+                    }
+                })??,
+                None => head.await?,
+            };
+        let status = response.status();
+        tracing::debug!(%method, %path, %status, "answer head");
+        if status.is_success() {
+            return Ok(response);
+        }
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse().ok());
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(ClientError::Exchange)?
+            .to_bytes();
+        Err(refusal(status, retry_after, &bytes))
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -362,6 +516,78 @@ impl Client {
             Err(refusal(status, retry_after, &bytes))
         }
     }
+}
+
+/// The header that carries a downloaded guest file's permission bits, in
+/// octal (the daemon's `tfc_daemon::api::MODE_HEADER`).
+const MODE_HEADER: &str = "x-tfc-file-mode";
+
+/// An exec's events, read as the daemon streams them.
+#[derive(Debug)]
+pub struct ExecStream {
+    body: hyper::body::Incoming,
+    /// Bytes of the line not complete yet.
+    pending: Vec<u8>,
+    path: String,
+}
+
+impl ExecStream {
+    /// The next event and its line as the daemon sent it, or `None` once
+    /// the answer ended.
+    pub async fn next_event(&mut self) -> Result<Option<(String, ExecEvent)>, ClientError> {
+        loop {
+            if let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line[..end]).into_owned();
+                let event = serde_json::from_str(&line).map_err(|source| ClientError::Decode {
+                    method: Method::POST,
+                    path: self.path.clone(),
+                    source,
+                })?;
+                return Ok(Some((line, event)));
+            }
+            match self.body.frame().await {
+                Some(frame) => {
+                    if let Ok(data) = frame.map_err(ClientError::Exchange)?.into_data() {
+                        self.pending.extend_from_slice(&data);
+                    }
+                }
+                None if self.pending.is_empty() => return Ok(None),
+                None => {
+                    return Err(ClientError::Truncated {
+                        method: Method::POST,
+                        path: self.path.clone(),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// A guest file being downloaded.
+#[derive(Debug)]
+pub struct Download {
+    /// Its length, as the daemon announced it.
+    pub size: Option<u64>,
+    /// Its permission bits, as the daemon announced them.
+    pub mode: Option<u32>,
+    pub body: hyper::body::Incoming,
+}
+
+/// `text` percent-encoded for a query string: everything but unreserved
+/// characters and `/` is escaped (`+` too, which a form decoder reads as a
+/// space).
+fn query_value(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                encoded.push(byte as char)
+            }
+            _ => encoded.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    encoded
 }
 
 fn build_request(
@@ -509,6 +735,16 @@ mod tests {
         assert!(text.ends_with('…') && text.len() < 300, "{text}");
         let empty = refusal(StatusCode::INTERNAL_SERVER_ERROR, None, b"").to_string();
         assert!(empty.ends_with("(empty)"), "{empty}");
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(query_value("/etc/hosts"), "/etc/hosts");
+        assert_eq!(
+            query_value("/tmp/a b&c=d+e%f#g"),
+            "/tmp/a%20b%26c%3Dd%2Be%25f%23g"
+        );
+        assert_eq!(query_value("/tmp/é"), "/tmp/%C3%A9");
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 //! - [`snapshot`]: `tfc snapshot ...`, the snapshot catalog.
 //! - [`template`]: `tfc template ...`, VM types' golden snapshots and start times.
 //! - [`pool`]: `tfc pool ...`, VM types' pools of prewarmed VMs.
+//! - [`guest`]: `tfc exec` and `tfc cp`, commands and files in a VM's guest.
 //! - [`output`]: `--json` or a human view, for every command that asks the daemon.
 //! - [`view`]: human views of VMs, snapshots, templates and pools.
 //! - [`table`]: column-aligned text.
@@ -27,6 +28,7 @@ mod client;
 mod doctor;
 #[cfg(test)]
 mod fake_daemon;
+mod guest;
 mod output;
 mod pool;
 mod serve;
@@ -83,6 +85,15 @@ enum Command {
     /// Acquire prewarmed VMs and size VM types' pools (needs `tfc serve`).
     #[command(subcommand)]
     Pool(pool::PoolCmd),
+    /// Run a command in a VM's guest through its agent, streaming its output;
+    /// exits with the command's code (128+N for signal N, 124 for --timeout,
+    /// 255 when tfc could not run it). Needs `tfc serve`.
+    #[command(after_help = "Example: tfc exec vm-0123456789ab --timeout 30 -- uname -a")]
+    Exec(guest::ExecArgs),
+    /// Copy a file into or out of a VM's guest: `tfc cp LOCAL ID:PATH` (keeps
+    /// the file's mode) or `tfc cp ID:PATH LOCAL`; `-` is stdin or stdout.
+    /// Needs `tfc serve`.
+    Cp(guest::CpArgs),
     /// Check that this host can run Firecracker VMs.
     Doctor(doctor::DoctorArgs),
     /// Build or inspect the kernel, root filesystem and Firecracker binary.
@@ -147,6 +158,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pool(cmd) => {
             let (runtime, client) = daemon_client(cli.socket)?;
             runtime.block_on(pool::run(cmd, &client, &mut stdout))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Exec(args) => {
+            let (runtime, client) = daemon_client(cli.socket)?;
+            let mut stderr = std::io::stderr();
+            match runtime.block_on(guest::exec(args, &client, &mut stdout, &mut stderr)) {
+                Ok(code) => Ok(code),
+                // Not 1: that is as likely the command's own code.
+                Err(err) => {
+                    eprintln!("error: {}", render_error(&err));
+                    Ok(ExitCode::from(guest::TFC_FAILURE))
+                }
+            }
+        }
+        Command::Cp(args) => {
+            let (runtime, client) = daemon_client(cli.socket)?;
+            runtime.block_on(guest::cp(args, &client, &mut stdout))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor(args) => {

@@ -75,6 +75,21 @@ pub fn detail(vm: &VmInfo, now_ms: u64) -> String {
     if let Some(snapshot) = &vm.last_snapshot {
         fields.push("last snapshot", snapshot.as_str());
     }
+    if let Some(fixup) = &vm.identity_fixup {
+        let entropy = if fixup.entropy_credited {
+            "credited"
+        } else {
+            "mixed in, not credited"
+        };
+        fields.push(
+            "identity fix-up",
+            format!(
+                "clock set, entropy {entropy}, in {}, at {}",
+                ms(fixup.duration_us),
+                moment(fixup.at_ms, now_ms)
+            ),
+        );
+    }
     fields.push("kernel", vm.spec.kernel.display().to_string());
     fields.push("rootfs", vm.spec.rootfs.display().to_string());
     fields.push("boot args", vm.spec.boot_args.as_str());
@@ -310,6 +325,7 @@ mod tests {
             last_snapshot: None,
             template_build: false,
             pool: None,
+            identity_fixup: None,
         }
     }
 
@@ -422,6 +438,7 @@ mod tests {
     #[test]
     fn detail_says_how_the_vm_started_and_its_last_snapshot() {
         let text = detail(&restored("vm-a", NOW_MS), NOW_MS);
+        assert!(!text.contains("identity fix-up"), "{text}");
         for line in [
             "boot:          11.4ms\n",
             "start:         restore of snap-0123456789ab (level ultra_fast)\n",
@@ -441,6 +458,20 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn detail_shows_the_identity_fixup_of_a_restored_agent_vm() {
+        let mut fixed = restored("vm-a", NOW_MS);
+        fixed.identity_fixup = Some(tfc_api::IdentityFixup {
+            at_ms: NOW_MS - 1_000,
+            duration_us: 2_300,
+            entropy_credited: false,
+        });
+        let text = detail(&fixed, NOW_MS);
+        let line = "identity fix-up: clock set, entropy mixed in, not credited, in 2.3ms, \
+                    at 2023-11-14 22:13:19 UTC (1s ago)\n";
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
     }
 
     #[test]

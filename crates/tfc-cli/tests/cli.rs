@@ -1598,3 +1598,297 @@ fn an_empty_pool_says_when_to_retry_and_resize_checks_bounds() {
         "{resized:#}"
     );
 }
+
+/// The `tfc-agent` binary the fake backend runs behind fake VMs' vsock
+/// sockets, built now when needed (`cargo build -p tfc-agent`, into the
+/// same target directory), once per test process.
+fn agent_binary() -> PathBuf {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let output = Command::new(env!("CARGO"))
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "tfc-agent",
+                    "--bin",
+                    "tfc-agent",
+                    "--message-format=json",
+                ])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .expect("cargo runs");
+            assert!(output.status.success(), "building tfc-agent failed");
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find(|message| {
+                    message["reason"] == "compiler-artifact"
+                        && message["target"]["name"] == "tfc-agent"
+                        && message["executable"].is_string()
+                })
+                .map(|message| message["executable"].as_str().unwrap().into())
+                .expect("cargo named the tfc-agent executable")
+        })
+        .clone()
+}
+
+/// Fake VMM + real agent: a daemon whose fake VMs run a real `tfc-agent` on
+/// this host behind their vsock sockets (`default` has the agent, `plain`
+/// does not), and one ready VM of each. Says nothing about Firecracker.
+fn agent_daemon() -> (Daemon, String, String) {
+    let config = format!(
+        "[daemon]\nbackend = \"fake\"\nshutdown_policy = \"stop\"\n\
+         [fake]\nagent = \"{}\"\n\
+         [vm_types.default]\nagent = \"on\"\n\
+         [vm_types.plain]\nagent = \"off\"\n",
+        agent_binary().display()
+    );
+    let daemon = Daemon::start_with(&config);
+    let vm = daemon.must_json(&["vm", "create", "--wait", "--json"]);
+    assert_eq!(vm["state"], "ready", "{vm:#}");
+    let plain = daemon.must_json(&["vm", "create", "--type", "plain", "--wait", "--json"]);
+    let id = |vm: &Value| vm["id"].as_str().unwrap().to_owned();
+    (daemon, id(&vm), id(&plain))
+}
+
+/// Runs `tfc` with `input` piped to its stdin.
+fn tfc_with_stdin(socket: &Path, args: &[&str], input: &[u8]) -> Run {
+    use std::io::Write;
+    let mut child = Command::new(TFC)
+        .args(args)
+        .env("TFC_SOCKET", socket)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tfc runs");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let output = child.wait_with_output().expect("tfc ends");
+    writer.join().unwrap().expect("stdin written");
+    Run::from_output(args, output)
+}
+
+#[test]
+fn tfc_exec_streams_the_output_and_exits_with_the_commands_code() {
+    let (daemon, id, plain) = agent_daemon();
+    let run = daemon.tfc(&[
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 7",
+    ]);
+    assert_eq!(run.status.code(), Some(7), "{run:#?}");
+    assert_eq!(
+        (run.stdout.as_str(), run.stderr.as_str()),
+        ("out\n", "err\n")
+    );
+
+    let run = daemon.tfc(&["exec", &id, "--", "sh", "-c", "kill -TERM $$"]);
+    assert_eq!(run.status.code(), Some(128 + 15), "{run:#?}");
+
+    let run = daemon.tfc(&["exec", &id, "--timeout", "0.3", "--", "sleep", "30"]);
+    assert_eq!(run.status.code(), Some(124), "{run:#?}");
+    assert!(run.stderr.contains("--timeout of 0.3 s"), "{run:#?}");
+
+    let run = daemon.tfc(&[
+        "exec",
+        &id,
+        "-e",
+        "GREETING=hi there",
+        "--cwd",
+        "/",
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING; pwd",
+    ]);
+    assert_eq!(run.stdout, "hi there\n/\n", "{run:#?}");
+
+    let piped = tfc_with_stdin(
+        &daemon.socket,
+        &["exec", &id, "--", "wc", "-c"],
+        &[b'x'; 100_000],
+    );
+    assert_eq!(piped.stdout.trim(), "100000", "{piped:#?}");
+    let ignored = tfc_with_stdin(
+        &daemon.socket,
+        &["exec", &id, "-n", "--", "wc", "-c"],
+        b"abc",
+    );
+    assert_eq!(ignored.stdout.trim(), "0", "{ignored:#?}");
+
+    let json = daemon.tfc(&["exec", &id, "--json", "--", "echo", "hi"]);
+    assert_eq!(json.status.code(), Some(0), "{json:#?}");
+    let events: Vec<Value> = json
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["started", "stdout", "exit"], "{events:?}");
+    assert_eq!(events[1]["data"], "aGkK");
+
+    // tfc's own failures: exit 255 and one line that says why.
+    for (args, says) in [
+        (vec!["exec", UNKNOWN_ID, "--", "true"], "no VM with id"),
+        (
+            vec!["exec", plain.as_str(), "--", "true"],
+            "has no guest agent",
+        ),
+        (
+            vec!["exec", id.as_str(), "--", "/nonexistent/program"],
+            "cannot start",
+        ),
+    ] {
+        let run = daemon.tfc(&args);
+        assert_eq!(run.status.code(), Some(255), "{run:#?}");
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        assert!(
+            lines.len() == 1 && lines[0].starts_with("error: ") && lines[0].contains(says),
+            "{run:#?}"
+        );
+    }
+    daemon.must(&["vm", "pause", &id]);
+    let paused = daemon.tfc(&["exec", &id, "--", "true"]);
+    assert_eq!(paused.status.code(), Some(255), "{paused:#?}");
+    assert!(paused.stderr.contains("resume it first"), "{paused:#?}");
+    daemon.must(&["vm", "resume", &id]);
+    assert_eq!(
+        daemon.tfc(&["exec", &id, "--", "true"]).status.code(),
+        Some(0)
+    );
+    // `--` is required before the command.
+    let usage = daemon.tfc(&["exec", &id, "true"]);
+    assert_eq!(usage.status.code(), Some(2), "{usage:#?}");
+}
+
+#[test]
+fn killing_tfc_exec_kills_the_command_in_the_guest() {
+    use std::io::BufRead;
+    let (daemon, id, _) = agent_daemon();
+    let mut child = Command::new(TFC)
+        .args(["exec", &id, "--", "sh", "-c", "echo $$; exec sleep 60"])
+        .env("TFC_SOCKET", &daemon.socket)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("tfc runs");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pid: u64 = line.trim().parse().expect("the command printed its pid");
+    let alive = |pid: u64| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+    };
+    assert!(alive(pid));
+    // SIGKILL: tfc gets no chance to say goodbye; the daemon notices the
+    // closed connection.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the command outlived its client:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn tfc_cp_copies_both_ways_and_keeps_the_mode_on_upload() {
+    use std::os::unix::fs::PermissionsExt;
+    let (daemon, id, _) = agent_daemon();
+    // The "guest" is this host: its paths are in the test's directory.
+    let dir = daemon.dir.path().join("files");
+    std::fs::create_dir(&dir).unwrap();
+    let local = dir.join("script.sh");
+    let contents: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&local, &contents).unwrap();
+    std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let guest = dir.join("in-guest.sh").display().to_string();
+    let target = format!("{id}:{guest}");
+
+    daemon.must(&["cp", local.to_str().unwrap(), &target]);
+    assert!(std::fs::read(&guest).unwrap() == contents);
+    let mode = std::fs::metadata(&guest).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o750);
+
+    let back = dir.join("back.sh");
+    daemon.must(&["cp", &target, back.to_str().unwrap()]);
+    assert!(std::fs::read(&back).unwrap() == contents);
+    // Into a directory: the guest file's name.
+    let into = dir.join("into");
+    std::fs::create_dir(&into).unwrap();
+    daemon.must(&["cp", &target, into.to_str().unwrap()]);
+    assert!(std::fs::read(into.join("in-guest.sh")).unwrap() == contents);
+    // To stdout.
+    let run = daemon.tfc(&["cp", &target, "-"]);
+    assert!(run.status.success(), "{run:#?}");
+    assert_eq!(run.stdout.len(), String::from_utf8_lossy(&contents).len());
+
+    // From stdin, with the default mode; --json says what was written.
+    let piped = dir.join("piped.txt").display().to_string();
+    let run = tfc_with_stdin(
+        &daemon.socket,
+        &["cp", "-", &format!("{id}:{piped}"), "--json"],
+        b"from stdin\n",
+    );
+    let written: Value = serde_json::from_str(&run.ok()).unwrap();
+    assert_eq!(written["size"], 11);
+    assert_eq!(written["mode"], 0o644);
+    assert_eq!(std::fs::read(&piped).unwrap(), b"from stdin\n");
+
+    // Failures: one line, nothing half-written.
+    let missing = format!("{id}:{}", dir.join("missing").display());
+    let fetched = dir.join("fetched");
+    let err = daemon
+        .tfc(&["cp", &missing, fetched.to_str().unwrap()])
+        .error_line();
+    assert!(
+        err.contains("NotFound") || err.contains("No such file"),
+        "{err}"
+    );
+    assert!(!fetched.exists());
+    let before: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    let err = daemon
+        .tfc(&[
+            "cp",
+            local.to_str().unwrap(),
+            &format!("{id}:relative/path"),
+        ])
+        .error_line();
+    assert!(err.contains("not absolute"), "{err}");
+    // Refused by the agent while the file is being sent: the answer still
+    // arrives whole, not as a broken pipe.
+    let err = daemon
+        .tfc(&[
+            "cp",
+            local.to_str().unwrap(),
+            &format!("{id}:{}", dir.join("no/such/dir/f").display()),
+        ])
+        .error_line();
+    assert!(err.contains("No such file"), "{err}");
+    let err = daemon.tfc(&["cp", "a", "b"]).error_line();
+    assert!(err.contains("ID:PATH"), "{err}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), before.len());
+}

@@ -2,26 +2,40 @@
 //! domain errors to HTTP answers. Handlers only translate; the manager decides.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use tfc_agent_client::AgentError;
 use tfc_api::{
     AcquireRequest, AcquireResponse, CreateSnapshotRequest, CreateVmRequest, ErrorBody, ErrorCode,
-    Health, PoolInfo, PoolList, ResizePoolRequest, SnapshotInfo, SnapshotList, TemplateInfo,
-    TemplateList, VmInfo, VmList,
+    ExecEvent, ExecRequest, ExecStdin, GuestFile, Health, PoolInfo, PoolList, ResizePoolRequest,
+    SnapshotInfo, SnapshotList, TemplateInfo, TemplateList, VmInfo, VmList,
 };
 use utoipa::OpenApi;
 
+use crate::agent::LinkError;
 use crate::backend::BackendError;
+use crate::guest::{self, GuestError};
 use crate::manager::{ManagerError, VmManager};
 use crate::snapshots::CatalogError;
 use crate::vm::{VmError, VmOp};
 
-/// Largest request body accepted; every body of this API is small.
+/// Largest request body accepted; every body of this API is small, but for
+/// an exec's stdin and uploaded files, which have their own limits.
 const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Largest exec request: its stdin, base64-encoded, and room for the rest.
+const MAX_EXEC_BODY_BYTES: usize = tfc_api::MAX_EXEC_STDIN / 3 * 4 + 64 * 1024;
+
+/// The media type of an exec's answer: one JSON [`ExecEvent`] per line.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// The header that carries a downloaded guest file's permission bits, in
+/// octal (`0644`).
+pub const MODE_HEADER: &str = "x-tfc-file-mode";
 
 /// An error answer: status from [`status_for`], JSON [`ErrorBody`], and a
 /// `Retry-After` header when trying again later may succeed.
@@ -33,10 +47,13 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
         ErrorCode::InvalidState => StatusCode::CONFLICT,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::BackendError => StatusCode::BAD_GATEWAY,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Unsupported => StatusCode::NOT_IMPLEMENTED,
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -68,75 +85,125 @@ impl IntoResponse for ApiError {
 
 impl From<ManagerError> for ApiError {
     fn from(err: ManagerError) -> Self {
-        let message = tfc_core::error_chain(&err);
-        let (code, state) = match &err {
-            ManagerError::NotFound(_) => (ErrorCode::NotFound, None),
-            ManagerError::BadId(_)
-            | ManagerError::UnknownType { .. }
-            | ManagerError::BadSpec(_) => (ErrorCode::InvalidRequest, None),
-            ManagerError::NoAsset { .. } | ManagerError::ShuttingDown => {
-                (ErrorCode::Unavailable, None)
+        manager_error(&err)
+    }
+}
+
+fn manager_error(err: &ManagerError) -> ApiError {
+    let message = tfc_core::error_chain(err);
+    let (code, state) = match err {
+        ManagerError::NotFound(_) => (ErrorCode::NotFound, None),
+        ManagerError::BadId(_) | ManagerError::UnknownType { .. } | ManagerError::BadSpec(_) => {
+            (ErrorCode::InvalidRequest, None)
+        }
+        ManagerError::NoAsset { .. } | ManagerError::ShuttingDown => (ErrorCode::Unavailable, None),
+        ManagerError::NotDeletable { state, .. } => (ErrorCode::InvalidState, Some(*state)),
+        ManagerError::Workdir { .. } | ManagerError::Record(_) => (ErrorCode::Internal, None),
+        ManagerError::Store(_) => (ErrorCode::Unavailable, None),
+        ManagerError::Vm(VmError::InvalidState { state, .. }) => {
+            (ErrorCode::InvalidState, Some(*state))
+        }
+        ManagerError::Vm(VmError::Backend { source, .. })
+            if matches!(**source, BackendError::Unsupported { .. }) =>
+        {
+            (ErrorCode::Unsupported, None)
+        }
+        ManagerError::Vm(VmError::Backend { .. } | VmError::Fixup { .. }) => {
+            (ErrorCode::BackendError, None)
+        }
+        ManagerError::Fixup(_) => (ErrorCode::BackendError, None),
+        ManagerError::NoAgent { .. } => (ErrorCode::InvalidState, None),
+        ManagerError::GuestNotRunning { state, .. } => (ErrorCode::InvalidState, Some(*state)),
+        ManagerError::Agent { source, .. } => (link_error_code(source), None),
+        ManagerError::Vm(VmError::Record { .. }) => (ErrorCode::Unavailable, None),
+        ManagerError::BadRequest(_) => (ErrorCode::InvalidRequest, None),
+        ManagerError::Unservable(_) => (ErrorCode::Unavailable, None),
+        ManagerError::NoDiff { .. } => (ErrorCode::InvalidState, None),
+        ManagerError::Unsupported { .. }
+        | ManagerError::Restore(BackendError::Unsupported { .. }) => (ErrorCode::Unsupported, None),
+        ManagerError::VmmUnavailable(_)
+        | ManagerError::Restore(BackendError::Unavailable { .. }) => (ErrorCode::Unavailable, None),
+        ManagerError::Restore(_) | ManagerError::TemplateBuild { .. } => {
+            (ErrorCode::BackendError, None)
+        }
+        ManagerError::NotPooled(_) | ManagerError::WaitingInPool { .. } => {
+            (ErrorCode::InvalidState, None)
+        }
+        ManagerError::PoolExhausted { .. } => (ErrorCode::Unavailable, None),
+        ManagerError::Catalog(catalog) => match catalog {
+            CatalogError::NotFound(_) => (ErrorCode::NotFound, None),
+            CatalogError::NameTaken(_) | CatalogError::BadName(_) | CatalogError::NameLikeId(_) => {
+                (ErrorCode::InvalidRequest, None)
             }
-            ManagerError::NotDeletable { state, .. } => (ErrorCode::InvalidState, Some(*state)),
-            ManagerError::Workdir { .. } | ManagerError::Record(_) => (ErrorCode::Internal, None),
-            ManagerError::Store(_) => (ErrorCode::Unavailable, None),
-            ManagerError::Vm(VmError::InvalidState { state, .. }) => {
-                (ErrorCode::InvalidState, Some(*state))
-            }
-            ManagerError::Vm(VmError::Backend { source, .. })
-                if matches!(**source, BackendError::Unsupported { .. }) =>
-            {
-                (ErrorCode::Unsupported, None)
-            }
-            ManagerError::Vm(VmError::Backend { .. }) => (ErrorCode::BackendError, None),
-            ManagerError::Vm(VmError::Record { .. }) => (ErrorCode::Unavailable, None),
-            ManagerError::BadRequest(_) => (ErrorCode::InvalidRequest, None),
-            ManagerError::Unservable(_) => (ErrorCode::Unavailable, None),
-            ManagerError::NoDiff { .. } => (ErrorCode::InvalidState, None),
-            ManagerError::Unsupported { .. }
-            | ManagerError::Restore(BackendError::Unsupported { .. }) => {
-                (ErrorCode::Unsupported, None)
-            }
-            ManagerError::VmmUnavailable(_)
-            | ManagerError::Restore(BackendError::Unavailable { .. }) => {
-                (ErrorCode::Unavailable, None)
-            }
-            ManagerError::Restore(_) | ManagerError::TemplateBuild { .. } => {
-                (ErrorCode::BackendError, None)
-            }
-            ManagerError::NotPooled(_) | ManagerError::WaitingInPool { .. } => {
-                (ErrorCode::InvalidState, None)
-            }
-            ManagerError::PoolExhausted { .. } => (ErrorCode::Unavailable, None),
-            ManagerError::Catalog(catalog) => match catalog {
-                CatalogError::NotFound(_) => (ErrorCode::NotFound, None),
-                CatalogError::NameTaken(_)
-                | CatalogError::BadName(_)
-                | CatalogError::NameLikeId(_) => (ErrorCode::InvalidRequest, None),
-                CatalogError::HasDependents { .. }
-                | CatalogError::IsTemplate { .. }
-                | CatalogError::NotReady(_)
-                | CatalogError::InUse(_)
-                | CatalogError::Refused { .. }
-                | CatalogError::Files { .. } => (ErrorCode::InvalidState, None),
-                CatalogError::Io { .. } => (ErrorCode::Internal, None),
-                CatalogError::Store(_) => (ErrorCode::Unavailable, None),
-            },
+            CatalogError::HasDependents { .. }
+            | CatalogError::IsTemplate { .. }
+            | CatalogError::NotReady(_)
+            | CatalogError::InUse(_)
+            | CatalogError::Refused { .. }
+            | CatalogError::Files { .. } => (ErrorCode::InvalidState, None),
+            CatalogError::Io { .. } => (ErrorCode::Internal, None),
+            CatalogError::Store(_) => (ErrorCode::Unavailable, None),
+        },
+    };
+    let retry_after = match err {
+        ManagerError::PoolExhausted {
+            retry_after_secs, ..
+        } => Some(*retry_after_secs),
+        _ => None,
+    };
+    ApiError(
+        ErrorBody {
+            code,
+            message,
+            state,
+        },
+        retry_after,
+    )
+}
+
+/// The code of a failed call to a guest agent: the agent's own verdict
+/// when it gave one, else what the transport failure means to a caller.
+pub fn agent_error_code(err: &AgentError) -> ErrorCode {
+    use tfc_agent_client::ErrorCode as Agent;
+    match err {
+        AgentError::Agent { code, .. } => match code {
+            Agent::NotFound => ErrorCode::NotFound,
+            Agent::BadRequest | Agent::Unsupported => ErrorCode::InvalidRequest,
+            Agent::PermissionDenied => ErrorCode::PermissionDenied,
+            Agent::TooLarge => ErrorCode::TooLarge,
+            Agent::Timeout => ErrorCode::Timeout,
+            Agent::Io | Agent::Protocol => ErrorCode::BackendError,
+        },
+        AgentError::Timeout(_) | AgentError::HandshakeTimeout(_) => ErrorCode::Timeout,
+        _ => ErrorCode::BackendError,
+    }
+}
+
+fn link_error_code(err: &LinkError) -> ErrorCode {
+    match err {
+        LinkError::Ended => ErrorCode::InvalidState,
+        LinkError::Connect { .. } | LinkError::HostRandom(_) => ErrorCode::BackendError,
+        LinkError::Timeout { .. } | LinkError::NeverAnswered { .. } => ErrorCode::Timeout,
+        LinkError::Call { source, .. } => agent_error_code(source),
+    }
+}
+
+impl From<GuestError> for ApiError {
+    fn from(err: GuestError) -> Self {
+        let code = match &err {
+            GuestError::Vm(err) => return manager_error(err),
+            GuestError::EmptyArgv
+            | GuestError::StdinBase64(_)
+            | GuestError::RelativePath(_)
+            | GuestError::BadMode(_)
+            | GuestError::NoLength => ErrorCode::InvalidRequest,
+            GuestError::StdinTooLarge(_) | GuestError::TooLarge { .. } => ErrorCode::TooLarge,
+            GuestError::Agent { source, .. } => link_error_code(source),
+            GuestError::UploadBody(_) | GuestError::ShortBody(_) => ErrorCode::InvalidRequest,
+            GuestError::Upload { source, .. } => agent_error_code(source),
+            GuestError::UploadEnded { .. } => ErrorCode::InvalidState,
         };
-        let retry_after = match &err {
-            ManagerError::PoolExhausted {
-                retry_after_secs, ..
-            } => Some(*retry_after_secs),
-            _ => None,
-        };
-        Self(
-            ErrorBody {
-                code,
-                message,
-                state,
-            },
-            retry_after,
-        )
+        ApiError::new(code, tfc_core::error_chain(&err))
     }
 }
 
@@ -178,7 +245,10 @@ impl From<JsonRejection> for ApiError {
         get_pool,
         resize_pool,
         acquire,
-        release_vm
+        release_vm,
+        exec_vm,
+        put_file,
+        get_file
     ),
     components(schemas(
         CreateVmRequest,
@@ -197,7 +267,12 @@ impl From<JsonRejection> for ApiError {
         ErrorBody,
         ErrorCode,
         Health,
-        tfc_api::ExitInfo
+        tfc_api::ExitInfo,
+        tfc_api::IdentityFixup,
+        ExecRequest,
+        ExecStdin,
+        ExecEvent,
+        GuestFile
     ))
 )]
 struct ApiDoc;
@@ -231,6 +306,18 @@ pub fn router(manager: VmManager) -> Router {
         .route("/v1/pools/{vm_type}", get(get_pool).patch(resize_pool))
         .route("/v1/pools/{vm_type}/acquire", post(acquire))
         .route("/v1/vms/{id}/release", post(release_vm))
+        .route(
+            "/v1/vms/{id}/exec",
+            post(exec_vm).layer(DefaultBodyLimit::max(MAX_EXEC_BODY_BYTES)),
+        )
+        .route(
+            "/v1/vms/{id}/files",
+            // The upload's body is streamed to the agent, bounded by
+            // `agent.max_file_mib`, not read here.
+            get(get_file)
+                .put(put_file)
+                .layer(DefaultBodyLimit::disable()),
+        )
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(manager)
@@ -532,4 +619,128 @@ async fn release_vm(
 ) -> Result<StatusCode, ApiError> {
     manager.release(&id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Run a command in the VM's guest through its agent. Allowed in `ready`
+/// and `running`, for VMs whose readiness is the agent. The answer is
+/// `application/x-ndjson`, one JSON event per line as things happen: a
+/// `started` line, `stdout`/`stderr` lines (base64 chunks) as the command
+/// writes, then exactly one final `exit` line (code or signal, duration) or
+/// `error` line (the VM paused or stopped meanwhile, the agent's connection
+/// broke). Closing the connection before the final line kills the command
+/// in the guest. Refusals before the command starts are ordinary error
+/// answers.
+#[utoipa::path(post, path = "/v1/vms/{id}/exec", params(("id" = String, Path)), request_body = ExecRequest, responses(
+    (status = 200, content_type = "application/x-ndjson", body = ExecEvent, description = "one ExecEvent per line, the last one `exit` or `error`"),
+    (status = 400, body = ErrorBody, description = "bad body: empty argv, bad base64 stdin, an invalid uid or cwd"),
+    (status = 403, body = ErrorBody, description = "the agent may not run it (another uid without root)"),
+    (status = 404, body = ErrorBody, description = "no such VM, or no such program in the guest"),
+    (status = 409, body = ErrorBody, description = "the VM is not running, has no agent, or waits in a pool; the message says what to do"),
+    (status = 413, body = ErrorBody, description = "stdin over its limit"),
+    (status = 502, body = ErrorBody, description = "the agent's connection failed"),
+    (status = 504, body = ErrorBody, description = "the agent did not answer in time")
+))]
+async fn exec_vm(
+    State(manager): State<VmManager>,
+    Path(id): Path<String>,
+    body: Result<Json<ExecRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body?;
+    let events = guest::exec(&manager, &id, request).await?;
+    Ok((
+        [(header::CONTENT_TYPE, NDJSON)],
+        axum::body::Body::new(events),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct PutFileParams {
+    /// Absolute path in the guest.
+    path: String,
+    /// Permission bits in octal (`0644`, `755`); 0644 if omitted.
+    #[param(required = false)]
+    mode: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct GetFileParams {
+    /// Absolute path in the guest.
+    path: String,
+}
+
+/// Write a file in the VM's guest: the request body, streamed to the agent,
+/// which writes it atomically (a temporary file renamed into place: the
+/// guest sees the old file or the whole new one, and a failed upload leaves
+/// nothing). Needs `Content-Length`; at most `agent.max_file_mib`. Allowed
+/// in `ready` and `running`.
+#[utoipa::path(put, path = "/v1/vms/{id}/files", params(("id" = String, Path), PutFileParams),
+    request_body(content = String, content_type = "application/octet-stream", description = "the file's contents"),
+    responses(
+    (status = 200, body = GuestFile),
+    (status = 400, body = ErrorBody, description = "a relative path, a bad mode, no Content-Length, a body shorter than announced"),
+    (status = 403, body = ErrorBody, description = "the agent may not write there"),
+    (status = 404, body = ErrorBody, description = "no such VM, or the file's directory does not exist"),
+    (status = 409, body = ErrorBody, description = "the VM is not running or has no agent"),
+    (status = 413, body = ErrorBody, description = "over the size limit"),
+    (status = 502, body = ErrorBody, description = "the agent's connection failed"),
+    (status = 504, body = ErrorBody, description = "the agent did not answer in time")
+))]
+async fn put_file(
+    State(manager): State<VmManager>,
+    Path(id): Path<String>,
+    params: Result<Query<PutFileParams>, QueryRejection>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<GuestFile>, ApiError> {
+    let params = query(params)?;
+    let size = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    let limit = manager.config().agent.max_file_bytes();
+    let mode = params.mode.as_deref();
+    let written = guest::put_file(&manager, &id, &params.path, mode, size, limit, body).await?;
+    Ok(Json(written))
+}
+
+/// Read a file from the VM's guest, streamed as the agent sends it, with
+/// its length in `Content-Length` and its permission bits (octal) in
+/// `X-Tfc-File-Mode`. At most `agent.max_file_mib`. Allowed in `ready` and
+/// `running`.
+#[utoipa::path(get, path = "/v1/vms/{id}/files", params(("id" = String, Path), GetFileParams), responses(
+    (status = 200, content_type = "application/octet-stream", body = String, description = "the file's contents",
+        headers(("x-tfc-file-mode" = String, description = "permission bits in octal, e.g. 0644"))),
+    (status = 400, body = ErrorBody, description = "a relative path, or not a regular file"),
+    (status = 403, body = ErrorBody, description = "the agent may not read it"),
+    (status = 404, body = ErrorBody, description = "no such VM, or no such file in the guest"),
+    (status = 409, body = ErrorBody, description = "the VM is not running or has no agent"),
+    (status = 413, body = ErrorBody, description = "over the size limit"),
+    (status = 502, body = ErrorBody, description = "the agent's connection failed"),
+    (status = 504, body = ErrorBody, description = "the agent did not answer in time")
+))]
+async fn get_file(
+    State(manager): State<VmManager>,
+    Path(id): Path<String>,
+    params: Result<Query<GetFileParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = query(params)?;
+    let limit = manager.config().agent.max_file_bytes();
+    let (info, contents) = guest::get_file(&manager, &id, &params.path, limit).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, info.size.to_string()),
+            (
+                header::HeaderName::from_static(MODE_HEADER),
+                format!("{:04o}", info.mode),
+            ),
+        ],
+        axum::body::Body::new(contents),
+    )
+        .into_response())
 }

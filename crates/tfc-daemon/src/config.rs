@@ -48,6 +48,8 @@ pub struct Config {
     pub qemu: QemuConfig,
     #[serde(default)]
     pub fake: FakeConfig,
+    #[serde(default)]
+    pub agent: AgentConfig,
     #[serde(default = "default_vm_types")]
     pub vm_types: BTreeMap<String, VmTypeConfig>,
 }
@@ -194,12 +196,63 @@ impl Default for QemuConfig {
 pub struct FakeConfig {
     #[serde(default = "default_fake_boot_ms")]
     pub boot_ms: u64,
+    /// A `tfc-agent` binary to run on the host (its `--unix` mode, with a
+    /// clock file) behind each fake VM's vsock socket, so the daemon's agent
+    /// paths can be tried without a VMM. Tests and demos only.
+    #[serde(default)]
+    pub agent: Option<PathBuf>,
 }
 
 impl Default for FakeConfig {
     fn default() -> Self {
         Self {
             boot_ms: default_fake_boot_ms(),
+            agent: None,
+        }
+    }
+}
+
+/// How the daemon uses the guest agents of its VMs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The largest file `PUT`/`GET /v1/vms/{id}/files` moves, in MiB.
+    #[serde(default = "default_max_file_mib")]
+    pub max_file_mib: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            max_file_mib: default_max_file_mib(),
+        }
+    }
+}
+
+impl AgentConfig {
+    pub fn max_file_bytes(&self) -> u64 {
+        self.max_file_mib * 1024 * 1024
+    }
+}
+
+/// Whether a VM type's VMs run the guest agent as their init.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentMode {
+    /// On when the VM's VMM can run guest userspace: always under QEMU TCG;
+    /// under Firecracker unless the built assets are for a nested host.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl AgentMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentMode::Auto => "auto",
+            AgentMode::On => "on",
+            AgentMode::Off => "off",
         }
     }
 }
@@ -227,6 +280,13 @@ pub struct VmTypeConfig {
     pub diff_snapshots: bool,
     /// The VMM this type's VMs run on; the daemon's backend if omitted.
     pub backend: Option<Vmm>,
+    /// Run the guest agent as the VMs' init: readiness is then its answer,
+    /// `exec` and files work, restores fix the guest's clock and entropy.
+    #[serde(default)]
+    pub agent: AgentMode,
+    /// The agent's vsock port.
+    #[serde(default = "default_agent_port")]
+    pub agent_port: u32,
     /// The type's pool of prewarmed VMs.
     #[serde(default)]
     pub pool: PoolConfig,
@@ -330,6 +390,12 @@ fn default_stop_grace() -> u64 {
 fn default_fake_boot_ms() -> u64 {
     20
 }
+fn default_max_file_mib() -> u64 {
+    256
+}
+fn default_agent_port() -> u32 {
+    tfc_core::spec::DEFAULT_AGENT_PORT
+}
 fn default_vcpus() -> u8 {
     1
 }
@@ -381,10 +447,16 @@ fn default_vm_types() -> BTreeMap<String, VmTypeConfig> {
             readiness_line: default_readiness_line(),
             diff_snapshots: false,
             backend: None,
+            agent: AgentMode::default(),
+            agent_port: default_agent_port(),
             pool: PoolConfig::default(),
         },
     )])
 }
+
+/// The largest `agent.max_file_mib`: the agent itself refuses files over
+/// 1 GiB.
+pub const MAX_FILE_MIB: u64 = 1024;
 
 /// Most VMs one tier of a pool may hold.
 pub const MAX_POOL_SIZE: u32 = 256;
@@ -581,6 +653,17 @@ impl Config {
         if self.fake.boot_ms > 600_000 {
             return Err(invalid("fake.boot_ms", "must be at most 600000"));
         }
+        if let Some(agent) = &self.fake.agent {
+            if !agent.is_absolute() {
+                return Err(invalid("fake.agent", "must be an absolute path"));
+            }
+        }
+        if !(1..=MAX_FILE_MIB).contains(&self.agent.max_file_mib) {
+            return Err(invalid(
+                "agent.max_file_mib",
+                format!("must be between 1 and {}", MAX_FILE_MIB),
+            ));
+        }
         for (key, path) in [
             ("daemon.socket", &self.daemon.socket),
             ("daemon.data_dir", &self.daemon.data_dir),
@@ -629,6 +712,12 @@ impl Config {
             }
             if vm_type.readiness_line.is_empty() {
                 return Err(invalid(key("readiness_line"), "must not be empty"));
+            }
+            if vm_type.agent_port == 0 || vm_type.agent_port == u32::MAX {
+                return Err(invalid(
+                    key("agent_port"),
+                    format!("must be between 1 and {}", u32::MAX - 1),
+                ));
             }
             vm_type
                 .pool
@@ -795,6 +884,19 @@ mod tests {
                 "boot_timeout_secs",
             ),
             ("[fake]\nboot_ms = 9999999", "fake.boot_ms"),
+            ("[fake]\nagent = \"tfc-agent\"", "fake.agent"),
+            ("[agent]\nmax_file_mib = 0", "agent.max_file_mib"),
+            ("[agent]\nmax_file_mib = 4096", "agent.max_file_mib"),
+            ("[agent]\nmax_file = 1", "max_file"),
+            ("[vm_types.default]\nagent = \"yes\"", "agent"),
+            (
+                "[vm_types.default]\nagent_port = 0",
+                "vm_types.default.agent_port",
+            ),
+            (
+                "[vm_types.default]\nagent_port = 4294967295",
+                "vm_types.default.agent_port",
+            ),
             ("[vm_types.default]\nvcpus = 0", "vm_types.default.vcpus"),
             ("[vm_types.default]\nvcpus = 300", "vcpus"),
             (

@@ -21,11 +21,13 @@ use tfc_core::{
 };
 use tfc_store::{AnyStore, MemoryStore, Store};
 
+use crate::agent::{AgentAddress, LinkError, SessionEnd};
 use crate::backend::{Backend, BackendError, RestoreRequest, VmBackend, VmMachine};
-use crate::config::{Config, ShutdownPolicy};
+use crate::config::{AgentMode, Config, ShutdownPolicy};
 use crate::pools::{self, Pools};
 use crate::snapshots::{self, Catalog, CatalogError, HostFacts, NewSnapshot};
 use crate::vm::{self, SnapshotJob, VmError, VmHandle, VmOp};
+use tfc_agent_client::AgentConnection;
 
 /// Why a manager request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,20 @@ pub enum ManagerError {
     Catalog(#[from] CatalogError),
     #[error("restoring the snapshot failed; nothing was left behind")]
     Restore(#[source] BackendError),
+    #[error(
+        "the restored VM's identity fix-up failed, so it was removed; nothing was left behind"
+    )]
+    Fixup(#[source] LinkError),
+    #[error("VM {id} has no guest agent: {reason}")]
+    NoAgent { id: String, reason: String },
+    #[error("VM {id} is {state}: its guest does not run, so its agent cannot be reached{hint}", hint = not_running_hint(*.state, id))]
+    GuestNotRunning { id: String, state: VmState },
+    #[error("cannot reach the guest agent of VM {id}")]
+    Agent {
+        id: String,
+        #[source]
+        source: LinkError,
+    },
     #[error("building the template of VM type {vm_type} failed: {reason}")]
     TemplateBuild { vm_type: String, reason: String },
     #[error("the state store refused the change")]
@@ -342,6 +358,19 @@ impl VmManager {
             Some(args) => args.clone(),
             None => from_assets("boot_args", &|m| m.boot_args.clone())?,
         };
+        let profile = || match &assets {
+            Some(Ok(manifest)) => manifest.profile,
+            _ => match tfc_host::assets::load_manifest(&self.inner.data_dir) {
+                Ok(manifest) => manifest.profile,
+                // No assets to say: the host's own KVM does.
+                Err(_) => tfc_host::kvm::detect().kind.recommended_profile(),
+            },
+        };
+        let agent_port = agent_wanted(vm_type.agent, vmm, &self.inner.backend, profile)
+            .then_some(vm_type.agent_port);
+        if let Some(port) = agent_port {
+            boot_args = agent_boot_args(&boot_args, vm_type.boot_args.is_some(), port);
+        }
         if let Some(extra) = &request.extra_boot_args {
             spec::validate_boot_args(extra).map_err(ManagerError::BadSpec)?;
             if !extra.trim().is_empty() {
@@ -356,8 +385,11 @@ impl VmManager {
             kernel,
             rootfs,
             boot_args,
-            readiness: Readiness::ConsoleLine {
-                contains: vm_type.readiness_line.clone(),
+            readiness: match agent_port {
+                Some(port) => Readiness::Agent { port },
+                None => Readiness::ConsoleLine {
+                    contains: vm_type.readiness_line.clone(),
+                },
             },
             diff_snapshots: vm_type.diff_snapshots,
             vsock: true,
@@ -466,7 +498,9 @@ impl VmManager {
                 if choice.method == StartMethod::TunedBoot {
                     spec.boot_args.push(' ');
                     spec.boot_args.push_str(level::FAST_BOOT_ARGS);
-                    spec.vsock = false;
+                    // The agent talks over vsock: only a VM without one
+                    // saves the device.
+                    spec.vsock = spec.readiness.agent_port().is_some();
                     spec.diff_snapshots = false;
                     spec.validate().map_err(ManagerError::BadSpec)?;
                 }
@@ -572,6 +606,7 @@ impl VmManager {
                 self.inner.backend.clone(),
                 requested_at,
                 self.inner.store.clone(),
+                self.boot_timeout(),
             );
             table.vms.insert(id, handle.clone());
             handle
@@ -727,6 +762,27 @@ impl VmManager {
         }
         let at = requested_at.elapsed().as_micros() as u64;
         record.timeline.mark(BootPhase::SnapshotLoaded, at);
+        // A VM for a caller gets its own clock and randomness before anyone
+        // sees it; one that waits in a pool gets them at its hand-over.
+        let mut agent = None;
+        if let (Some(port), RestoreFor::Caller | RestoreFor::Acquire(..)) =
+            (spec.readiness.agent_port(), purpose)
+        {
+            match AgentAddress::new(&workdir, port).fix_identity().await {
+                Ok((connection, fixup)) => {
+                    record.identity_fixup = Some(fixup);
+                    agent = Some(connection);
+                }
+                Err(err) => {
+                    machine.stop().await;
+                    undo(self).await;
+                    let err = ManagerError::Fixup(err);
+                    tracing::warn!(snapshot = %snapshot.id, error = %tfc_core::error_chain(&err), "restore failed");
+                    return Err(err);
+                }
+            }
+        }
+        let at = requested_at.elapsed().as_micros() as u64;
         record.timeline.mark(BootPhase::Ready, at);
         if let (Some(slot), RestoreFor::Acquire(_, asked)) = (record.pool.as_mut(), purpose) {
             slot.acquire_us = Some(asked.elapsed().as_micros() as u64);
@@ -738,7 +794,8 @@ impl VmManager {
             if table.closing {
                 Some(machine)
             } else {
-                let handle = vm::spawn_running(record.clone(), machine, self.inner.store.clone());
+                let handle =
+                    vm::spawn_running(record.clone(), machine, self.inner.store.clone(), agent);
                 table.vms.insert(id.clone(), handle);
                 None
             }
@@ -822,6 +879,62 @@ impl VmManager {
                 tracing::warn!(vm = %id, error = %tfc_core::error_chain(&err), "cannot release an unclaimed VM");
             }
         });
+    }
+
+    /// How long a booting VM's agent may take to answer.
+    fn boot_timeout(&self) -> Duration {
+        Duration::from_secs(self.inner.config.firecracker.boot_timeout_secs)
+    }
+
+    /// The connection to VM `id`'s guest agent, and the end of the session
+    /// it belongs to (the guest pausing or stopping), for a call into the
+    /// guest. Allowed in `ready` and `running`, for a VM whose readiness is
+    /// the agent and that no pool holds.
+    pub async fn agent(&self, id: &str) -> Result<(AgentConnection, SessionEnd), ManagerError> {
+        let handle = self.handle(id)?;
+        let info = handle.info();
+        refuse_waiting(&info)?;
+        let not_running = |state| ManagerError::GuestNotRunning {
+            id: info.id.clone(),
+            state,
+        };
+        let Some(link) = handle.agent() else {
+            return Err(ManagerError::NoAgent {
+                id: info.id.clone(),
+                reason: self.why_no_agent(&info.spec),
+            });
+        };
+        if !matches!(info.state, VmState::Ready | VmState::Running) {
+            return Err(not_running(info.state));
+        }
+        link.connection().await.map_err(|err| match err {
+            LinkError::Ended => not_running(handle.info().state),
+            source => ManagerError::Agent {
+                id: info.id.clone(),
+                source,
+            },
+        })
+    }
+
+    /// Why VMs of `spec` have no agent, and what to do about it.
+    fn why_no_agent(&self, spec: &VmSpec) -> String {
+        let type_name = spec.vm_type.as_str();
+        let mode = self.inner.config.vm_types.get(type_name).map(|t| t.agent);
+        match mode {
+            Some(AgentMode::Off) => format!(
+                "VM type {type_name} has agent = \"off\"; set vm_types.{type_name}.agent = \"on\" (its root filesystem must hold {}) and create a new VM",
+                spec::AGENT_INIT
+            ),
+            _ if matches!(self.inner.backend, Backend::Fake(_)) => format!(
+                "the fake backend runs no guest; set vm_types.{type_name}.agent = \"on\" and fake.agent to a tfc-agent binary to try the agent paths"
+            ),
+            _ => match spec.vmm {
+                tfc_core::Vmm::Firecracker => "guest userspace cannot run under Firecracker on this host (its assets are for a nested host); create the VM with --backend qemu-tcg".to_owned(),
+                tfc_core::Vmm::QemuTcg => format!(
+                    "it was created without one; create a new VM of type {type_name}"
+                ),
+            },
+        }
     }
 
     /// See [`VmBackend::probe_guest`].
@@ -1527,7 +1640,12 @@ impl VmManager {
                     vm::terminal(info, self.inner.store.clone())
                 }
                 state if state.is_terminal() => vm::terminal(info, self.inner.store.clone()),
-                _ => vm::adopt(info, self.inner.backend.clone(), self.inner.store.clone()),
+                _ => vm::adopt(
+                    info,
+                    self.inner.backend.clone(),
+                    self.inner.store.clone(),
+                    self.boot_timeout(),
+                ),
             };
             kept.insert(row.id.to_string());
             if daemons_own {
@@ -1645,6 +1763,62 @@ pub(crate) fn no_snapshots(vmm: Vmm, action: String, operation: &'static str) ->
     }
 }
 
+/// What to do about a VM whose guest does not run, for the error message.
+fn not_running_hint(state: VmState, id: &str) -> String {
+    match state {
+        VmState::Paused | VmState::Snapshotted => {
+            format!("; resume it first (`tfc vm resume {id}`)")
+        }
+        VmState::Creating | VmState::Booting | VmState::Prewarming | VmState::Allocating => {
+            "; wait until it is ready".to_owned()
+        }
+        _ => String::new(),
+    }
+}
+
+/// Whether a VM type's VMs run the guest agent. `auto` means: where guest
+/// userspace runs. QEMU TCG always runs it; Firecracker does unless the
+/// guest profile (`profile`, asked only then) is for a nested host, whose
+/// emulated CPU faults on every system call. The fake backend runs no guest
+/// at all, so `auto` never turns the agent on there.
+fn agent_wanted(
+    mode: AgentMode,
+    vmm: tfc_core::Vmm,
+    backend: &Backend,
+    profile: impl FnOnce() -> tfc_host::profile::Profile,
+) -> bool {
+    match mode {
+        AgentMode::On => true,
+        AgentMode::Off => false,
+        AgentMode::Auto => match (backend, vmm) {
+            (Backend::Fake(_), _) => false,
+            (_, tfc_core::Vmm::QemuTcg) => true,
+            (_, tfc_core::Vmm::Firecracker) => profile() != tfc_host::profile::Profile::Nested,
+        },
+    }
+}
+
+/// `args` with the agent as init: `init=` the agent unless the VM type's own
+/// boot arguments (`type_args`) chose an init, and the agent's port when it
+/// is not the default (the agent reads `tfc.agent_port=` from the kernel
+/// command line).
+fn agent_boot_args(args: &str, type_args: bool, port: u32) -> String {
+    let has_init = args.split_whitespace().any(|w| w.starts_with("init="));
+    let mut words: Vec<String> = args
+        .split_whitespace()
+        // The assets' default init is replaced; a type's own is kept.
+        .filter(|w| type_args || !w.starts_with("init="))
+        .map(str::to_owned)
+        .collect();
+    if !(type_args && has_init) {
+        words.push(format!("init={}", spec::AGENT_INIT));
+    }
+    if port != spec::DEFAULT_AGENT_PORT {
+        words.push(format!("tfc.agent_port={port}"));
+    }
+    words.join(" ")
+}
+
 /// A VM waiting in its pool is the pool's: only stopping or deleting it is
 /// allowed (the pool replaces it); using it takes an acquire.
 fn refuse_waiting(vm: &VmInfo) -> Result<(), ManagerError> {
@@ -1669,5 +1843,102 @@ fn remove_socket(workdir: &Path) {
         VSOCK_SOCKET,
     ] {
         let _ = std::fs::remove_file(workdir.join(name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::FakeBackend;
+    use tfc_core::Vmm;
+    use tfc_host::profile::Profile;
+
+    fn firecracker() -> Backend {
+        Backend::Vmms(std::sync::Arc::new(crate::backend::Vmms {
+            default: Vmm::Firecracker,
+            firecracker: Ok(crate::backend::FirecrackerBackend {
+                binary: "/nonexistent/firecracker".into(),
+                version: "Firecracker v1.12.1".into(),
+                boot_timeout: Duration::from_secs(1),
+                console_log_limit: 4096,
+                stop: tfc_firecracker::StopPolicy::default(),
+            }),
+            qemu: Err("not needed".to_owned()),
+        }))
+    }
+
+    #[test]
+    fn auto_runs_the_agent_where_guest_userspace_runs() {
+        let fake = Backend::Fake(FakeBackend::default());
+        let fc = firecracker();
+        let never = || -> Profile { panic!("the profile was not needed") };
+        let cases = [
+            (AgentMode::Auto, Vmm::QemuTcg, &fc, Profile::Nested, true),
+            (
+                AgentMode::Auto,
+                Vmm::Firecracker,
+                &fc,
+                Profile::Default,
+                true,
+            ),
+            (
+                AgentMode::Auto,
+                Vmm::Firecracker,
+                &fc,
+                Profile::Nested,
+                false,
+            ),
+            (
+                AgentMode::Auto,
+                Vmm::Firecracker,
+                &fake,
+                Profile::Default,
+                false,
+            ),
+            (
+                AgentMode::Auto,
+                Vmm::QemuTcg,
+                &fake,
+                Profile::Default,
+                false,
+            ),
+            (AgentMode::On, Vmm::Firecracker, &fc, Profile::Nested, true),
+            (
+                AgentMode::On,
+                Vmm::Firecracker,
+                &fake,
+                Profile::Nested,
+                true,
+            ),
+            (AgentMode::Off, Vmm::QemuTcg, &fc, Profile::Default, false),
+        ];
+        for (mode, vmm, backend, profile, want) in cases {
+            assert_eq!(
+                agent_wanted(mode, vmm, backend, || profile),
+                want,
+                "{mode:?} {vmm} {} {profile}",
+                backend.name()
+            );
+        }
+        // Only auto under Firecracker asks for the profile (it may read files).
+        assert!(agent_wanted(AgentMode::On, Vmm::Firecracker, &fc, never));
+        assert!(agent_wanted(AgentMode::Auto, Vmm::QemuTcg, &fc, never));
+    }
+
+    #[test]
+    fn the_agent_becomes_init_unless_the_type_chose_one() {
+        let assets = "console=ttyS0 reboot=k init=/init noxsave";
+        assert_eq!(
+            agent_boot_args(assets, false, spec::DEFAULT_AGENT_PORT),
+            "console=ttyS0 reboot=k noxsave init=/sbin/tfc-agent"
+        );
+        assert_eq!(
+            agent_boot_args("console=ttyS0", true, 5000),
+            "console=ttyS0 init=/sbin/tfc-agent tfc.agent_port=5000"
+        );
+        assert_eq!(
+            agent_boot_args("console=ttyS0 init=/bin/my-init", true, 1024),
+            "console=ttyS0 init=/bin/my-init"
+        );
     }
 }

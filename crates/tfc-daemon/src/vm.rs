@@ -7,16 +7,18 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tfc_api::{ExitInfo, SnapshotKind, SnapshotTiming, StartInfo, VmInfo};
 use tfc_core::{error_chain, transition, BootPhase, BootTimeline, VmEvent, VmId, VmSpec, VmState};
 use tfc_store::{AnyStore, Store, VmRow};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::agent::{AgentAddress, AgentLink, LinkError};
 use crate::backend::{
     Backend, BackendError, CreateRequest, ExitReason, Machine, VmBackend, VmMachine,
 };
+use tfc_agent_client::AgentConnection;
 
 /// An operation a caller asks of a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +79,12 @@ pub enum VmError {
         #[source]
         source: Box<BackendError>,
     },
+    #[error("cannot hand out VM {id}: its identity fix-up failed, so it was stopped")]
+    Fixup {
+        id: VmId,
+        #[source]
+        source: LinkError,
+    },
 }
 
 type Reply = oneshot::Sender<Result<VmInfo, VmError>>;
@@ -127,6 +135,9 @@ pub struct VmHandle {
     id: VmId,
     record: watch::Receiver<VmInfo>,
     commands: mpsc::Sender<Command>,
+    /// The VM's agent, for VMs whose readiness is the agent. Its session is
+    /// open while the guest runs; the owner alone opens and closes it.
+    agent: Option<Arc<AgentLink>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -149,6 +160,11 @@ impl VmHandle {
     /// The VM's record as of now.
     pub fn info(&self) -> VmInfo {
         self.record.borrow().clone()
+    }
+
+    /// The VM's agent link, when its readiness is the agent.
+    pub fn agent(&self) -> Option<&Arc<AgentLink>> {
+        self.agent.as_ref()
     }
 
     /// Asks the owner to do `op` and waits for the result.
@@ -327,6 +343,7 @@ pub fn new_record(id: &VmId, spec: &VmSpec, workdir: &std::path::Path, start: St
         start,
         template_build: false,
         pool: None,
+        identity_fixup: None,
     }
 }
 
@@ -336,6 +353,12 @@ fn handle_and_owner(
     store: Arc<AnyStore>,
 ) -> (VmHandle, Owner) {
     let id = VmId::new(info.id.clone()).expect("records hold valid ids");
+    let agent = info.spec.readiness.agent_port().map(|port| {
+        Arc::new(AgentLink::new(AgentAddress::new(
+            std::path::Path::new(&info.workdir),
+            port,
+        )))
+    });
     let (record, record_rx) = watch::channel(info);
     let (commands_tx, commands) = mpsc::channel(16);
     let owner = Owner {
@@ -344,42 +367,72 @@ fn handle_and_owner(
         commands,
         requested_at,
         store,
+        agent: agent.clone(),
+        boot_timeout: Duration::ZERO,
     };
     let handle = VmHandle {
         id,
         record: record_rx,
         commands: commands_tx,
+        agent,
     };
     (handle, owner)
 }
 
 /// Starts the owner of a new VM (its `creating` record already stored), which
-/// creates and boots it.
+/// creates and boots it. A VM whose readiness is the agent is ready once the
+/// agent answers, within `boot_timeout` of the boot.
 pub fn spawn(
     info: VmInfo,
     backend: Backend,
     requested_at: Instant,
     store: Arc<AnyStore>,
+    boot_timeout: Duration,
 ) -> VmHandle {
-    let (handle, owner) = handle_and_owner(info, requested_at, store);
+    let (handle, mut owner) = handle_and_owner(info, requested_at, store);
+    owner.boot_timeout = boot_timeout;
     tokio::spawn(owner.run(backend));
     handle
 }
 
 /// Starts the owner of a VM an earlier daemon left running: it adopts the VMM,
 /// or records the VM Failed when there is nothing to adopt.
-pub fn adopt(info: VmInfo, backend: Backend, store: Arc<AnyStore>) -> VmHandle {
-    let (handle, owner) = handle_and_owner(info, Instant::now(), store);
+pub fn adopt(
+    info: VmInfo,
+    backend: Backend,
+    store: Arc<AnyStore>,
+    boot_timeout: Duration,
+) -> VmHandle {
+    let (handle, mut owner) = handle_and_owner(info, Instant::now(), store);
+    owner.boot_timeout = boot_timeout;
     tokio::spawn(owner.readopt(backend));
     handle
 }
 
 /// Starts the owner of a VM restored from a snapshot, which already runs (its
-/// `ready` record already stored).
-pub fn spawn_running(info: VmInfo, machine: Machine, store: Arc<AnyStore>) -> VmHandle {
+/// `ready` record already stored). `agent` is the connection its identity
+/// fix-up used: the VM's agent session opens with it before the handle is
+/// returned, so no caller finds the VM ready with its agent closed. Without
+/// one (a VM waiting in a pool) the session opens at the hand-over.
+pub fn spawn_running(
+    info: VmInfo,
+    machine: Machine,
+    store: Arc<AnyStore>,
+    agent: Option<AgentConnection>,
+) -> VmHandle {
     let (handle, owner) = handle_and_owner(info, Instant::now(), store);
+    if let (Some(link), Some(connection)) = (&owner.agent, agent) {
+        link.open(Some(connection));
+    }
     tokio::spawn(owner.run_restored(machine));
     handle
+}
+
+/// A VM that waits in its pool: handed out to nobody yet.
+fn waiting_in_pool(info: &VmInfo) -> bool {
+    info.pool
+        .as_ref()
+        .is_some_and(|slot| slot.acquired_at_ms.is_none())
 }
 
 /// A handle on a VM that is over (stopped or failed): readable and deletable,
@@ -396,12 +449,18 @@ struct Owner {
     commands: mpsc::Receiver<Command>,
     requested_at: Instant,
     store: Arc<AnyStore>,
+    agent: Option<Arc<AgentLink>>,
+    /// How long after the boot the agent may take to answer.
+    boot_timeout: Duration,
 }
 
 /// How the wait for readiness ended.
 enum BootOutcome {
-    Ready,
+    /// Ready; for an agent VM, with the connection that answered and when
+    /// it did (microseconds since the request).
+    Ready(Option<(AgentConnection, u64)>),
     Failed(BackendError),
+    AgentSilent(LinkError),
     Exited(ExitReason),
     StopRequested(Reply),
     Detached(oneshot::Sender<()>),
@@ -433,7 +492,22 @@ impl Owner {
         self.record.send_modify(|r| r.timeline.mark(phase, at));
     }
 
+    /// The guest runs: its agent may be called (see [`AgentLink::open`]).
+    fn open_agent(&self, connection: Option<AgentConnection>) {
+        if let Some(link) = &self.agent {
+            link.open(connection);
+        }
+    }
+
+    /// The guest is about to stop running, or has: calls to its agent end.
+    fn close_agent(&self) {
+        if let Some(link) = &self.agent {
+            link.close();
+        }
+    }
+
     async fn fail(&self, failure: String, exit: Option<ExitReason>) {
+        self.close_agent();
         tracing::warn!(vm = %self.id, %failure, "VM failed");
         self.record.send_modify(|r| {
             r.failure = Some(failure);
@@ -513,6 +587,10 @@ impl Owner {
         tracing::info!(vm = %self.id, state = %info.state, "re-adopted VM");
         self.record.send_modify(|r| r.pid = machine.pid());
         self.commit().await;
+        if matches!(info.state, VmState::Ready | VmState::Running) && !waiting_in_pool(&info) {
+            // Connected on first use: the guest's agent has been running.
+            self.open_agent(None);
+        }
         if matches!(info.state, VmState::Ready | VmState::Running) {
             // A restore records `ready` while the VMM loads the snapshot; a
             // daemon that died then may have left a guest that never started.
@@ -543,7 +621,14 @@ impl Owner {
 
     async fn finish_boot(&mut self, machine: &Machine) {
         match self.await_ready(machine).await {
-            BootOutcome::Ready => {
+            BootOutcome::Ready(agent) => {
+                if let Some((connection, at)) = agent {
+                    self.record
+                        .send_modify(|r| r.timeline.mark(BootPhase::AgentReady, at));
+                    // Open before the VM is recorded ready: a caller that
+                    // sees it ready finds its agent callable.
+                    self.open_agent(Some(connection));
+                }
                 self.mark(BootPhase::Ready);
                 let _ = self.apply(VmEvent::BootCompleted).await;
                 tracing::info!(vm = %self.id, ms = self.requested_at.elapsed().as_millis() as u64, "VM ready");
@@ -551,6 +636,21 @@ impl Owner {
             BootOutcome::Failed(err) => {
                 let exit = machine.stop().await;
                 self.fail(error_chain(&err), Some(exit)).await;
+                return self.drain().await;
+            }
+            BootOutcome::AgentSilent(err) => {
+                let tail = machine.console_tail();
+                let exit = machine.stop().await;
+                let tail = if tail.is_empty() {
+                    "(no console output)".to_owned()
+                } else {
+                    tail.join("\n  ")
+                };
+                self.fail(
+                    format!("{}; last console lines:\n  {tail}", error_chain(&err)),
+                    Some(exit),
+                )
+                .await;
                 return self.drain().await;
             }
             BootOutcome::Exited(reason) => {
@@ -608,17 +708,33 @@ impl Owner {
     /// detach lets the VM boot on without us, anything else is refused as the
     /// state machine says.
     async fn await_ready(&mut self, machine: &Machine) -> BootOutcome {
-        let ready = machine.wait_ready();
+        // The agent's deadline counts from the boot, like the backend's own
+        // wait for the console.
+        let deadline = tokio::time::Instant::now() + self.boot_timeout;
+        let (agent, requested_at) = (self.agent.clone(), self.requested_at);
+        let ready = async move {
+            if let Err(err) = machine.wait_ready().await {
+                return match err {
+                    BackendError::ExitedDuringBoot { reason, .. } => BootOutcome::Exited(reason),
+                    err => BootOutcome::Failed(err),
+                };
+            }
+            let Some(link) = agent else {
+                return BootOutcome::Ready(None);
+            };
+            match link.address().wait_until_answers(deadline).await {
+                Ok((connection, pong)) => {
+                    let at = requested_at.elapsed().as_micros() as u64;
+                    tracing::debug!(agent_version = %pong.agent_version, boot_id = %pong.boot_id, "guest agent answered");
+                    BootOutcome::Ready(Some((connection, at)))
+                }
+                Err(err) => BootOutcome::AgentSilent(err),
+            }
+        };
         tokio::pin!(ready);
         loop {
             tokio::select! {
-                result = &mut ready => {
-                    return match result {
-                        Ok(()) => BootOutcome::Ready,
-                        Err(BackendError::ExitedDuringBoot { reason, .. }) => BootOutcome::Exited(reason),
-                        Err(err) => BootOutcome::Failed(err),
-                    };
-                }
+                outcome = &mut ready => return outcome,
                 reason = machine.wait_exit() => return BootOutcome::Exited(reason),
                 Some(command) = self.commands.recv() => match command {
                     Command::Op { op: VmOp::Stop, reply } => return BootOutcome::StopRequested(reply),
@@ -653,10 +769,12 @@ impl Owner {
                     match command {
                         // Every handle is gone: the manager forgot this VM.
                         None => {
+                            self.close_agent();
                             machine.stop().await;
                             return true;
                         }
                         Some(Command::Detach { done }) => {
+                            self.close_agent();
                             machine.detach();
                             let _ = done.send(());
                             return false;
@@ -693,7 +811,16 @@ impl Owner {
         }
         transition(self.state(), op.event()).map_err(|_| self.refuse(op))?;
         let done = match op {
-            VmOp::Pause => machine.pause().await,
+            VmOp::Pause => {
+                // Calls in flight end now, not when the frozen agent would
+                // have answered.
+                self.close_agent();
+                let paused = machine.pause().await;
+                if paused.is_err() {
+                    self.open_agent(None);
+                }
+                paused
+            }
             _ => machine.resume().await,
         };
         done.map_err(|source| VmError::Backend {
@@ -701,6 +828,9 @@ impl Owner {
             op,
             source: Box::new(source),
         })?;
+        if op == VmOp::Resume {
+            self.open_agent(None);
+        }
         let _ = self.apply(op.event()).await;
         Ok(self.record.borrow().clone())
     }
@@ -730,10 +860,11 @@ impl Owner {
         };
         let mut timing = SnapshotTiming::default();
         if was_running {
-            machine
-                .pause()
-                .await
-                .map_err(|e| backend_err(VmOp::Pause, e))?;
+            self.close_agent();
+            if let Err(err) = machine.pause().await {
+                self.open_agent(None);
+                return Err(backend_err(VmOp::Pause, err));
+            }
             let _ = self.apply(VmEvent::Pause).await;
         }
         timing.pause_us = started.elapsed().as_micros() as u64;
@@ -754,6 +885,7 @@ impl Owner {
             if let Err(err) = stored {
                 // Unrecorded, a later restart could still offer the old base.
                 if was_running && machine.resume().await.is_ok() {
+                    self.open_agent(None);
                     let _ = self.apply(VmEvent::Resume).await;
                 }
                 return Err(VmError::Record {
@@ -780,6 +912,7 @@ impl Owner {
         if was_running && (job.resume || created.is_err()) {
             match machine.resume().await {
                 Ok(()) => {
+                    self.open_agent(None);
                     let _ = self.apply(VmEvent::Resume).await;
                 }
                 Err(err) => {
@@ -834,6 +967,21 @@ impl Owner {
         let (stored, resumed) = tokio::join!(stored, resume);
         match (stored, resumed) {
             (Ok(()), Ok(())) => {
+                if let Err(source) = self.hand_over_agent().await {
+                    // Recorded as handed out, but with the snapshot's clock
+                    // and random state: the caller must not get it.
+                    let failure = format!(
+                        "the identity fix-up of its hand-over failed: {}",
+                        error_chain(&source)
+                    );
+                    let _ = reply.send(Err(VmError::Fixup {
+                        id: self.id.clone(),
+                        source,
+                    }));
+                    let exit = machine.stop().await;
+                    self.fail(failure, Some(exit)).await;
+                    return true;
+                }
                 self.record.send_modify(|r| {
                     if let Some(slot) = &mut r.pool {
                         slot.acquire_us = Some(requested_at.elapsed().as_micros() as u64);
@@ -874,6 +1022,28 @@ impl Owner {
         }
     }
 
+    /// Readies a VM's agent for the caller it is handed to: a VM restored
+    /// from a snapshot gets its identity fix-up first (after the resume, so
+    /// its agent runs), a booted one only its session. Costs nothing for a
+    /// VM without an agent.
+    async fn hand_over_agent(&self) -> Result<(), LinkError> {
+        let Some(link) = &self.agent else {
+            return Ok(());
+        };
+        if self.record.borrow().start.snapshot.is_none() {
+            // A booted VM's session (opened at readiness) goes on.
+            if !link.is_open() {
+                link.open(None);
+            }
+            return Ok(());
+        }
+        let (connection, fixup) = link.address().fix_identity().await?;
+        tracing::debug!(vm = %self.id, us = fixup.duration_us, "identity fixed up at hand-over");
+        self.record.send_modify(|r| r.identity_fixup = Some(fixup));
+        link.open(Some(connection));
+        Ok(())
+    }
+
     /// See [`VmHandle::check`].
     async fn check(&self, machine: &Machine, retire: Option<String>) -> Result<(), CheckError> {
         let state = self.state();
@@ -908,6 +1078,7 @@ impl Owner {
             let _ = reply.send(Err(self.refuse(VmOp::Stop)));
             return;
         }
+        self.close_agent();
         crate::crash::point("stop.after_intent");
         let reason = machine.stop().await;
         crate::crash::point("stop.after_exit");
@@ -922,6 +1093,7 @@ impl Owner {
 
     /// After a terminal state, refuse whatever is still queued, then end.
     async fn drain(&mut self) {
+        self.close_agent();
         self.commands.close();
         while let Some(command) = self.commands.recv().await {
             match command {

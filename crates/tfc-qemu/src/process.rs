@@ -751,6 +751,13 @@ mod tests {
         assert!(is_listening(&path));
         drop(listener);
         // The file stays after the listener is gone; it no longer listens.
+        // A child another test forks at this moment holds a copy of the
+        // descriptor until it execs, so the socket may outlive the drop
+        // briefly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while is_listening(&path) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert!(!is_listening(&path));
         let plain = dir.path().join("plain");
         std::fs::write(&plain, b"").unwrap();

@@ -1,8 +1,18 @@
 //! A scriptable stand-in for a VMM, for tests and demos of everything above the
 //! backend seam. It runs on tokio's clock, so tests can pause and advance time.
 //! It never stands in for Firecracker in a test that claims to test Firecracker.
+//!
+//! Scripted with [`FakeScript::agent`], a fake VM runs a real `tfc-agent`
+//! process on the host (its `--unix` mode) behind the VM's vsock socket, with
+//! a small relay that plays the VMM's part of the vsock handshake
+//! (`CONNECT <port>\n` / `OK <port>\n`). Pausing the VM stops the agent
+//! process (SIGSTOP), as a paused guest's agent would stop answering. Tests
+//! built on this are "fake VMM + real agent": they test the daemon's agent
+//! paths against the agent's real code, and never Firecracker's vsock.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -45,7 +55,32 @@ pub struct FakeScript {
     pub resume_latency: Duration,
     /// Machines whose health checks fail, with the reason.
     pub unhealthy: HashMap<VmId, String>,
+    /// Machines booted or restored from now on run this guest agent.
+    pub agent: Option<FakeAgent>,
 }
+
+/// A real agent behind a fake VM's vsock socket.
+#[derive(Debug, Clone)]
+pub struct FakeAgent {
+    /// The `tfc-agent` binary.
+    pub binary: PathBuf,
+    /// Start it with `--clock-file <workdir>/`[`FAKE_CLOCK_FILE`]: its
+    /// `sync_clock` then records the time asked for instead of refusing (a
+    /// host's clock is never set). Without it, the agent refuses
+    /// `sync_clock` as it does on any host, so a fix-up fails.
+    pub record_clock: bool,
+    /// Never start the agent: every vsock connection is refused, as by a
+    /// guest whose agent never comes up.
+    pub silent: bool,
+}
+
+/// Where a fake VM's agent records the clock it was asked to set, in the
+/// VM's directory.
+pub const FAKE_CLOCK_FILE: &str = "guest-clock";
+/// The fake VM's agent's own socket, in the VM's directory.
+pub const FAKE_AGENT_SOCKET: &str = "agent.sock";
+/// The fake VM's agent's log, in the VM's directory.
+pub const FAKE_AGENT_LOG: &str = "agent.log";
 
 /// The fake backend.
 #[derive(Debug, Clone, Default)]
@@ -54,6 +89,9 @@ pub struct FakeBackend {
     /// Exit channel of every live machine, so a test can "kill" one. Weak: an
     /// entry dies with its machine and is pruned on the next create.
     machines: Arc<Mutex<HashMap<VmId, Weak<ExitChannel>>>>,
+    /// Connections each machine's vsock relay passed to its agent, so tests
+    /// can see the daemon keep one connection per VM.
+    agent_connections: Arc<Mutex<HashMap<VmId, Arc<RelayControl>>>>,
 }
 
 type ExitChannel = watch::Sender<Option<ExitReason>>;
@@ -67,6 +105,30 @@ impl FakeBackend {
                 ..FakeScript::default()
             })),
             machines: Arc::default(),
+            agent_connections: Arc::default(),
+        }
+    }
+
+    /// How many connections machine `id`'s vsock relay has passed to its
+    /// agent so far; `None` for a machine without a scripted agent.
+    pub fn agent_connections(&self, id: &VmId) -> Option<u64> {
+        let counters = self.agent_connections.lock().expect("fake counters lock");
+        counters
+            .get(id)
+            .map(|relay| relay.passed.load(Ordering::SeqCst))
+    }
+
+    /// Breaks every connection machine `id`'s vsock relay carries now, as a
+    /// transport failure would (the agent and the relay go on). Returns
+    /// false for a machine without a scripted agent.
+    pub fn cut_agent_connections(&self, id: &VmId) -> bool {
+        let counters = self.agent_connections.lock().expect("fake counters lock");
+        match counters.get(id) {
+            Some(relay) => {
+                relay.cut.notify_one();
+                true
+            }
+            None => false,
         }
     }
 
@@ -102,13 +164,29 @@ impl FakeBackend {
         Ok(next)
     }
 
-    fn machine(&self, id: &VmId, next: &FakeScript) -> FakeMachine {
+    fn machine(
+        &self,
+        id: &VmId,
+        next: &FakeScript,
+        spec: &tfc_core::VmSpec,
+        workdir: &Path,
+    ) -> FakeMachine {
         let (exit_tx, exit_rx) = watch::channel(None);
         let exit_tx = Arc::new(exit_tx);
         let mut machines = self.machines.lock().expect("fake machines lock");
         machines.retain(|_, tx| tx.strong_count() > 0);
         machines.insert(id.clone(), Arc::downgrade(&exit_tx));
         drop(machines);
+        // A guest agent needs the VM's vsock device and a port to serve.
+        let agent = match (&next.agent, spec.readiness.agent_port()) {
+            (Some(agent), Some(port)) if spec.vsock => Some((agent.clone(), port)),
+            _ => None,
+        };
+        let connections = Arc::new(RelayControl::default());
+        if agent.is_some() {
+            let mut counters = self.agent_connections.lock().expect("fake counters lock");
+            counters.insert(id.clone(), connections.clone());
+        }
         FakeMachine {
             id: id.clone(),
             paused: Default::default(),
@@ -117,6 +195,10 @@ impl FakeBackend {
             crash_after: next.crash_after,
             exit_tx,
             exit_rx,
+            workdir: workdir.to_owned(),
+            agent,
+            guest: Mutex::default(),
+            connections,
         }
     }
 }
@@ -132,6 +214,192 @@ pub struct FakeMachine {
     crash_after: Option<Duration>,
     exit_tx: ExitSender,
     exit_rx: watch::Receiver<Option<ExitReason>>,
+    workdir: PathBuf,
+    /// The agent to run once the guest runs, and its vsock port.
+    agent: Option<(FakeAgent, u32)>,
+    /// The running guest's agent, while the machine runs (boxed: the
+    /// process handle is large, and `Machine` holds a fake by value).
+    guest: Mutex<Option<Box<FakeGuest>>>,
+    /// Its relay's count and cut (see [`FakeBackend::agent_connections`]).
+    connections: Arc<RelayControl>,
+}
+
+/// A fake VM's guest: the agent process and the relay that plays the
+/// VMM's side of the vsock socket. Dropping it kills the agent (and the
+/// commands it runs, whose connections close), ends the relay and removes
+/// both sockets.
+#[derive(Debug)]
+struct FakeGuest {
+    /// `None` for a silent agent.
+    agent: Option<tokio::process::Child>,
+    relay: tokio::task::JoinHandle<()>,
+    sockets: [PathBuf; 2],
+}
+
+impl FakeGuest {
+    fn start(
+        agent: &FakeAgent,
+        port: u32,
+        workdir: &Path,
+        connections: Arc<RelayControl>,
+    ) -> std::io::Result<Self> {
+        let vsock = workdir.join(tfc_firecracker::vm_config::VSOCK_SOCKET);
+        let agent_socket = workdir.join(FAKE_AGENT_SOCKET);
+        let _ = std::fs::remove_file(&vsock);
+        let _ = std::fs::remove_file(&agent_socket);
+        let listener = tokio::net::UnixListener::bind(&vsock)?;
+        let process = if agent.silent {
+            None
+        } else {
+            let log = std::fs::File::create(workdir.join(FAKE_AGENT_LOG))?;
+            let mut command = tokio::process::Command::new(&agent.binary);
+            command
+                .arg("--unix")
+                .arg(&agent_socket)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .kill_on_drop(true);
+            if agent.record_clock {
+                command
+                    .arg("--clock-file")
+                    .arg(workdir.join(FAKE_CLOCK_FILE));
+            }
+            // SAFETY: the closure runs in the forked child before exec and
+            // only makes one async-signal-safe system call.
+            unsafe {
+                command.pre_exec(|| {
+                    // A daemon killed outright takes its fake guests along,
+                    // as a VMM's death takes its guest.
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            Some(command.spawn()?)
+        };
+        let relay = tokio::spawn(relay(listener, port, agent_socket.clone(), connections));
+        Ok(Self {
+            agent: process,
+            relay,
+            sockets: [vsock, agent_socket],
+        })
+    }
+
+    /// Stops (`SIGSTOP`) or continues (`SIGCONT`) the agent, as pausing and
+    /// resuming the guest would.
+    fn freeze(&self, frozen: bool) {
+        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        if let Some(pid) = self.agent.as_ref().and_then(|child| child.id()) {
+            // SAFETY: kill has no memory effects; `pid` is this guest's own
+            // child, not yet reaped (the Child is alive).
+            unsafe { libc::kill(pid as libc::pid_t, signal) };
+        }
+    }
+}
+
+impl Drop for FakeGuest {
+    fn drop(&mut self) {
+        self.relay.abort();
+        // In a VM, the commands die with the guest; here they are host
+        // processes that would outlive their agent. Frozen first, the agent
+        // starts no more while its commands are found and killed; then the
+        // Child's kill_on_drop ends the agent itself.
+        if let Some(pid) = self.agent.as_ref().and_then(|child| child.id()) {
+            self.freeze(true);
+            for group in command_groups(pid) {
+                // SAFETY: killpg has no memory effects; each group was
+                // started by this guest's agent, which is stopped and has
+                // not reaped its leader (its parent is still the agent).
+                unsafe { libc::killpg(group, libc::SIGKILL) };
+            }
+        }
+        for socket in &self.sockets {
+            let _ = std::fs::remove_file(socket);
+        }
+    }
+}
+
+/// The process groups of the commands the agent `agent` runs: its children,
+/// each of which leads a group of its own (the agent makes every command a
+/// process-group leader).
+fn command_groups(agent: u32) -> Vec<libc::pid_t> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|pid| {
+            // `pid (comm) state ppid ...`; comm may hold spaces and parens.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            ppid == Some(agent)
+        })
+        .collect()
+}
+
+/// Plays the VMM's side of the vsock socket: `CONNECT <port>\n` reaches the
+/// agent when `port` is its port and it listens, and is answered
+/// `OK <port>\n`; anything else is refused by closing the connection, as
+/// a guest kernel with no listener does. Connections end with the relay.
+async fn relay(
+    listener: tokio::net::UnixListener,
+    port: u32,
+    agent_socket: PathBuf,
+    control: Arc<RelayControl>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => return,
+            },
+            _ = control.cut.notified() => {
+                connections.abort_all();
+                continue;
+            }
+        };
+        while connections.try_join_next().is_some() {}
+        let agent_socket = agent_socket.clone();
+        let passed = control.clone();
+        connections.spawn(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+            let mut host = tokio::io::BufReader::new(stream);
+            let mut line = Vec::new();
+            let read = tokio::io::AsyncReadExt::take(&mut host, 64)
+                .read_until(b'\n', &mut line)
+                .await;
+            if read.is_err() || line != format!("CONNECT {port}\n").as_bytes() {
+                return;
+            }
+            let Ok(mut agent) = tokio::net::UnixStream::connect(&agent_socket).await else {
+                return;
+            };
+            // The host's own end of a vsock connection has a port number
+            // too; the fake's is fixed.
+            if host.get_mut().write_all(b"OK 1073741824\n").await.is_err() {
+                return;
+            }
+            passed.passed.fetch_add(1, Ordering::SeqCst);
+            // Bytes the host sent after its CONNECT line are in `host`'s
+            // buffer and go first.
+            let _ = tokio::io::copy_bidirectional(&mut host, &mut agent).await;
+        });
+    }
+}
+
+/// What a test sees of and does to a fake VM's vsock relay.
+#[derive(Debug, Default)]
+struct RelayControl {
+    /// Connections passed to the agent so far.
+    passed: AtomicU64,
+    /// Signalled to break every connection the relay carries.
+    cut: tokio::sync::Notify,
 }
 
 /// Records the first way the machine ended; later ones are ignored, as with a
@@ -162,7 +430,7 @@ impl VmBackend for FakeBackend {
         ] {
             mark(phase);
         }
-        Ok(self.machine(request.id, &next))
+        Ok(self.machine(request.id, &next, request.spec, request.workdir))
     }
 
     async fn restore(
@@ -177,7 +445,7 @@ impl VmBackend for FakeBackend {
         }
         mark(BootPhase::Spawned);
         mark(BootPhase::ApiReady);
-        Ok(self.machine(request.id, &next))
+        Ok(self.machine(request.id, &next, request.spec, request.workdir))
     }
 
     /// Answers unless the script names the VM unhealthy.
@@ -210,6 +478,29 @@ impl FakeMachine {
         end(&self.exit_tx, reason);
     }
 
+    fn guest(&self) -> std::sync::MutexGuard<'_, Option<Box<FakeGuest>>> {
+        self.guest.lock().expect("fake guest lock")
+    }
+
+    /// Starts the guest's agent, when scripted and not already running.
+    fn start_guest(&self) -> Result<(), BackendError> {
+        let Some((agent, port)) = &self.agent else {
+            return Ok(());
+        };
+        let mut guest = self.guest();
+        if guest.is_none() {
+            let started = FakeGuest::start(agent, *port, &self.workdir, self.connections.clone());
+            *guest = Some(Box::new(started.map_err(BackendError::Workdir)?));
+        }
+        Ok(())
+    }
+
+    /// Ends the guest's agent and its relay.
+    fn end_guest(&self) {
+        let guest = self.guest().take();
+        drop(guest);
+    }
+
     fn pause_or_resume(&self, verb: &str, pause: bool) -> Result<(), BackendError> {
         self.gone(verb)?;
         let failure = self
@@ -223,6 +514,9 @@ impl FakeMachine {
         }
         self.paused
             .store(pause, std::sync::atomic::Ordering::SeqCst);
+        if let Some(guest) = self.guest().as_ref() {
+            guest.freeze(pause);
+        }
         Ok(())
     }
 
@@ -243,6 +537,7 @@ impl VmMachine for FakeMachine {
 
     async fn boot(&self) -> Result<(), BackendError> {
         self.gone("boot")?;
+        self.start_guest()?;
         if let Some(after) = self.crash_after {
             let tx = self.exit_tx.clone();
             tokio::spawn(async move {
@@ -301,7 +596,11 @@ impl VmMachine for FakeMachine {
         std::fs::metadata(memory_file).map_err(BackendError::Workdir)?;
         self.paused
             .store(!resume, std::sync::atomic::Ordering::SeqCst);
-        self.boot().await
+        self.boot().await?;
+        if let Some(guest) = self.guest().as_ref() {
+            guest.freeze(!resume);
+        }
+        Ok(())
     }
 
     /// Healthy while it runs in the state asked, unless the script says
@@ -362,6 +661,7 @@ impl VmMachine for FakeMachine {
     }
 
     async fn stop(&self) -> ExitReason {
+        self.end_guest();
         self.end(ExitReason {
             code: Some(0),
             signal: None,

@@ -18,7 +18,7 @@ use tfc_api::SnapshotKind;
 use tfc_core::{BootPhase, VmId, VmSpec, Vmm};
 use tfc_firecracker::ConsoleWatch;
 
-pub use self::fake::{FakeBackend, FakeMachine, FakeScript};
+pub use self::fake::{FakeAgent, FakeBackend, FakeMachine, FakeScript};
 pub use self::firecracker::{FirecrackerBackend, FirecrackerMachine};
 pub use self::qemu::{QemuBackend, QemuMachine};
 

@@ -53,3 +53,40 @@ pub fn tiny_assets(dir: &std::path::Path) -> (std::path::PathBuf, std::path::Pat
     }
     (kernel, rootfs)
 }
+
+/// The `tfc-agent` binary the fake backend runs behind fake VMs' vsock
+/// sockets, built now when needed (`cargo build -p tfc-agent`, into the
+/// same target directory), once per test process.
+#[allow(dead_code)]
+pub fn agent_binary() -> std::path::PathBuf {
+    static BINARY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let output = std::process::Command::new(env!("CARGO"))
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "tfc-agent",
+                    "--bin",
+                    "tfc-agent",
+                    "--message-format=json",
+                ])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .expect("cargo runs");
+            assert!(output.status.success(), "building tfc-agent failed");
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find(|message| {
+                    message["reason"] == "compiler-artifact"
+                        && message["target"]["name"] == "tfc-agent"
+                        && message["executable"].is_string()
+                })
+                .map(|message| message["executable"].as_str().unwrap().into())
+                .expect("cargo named the tfc-agent executable")
+        })
+        .clone()
+}
