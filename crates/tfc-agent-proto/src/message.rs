@@ -57,12 +57,21 @@ pub enum Request {
         #[serde(default)]
         max_size: Option<u64>,
     },
-    /// Configures an interface in the guest.
+    /// Re-addresses an interface in the guest (a clone's new identity): the
+    /// interface is brought up and left with exactly this IPv4 address; the
+    /// default route goes through `gateway` when given; `nameservers`, when
+    /// not empty, are written to `/etc/resolv.conf` (at most 3). Answered
+    /// with [`Reply::Done`].
     SetNetwork {
         interface: String,
+        /// `ADDRESS/PREFIX`, IPv4.
         address_cidr: String,
         #[serde(default)]
         gateway: Option<String>,
+        /// Left out of the JSON when empty, so agents that predate the field
+        /// still accept requests that do not use it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        nameservers: Vec<String>,
     },
     /// Sets the guest's realtime clock (after a snapshot restore the guest
     /// clock is as old as the snapshot).
@@ -73,7 +82,10 @@ pub enum Request {
         #[serde(with = "base64_bytes")]
         seed: Vec<u8>,
     },
-    /// Powers the guest off.
+    /// Powers the guest off: answered with [`Reply::Done`] once the agent
+    /// (as the guest's PID 1) accepted it; the connection then closes as the
+    /// guest stops. An agent that is not the guest's init answers
+    /// `unsupported`.
     Shutdown,
 }
 
@@ -190,6 +202,22 @@ mod tests {
         );
         let text = serde_json::to_string(&Request::SyncClock { unix_ns: 7 }).unwrap();
         assert_eq!(text, r#"{"op":"sync_clock","unix_ns":7}"#);
+    }
+
+    #[test]
+    fn set_network_leaves_out_empty_nameservers() {
+        let request = Request::SetNetwork {
+            interface: "eth0".into(),
+            address_cidr: "10.0.0.2/24".into(),
+            gateway: None,
+            nameservers: Vec::new(),
+        };
+        let text = serde_json::to_string(&request).unwrap();
+        assert_eq!(
+            text,
+            r#"{"op":"set_network","interface":"eth0","address_cidr":"10.0.0.2/24","gateway":null}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), request);
     }
 
     #[test]

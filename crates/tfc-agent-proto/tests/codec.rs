@@ -36,6 +36,7 @@ fn every_request() -> Vec<Request> {
             interface: "eth0".into(),
             address_cidr: "10.0.0.2/24".into(),
             gateway: Some("10.0.0.1".into()),
+            nameservers: vec!["10.0.0.1".into(), "2001:db8::53".into()],
         },
         Request::SyncClock {
             unix_ns: 1_700_000_000_123_456_789,

@@ -15,20 +15,20 @@
 //! could not be read); requests under id 0 are refused.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
-
 use std::time::Duration;
+
 use tfc_agent_proto::nonblocking::{AsyncFrameReader, AsyncFrameWriter};
 use tfc_agent_proto::{DataKind, ErrorCode, Frame, FrameBody, FrameError, Reply, Request};
-
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use crate::{exec, files, system};
+use crate::{exec, files, network, system, vsock};
 
 /// Frames waiting for the writer, per connection.
 pub const OUTBOX_FRAMES: usize = 16;
@@ -36,19 +36,113 @@ pub const OUTBOX_FRAMES: usize = 16;
 /// Data frames from the host waiting for one request.
 pub const INBOX_FRAMES: usize = 16;
 
+/// How long a `shutdown` waits for its `done` to reach the connection
+/// before the power-off starts anyway (a host that stopped reading must not
+/// keep the guest up).
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
+
 /// How the agent was started.
 #[derive(Debug, Clone, Default)]
 pub struct AgentConfig {
     /// The agent runs inside a guest and may change the machine it runs on
-    /// (clock, credited entropy). Off on a host, where such a request must
-    /// never touch the host's clock, even when the agent runs as root.
+    /// (clock, credited entropy, network). Off on a host, where such a
+    /// request must never touch the host's clock, even when the agent runs
+    /// as root.
     pub guest: bool,
     /// Host tests only: `sync_clock` writes the time it was asked to set
     /// (Unix nanoseconds, one line) to this file instead of setting a clock,
     /// so a test on a host can see the request arrive while the host's clock
     /// stays untouched.
     pub clock_file: Option<std::path::PathBuf>,
+    /// The agent was started by its own init ([`crate::supervisor`]): it may
+    /// configure the network of its (network namespace of the) guest, and
+    /// ask init to power off.
+    pub init: Option<InitLink>,
 }
+
+/// How the agent reaches the init that started it.
+#[derive(Debug, Clone, Copy)]
+pub struct InitLink {
+    /// The init process, which powers off on [`crate::supervisor::POWER_OFF_SIGNAL`].
+    pub pid: i32,
+    /// Init is PID 1 (of the machine or of its PID namespace) and so can
+    /// power it off; an `--init` agent that is not PID 1 cannot.
+    pub can_power_off: bool,
+}
+
+/// Where the agent listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    Vsock { cid: u32, port: u32 },
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(path) => write!(f, "unix socket {}", path.display()),
+            Endpoint::Vsock { cid, port } if *cid == vsock::CID_ANY => {
+                write!(f, "vsock port {port}")
+            }
+            Endpoint::Vsock { cid, port } => write!(f, "vsock port {port} of cid {cid}"),
+        }
+    }
+}
+
+/// A listening socket made without a runtime (so init can make it before it
+/// forks the agent, and keep it across the agent's restarts).
+#[derive(Debug)]
+pub enum Listener {
+    Unix(std::os::unix::net::UnixListener, PathBuf),
+    Vsock(OwnedFd, Endpoint),
+}
+
+impl Listener {
+    /// Creates and binds the listening socket of `endpoint`.
+    pub fn bind(endpoint: &Endpoint) -> Result<Self, ServeError> {
+        match endpoint {
+            Endpoint::Unix(path) => {
+                let listener = std::os::unix::net::UnixListener::bind(path)
+                    .and_then(|listener| {
+                        listener.set_nonblocking(true)?;
+                        Ok(listener)
+                    })
+                    .map_err(|source| ServeError::BindUnix {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                Ok(Listener::Unix(listener, path.clone()))
+            }
+            Endpoint::Vsock { cid, port } => {
+                let fd = vsock::bind(*cid, *port).map_err(|source| ServeError::BindVsock {
+                    port: *port,
+                    source,
+                })?;
+                Ok(Listener::Vsock(fd, endpoint.clone()))
+            }
+        }
+    }
+
+    /// A second handle on the same socket, for one run of the agent.
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(match self {
+            Listener::Unix(listener, path) => Listener::Unix(listener.try_clone()?, path.clone()),
+            Listener::Vsock(fd, endpoint) => Listener::Vsock(fd.try_clone()?, endpoint.clone()),
+        })
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        match self {
+            Listener::Unix(_, path) => Endpoint::Unix(path.clone()),
+            Listener::Vsock(_, endpoint) => endpoint.clone(),
+        }
+    }
+}
+
+/// The line the agent prints to stderr (the console, as PID 1) when it
+/// starts serving, followed by the endpoint: "tfc-agent: serving on vsock
+/// port 1024". A host watching the console can wait for it.
+pub const SERVING_LINE: &str = "tfc-agent: serving on ";
 
 /// Why the agent stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -59,12 +153,59 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot listen on vsock port {port}")]
+    BindVsock {
+        port: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the runtime failed")]
+    Runtime(#[source] std::io::Error),
+    #[error("registering the listening socket with the runtime failed")]
+    Register(#[source] std::io::Error),
     #[error("accepting a connection failed")]
     Accept(#[source] std::io::Error),
 }
 
-/// Where frames to the host go.
-pub type Outbox = mpsc::Sender<Frame>;
+/// What the writer task takes.
+#[derive(Debug)]
+enum Outgoing {
+    Frame(Frame),
+    /// Answered once every item queued before it has been written.
+    Flushed(oneshot::Sender<()>),
+}
+
+/// The connection's writer went away: the host is gone.
+#[derive(Debug)]
+pub struct Closed;
+
+/// Where frames to the host go: a bounded queue to the connection's writer
+/// task.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    queue: mpsc::Sender<Outgoing>,
+}
+
+impl Outbox {
+    /// Queues `frame`, waiting for room (the backpressure).
+    pub async fn send(&self, frame: Frame) -> Result<(), Closed> {
+        self.queue
+            .send(Outgoing::Frame(frame))
+            .await
+            .map_err(|_| Closed)
+    }
+
+    /// Waits until every frame this caller queued before has been written
+    /// to the connection.
+    pub async fn flush(&self) -> Result<(), Closed> {
+        let (done, written) = oneshot::channel();
+        self.queue
+            .send(Outgoing::Flushed(done))
+            .await
+            .map_err(|_| Closed)?;
+        written.await.map_err(|_| Closed)
+    }
+}
 
 /// What the reader hands a running request.
 #[derive(Debug)]
@@ -87,29 +228,98 @@ struct Route {
 /// finds it still in use.
 type Routes = Arc<Mutex<HashMap<u64, Route>>>;
 
-/// Serves connections on a Unix socket until accepting fails.
+/// Serves `listener` on a runtime of its own until serving fails for good.
+pub fn run(listener: Listener, config: AgentConfig) -> Result<(), ServeError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    runtime.block_on(serve_listener(listener, config))
+}
+
+/// Binds a Unix socket at `path` and serves it until accepting fails for
+/// good. Must run inside a tokio runtime.
 pub async fn serve_unix(path: &Path, config: AgentConfig) -> Result<(), ServeError> {
-    let listener = UnixListener::bind(path).map_err(|source| ServeError::BindUnix {
-        path: path.display().to_string(),
-        source,
-    })?;
-    tracing::info!(path = %path.display(), "serving on a Unix socket");
-    serve(
-        || async { listener.accept().await.map(|(stream, _)| stream) },
-        config,
+    let listener = Listener::bind(&Endpoint::Unix(path.to_owned()))?;
+    serve_listener(listener, config).await
+}
+
+/// Serves connections on `listener` until accepting fails for good. Prints
+/// [`SERVING_LINE`] once connections are being accepted. Must run inside a
+/// tokio runtime.
+pub async fn serve_listener(listener: Listener, config: AgentConfig) -> Result<(), ServeError> {
+    let endpoint = listener.endpoint();
+    match listener {
+        Listener::Unix(listener, _) => {
+            let listener = UnixListener::from_std(listener).map_err(ServeError::Register)?;
+            announce(&endpoint);
+            serve(
+                || async { listener.accept().await.map(|(stream, _)| stream) },
+                config,
+            )
+            .await
+        }
+        Listener::Vsock(fd, _) => {
+            let listener = vsock::VsockListener::from_fd(fd).map_err(ServeError::Register)?;
+            announce(&endpoint);
+            serve(
+                || async {
+                    let (stream, (cid, port)) = listener.accept().await?;
+                    tracing::debug!(cid, port, "vsock connection");
+                    Ok(stream)
+                },
+                config,
+            )
+            .await
+        }
+    }
+}
+
+fn announce(endpoint: &Endpoint) {
+    // One plain line, whatever the log format: hosts match on it.
+    let line = format!("{SERVING_LINE}{endpoint}\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+}
+
+/// Whether accepting may work again later: the listener is fine, the
+/// connection or the machine was short of something.
+fn transient_accept_error(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::ECONNRESET
+                | libc::EINTR
+                | libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::EPROTO
+                | libc::EPERM
+        )
     )
-    .await
 }
 
 /// Serves every connection `accept` yields, each in a task of its own.
+/// Transient accept errors (a connection reset before it was accepted, out
+/// of fds) are logged and waited out; others end the serving.
 pub async fn serve<S, F, Fut>(mut accept: F, config: AgentConfig) -> Result<(), ServeError>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::io::Result<S>>,
 {
+    const ACCEPT_RETRY: Duration = Duration::from_millis(100);
     loop {
-        let stream = accept().await.map_err(ServeError::Accept)?;
+        let stream = match accept().await {
+            Ok(stream) => stream,
+            Err(e) if transient_accept_error(&e) => {
+                tracing::warn!(error = %e, "accepting a connection failed; retrying");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
+            }
+            Err(e) => return Err(ServeError::Accept(e)),
+        };
         let config = config.clone();
         tokio::spawn(async move {
             serve_connection(stream, config).await;
@@ -125,13 +335,21 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (read_half, write_half) = tokio::io::split(stream);
-    let (outbox, mut outgoing) = mpsc::channel::<Frame>(OUTBOX_FRAMES);
+    let (queue, mut outgoing) = mpsc::channel::<Outgoing>(OUTBOX_FRAMES);
+    let outbox = Outbox { queue };
     let writer = tokio::spawn(async move {
         let mut writer = AsyncFrameWriter::new(write_half);
-        while let Some(frame) = outgoing.recv().await {
-            if let Err(e) = writer.write_frame(&frame).await {
-                tracing::debug!(error = %e, "the host stopped reading");
-                return;
+        while let Some(item) = outgoing.recv().await {
+            match item {
+                Outgoing::Frame(frame) => {
+                    if let Err(e) = writer.write_frame(&frame).await {
+                        tracing::debug!(error = %e, "the host stopped reading");
+                        return;
+                    }
+                }
+                Outgoing::Flushed(done) => {
+                    let _ = done.send(());
+                }
             }
         }
         // The host sees a clean end after the last frame.
@@ -252,6 +470,24 @@ fn route_request(
     if let Request::Signal { signal } = request {
         return signal_request(table.get(&id), signal);
     }
+    if let Request::Shutdown = request {
+        let power_off = match system::power_off(config) {
+            Ok(power_off) => power_off,
+            Err(e) => return Some(Reply::error(e.code(), error_chain(&e))),
+        };
+        let outbox = outbox.clone();
+        // Not in `requests`: a host that closes the connection right after
+        // asking must not cancel the power-off.
+        tokio::spawn(async move {
+            // The host learns that the guest accepted before it goes.
+            let _ = outbox.send(Frame::reply(id, Reply::Done)).await;
+            let _ = tokio::time::timeout(SHUTDOWN_FLUSH, outbox.flush()).await;
+            if let Err(e) = power_off.start() {
+                tracing::error!(error = %e, "asking init to power off failed");
+            }
+        });
+        return None;
+    }
     if table.contains_key(&id) {
         return Some(Reply::error(
             ErrorCode::BadRequest,
@@ -363,18 +599,43 @@ async fn run_request(
             Ok(credited) => FrameBody::Reply(Reply::Reseeded { credited }),
             Err(e) => failed(e.code(), error_chain(&e)),
         },
-        Request::SetNetwork { .. } => failed(
-            ErrorCode::Unsupported,
-            "set_network is not implemented by this agent yet".into(),
-        ),
-        Request::Shutdown => failed(
-            ErrorCode::Unsupported,
-            "shutdown is not implemented by this agent yet".into(),
-        ),
-        // The reader answers signals itself; kept total rather than panicking.
+        Request::SetNetwork {
+            interface,
+            address_cidr,
+            gateway,
+            nameservers,
+        } => {
+            if let Err(e) = system::may_configure_network(config) {
+                return failed(e.code(), error_chain(&e));
+            }
+            let wanted = match network::InterfaceConfig::parse(
+                &interface,
+                &address_cidr,
+                gateway.as_deref(),
+                &nameservers,
+            ) {
+                Ok(wanted) => wanted,
+                Err(e) => return failed(e.code(), error_chain(&e)),
+            };
+            // A few blocking round trips to the kernel, off the runtime.
+            match tokio::task::spawn_blocking(move || network::configure(&wanted)).await {
+                Ok(Ok(())) => FrameBody::Reply(Reply::Done),
+                Ok(Err(e)) => failed(e.code(), error_chain(&e)),
+                Err(e) => failed(
+                    ErrorCode::Io,
+                    format!("configuring the network failed: {e}"),
+                ),
+            }
+        }
+        // The reader answers signals and shutdowns itself; kept total rather
+        // than panicking.
         Request::Signal { .. } => failed(
             ErrorCode::BadRequest,
             "a signal is for a running exec".into(),
+        ),
+        Request::Shutdown => failed(
+            ErrorCode::BadRequest,
+            "shutdown is answered by the connection".into(),
         ),
     }
 }

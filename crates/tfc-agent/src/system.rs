@@ -40,12 +40,19 @@ pub enum SystemError {
     WriteSeed(#[source] std::io::Error),
     #[error("crediting the seed to the kernel's entropy count failed")]
     CreditSeed(#[source] std::io::Error),
+    #[error("{0} needs the agent's guest mode (--guest) or init mode (PID 1); refusing to change the network of the machine the agent runs on")]
+    NotGuestOrInit(&'static str),
+    #[error("shutdown needs the agent to be the guest's init (PID 1); this agent {0}")]
+    NotInit(&'static str),
 }
 
 impl SystemError {
     pub fn code(&self) -> ErrorCode {
         match self {
-            SystemError::NotGuest(_) | SystemError::NotRoot(_) => ErrorCode::PermissionDenied,
+            SystemError::NotGuest(_) | SystemError::NotRoot(_) | SystemError::NotGuestOrInit(_) => {
+                ErrorCode::PermissionDenied
+            }
+            SystemError::NotInit(_) => ErrorCode::Unsupported,
             SystemError::SeedSize(0) => ErrorCode::BadRequest,
             SystemError::SeedSize(_) => ErrorCode::TooLarge,
             SystemError::SetClock(e)
@@ -144,6 +151,47 @@ pub fn reseed_entropy(seed: &[u8], config: &AgentConfig) -> Result<bool, SystemE
     Ok(true)
 }
 
+/// Whether `set_network` may run: in guest mode or when the agent's own
+/// init started it (then the network it changes is its guest's, or its
+/// network namespace's).
+pub fn may_configure_network(config: &AgentConfig) -> Result<(), SystemError> {
+    if config.guest || config.init.is_some() {
+        Ok(())
+    } else {
+        Err(SystemError::NotGuestOrInit("set_network"))
+    }
+}
+
+/// A power-off that init agreed to be asked for.
+#[derive(Debug)]
+pub struct PowerOff {
+    init: i32,
+}
+
+/// Checks that `shutdown` can be done: only an agent started by its own
+/// init, when that init is PID 1.
+pub fn power_off(config: &AgentConfig) -> Result<PowerOff, SystemError> {
+    match config.init {
+        None => Err(SystemError::NotInit("was not started as init")),
+        Some(link) if !link.can_power_off => Err(SystemError::NotInit(
+            "runs under an --init that is not PID 1",
+        )),
+        Some(link) => Ok(PowerOff { init: link.pid }),
+    }
+}
+
+impl PowerOff {
+    /// Asks init to power off; init then stops every process, this agent
+    /// included.
+    pub fn start(self) -> std::io::Result<()> {
+        // SAFETY: kill has no memory effects; `init` is the agent's parent.
+        if unsafe { libc::kill(self.init, crate::supervisor::POWER_OFF_SIGNAL) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,14 +223,44 @@ mod tests {
         let config = AgentConfig {
             guest: false,
             clock_file: Some(path.clone()),
+            init: None,
         };
         sync_clock(1_234_567_890_123, &config).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "1234567890123\n");
         let missing = AgentConfig {
             guest: false,
             clock_file: Some(dir.path().join("no/such/dir/clock")),
+            init: None,
         };
         assert_eq!(sync_clock(1, &missing).unwrap_err().code(), ErrorCode::Io);
+    }
+
+    #[test]
+    fn shutdown_and_set_network_need_init_or_guest_mode() {
+        let host = AgentConfig::default();
+        assert_eq!(power_off(&host).unwrap_err().code(), ErrorCode::Unsupported);
+        let err = may_configure_network(&host).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::PermissionDenied);
+        let sub_init = AgentConfig {
+            guest: false,
+            clock_file: None,
+            init: Some(crate::server::InitLink {
+                pid: 77,
+                can_power_off: false,
+            }),
+        };
+        assert!(may_configure_network(&sub_init).is_ok());
+        assert_eq!(
+            power_off(&sub_init).unwrap_err().code(),
+            ErrorCode::Unsupported
+        );
+        let guest = AgentConfig {
+            guest: true,
+            clock_file: None,
+            init: None,
+        };
+        assert!(may_configure_network(&guest).is_ok());
+        assert!(power_off(&guest).is_err());
     }
 
     #[test]

@@ -415,7 +415,9 @@ fn two_execs_are_multiplexed_on_one_connection() {
     client.send(1, with_stdin(exec(&["cat"])));
     client.send(2, exec(&["echo", "second"]));
     let (mut cat, mut echo) = (ExecOutput::default(), ExecOutput::default());
-    while echo.exit.is_none() {
+    // Until echo ended and cat started: cat's `exec_started` may come after
+    // echo's whole run.
+    while echo.exit.is_none() || cat.pid.is_none() {
         let frame = client.recv();
         match frame.id {
             1 => absorb(&mut cat, frame.body),
@@ -630,10 +632,13 @@ fn machine_changes_are_refused_outside_guest_mode() {
             interface: "eth0".into(),
             address_cidr: "10.0.0.2/24".into(),
             gateway: None,
+            nameservers: Vec::new(),
         },
     );
-    expect_error(reply, ErrorCode::Unsupported);
-    expect_error(client.request(4, Request::Shutdown), ErrorCode::Unsupported);
+    let message = expect_error(reply, ErrorCode::PermissionDenied);
+    assert!(message.contains("--guest"), "{message}");
+    let message = expect_error(client.request(4, Request::Shutdown), ErrorCode::Unsupported);
+    assert!(message.contains("PID 1"), "{message}");
     expect_error(client.request(0, Request::Ping), ErrorCode::BadRequest);
 }
 
