@@ -138,11 +138,36 @@ pub fn in_initial_pid_namespace() -> bool {
     }
 }
 
+/// The namespace of `kind` ("mnt", "uts", "net") the host's processes use:
+/// PID 1's, or, when its namespaces cannot be read (a PID 1 that forbids
+/// it), kthreadd's, which as a kernel thread holds the initial ones.
+fn host_namespace(kind: &str) -> Result<std::path::PathBuf, InitError> {
+    let init = format!("/proc/1/ns/{kind}");
+    match std::fs::read_link(&init) {
+        Ok(link) => Ok(link),
+        Err(first) => {
+            let kthreadd = std::fs::read_to_string("/proc/2/comm")
+                .map(|comm| comm.trim() == "kthreadd")
+                .unwrap_or(false);
+            if kthreadd {
+                if let Ok(link) = std::fs::read_link(format!("/proc/2/ns/{kind}")) {
+                    return Ok(link);
+                }
+            }
+            Err(InitError::ReadNamespace {
+                path: init,
+                source: first,
+            })
+        }
+    }
+}
+
 /// Refuses init mode when it would change the host: when the /proc already
 /// mounted shows another process as PID 1 (the agent is not the init of the
-/// machine or of its PID namespace) and that process shares the agent's
-/// mount, UTS or network namespace. Without /proc the machine has just
-/// booted: nothing to protect.
+/// machine or of its PID namespace) and the agent shares the host's mount,
+/// UTS or network namespace. Without /proc the machine has just booted:
+/// nothing to protect. When the host's namespaces cannot be read, init mode
+/// is refused too.
 pub fn check_own_namespaces() -> Result<(), InitError> {
     let Ok(seen_as) = std::fs::read_link("/proc/self") else {
         return Ok(());
@@ -152,12 +177,10 @@ pub fn check_own_namespaces() -> Result<(), InitError> {
         return Ok(());
     }
     for kind in ["mnt", "uts", "net"] {
-        let read = |path: String| {
-            std::fs::read_link(&path).map_err(|source| InitError::ReadNamespace { path, source })
-        };
-        let own = read(format!("/proc/self/ns/{kind}"))?;
-        let init = read(format!("/proc/1/ns/{kind}"))?;
-        if own == init {
+        let path = format!("/proc/self/ns/{kind}");
+        let own = std::fs::read_link(&path)
+            .map_err(|source| InitError::ReadNamespace { path, source })?;
+        if own == host_namespace(kind)? {
             return Err(InitError::SharedNamespace(kind));
         }
     }
@@ -373,7 +396,7 @@ mod tests {
         // Meaningful when this test process shares the mount namespace of
         // the machine's init, as it does when run on a host.
         let own = std::fs::read_link("/proc/self/ns/mnt").unwrap();
-        if own_pid() == 1 || std::fs::read_link("/proc/1/ns/mnt").ok() != Some(own) {
+        if own_pid() == 1 || host_namespace("mnt").ok() != Some(own) {
             println!("SKIPPED on_the_host_init_mode_is_refused: the test does not share the mount namespace of PID 1");
             return;
         }

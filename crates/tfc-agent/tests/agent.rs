@@ -1,7 +1,10 @@
 //! Tier 0: the built `tfc-agent` binary on a Unix socket in a tempdir, driven
 //! by a client on the blocking codec. No VM.
 
-use std::collections::BTreeMap;
+mod common;
+
+use common::{absorb, exec, exited, expect_error, with_stdin, Client, ExecOutput};
+
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -9,10 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tfc_agent_proto::{
-    DataKind, ErrorCode, Frame, FrameBody, FrameReader, FrameWriter, Reply, Request,
-    PROTOCOL_VERSION,
-};
+use sha2::{Digest, Sha256};
+use tfc_agent_proto::{DataKind, ErrorCode, FrameBody, Reply, Request, PROTOCOL_VERSION};
 
 /// The agent binary, killed and reaped on drop.
 struct Agent {
@@ -42,15 +43,7 @@ impl Agent {
     }
 
     fn connect(&self) -> Client {
-        let stream = UnixStream::connect(&self.socket).unwrap();
-        // A hung agent fails the test instead of hanging it.
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        Client {
-            reader: FrameReader::new(stream.try_clone().unwrap()),
-            writer: FrameWriter::new(stream),
-        }
+        Client::connect(&self.socket).unwrap()
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -66,142 +59,6 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-struct Client {
-    reader: FrameReader<UnixStream>,
-    writer: FrameWriter<UnixStream>,
-}
-
-/// Everything one exec sent, in order.
-#[derive(Debug, Default)]
-struct ExecOutput {
-    pid: Option<u32>,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    eofs: Vec<DataKind>,
-    exit: Option<Reply>,
-}
-
-fn exec(argv: &[&str]) -> Request {
-    Request::Exec {
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-        env: BTreeMap::from([("PATH".into(), "/usr/bin:/bin".into())]),
-        cwd: None,
-        stdin: false,
-        timeout_ms: None,
-        uid: None,
-    }
-}
-
-fn with_stdin(mut request: Request) -> Request {
-    if let Request::Exec { stdin, .. } = &mut request {
-        *stdin = true;
-    }
-    request
-}
-
-impl Client {
-    fn send(&mut self, id: u64, request: Request) {
-        self.writer
-            .write_frame(&Frame::request(id, request))
-            .unwrap();
-    }
-
-    fn send_data(&mut self, id: u64, kind: DataKind, bytes: &[u8]) {
-        self.writer.write_data(id, kind, bytes).unwrap();
-    }
-
-    fn send_eof(&mut self, id: u64, kind: DataKind) {
-        self.writer.write_frame(&Frame::eof(id, kind)).unwrap();
-    }
-
-    fn recv(&mut self) -> Frame {
-        self.reader
-            .read_frame()
-            .unwrap()
-            .expect("the agent closed the connection")
-    }
-
-    fn recv_reply(&mut self, id: u64) -> Reply {
-        let frame = self.recv();
-        assert_eq!(frame.id, id, "{frame:?}");
-        match frame.body {
-            FrameBody::Reply(reply) => reply,
-            other => panic!("expected a reply, got {other:?}"),
-        }
-    }
-
-    fn request(&mut self, id: u64, request: Request) -> Reply {
-        self.send(id, request);
-        self.recv_reply(id)
-    }
-
-    /// Reads frames of `id` until its exit, keeping the output.
-    fn collect(&mut self, id: u64) -> ExecOutput {
-        let mut out = ExecOutput::default();
-        while out.exit.is_none() {
-            let frame = self.recv();
-            assert_eq!(frame.id, id, "{frame:?}");
-            absorb(&mut out, frame.body);
-        }
-        out
-    }
-
-    fn run(&mut self, id: u64, request: Request) -> ExecOutput {
-        self.send(id, request);
-        self.collect(id)
-    }
-}
-
-fn absorb(out: &mut ExecOutput, body: FrameBody) {
-    match body {
-        FrameBody::Reply(Reply::ExecStarted { pid }) => {
-            assert!(out.pid.is_none(), "started twice");
-            out.pid = Some(pid);
-        }
-        FrameBody::Reply(reply @ Reply::Exit { .. }) => out.exit = Some(reply),
-        FrameBody::Data {
-            kind: DataKind::Stdout,
-            bytes,
-        } => {
-            assert!(
-                !out.eofs.contains(&DataKind::Stdout),
-                "stdout after its eof"
-            );
-            out.stdout.extend(bytes);
-        }
-        FrameBody::Data {
-            kind: DataKind::Stderr,
-            bytes,
-        } => {
-            assert!(
-                !out.eofs.contains(&DataKind::Stderr),
-                "stderr after its eof"
-            );
-            out.stderr.extend(bytes);
-        }
-        FrameBody::Eof(kind) => out.eofs.push(kind),
-        other => panic!("unexpected in an exec: {other:?}"),
-    }
-}
-
-fn exited(code: i32) -> Option<Reply> {
-    Some(Reply::Exit {
-        code: Some(code),
-        signal: None,
-        timed_out: false,
-    })
-}
-
-fn expect_error(reply: Reply, code: ErrorCode) -> String {
-    match reply {
-        Reply::Error { code: got, message } => {
-            assert_eq!(got, code, "{message}");
-            message
-        }
-        other => panic!("expected {code:?}, got {other:?}"),
     }
 }
 
@@ -307,14 +164,34 @@ fn stdin_is_echoed_by_cat() {
     assert_eq!(out.exit, exited(0));
 }
 
+/// The agent's peak resident memory (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/PID/status");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
 #[test]
 fn seventy_megabytes_of_output_arrive_complete() {
-    const SIZE: u64 = 70_000_000;
+    const SIZE: u64 = 70_000_000; // more than 64 MiB
     let agent = Agent::start();
     let mut client = agent.connect();
-    client.send(1, exec(&["head", "-c", &SIZE.to_string(), "/dev/zero"]));
-    // Counted as it arrives; the test holds one frame at a time.
+    // Random bytes, so a lost, repeated or reordered chunk changes the
+    // checksum; the command prints its own checksum on stderr first.
+    let data = agent.path("random.bin");
+    let script = format!(
+        "head -c {SIZE} /dev/urandom > {0} && sha256sum {0} >&2 && cat {0}",
+        data.display()
+    );
+    client.send(1, exec(&["sh", "-c", &script]));
+    // Hashed as it arrives; the test holds one frame at a time.
     let (mut received, mut largest_frame) = (0u64, 0usize);
+    let mut hash = Sha256::new();
+    let mut stderr = Vec::new();
     loop {
         let frame = client.recv();
         match frame.body {
@@ -322,10 +199,14 @@ fn seventy_megabytes_of_output_arrive_complete() {
                 kind: DataKind::Stdout,
                 bytes,
             } => {
-                assert!(bytes.iter().all(|b| *b == 0));
+                hash.update(&bytes);
                 received += bytes.len() as u64;
                 largest_frame = largest_frame.max(bytes.len());
             }
+            FrameBody::Data {
+                kind: DataKind::Stderr,
+                bytes,
+            } => stderr.extend(bytes),
             FrameBody::Reply(reply @ Reply::Exit { .. }) => {
                 assert_eq!(Some(reply), exited(0));
                 break;
@@ -334,7 +215,15 @@ fn seventy_megabytes_of_output_arrive_complete() {
         }
     }
     assert_eq!(received, SIZE);
+    let expected = String::from_utf8(stderr).unwrap();
+    let expected = expected.split_whitespace().next().unwrap().to_owned();
+    let got: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(got, expected, "the stream's checksum");
     assert!(largest_frame <= tfc_agent::CHUNK);
+    // Streaming, not buffering: the agent never held more than a few MiB of
+    // the 70 MB at once.
+    let peak = peak_rss(agent.child.id());
+    assert!(peak < 48 << 20, "agent peak RSS {peak} bytes");
 }
 
 #[test]
@@ -353,6 +242,12 @@ fn a_slow_reader_throttles_the_process() {
     assert!(
         !marker.exists(),
         "the process finished while nobody read its output"
+    );
+    // Stalled, the agent holds only its bounded queues.
+    let stalled_peak = peak_rss(agent.child.id());
+    assert!(
+        stalled_peak < 48 << 20,
+        "agent peak RSS {stalled_peak} bytes"
     );
     let out = client.collect(1);
     assert_eq!(out.stdout.len() as u64, SIZE);
@@ -722,4 +617,50 @@ fn unreadable_frames_close_only_their_connection() {
         bystander.request(2, Request::Ping),
         Reply::Pong { .. }
     ));
+}
+
+#[test]
+fn init_mode_is_refused_on_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = mounts_at_agent_targets();
+    let out = Command::new(env!("CARGO_BIN_EXE_tfc-agent"))
+        .arg("--init")
+        .arg("--unix")
+        .arg(dir.path().join("agent.sock"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("refusing init mode"), "{stderr}");
+    assert!(!dir.path().join("agent.sock").exists());
+    assert_eq!(mounts_at_agent_targets(), before, "nothing mounted");
+}
+
+/// The host's mountinfo lines for the places init mode mounts on (other
+/// tests on the machine may mount elsewhere meanwhile).
+fn mounts_at_agent_targets() -> Vec<String> {
+    let targets: Vec<&str> = tfc_agent::init::MOUNTS.iter().map(|m| m.target).collect();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|line| {
+            line.split(' ')
+                .nth(4)
+                .is_some_and(|point| targets.contains(&point))
+        })
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_transport_must_be_named() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tfc-agent"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--unix PATH or --vsock PORT"), "{stderr}");
 }
