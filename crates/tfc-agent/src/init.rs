@@ -289,18 +289,28 @@ pub fn mount_filesystems() -> Mounted {
             .failed
             .push(InitError::MakePrivate(io::Error::last_os_error()));
     }
+    // Read once /proc is there (it comes first), then kept up to date.
+    let mut points: Option<Vec<String>> = None;
     for entry in &MOUNTS {
         let present = if entry.target == "/proc" {
             own_proc_mounted()
         } else {
-            current_mount_points().iter().any(|p| p == entry.target)
+            points
+                .get_or_insert_with(current_mount_points)
+                .iter()
+                .any(|p| p == entry.target)
         };
         if present {
             report.already.push(entry.target);
             continue;
         }
         match mount(entry) {
-            Ok(()) => report.mounted.push(entry.target),
+            Ok(()) => {
+                report.mounted.push(entry.target);
+                if let Some(points) = points.as_mut() {
+                    points.push(entry.target.into());
+                }
+            }
             Err(source) => report.failed.push(InitError::Mount {
                 target: entry.target,
                 fstype: entry.fstype,

@@ -78,14 +78,19 @@ fn start_logging(init_mode: bool) {
         .with_writer(std::io::stderr)
         .with_ansi(false);
     if init_mode {
-        // On the console: a guest's clock is wrong until the host syncs it.
-        log.without_time().with_target(false).init();
+        // On the console: a guest's clock is wrong until the host syncs it,
+        // so the time is the agent's own, from its start.
+        log.with_timer(tracing_subscriber::fmt::time::uptime())
+            .with_target(false)
+            .init();
     } else {
         log.init();
     }
 }
 
 fn main() -> ExitCode {
+    // The clock the serving line's "after start" counts from.
+    tfc_agent::system::started();
     let pid1 = init::own_pid() == 1;
     let args = match Args::try_parse() {
         Ok(args) => args,

@@ -8,9 +8,11 @@
 //! through the interface, so no route of the clone's previous identity
 //! survives; then the address and the default route are added.
 
+use std::ffi::CString;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 
 use tfc_agent_proto::ErrorCode;
 
@@ -18,6 +20,11 @@ use crate::rtnetlink::Rtnetlink;
 
 /// Where name servers go.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// Where they go instead when the root filesystem is read-only (shared
+/// images are attached read-only): this file, on init's tmpfs, is then
+/// bind-mounted over [`RESOLV_CONF`], and later writes go through the mount.
+pub const RUN_RESOLV_CONF: &str = "/run/tfc/resolv.conf";
 
 /// The most name servers the C library reads from resolv.conf (`MAXNS`).
 pub const MAX_NAMESERVERS: usize = 3;
@@ -83,8 +90,17 @@ pub enum NetworkError {
         #[source]
         source: io::Error,
     },
-    #[error("writing {RESOLV_CONF} failed")]
-    ResolvConf(#[source] io::Error),
+    #[error("writing {path} failed")]
+    ResolvConf {
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the root filesystem is read-only and mounting {RUN_RESOLV_CONF} over {RESOLV_CONF} \
+         failed (the image needs an /etc/resolv.conf, or a link to /run/resolv.conf)"
+    )]
+    MountResolvConf(#[source] io::Error),
 }
 
 impl NetworkError {
@@ -211,9 +227,15 @@ pub fn link_up(name: &str) -> io::Result<()> {
 
 /// Gives the interface exactly `config`'s address, its default route and
 /// (when given) name servers. Blocking: a few round trips to the kernel.
+///
+/// The name servers are written first: a read-only image is the likeliest
+/// failure, and then nothing has changed yet.
 pub fn configure(config: &InterfaceConfig) -> Result<(), NetworkError> {
     let interface = &config.interface;
     let ifindex = interface_index(interface)?;
+    if !config.nameservers.is_empty() {
+        write_resolv_conf(&config.nameservers)?;
+    }
     link_up(interface).map_err(|e| NetworkError::LinkUp {
         interface: interface.clone(),
         source: e,
@@ -250,21 +272,57 @@ pub fn configure(config: &InterfaceConfig) -> Result<(), NetworkError> {
                 source: e,
             })?;
     }
-    if !config.nameservers.is_empty() {
-        write_resolv_conf(&config.nameservers).map_err(NetworkError::ResolvConf)?;
-    }
     Ok(())
 }
 
-/// Writes resolv.conf in place, through a symlink or over a bind mount (an
-/// image with a read-only /etc links it into /run): a rename would replace
-/// the link or fail on the mount.
-fn write_resolv_conf(nameservers: &[IpAddr]) -> io::Result<()> {
+/// Writes resolv.conf in place, through a symlink or a bind mount: a
+/// rename would replace the link or fail on the mount. On a read-only root,
+/// writes [`RUN_RESOLV_CONF`] and mounts it over [`RESOLV_CONF`].
+fn write_resolv_conf(nameservers: &[IpAddr]) -> Result<(), NetworkError> {
     let mut text = String::from("# written by tfc-agent\n");
     for server in nameservers {
         text.push_str(&format!("nameserver {server}\n"));
     }
-    let mut file = std::fs::File::create(RESOLV_CONF)?;
+    match write_in_place(RESOLV_CONF, &text) {
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => {}
+        other => {
+            return other.map_err(|source| NetworkError::ResolvConf {
+                path: RESOLV_CONF,
+                source,
+            })
+        }
+    }
+    let run_error = |source| NetworkError::ResolvConf {
+        path: RUN_RESOLV_CONF,
+        source,
+    };
+    if let Some(dir) = Path::new(RUN_RESOLV_CONF).parent() {
+        std::fs::create_dir_all(dir).map_err(run_error)?;
+    }
+    write_in_place(RUN_RESOLV_CONF, &text).map_err(run_error)?;
+    let (source, target) = (
+        CString::new(RUN_RESOLV_CONF).expect("no NUL in a constant"),
+        CString::new(RESOLV_CONF).expect("no NUL in a constant"),
+    );
+    // SAFETY: both paths are NUL-terminated strings alive for the call; the
+    // other pointers may be null for a bind mount.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(NetworkError::MountResolvConf(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn write_in_place(path: &str, text: &str) -> io::Result<()> {
+    let mut file = std::fs::File::create(path)?;
     file.write_all(text.as_bytes())?;
     file.sync_all()
 }

@@ -103,7 +103,7 @@ impl Rtnetlink {
         // SAFETY: `raw` was just created and is owned by nothing else.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let timeout = libc::timeval {
-            tv_sec: REPLY_TIMEOUT.as_secs() as libc::time_t,
+            tv_sec: REPLY_TIMEOUT.as_secs() as _,
             tv_usec: 0,
         };
         // SAFETY: `timeout` is a valid timeval of the size passed.

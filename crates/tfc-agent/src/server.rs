@@ -140,8 +140,9 @@ impl Listener {
 }
 
 /// The line the agent prints to stderr (the console, as PID 1) when it
-/// starts serving, followed by the endpoint: "tfc-agent: serving on vsock
-/// port 1024". A host watching the console can wait for it.
+/// starts serving, followed by the endpoint and its timing: "tfc-agent:
+/// serving on vsock port 1024 (1.9 ms after start, 812 ms after boot)". A
+/// host watching the console can wait for it.
 pub const SERVING_LINE: &str = "tfc-agent: serving on ";
 
 /// Why the agent stopped serving.
@@ -159,7 +160,7 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("starting the runtime failed")]
+    #[error("starting the runtime failed (a guest kernel needs CONFIG_EPOLL and CONFIG_EVENTFD)")]
     Runtime(#[source] std::io::Error),
     #[error("registering the listening socket with the runtime failed")]
     Register(#[source] std::io::Error),
@@ -277,7 +278,11 @@ pub async fn serve_listener(listener: Listener, config: AgentConfig) -> Result<(
 
 fn announce(endpoint: &Endpoint) {
     // One plain line, whatever the log format: hosts match on it.
-    let line = format!("{SERVING_LINE}{endpoint}\n");
+    let since_start = system::started().elapsed().as_secs_f64() * 1000.0;
+    let since_boot = system::kernel_uptime()
+        .map(|uptime| format!(", {} ms after boot", uptime.as_millis()))
+        .unwrap_or_default();
+    let line = format!("{SERVING_LINE}{endpoint} ({since_start:.1} ms after start{since_boot})\n");
     let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
 }
 

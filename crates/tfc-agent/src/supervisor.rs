@@ -27,7 +27,7 @@
 
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::cmdline;
@@ -109,7 +109,7 @@ fn set_signal_mask(how: libc::c_int, set: &libc::sigset_t) -> io::Result<()> {
 /// Waits up to `timeout` for one of the blocked [`SIGNALS`].
 fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<libc::c_int> {
     let timeout = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_sec: timeout.as_secs() as _,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
     // SAFETY: `set` and `timeout` are valid for the call; no siginfo is
@@ -479,19 +479,38 @@ fn unmount_all(machine: bool) {
     }
 }
 
+/// The `reboot` command that ends this machine's VM. Without ACPI
+/// (Firecracker; QEMU's microvm with `acpi=off`) the kernel cannot switch
+/// the machine off: `RB_POWER_OFF` only halts the CPUs and the VMM runs on
+/// (seen under QEMU). A reset is what these VMMs take as the end: with
+/// `reboot=k` it is a keyboard-controller reset, on which Firecracker exits,
+/// and QEMU too under `-no-reboot`. With ACPI, `RB_POWER_OFF` works.
+fn machine_off_command() -> libc::c_int {
+    if Path::new("/sys/firmware/acpi").exists() {
+        libc::RB_POWER_OFF
+    } else {
+        libc::RB_AUTOBOOT
+    }
+}
+
 /// Powers off: sync, SIGTERM to every process, SIGKILL to what is left after
-/// [`TERM_GRACE`], unmount, sync, `reboot(RB_POWER_OFF)`.
+/// [`TERM_GRACE`], unmount, sync, `reboot`.
 ///
-/// Only PID 1 calls this. On a machine (`machine`) that powers the machine
-/// off; without ACPI (Firecracker) the kernel cannot switch itself off, so
-/// init's exit panics it and `panic=1` with `reboot=k` ends the VM a second
-/// later. In a PID namespace, the kernel turns `reboot` into the end of the
-/// namespace: it kills its init and so every process in it (see
-/// `reboot(2)`, "Behavior inside PID namespaces"); the host is not touched.
-/// `kill(-1, ...)` likewise reaches only the processes of init's PID
-/// namespace.
+/// Only PID 1 calls this. On a machine (`machine`) `reboot` ends the VM (see
+/// [`machine_off_command`]). In a PID namespace it is `RB_POWER_OFF`, which
+/// the kernel turns into the end of the namespace: it kills the namespace's
+/// init, and with it every process in it, and reports the init killed by
+/// SIGINT (`reboot(2)`, "Behavior inside PID namespaces"); the host is not
+/// touched. `kill(-1, ...)` likewise reaches only the processes of init's
+/// PID namespace.
 fn power_off(signal: libc::c_int, machine: bool) -> ! {
     tracing::info!(signal, "powering off");
+    // Decided while /sys is still mounted.
+    let command = if machine {
+        machine_off_command()
+    } else {
+        libc::RB_POWER_OFF
+    };
     // SAFETY: sync takes no arguments and cannot fail.
     unsafe { libc::sync() };
     // SAFETY: kill has no memory effects; as PID 1, -1 means every other
@@ -506,8 +525,8 @@ fn power_off(signal: libc::c_int, machine: bool) -> ! {
     unmount_all(machine);
     // SAFETY: as above.
     unsafe { libc::sync() };
-    // SAFETY: reboot takes no pointers with this command.
-    unsafe { libc::reboot(libc::RB_POWER_OFF) };
+    // SAFETY: reboot takes no pointers with these commands.
+    unsafe { libc::reboot(command) };
     // Still here: the kernel refused.
     tracing::error!(error = %last_error(), "power-off failed; exiting, which panics the kernel (panic=1 then ends the VM)");
     std::process::exit(1)

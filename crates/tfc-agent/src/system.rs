@@ -66,9 +66,18 @@ impl SystemError {
     }
 }
 
-fn started() -> Instant {
+/// When the agent started: fixed by the first call, which `main` makes
+/// first thing (an agent forked by init inherits init's).
+pub fn started() -> Instant {
     static STARTED: OnceLock<Instant> = OnceLock::new();
     *STARTED.get_or_init(Instant::now)
+}
+
+/// The kernel's uptime, when /proc is mounted.
+pub fn kernel_uptime() -> Option<std::time::Duration> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    let seconds: f64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(std::time::Duration::from_secs_f64(seconds))
 }
 
 /// The answer to `ping`.
@@ -78,11 +87,9 @@ pub fn pong() -> Reply {
         .unwrap_or_else(|_| "unknown".into());
     // The kernel's uptime; the agent's own when /proc is not mounted (early
     // in a guest's boot).
-    let uptime_ms = std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|text| text.split_whitespace().next()?.parse::<f64>().ok())
-        .map(|seconds| (seconds * 1000.0) as u64)
-        .unwrap_or_else(|| started().elapsed().as_millis() as u64);
+    let uptime_ms = kernel_uptime()
+        .unwrap_or_else(|| started().elapsed())
+        .as_millis() as u64;
     Reply::Pong {
         version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -109,7 +116,7 @@ pub fn sync_clock(unix_ns: u64, config: &AgentConfig) -> Result<(), SystemError>
         return Err(SystemError::NotRoot("sync_clock"));
     }
     let time = libc::timespec {
-        tv_sec: (unix_ns / 1_000_000_000) as libc::time_t,
+        tv_sec: (unix_ns / 1_000_000_000) as _,
         tv_nsec: (unix_ns % 1_000_000_000) as libc::c_long,
     };
     // SAFETY: `time` is a valid timespec that outlives the call.

@@ -459,6 +459,23 @@ fn init_set_network_readdresses_an_interface() {
         "resolv.conf is left alone without name servers"
     );
 
+    // A read-only /etc (a shared image): the name servers go to /run and
+    // are mounted over /etc/resolv.conf.
+    let host_resolv = std::fs::read("/etc/resolv.conf").unwrap();
+    assert_eq!(
+        agent.sh("mount -o remount,bind,ro /etc/resolv.conf").1,
+        Some(0)
+    );
+    let request = set_network("eth0", "10.77.3.9/16", Some("10.77.0.1"), &["10.77.0.53"]);
+    assert_eq!(client.request(6, request), Reply::Done);
+    let written = "# written by tfc-agent\nnameserver 10.77.0.53\n";
+    assert_eq!(agent.sh("cat /etc/resolv.conf").0, written);
+    assert_eq!(agent.sh("cat /run/tfc/resolv.conf").0, written);
+    assert!(std::fs::read_to_string(&resolv)
+        .unwrap()
+        .contains("10.123.0.53"));
+    assert_eq!(std::fs::read("/etc/resolv.conf").unwrap(), host_resolv);
+
     // Mistakes are told apart.
     let reply = client.request(3, set_network("nope0", "10.0.0.2/24", None, &[]));
     expect_error(reply, ErrorCode::NotFound);
