@@ -2,7 +2,7 @@
 //!
 //! The process leads a new process group, so a timeout or a `signal` request
 //! reaches everything it started, and a request aborted with its connection
-//! kills the group ([`GroupGuard`]). Output is read in [`crate::CHUNK`]s and
+//! kills the group (`GroupGuard`). Output is read in [`crate::CHUNK`]s and
 //! sent as it comes; each send waits for room in the connection's bounded
 //! outbox, so a slow host stops the reads, the pipe fills and the process
 //! blocks on its next write: memory stays bounded whatever the output size.

@@ -4,7 +4,7 @@
 //! rename cannot cross filesystems), checks that exactly the declared size
 //! arrived, fsyncs, sets the mode, renames into place and fsyncs the
 //! directory: after a crash the target is the old file or the whole new one.
-//! Any failure removes the temporary file ([`Scratch`]).
+//! Any failure removes the temporary file (`Scratch`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -14,7 +14,7 @@
 //!   The listening socket stays open in PID 1, so connections waiting in its
 //!   backlog are served by the next agent.
 //! - [`POWER_OFF_SIGNAL`] (the agent's `shutdown`), `SIGINT`
-//!   (ctrl-alt-del), `SIGTERM`, `SIGPWR`: power off ([`power_off`]).
+//!   (ctrl-alt-del), `SIGTERM`, `SIGPWR`: power off (`power_off`).
 //!
 //! PID 1 never starts a runtime or a thread, so forking it is sound, and a
 //! panic in the agent takes down the agent only. A panic in PID 1's own loop
