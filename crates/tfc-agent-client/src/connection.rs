@@ -247,6 +247,16 @@ impl AgentConnection {
         }
     }
 
+    /// Asks the guest to power off. The agent answers before it goes; the
+    /// VM's VMM then exits. Only an agent that is the guest's init does this;
+    /// others refuse with `unsupported`.
+    pub async fn shutdown(&self) -> Result<(), AgentError> {
+        match self.request(Request::Shutdown).await? {
+            Reply::Done => Ok(()),
+            other => Err(AgentError::unexpected("done", other)),
+        }
+    }
+
     /// Mixes `seed` into the guest's random pool; returns whether the guest
     /// kernel also credited it as entropy.
     pub async fn reseed_entropy(&self, seed: &[u8]) -> Result<bool, AgentError> {

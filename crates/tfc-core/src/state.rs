@@ -14,6 +14,7 @@
 //!                                                      └──────Pause────────────┘
 //!  Paused ──SnapshotTaken──▶ Snapshotted ──Resume──▶ Running
 //!  any live state ──Stop──▶ Stopping ──Exited──▶ Stopped
+//!  Ready, Running, NeedsMaintenance ──GuestShutdown (the guest powered off)──▶ Stopped
 //!  any state but Stopped/Failed ──Fail──▶ Failed
 //! ```
 
@@ -140,12 +141,15 @@ pub enum VmEvent {
     Stop,
     /// The VMM process exited after a stop.
     Exited,
+    /// The guest powered itself off (or reset: a microVM's reset ends its
+    /// VMM), and the VMM exited cleanly with it.
+    GuestShutdown,
     /// Anything fatal: process died, boot timed out, VMM refused a call.
     Fail,
 }
 
 impl VmEvent {
-    pub const ALL: [VmEvent; 15] = [
+    pub const ALL: [VmEvent; 16] = [
         VmEvent::StartBoot,
         VmEvent::StartPrewarm,
         VmEvent::Restored,
@@ -160,6 +164,7 @@ impl VmEvent {
         VmEvent::Repaired,
         VmEvent::Stop,
         VmEvent::Exited,
+        VmEvent::GuestShutdown,
         VmEvent::Fail,
     ];
 }
@@ -193,6 +198,9 @@ pub fn transition(from: VmState, event: VmEvent) -> Result<VmState, InvalidTrans
         (S::NeedsMaintenance, E::Repaired) => S::Ready,
         (s, E::Stop) if s.has_process() && s != S::Stopping => S::Stopping,
         (S::Stopping, E::Exited) => S::Stopped,
+        // Only a guest that runs can power off; one that never became ready
+        // failed to boot.
+        (S::Ready | S::Running | S::NeedsMaintenance, E::GuestShutdown) => S::Stopped,
         (s, E::Fail) if !s.is_terminal() => S::Failed,
         _ => return Err(InvalidTransition { from, event }),
     };
@@ -245,6 +253,9 @@ mod tests {
             t.insert((s, E::Stop), S::Stopping);
         }
         t.insert((S::Stopping, E::Exited), S::Stopped);
+        for s in [S::Ready, S::Running, S::NeedsMaintenance] {
+            t.insert((s, E::GuestShutdown), S::Stopped);
+        }
         for s in VmState::ALL {
             if !s.is_terminal() {
                 t.insert((s, E::Fail), S::Failed);

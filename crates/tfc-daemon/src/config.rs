@@ -235,6 +235,26 @@ impl AgentConfig {
     }
 }
 
+/// Which built root image a VM type uses when it names no `rootfs`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Image {
+    /// Static busybox with the guest agent (always built).
+    #[default]
+    Busybox,
+    /// Debian 12 minbase with the guest agent (`tfc assets build --debian`).
+    Debian,
+}
+
+impl Image {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Image::Busybox => "busybox",
+            Image::Debian => "debian",
+        }
+    }
+}
+
 /// Whether a VM type's VMs run the guest agent as their init.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -267,8 +287,12 @@ pub struct VmTypeConfig {
     pub memory_mib: u32,
     /// Kernel image; the built assets' kernel if omitted.
     pub kernel: Option<PathBuf>,
-    /// Root filesystem image, attached read-only; the built assets' if omitted.
+    /// Root filesystem image, attached read-only; the built assets' `image`
+    /// if omitted.
     pub rootfs: Option<PathBuf>,
+    /// Which built root image to use when `rootfs` is omitted.
+    #[serde(default)]
+    pub image: Image,
     /// Kernel command line; the built assets' profile args if omitted.
     pub boot_args: Option<String>,
     /// Console text that marks the VM Ready.
@@ -443,6 +467,7 @@ fn default_vm_types() -> BTreeMap<String, VmTypeConfig> {
             memory_mib: default_memory(),
             kernel: None,
             rootfs: None,
+            image: Image::default(),
             boot_args: None,
             readiness_line: default_readiness_line(),
             diff_snapshots: false,
@@ -713,6 +738,12 @@ impl Config {
             if vm_type.readiness_line.is_empty() {
                 return Err(invalid(key("readiness_line"), "must not be empty"));
             }
+            if vm_type.rootfs.is_some() && vm_type.image != Image::Busybox {
+                return Err(invalid(
+                    key("image"),
+                    "names a built image, and `rootfs` names a file: give one of them",
+                ));
+            }
             if vm_type.agent_port == 0 || vm_type.agent_port == u32::MAX {
                 return Err(invalid(
                     key("agent_port"),
@@ -889,6 +920,11 @@ mod tests {
             ("[agent]\nmax_file_mib = 4096", "agent.max_file_mib"),
             ("[agent]\nmax_file = 1", "max_file"),
             ("[vm_types.default]\nagent = \"yes\"", "agent"),
+            ("[vm_types.default]\nimage = \"alpine\"", "image"),
+            (
+                "[vm_types.default]\nrootfs = \"/r.ext4\"\nimage = \"debian\"",
+                "vm_types.default.image",
+            ),
             (
                 "[vm_types.default]\nagent_port = 0",
                 "vm_types.default.agent_port",

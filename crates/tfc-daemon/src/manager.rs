@@ -23,7 +23,7 @@ use tfc_store::{AnyStore, MemoryStore, Store};
 
 use crate::agent::{AgentAddress, LinkError, SessionEnd};
 use crate::backend::{Backend, BackendError, RestoreRequest, VmBackend, VmMachine};
-use crate::config::{AgentMode, Config, ShutdownPolicy};
+use crate::config::{AgentMode, Config, Image, ShutdownPolicy};
 use crate::pools::{self, Pools};
 use crate::snapshots::{self, Catalog, CatalogError, HostFacts, NewSnapshot};
 use crate::vm::{self, SnapshotJob, VmError, VmHandle, VmOp};
@@ -350,9 +350,27 @@ impl VmManager {
             })?
             .into(),
         };
-        let rootfs = match &vm_type.rootfs {
-            Some(path) => path.clone(),
-            None => from_assets("rootfs", &|m| m.rootfs.path.display().to_string())?.into(),
+        let rootfs = match (&vm_type.rootfs, vm_type.image) {
+            (Some(path), _) => path.clone(),
+            (None, Image::Busybox) => {
+                from_assets("rootfs", &|m| m.rootfs.path.display().to_string())?.into()
+            }
+            (None, Image::Debian) => {
+                let path = from_assets("rootfs", &|m| {
+                    m.debian
+                        .as_ref()
+                        .map(|d| d.path.display().to_string())
+                        .unwrap_or_default()
+                })?;
+                if path.is_empty() {
+                    return Err(ManagerError::NoAsset {
+                        vm_type: type_name.clone(),
+                        what: "rootfs",
+                        reason: "the type's image is debian, which is not built: run `tfc assets build --debian`".to_owned(),
+                    });
+                }
+                path.into()
+            }
         };
         let mut boot_args = match &vm_type.boot_args {
             Some(args) => args.clone(),

@@ -519,6 +519,25 @@ impl Owner {
         let _ = self.apply(VmEvent::Fail).await;
     }
 
+    /// The VMM ended with no stop asked for. A clean exit of a guest that
+    /// ran is the guest powering off: the VM is stopped, like a container
+    /// whose process exited 0. Anything else is a failure.
+    async fn exited(&self, reason: ExitReason) {
+        let state = self.state();
+        if reason.success() && transition(state, VmEvent::GuestShutdown).is_ok() {
+            self.close_agent();
+            tracing::info!(vm = %self.id, %reason, "the guest powered off");
+            self.record.send_modify(|r| {
+                r.exit = Some(exit_info(reason));
+                r.pid = None;
+            });
+            let _ = self.apply(VmEvent::GuestShutdown).await;
+            return;
+        }
+        self.fail(format!("VMM {reason} unexpectedly"), Some(reason))
+            .await;
+    }
+
     fn refuse(&self, op: VmOp) -> VmError {
         VmError::InvalidState {
             id: self.id.clone(),
@@ -762,7 +781,7 @@ impl Owner {
         loop {
             tokio::select! {
                 reason = machine.wait_exit() => {
-                    self.fail(format!("VMM {reason} unexpectedly"), Some(reason)).await;
+                    self.exited(reason).await;
                     return true;
                 }
                 command = self.commands.recv() => {

@@ -44,6 +44,11 @@ pub struct MachineConfig {
 /// Appended to the boot arguments: the root image is the first (only)
 /// virtio block device, read-only so many VMs share one image.
 pub const ROOT_ARGS: &str = "root=/dev/vda ro";
+/// Appended last, so it wins over the VM type's `reboot=k`: the microvm
+/// machine has no keyboard controller to reset through, and a reset by
+/// triple fault is what ends QEMU under `-no-reboot` (the guest's power-off
+/// and `panic=1` both end in a reset).
+pub const RESET_ARGS: &str = "reboot=t";
 
 /// `path` inside a QEMU option string, where a comma ends the value unless
 /// doubled.
@@ -107,7 +112,7 @@ pub fn qemu_args(config: &MachineConfig, workdir: &Path) -> Vec<OsString> {
         // The guest's serial port on stdout, which is the console file.
         "-serial".as_ref(),
         "stdio".as_ref(),
-        // A guest reboot (`reboot=k`, `panic=1`) ends QEMU instead.
+        // A guest reset (its power-off, `panic=1`) ends QEMU instead.
         "-no-reboot".as_ref(),
         "-S".as_ref(),
         "-qmp".as_ref(),
@@ -115,7 +120,7 @@ pub fn qemu_args(config: &MachineConfig, workdir: &Path) -> Vec<OsString> {
         "-kernel".as_ref(),
         config.kernel.as_os_str(),
         "-append".as_ref(),
-        format!("{} {ROOT_ARGS}", config.boot_args.trim()).as_ref(),
+        format!("{} {ROOT_ARGS} {RESET_ARGS}", config.boot_args.trim()).as_ref(),
         "-drive".as_ref(),
         format!("id=root,file={ROOTFS_LINK},format=raw,if=none,readonly=on").as_ref(),
         "-device".as_ref(),
@@ -191,7 +196,7 @@ mod tests {
         assert_eq!(values(&args, "-kernel"), ["/k/bzImage"]);
         assert_eq!(
             values(&args, "-append"),
-            ["console=ttyS0 panic=1 root=/dev/vda ro"]
+            ["console=ttyS0 panic=1 root=/dev/vda ro reboot=t"]
         );
         assert_eq!(
             values(&args, "-qmp"),

@@ -54,6 +54,13 @@ pub const GUEST: Fragment = Fragment {
         "TMPFS",
         "FUTEX",
         "EPOLL",
+        // tokio (the guest agent) wakes its reactor through an eventfd; the
+        // rest are what ordinary userspace (a Debian guest) expects of Linux.
+        "EVENTFD",
+        "SIGNALFD",
+        "TIMERFD",
+        "FILE_LOCKING",
+        "INOTIFY_USER",
         "POSIX_TIMERS",
         "MULTIUSER",
         "IP_PNP",
