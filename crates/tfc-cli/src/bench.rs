@@ -144,7 +144,7 @@ pub async fn run(cmd: BenchCmd, data_dir: &Path) -> anyhow::Result<()> {
         BenchCmd::Boot(args) => args,
         BenchCmd::Restore(args) => return crate::bench_restore::run(args, data_dir).await,
         BenchCmd::Pool(args) => return crate::bench_pool::run(args, data_dir).await,
-        BenchCmd::Exec(args) => return crate::bench_exec::run(args).await,
+        BenchCmd::Exec(args) => return crate::bench_exec::run(args, data_dir).await,
     };
     if args.count == 0 {
         bail!("--count must be at least 1");
