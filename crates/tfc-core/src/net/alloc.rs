@@ -175,6 +175,18 @@ impl AddressAllocator {
             .collect()
     }
 
+    /// Released blocks waiting to be reused, the one released longest ago first.
+    pub fn released(&self) -> Vec<Block> {
+        self.released
+            .iter()
+            .map(|index| {
+                self.pool
+                    .block(*index)
+                    .expect("invariant: every released index lies below next_fresh <= capacity")
+            })
+            .collect()
+    }
+
     /// Blocks a lease could take now.
     pub fn free(&self) -> u32 {
         self.pool.capacity() - self.by_block.len() as u32
