@@ -40,4 +40,4 @@ pub use host::{HostConfig, HostError, HostNet};
 pub use netns::{Netns, NetnsError};
 pub use pool::SlotPool;
 pub use reconcile::{reconcile, ReconcileError, ReconcileReport};
-pub use slot::{SetupError, Slot, TeardownError, VmNetwork};
+pub use slot::{teardown_recorded, SetupError, Slot, TeardownError, VmNetwork};

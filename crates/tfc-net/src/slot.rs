@@ -175,6 +175,12 @@ pub enum RemoveError {
 pub enum TeardownError {
     #[error("cannot remove {}: {}", .0.first().map(|(o, _)| o.to_string()).unwrap_or_default(), .0.first().map(|(_, e)| tfc_core::error_chain(e)).unwrap_or_default())]
     Remove(Vec<(NetObject, RemoveError)>),
+    #[error("cannot read the network record of VM {vm}")]
+    ReadRecord {
+        vm: VmId,
+        #[source]
+        source: Box<StoreError>,
+    },
     #[error("cannot forget the network record of {owner}")]
     Forget {
         owner: String,
@@ -639,10 +645,11 @@ impl VmNetwork {
         &self.objects
     }
 
-    /// Removes everything, in reverse order, then the record and the lease.
-    /// If an object cannot be removed, the record and the lease stay (the
-    /// error says which object), so a later teardown or reconciliation
-    /// finishes.
+    /// Removes everything, in reverse order, then the record and the lease,
+    /// and gives back the VM's claims (its host ports, its one network). If
+    /// an object cannot be removed, the record, the lease and the claims stay
+    /// (the error says which object): [`teardown_recorded`] finishes from the
+    /// record later, as does start-up reconciliation.
     pub fn teardown(self, host: &HostNet, store: &dyn Store) -> Result<(), TeardownError> {
         let VmNetwork {
             slot,
@@ -652,23 +659,51 @@ impl VmNetwork {
         } = self;
         // Our handles would keep the namespace alive after its unmount.
         drop(slot);
-        remove_objects(host, &objects).map_err(TeardownError::Remove)?;
-        crash::point("net.teardown.after_objects");
-        host.release_forwards(&lease.vm);
-        host.release_vm(&lease.vm);
-        Recorder::Vm {
-            vm: &lease.vm,
-            store,
-        }
-        .forget()?;
-        store
-            .release_block(&lease.vm)
-            .map(drop)
-            .map_err(|source| TeardownError::Release {
-                vm: lease.vm.clone(),
-                source: Box::new(source),
-            })
+        tear_down(host, store, &lease.vm, &objects)
     }
+}
+
+/// Tears down `vm`'s network from its record in `store`: for a network whose
+/// [`VmNetwork`] is gone (a teardown that failed part-way, a setup that could
+/// not undo itself). Without a record, only the lease and claims go.
+pub fn teardown_recorded(
+    host: &HostNet,
+    store: &dyn Store,
+    vm: &VmId,
+) -> Result<(), TeardownError> {
+    let objects = store
+        .list_net_objects()
+        .map_err(|source| TeardownError::ReadRecord {
+            vm: vm.clone(),
+            source: Box::new(source),
+        })?
+        .into_iter()
+        .find(|row| &row.vm == vm)
+        .map(|row| row.objects)
+        .unwrap_or_default();
+    tear_down(host, store, vm, &objects)
+}
+
+fn tear_down(
+    host: &HostNet,
+    store: &dyn Store,
+    vm: &VmId,
+    objects: &[NetObject],
+) -> Result<(), TeardownError> {
+    remove_objects(host, objects).map_err(TeardownError::Remove)?;
+    crash::point("net.teardown.after_objects");
+    Recorder::Vm { vm, store }.forget()?;
+    store
+        .release_block(vm)
+        .map_err(|source| TeardownError::Release {
+            vm: vm.clone(),
+            source: Box::new(source),
+        })?;
+    // Last: until here the VM could not set up a second network over a
+    // record that still names its first.
+    host.release_forwards(vm);
+    host.release_vm(vm);
+    Ok(())
 }
 
 /// Removes `objects` in reverse creation order; each removal of a missing

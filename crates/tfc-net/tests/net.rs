@@ -97,10 +97,7 @@ fn a_slot_has_a_firecracker_tap_and_a_connected_veth() {
     let before = t.inventory();
     let slot = Slot::create(&t.host).unwrap();
     let name = slot.name().to_owned();
-    assert_eq!(
-        t.prefix.slot_of(&name),
-        Some(t.prefix.slot_of(&name).unwrap())
-    );
+    assert!(t.prefix.slot_of(&name).is_some(), "{name} is a slot name");
 
     // The tap, as `ip -d` reports it: Firecracker's flags, persistent, up,
     // with the guest's gateway address.
@@ -368,6 +365,7 @@ fn port_forwards_reach_the_vm_and_hold_their_host_port() {
     }
     let t = TestNet::new();
     t.host.install().unwrap();
+    let empty = t.inventory();
     let store = MemoryStore::new();
     let pool = SlotPool::new(t.host.clone(), 0);
     let config = NetConfig {
@@ -415,7 +413,23 @@ fn port_forwards_reach_the_vm_and_hold_their_host_port() {
         "a forward torn down",
     );
     let twin = pool.acquire(&vm("vm-twin"), &config, &store).unwrap();
-    twin.teardown(&t.host, &store).unwrap();
+
+    // A network whose handle is lost (a daemon task that failed half-way)
+    // is torn down from its record, and gives back its host port and its
+    // VM's claim.
+    drop(twin);
+    assert!(matches!(
+        pool.acquire(&vm("vm-twin"), &mode(NetMode::Isolated), &store),
+        Err(SetupError::AlreadyAttached { .. })
+    ));
+    tfc_net::teardown_recorded(&t.host, &store, &vm("vm-twin")).unwrap();
+    assert_eq!(t.inventory(), empty);
+    assert_eq!(store.list_leases().unwrap(), vec![]);
+    let third = pool.acquire(&vm("vm-third"), &config, &store).unwrap();
+    third.teardown(&t.host, &store).unwrap();
+    // Harmless again: there is nothing left to tear down.
+    tfc_net::teardown_recorded(&t.host, &store, &vm("vm-twin")).unwrap();
+    assert_eq!(t.inventory(), empty);
 }
 
 #[test]
@@ -534,7 +548,7 @@ fn the_pool_hands_out_ready_slots_first() {
         .acquire(&vm("vm-3"), &mode(NetMode::Isolated), &store)
         .unwrap();
     assert!(!ready.contains(third.slot_name()), "made on demand");
-    // A VM has one network at a time, and mode none none at all; both are
+    // A VM has one network at a time, and mode none has none; both are
     // refused before anything is made.
     let inventory = t.inventory();
     assert!(matches!(
@@ -568,7 +582,7 @@ fn reconciliation_spares_live_vms_and_removes_the_rest() {
     let live = pool
         .acquire(&vm("vm-live"), &mode(NetMode::Isolated), &store)
         .unwrap();
-    let _dead = pool
+    let dead = pool
         .acquire(&vm("vm-dead"), &mode(NetMode::Isolated), &store)
         .unwrap();
     pool.fill().unwrap(); // a ready slot no record owns
@@ -596,8 +610,8 @@ fn reconciliation_spares_live_vms_and_removes_the_rest() {
     live.teardown(&t.host, &store).unwrap();
     // The dead VM's network and the ready slot were removed under the
     // handles still held here: dropping them is all that is left.
-    drop(_dead);
-    assert!(pool.len() == 1);
+    drop(dead);
+    assert_eq!(pool.len(), 1);
     assert_eq!(t.inventory(), before);
 }
 
