@@ -4,12 +4,15 @@
 //! root.
 //!
 //! ```sh
-//! cargo run --release -p tfc-net --example net_bench -- [COUNT] [isolated|nat] [memory]
+//! cargo run --release -p tfc-net --example net_bench -- [COUNT] [isolated|nat] [allow] [forward] [memory]
 //! ```
+//!
+//! `allow` gives each VM a one-rule egress allowlist (mode nat), `forward`
+//! one port forward; `memory` uses the in-memory store.
 
 use std::process::ExitCode;
 
-use tfc_core::net::NetMode;
+use tfc_core::net::{EgressRule, NetMode, PortForward, Protocol};
 use tfc_net::bench::{self, BenchOptions};
 use tfc_store::{MemoryStore, SqliteStore, Store, STATE_DB_FILE};
 
@@ -19,13 +22,25 @@ fn main() -> ExitCode {
     let mut memory = false;
     for arg in &args {
         match arg.as_str() {
-            "isolated" => options.mode = NetMode::Isolated,
-            "nat" => options.mode = NetMode::Nat,
+            "isolated" => options.config.mode = NetMode::Isolated,
+            "nat" => options.config.mode = NetMode::Nat,
+            "allow" => {
+                options.config.egress_allow = Some(vec![EgressRule {
+                    to: "192.0.2.0/24".parse().expect("a network"),
+                    protocol: Some(Protocol::Tcp),
+                    ports: vec!["443".parse().expect("a port")],
+                }])
+            }
+            "forward" => options.config.port_forwards.push(PortForward {
+                host_port: 8080,
+                vm_port: 80,
+                protocol: Protocol::Tcp,
+            }),
             "memory" => memory = true,
             n => match n.parse() {
                 Ok(count) => options.count = count,
                 Err(_) => {
-                    eprintln!("usage: net_bench [COUNT] [isolated|nat] [memory]");
+                    eprintln!("usage: net_bench [COUNT] [isolated|nat] [allow] [forward] [memory]");
                     return ExitCode::from(2);
                 }
             },

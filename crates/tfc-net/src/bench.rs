@@ -32,8 +32,9 @@ pub struct BenchOptions {
     pub count: usize,
     /// Unmeasured samples first, per path.
     pub warmup: usize,
-    /// The VMs' mode: `isolated` or `nat`.
-    pub mode: NetMode,
+    /// What each VM asks for: mode `isolated` or `nat`, and optionally an
+    /// allowlist and port forwards (each costs one `nft` run at setup).
+    pub config: NetConfig,
     /// Prefix of every name the benchmark makes; keep it apart from a
     /// running daemon's (whose reconciliation would remove ours).
     pub prefix: NamePrefix,
@@ -44,7 +45,10 @@ impl Default for BenchOptions {
         Self {
             count: 50,
             warmup: 3,
-            mode: NetMode::Isolated,
+            config: NetConfig {
+                mode: NetMode::Isolated,
+                ..NetConfig::default()
+            },
             prefix: NamePrefix::new("tfcb").expect("a valid prefix"),
         }
     }
@@ -123,7 +127,7 @@ impl fmt::Display for Summary {
 /// The measurements.
 #[derive(Debug, Clone)]
 pub struct BenchReport {
-    pub mode: NetMode,
+    pub config: NetConfig,
     /// Making one slot ahead of need (off the request path).
     pub slot_create: Summary,
     /// A VM's setup with a ready slot.
@@ -136,7 +140,16 @@ pub struct BenchReport {
 
 impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "network setup and teardown per VM, mode {}", self.mode)?;
+        let c = &self.config;
+        writeln!(
+            f,
+            "network setup and teardown per VM: mode {}, {} egress rules, {} port forwards",
+            c.mode,
+            c.egress_allow
+                .as_ref()
+                .map_or("no".to_owned(), |r| r.len().to_string()),
+            c.port_forwards.len()
+        )?;
         writeln!(f, "  slot creation (pool fill):  {}", self.slot_create)?;
         writeln!(f, "  setup from the slot pool:   {}", self.pooled_setup)?;
         writeln!(f, "  teardown (pooled):          {}", self.pooled_teardown)?;
@@ -162,7 +175,7 @@ impl fmt::Display for BenchReport {
 /// Runs the benchmark with `store` for leases and records (the daemon's
 /// kind of store, so its writes are in the figures).
 pub fn run(options: &BenchOptions, store: &dyn Store) -> Result<BenchReport, BenchError> {
-    if options.mode == NetMode::None {
+    if options.config.mode == NetMode::None {
         return Err(BenchError::NoNetwork);
     }
     if options.count == 0 {
@@ -196,10 +209,7 @@ fn measure(
     config.uplink = Some("uplink0".to_owned());
     let host = Arc::new(HostNet::new(config)?);
     host.install()?;
-    let net = NetConfig {
-        mode: options.mode,
-        ..NetConfig::default()
-    };
+    let net = options.config.clone();
     let samples = options.warmup + options.count;
     let pooled = SlotPool::new(Arc::clone(&host), samples);
     let on_demand = SlotPool::new(Arc::clone(&host), 0);
@@ -252,7 +262,7 @@ fn sample(
     }
     let summary = |samples: &[Duration]| Summary::of(samples).expect("count > 0 samples");
     Ok(BenchReport {
-        mode: options.mode,
+        config: options.config.clone(),
         slot_create: summary(&slot_create[options.warmup..]),
         pooled_setup: summary(&times[0]),
         pooled_teardown: summary(&times[1]),

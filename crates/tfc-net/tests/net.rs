@@ -794,7 +794,15 @@ fn the_benchmark_runs_and_leaves_nothing() {
     let options = tfc_net::bench::BenchOptions {
         count: 2,
         warmup: 1,
-        mode: NetMode::Nat,
+        config: NetConfig {
+            mode: NetMode::Nat,
+            egress_allow: Some(vec![]),
+            port_forwards: vec![PortForward {
+                host_port: 8080,
+                vm_port: 80,
+                protocol: Protocol::Tcp,
+            }],
+        },
         prefix: prefix.clone(),
     };
     let store = MemoryStore::new();
