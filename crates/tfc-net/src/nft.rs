@@ -19,6 +19,7 @@
 
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use tfc_core::net::guest::{GUEST_ADDR, NS_VETH_NAME, TAP_NAME};
@@ -62,13 +63,25 @@ fn nft(netns: Option<&Netns>, args: &[&str], script: &str, what: &str) -> Result
                 }
             }
         };
-        let mut child = Command::new(NFT)
+        let mut command = Command::new(NFT);
+        command
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(spawn)?;
+            .stderr(Stdio::piped());
+        // If we die (a crashed daemon), `nft` dies with us rather than
+        // committing a ruleset after start-up reconciliation has looked.
+        // SAFETY: prctl(2) is async-signal-safe and touches no memory of
+        // the parent; it runs in the child between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(spawn)?;
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let written = stdin.write_all(script.as_bytes());
         drop(stdin);

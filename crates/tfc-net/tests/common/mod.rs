@@ -59,9 +59,14 @@ pub fn lane(test: &str) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let why = missing.join("; ");
+    not_run(test, &missing.join("; "))
+}
+
+/// Says loudly that `test` did not run and why (this is not a pass), and
+/// returns `false`; with `TFC_REQUIRE_TIER1=1` fails the test instead.
+pub fn not_run(test: &str, why: &str) -> bool {
     if std::env::var("TFC_REQUIRE_TIER1").as_deref() == Ok("1") {
-        panic!("the network lane is required (TFC_REQUIRE_TIER1=1) but cannot run: {why}");
+        panic!("the network lane is required (TFC_REQUIRE_TIER1=1) but {test} cannot run: {why}");
     }
     // Straight to the process's stderr: the harness captures `eprintln!` of
     // passing tests, and this must be seen.
