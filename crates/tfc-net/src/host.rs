@@ -17,6 +17,7 @@ use tfc_core::VmId;
 use crate::netlink::{Link, NetlinkError, Rtnl};
 use crate::netns::{Netns, NetnsError};
 use crate::nft::{self, NftError};
+use crate::slot::SetupError;
 use crate::sysctl::{self, SysctlError};
 
 /// How the host side is set up.
@@ -231,6 +232,21 @@ impl HostNet {
         let table = self.config.prefix.as_str().to_owned();
         nft::delete_table(self.netns(), &table)
             .map_err(|source| HostError::Uninstall { table, source })
+    }
+
+    /// Takes back, after a restart, the claims of a live VM's network: the VM
+    /// has a network (no second one may be set up for it) and holds its host
+    /// ports. Its network is later torn down from its record
+    /// ([`crate::teardown_recorded`]), which gives them back.
+    pub fn adopt(&self, vm: &VmId, forwards: &[PortForward]) -> Result<(), SetupError> {
+        if !self.claim_vm(vm) {
+            return Err(SetupError::AlreadyAttached { vm: vm.clone() });
+        }
+        if let Err((forward, holder)) = self.claim_forwards(vm, forwards) {
+            self.release_vm(vm);
+            return Err(SetupError::PortTaken { forward, holder });
+        }
+        Ok(())
     }
 
     /// Marks `vm` as having a network; `false` if it has one already.

@@ -606,11 +606,20 @@ fn reconciliation_spares_live_vms_and_removes_the_rest() {
     );
     assert_eq!(store.list_leases().unwrap().len(), 1);
 
+    // The restarted daemon takes back the live VM's claims: no second
+    // network for it; later it tears the network down from its record.
+    host.adopt(&vm("vm-live"), &[]).unwrap();
+    let restarted = SlotPool::new(std::sync::Arc::new(host), 0);
+    assert!(matches!(
+        restarted.acquire(&vm("vm-live"), &mode(NetMode::Isolated), &store),
+        Err(SetupError::AlreadyAttached { .. })
+    ));
     drop(guest);
-    live.teardown(&t.host, &store).unwrap();
-    // The dead VM's network and the ready slot were removed under the
-    // handles still held here: dropping them is all that is left.
-    drop(dead);
+    tfc_net::teardown_recorded(restarted.host(), &store, &vm("vm-live")).unwrap();
+    assert_eq!(store.list_leases().unwrap(), vec![]);
+    assert_eq!(store.list_net_objects().unwrap(), vec![]);
+    // The old daemon's handles name only removed objects now.
+    drop((live, dead));
     assert_eq!(pool.len(), 1);
     assert_eq!(t.inventory(), before);
 }
