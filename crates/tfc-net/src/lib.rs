@@ -17,8 +17,8 @@
 //!   held by a VM), their setup recorded before each step and their teardown
 //!   in reverse, safe to repeat.
 //! - [`pool`]: [`SlotPool`], slots made ahead of need.
-//! - [`reconcile`]: start-up removal of what no live VM owns.
-//! - [`bench`]: setup and teardown timings, pooled vs on demand.
+//! - [`mod@reconcile`]: start-up removal of what no live VM owns.
+//! - [`mod@bench`]: setup and teardown timings, pooled vs on demand.
 //! - `crash`: named crash points for fault-injection tests (`TFC_CRASH_AT`).
 //!
 //! Leases and records go through `tfc_store::Store`; the pure rules (pool,
