@@ -8,6 +8,8 @@
 //! - [`error`]: printing an error with its causes, once, at the edge.
 //! - [`id`]: validated identifiers of VMs, snapshots and VM types.
 //! - [`level`]: optimization levels and the start method that serves each.
+//! - [`net`]: per-VM networking: the address pool and its allocator, network modes,
+//!   the fixed guest link, and the names and records of network objects.
 //! - [`pool`]: pool tiers and the pure decisions of a pool (refill, back-off, autoscaling).
 //! - [`spec`]: what a VM is made of (kernel, rootfs, vCPUs, memory, boot args, readiness).
 //! - [`state`]: the VM lifecycle, [`VmState`], and its single transition function.
@@ -20,6 +22,7 @@ pub mod error;
 pub mod exit;
 pub mod id;
 pub mod level;
+pub mod net;
 pub mod pool;
 pub mod spec;
 pub mod state;

@@ -3,12 +3,13 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use tfc_core::net::{Ipv4Pool, Lease, NetObject};
 use tfc_core::{SnapshotId, VmId};
 
 use crate::error::StoreError;
 use crate::memory::MemoryStore;
 use crate::sqlite::{SqliteStore, STATE_DB_FILE};
-use crate::store::{SnapshotRow, Store, StoreStats, VmRow};
+use crate::store::{NetObjectsRow, SnapshotRow, Store, StoreStats, VmRow};
 
 /// Which backend keeps the daemon's state: `storage = "sqlite"` (the default) or
 /// `"memory"` (nothing survives a restart).
@@ -86,6 +87,30 @@ impl Store for AnyStore {
 
     fn list_snapshots(&self) -> Result<Vec<SnapshotRow>, StoreError> {
         dispatch!(self, store => store.list_snapshots())
+    }
+
+    fn lease_block(&self, pool: &Ipv4Pool, vm: &VmId) -> Result<Lease, StoreError> {
+        dispatch!(self, store => store.lease_block(pool, vm))
+    }
+
+    fn release_block(&self, vm: &VmId) -> Result<Option<Lease>, StoreError> {
+        dispatch!(self, store => store.release_block(vm))
+    }
+
+    fn list_leases(&self) -> Result<Vec<Lease>, StoreError> {
+        dispatch!(self, store => store.list_leases())
+    }
+
+    fn put_net_objects(&self, vm: &VmId, objects: &[NetObject]) -> Result<(), StoreError> {
+        dispatch!(self, store => store.put_net_objects(vm, objects))
+    }
+
+    fn delete_net_objects(&self, vm: &VmId) -> Result<bool, StoreError> {
+        dispatch!(self, store => store.delete_net_objects(vm))
+    }
+
+    fn list_net_objects(&self) -> Result<Vec<NetObjectsRow>, StoreError> {
+        dispatch!(self, store => store.list_net_objects())
     }
 
     fn stats(&self) -> Result<StoreStats, StoreError> {

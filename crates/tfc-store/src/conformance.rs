@@ -4,18 +4,22 @@
 //! model of two `BTreeMap`s, one per table.
 //!
 //! VM rows and snapshot rows obey the same rules; the snapshot checks (`snapshot_*`)
-//! mirror the VM checks of the same name.
+//! mirror the VM checks of the same name. Address leases (`lease_*`) follow
+//! [`tfc_core::net::AddressAllocator`], which a second property test uses as
+//! their model, and stay unique under concurrent leasing; network-object
+//! records (`net_objects_*`) keep each VM's list in order.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
+use tfc_core::net::{AddressAllocator, AllocError, Ipv4Pool, Lease, NetObject};
 use tfc_core::{SnapshotId, VmId, VmState};
 
 use crate::error::StoreError;
 use crate::schema::{SCHEMA_VERSION, TABLES};
-use crate::store::{now_ms, SnapshotRow, Store, VmRow, MAX_TIMESTAMP_MS};
+use crate::store::{now_ms, NetObjectsRow, SnapshotRow, Store, VmRow, MAX_TIMESTAMP_MS};
 
 /// Expands to the conformance suite for one backend.
 ///
@@ -110,8 +114,40 @@ macro_rules! conformance_tests {
                 run($crate::conformance::vms_and_snapshots_are_separate)
             }
             #[test]
+            fn lease_fresh_blocks_in_order() {
+                run($crate::conformance::lease_fresh_blocks_in_order)
+            }
+            #[test]
+            fn lease_reuses_released_blocks_last() {
+                run($crate::conformance::lease_reuses_released_blocks_last)
+            }
+            #[test]
+            fn lease_exhaustion_is_refused() {
+                run($crate::conformance::lease_exhaustion_is_refused)
+            }
+            #[test]
+            fn lease_pool_changes_only_when_empty() {
+                run($crate::conformance::lease_pool_changes_only_when_empty)
+            }
+            #[test]
+            fn lease_no_double_lease_under_concurrency() {
+                run($crate::conformance::lease_no_double_lease_under_concurrency)
+            }
+            #[test]
+            fn net_objects_round_trip() {
+                run($crate::conformance::net_objects_round_trip)
+            }
+            #[test]
+            fn net_writes_advance_last_write() {
+                run($crate::conformance::net_writes_advance_last_write)
+            }
+            #[test]
             fn agrees_with_model() {
                 $crate::conformance::agrees_with_model($cases, $make, $restart)
+            }
+            #[test]
+            fn leases_agree_with_allocator() {
+                $crate::conformance::leases_agree_with_allocator($cases, $make, $restart)
             }
         }
     };
@@ -311,8 +347,25 @@ pub(crate) fn stats_count_rows(store: &dyn Store) {
     assert_eq!(json["backend"], stats.backend);
     assert_eq!(
         json["rows"],
-        serde_json::json!([["vms", 2], ["snapshots", 1]])
+        serde_json::json!([
+            ["vms", 2],
+            ["snapshots", 1],
+            ["net_leases", 0],
+            ["net_released", 0],
+            ["net_objects", 0]
+        ])
     );
+
+    let pool = small_pool();
+    store.lease_block(&pool, &id("vm-a")).unwrap();
+    store.lease_block(&pool, &id("vm-b")).unwrap();
+    store.release_block(&id("vm-a")).unwrap();
+    store
+        .put_net_objects(&id("vm-b"), &sample_objects("tfc-1"))
+        .unwrap();
+    assert_eq!(count(store, "net_leases"), 1);
+    assert_eq!(count(store, "net_released"), 1);
+    assert_eq!(count(store, "net_objects"), 4);
     assert_eq!(json["schema_version"], SCHEMA_VERSION);
     match stats.backend {
         "memory" => assert_eq!((stats.path, stats.size_bytes), (None, None)),
@@ -605,6 +658,330 @@ pub(crate) fn agrees_with_model<S: Store, G>(
             let expected: Vec<SnapshotRow> = snapshots.values().cloned().collect();
             prop_assert_eq!(store.list_snapshots().unwrap(), expected);
             prop_assert_eq!(snapshots_count(&store), snapshots.len() as u64);
+        }
+        Ok(())
+    });
+    if let Err(err) = result {
+        panic!("{err}");
+    }
+}
+
+/// A pool of 4 blocks.
+fn small_pool() -> Ipv4Pool {
+    "192.0.2.0/28".parse().unwrap()
+}
+
+fn leased_index(store: &dyn Store, pool: &Ipv4Pool, vm: &str) -> u32 {
+    store.lease_block(pool, &id(vm)).unwrap().block.index()
+}
+
+/// The objects one slot is made of, named after `slot`.
+fn sample_objects(slot: &str) -> Vec<NetObject> {
+    vec![
+        NetObject::Namespace { name: slot.into() },
+        NetObject::NftTable {
+            namespace: Some(slot.into()),
+            name: "tfc".into(),
+        },
+        NetObject::Veth { name: slot.into() },
+        NetObject::Tap {
+            namespace: slot.into(),
+            name: "tap0".into(),
+        },
+    ]
+}
+
+pub(crate) fn lease_fresh_blocks_in_order(store: &dyn Store) {
+    assert_eq!(store.list_leases().unwrap(), vec![]);
+    let pool: Ipv4Pool = "10.200.0.0/16".parse().unwrap();
+    let a = store.lease_block(&pool, &id("vm-a")).unwrap();
+    assert_eq!(a.block.to_string(), "10.200.0.0/30");
+    assert_eq!(a.block.vm().to_string(), "10.200.0.2");
+    assert_eq!(leased_index(store, &pool, "vm-b"), 1);
+    // Leasing again is harmless: the same block, nothing new taken.
+    assert_eq!(store.lease_block(&pool, &id("vm-a")).unwrap(), a);
+    assert_eq!(leased_index(store, &pool, "vm-c"), 2);
+    let leases: Vec<(String, u32)> = store
+        .list_leases()
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.vm.to_string(), l.block.index()))
+        .collect();
+    assert_eq!(
+        leases,
+        [("vm-a".into(), 0), ("vm-b".into(), 1), ("vm-c".into(), 2)]
+    );
+    assert_eq!(store.release_block(&id("vm-ghost")).unwrap(), None);
+}
+
+pub(crate) fn lease_reuses_released_blocks_last(store: &dyn Store) {
+    let pool = small_pool();
+    for vm in ["vm-a", "vm-b"] {
+        leased_index(store, &pool, vm);
+    }
+    let released = store.release_block(&id("vm-a")).unwrap().unwrap();
+    assert_eq!((released.vm.as_str(), released.block.index()), ("vm-a", 0));
+    assert_eq!(store.release_block(&id("vm-a")).unwrap(), None);
+    // Block 0 is free, but fresh blocks go first.
+    assert_eq!(leased_index(store, &pool, "vm-c"), 2);
+    store.release_block(&id("vm-b")).unwrap();
+    assert_eq!(leased_index(store, &pool, "vm-d"), 3);
+    // Fresh blocks are used up: the longest-released block comes back first.
+    assert_eq!(leased_index(store, &pool, "vm-e"), 0);
+    assert_eq!(leased_index(store, &pool, "vm-f"), 1);
+}
+
+pub(crate) fn lease_exhaustion_is_refused(store: &dyn Store) {
+    let pool = small_pool();
+    for vm in ["vm-a", "vm-b", "vm-c", "vm-d"] {
+        leased_index(store, &pool, vm);
+    }
+    let before = store.list_leases().unwrap();
+    match store.lease_block(&pool, &id("vm-e")) {
+        Err(StoreError::Lease {
+            vm,
+            source: AllocError::Exhausted { capacity: 4, .. },
+        }) => assert_eq!(vm.as_str(), "vm-e"),
+        other => panic!("expected an exhausted pool, got {other:?}"),
+    }
+    let err = store.lease_block(&pool, &id("vm-e")).unwrap_err();
+    let message = tfc_core::error_chain(&err);
+    assert!(message.contains("configure a larger pool"), "{message}");
+    assert_eq!(
+        store.list_leases().unwrap(),
+        before,
+        "a refused lease took a block"
+    );
+    store.release_block(&id("vm-c")).unwrap();
+    assert_eq!(leased_index(store, &pool, "vm-e"), 2);
+}
+
+pub(crate) fn lease_pool_changes_only_when_empty(store: &dyn Store) {
+    let old = small_pool();
+    let new: Ipv4Pool = "198.51.100.0/24".parse().unwrap();
+    leased_index(store, &old, "vm-a");
+    leased_index(store, &old, "vm-b");
+    store.release_block(&id("vm-a")).unwrap();
+    match store.lease_block(&new, &id("vm-c")) {
+        Err(StoreError::Lease {
+            source:
+                AllocError::PoolChanged {
+                    recorded,
+                    configured,
+                    leases: 1,
+                },
+            ..
+        }) => assert_eq!((recorded, configured), (old, new)),
+        other => panic!("expected a changed pool, got {other:?}"),
+    }
+    assert_eq!(store.list_leases().unwrap().len(), 1);
+    store.release_block(&id("vm-b")).unwrap();
+    // Nothing leased: the store moves to the new pool, its old order forgotten.
+    let c = store.lease_block(&new, &id("vm-c")).unwrap();
+    assert_eq!(c.block.to_string(), "198.51.100.0/30");
+    assert_eq!(count(store, "net_released"), 0);
+    assert_eq!(store.list_leases().unwrap(), vec![c]);
+}
+
+/// Threads leasing at once never share a block, and exactly the pool's
+/// capacity of them succeed; every other one is told the pool is exhausted.
+pub(crate) fn lease_no_double_lease_under_concurrency(store: &dyn Store) {
+    // Two at a time, started together, many rounds.
+    let pool: Ipv4Pool = "10.200.0.0/16".parse().unwrap();
+    for round in 0..25 {
+        let barrier = std::sync::Barrier::new(2);
+        let blocks: Vec<u32> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..2)
+                .map(|t| {
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        barrier.wait();
+                        leased_index(store, &pool, &format!("vm-{round}-{t}"))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_ne!(
+            blocks[0], blocks[1],
+            "round {round}: both got block {}",
+            blocks[0]
+        );
+    }
+    assert_eq!(store.list_leases().unwrap().len(), 50);
+
+    // Eight threads racing for the last blocks of a small pool.
+    let small: Ipv4Pool = "192.0.2.0/26".parse().unwrap(); // 16 blocks
+    for vm in store.list_leases().unwrap() {
+        store.release_block(&vm.vm).unwrap();
+    }
+    let barrier = std::sync::Barrier::new(8);
+    let results: Vec<Result<Lease, StoreError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    (0..4)
+                        .map(|i| store.lease_block(&small, &id(&format!("vm-x{t}-{i}"))))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut won = Vec::new();
+    for result in results {
+        match result {
+            Ok(lease) => won.push(lease.block.index()),
+            Err(StoreError::Lease {
+                source: AllocError::Exhausted { .. },
+                ..
+            }) => {}
+            Err(other) => panic!("unexpected error {other:?}"),
+        }
+    }
+    won.sort_unstable();
+    assert_eq!(
+        won,
+        (0..16).collect::<Vec<u32>>(),
+        "a block twice or one lost"
+    );
+    assert_eq!(store.list_leases().unwrap().len(), 16);
+}
+
+pub(crate) fn net_objects_round_trip(store: &dyn Store) {
+    assert_eq!(store.list_net_objects().unwrap(), vec![]);
+    let b = sample_objects("tfc-2");
+    let a = sample_objects("tfc-1");
+    store.put_net_objects(&id("vm-b"), &b).unwrap();
+    store.put_net_objects(&id("vm-a"), &a[..2]).unwrap();
+    // Replacing a record keeps the new list, in its order.
+    store.put_net_objects(&id("vm-a"), &a).unwrap();
+    let rows = store.list_net_objects().unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            NetObjectsRow {
+                vm: id("vm-a"),
+                objects: a.clone()
+            },
+            NetObjectsRow {
+                vm: id("vm-b"),
+                objects: b.clone()
+            },
+        ]
+    );
+    // Order is creation order, not sorted.
+    let mut reversed = a.clone();
+    reversed.reverse();
+    store.put_net_objects(&id("vm-a"), &reversed).unwrap();
+    assert_eq!(store.list_net_objects().unwrap()[0].objects, reversed);
+
+    assert!(store.delete_net_objects(&id("vm-a")).unwrap());
+    assert!(!store.delete_net_objects(&id("vm-a")).unwrap());
+    // An empty list removes the record.
+    store.put_net_objects(&id("vm-b"), &[]).unwrap();
+    assert_eq!(store.list_net_objects().unwrap(), vec![]);
+    assert_eq!(count(store, "net_objects"), 0);
+    // Network records are apart from VM records.
+    assert_eq!(store.list_vms().unwrap(), vec![]);
+}
+
+pub(crate) fn net_writes_advance_last_write(store: &dyn Store) {
+    let last_write = || store.stats().unwrap().last_write_ms;
+    assert_eq!(last_write(), None);
+    let pool = small_pool();
+    // Reads and no-ops are not writes.
+    store.list_leases().unwrap();
+    store.release_block(&id("vm-a")).unwrap();
+    store.put_net_objects(&id("vm-a"), &[]).unwrap();
+    assert!(!store.delete_net_objects(&id("vm-a")).unwrap());
+    store.list_net_objects().unwrap();
+    assert_eq!(last_write(), None);
+
+    let before = now_ms();
+    store.lease_block(&pool, &id("vm-a")).unwrap();
+    let first = last_write().expect("a lease is a write");
+    assert!(first >= before);
+    std::thread::sleep(Duration::from_millis(5));
+    store.lease_block(&pool, &id("vm-a")).unwrap();
+    assert_eq!(
+        last_write(),
+        Some(first),
+        "leasing a held block again is no write"
+    );
+    store
+        .put_net_objects(&id("vm-a"), &sample_objects("tfc-1"))
+        .unwrap();
+    let second = last_write().unwrap();
+    assert!(second > first, "{first} -> {second}");
+    std::thread::sleep(Duration::from_millis(5));
+    store.release_block(&id("vm-a")).unwrap();
+    assert!(last_write().unwrap() > second);
+}
+
+#[derive(Clone, Debug)]
+enum LeaseOp {
+    Lease(usize),
+    Release(usize),
+    Restart,
+}
+
+fn lease_op() -> impl Strategy<Value = LeaseOp> {
+    prop_oneof![
+        5 => (0..8usize).prop_map(LeaseOp::Lease),
+        3 => (0..8usize).prop_map(LeaseOp::Release),
+        1 => Just(LeaseOp::Restart),
+    ]
+}
+
+/// Random leases and releases by 8 VMs of a 4-block pool, with restarts where
+/// the backend survives one, give exactly the allocator's answers: the same
+/// blocks (so the same reuse order) and the same refusals.
+pub(crate) fn leases_agree_with_allocator<S: Store, G>(
+    cases: u32,
+    make: impl Fn() -> (S, G),
+    restart: Option<fn(S) -> S>,
+) {
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let pool = small_pool();
+    let result = runner.run(&proptest::collection::vec(lease_op(), 0..60), |ops| {
+        let (mut store, _guard) = make();
+        let mut model = AddressAllocator::new(pool);
+        for op in ops {
+            match op {
+                LeaseOp::Lease(n) => {
+                    let vm = id(&format!("vm-{n}"));
+                    let expected = model.lease(&vm);
+                    match (store.lease_block(&pool, &vm), expected) {
+                        (Ok(got), Ok(want)) => prop_assert_eq!(got, want),
+                        (Err(StoreError::Lease { source, .. }), Err(want)) => {
+                            prop_assert_eq!(source, want)
+                        }
+                        (got, want) => prop_assert!(false, "store {:?}, model {:?}", got, want),
+                    }
+                }
+                LeaseOp::Release(n) => {
+                    let vm = id(&format!("vm-{n}"));
+                    prop_assert_eq!(store.release_block(&vm).unwrap(), model.release(&vm));
+                }
+                LeaseOp::Restart => {
+                    if let Some(restart) = restart {
+                        store = restart(store);
+                    }
+                }
+            }
+            prop_assert_eq!(store.list_leases().unwrap(), model.leases());
+            prop_assert_eq!(count(&store, "net_leases"), model.leases().len() as u64);
+            prop_assert_eq!(count(&store, "net_released"), model.released().len() as u64);
         }
         Ok(())
     });

@@ -6,6 +6,8 @@ use std::io;
 use std::path::PathBuf;
 
 use rusqlite::ErrorCode;
+use tfc_core::net::AllocError;
+use tfc_core::VmId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -78,6 +80,15 @@ pub enum StoreError {
         key: String,
         column: &'static str,
         value: String,
+    },
+
+    /// The allocator refused: the pool is exhausted, or it changed under
+    /// held leases. The source says what to do.
+    #[error("cannot lease an address block to VM {vm}")]
+    Lease {
+        vm: VmId,
+        #[source]
+        source: AllocError,
     },
 
     #[error("cannot {op}")]

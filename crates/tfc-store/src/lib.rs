@@ -3,11 +3,12 @@
 //! recorded with what is actually running; snapshot records are kept the same way.
 //!
 //! Layout:
-//! - [`store`]: the [`Store`] trait, the rows it keeps ([`VmRow`], [`SnapshotRow`]) and its
-//!   [`StoreStats`].
+//! - [`store`]: the [`Store`] trait, the rows it keeps ([`VmRow`], [`SnapshotRow`],
+//!   [`NetObjectsRow`]; address leases are [`tfc_core::net::Lease`]s) and its [`StoreStats`].
 //! - [`error`]: [`StoreError`], one enum for every backend, with messages that say what to do.
 //! - [`memory`]: [`MemoryStore`], a map behind a mutex, for tests and `storage = "memory"`.
-//! - [`sqlite`]: [`SqliteStore`], the default: one SQLite file in WAL mode, `synchronous=FULL`.
+//! - [`sqlite`]: [`SqliteStore`], the default: one SQLite file in WAL mode, `synchronous=FULL`
+//!   (its `net` part keeps address leases and network-object records).
 //! - [`schema`]: the SQLite schema as an ordered list of migrations keyed on `user_version`.
 //! - [`any`]: [`AnyStore`], the backend chosen by configuration ([`StoreKind`]).
 //!
@@ -28,4 +29,4 @@ pub use error::{Corruption, StoreError};
 pub use memory::MemoryStore;
 pub use schema::SCHEMA_VERSION;
 pub use sqlite::{SqliteStore, STATE_DB_FILE};
-pub use store::{SnapshotRow, Store, StoreStats, VmRow, MAX_TIMESTAMP_MS};
+pub use store::{NetObjectsRow, SnapshotRow, Store, StoreStats, VmRow, MAX_TIMESTAMP_MS};

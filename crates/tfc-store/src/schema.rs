@@ -3,7 +3,7 @@
 //! each in its own transaction together with the version bump, so a crash leaves
 //! the database at one version or the next, never between.
 //!
-//! To add a table (pools, leases, ...): append a step to [`MIGRATIONS`]
+//! To add a table: append a step to [`MIGRATIONS`]
 //! and the table's name to [`TABLES`]. Never edit a step that has shipped: databases
 //! in the field have already run it.
 
@@ -45,6 +45,34 @@ pub const MIGRATIONS: &[Migration] = &[
         ) STRICT;
     ",
     },
+    Migration {
+        summary: "create net_leases, net_released and net_objects",
+        sql: "
+        -- One row per VM holding a block of the address pool; block is the
+        -- block's index in the pool named by meta.net_pool.
+        CREATE TABLE net_leases (
+            block        INTEGER NOT NULL PRIMARY KEY,
+            vm_id        TEXT    NOT NULL UNIQUE,
+            leased_at_ms INTEGER NOT NULL
+        ) STRICT;
+        -- Blocks handed out once and given back, reused lowest seq first.
+        -- Together with net_leases and meta.net_next_fresh this is the whole
+        -- allocator state (tfc_core::net::AddressAllocator).
+        CREATE TABLE net_released (
+            seq   INTEGER NOT NULL PRIMARY KEY,
+            block INTEGER NOT NULL UNIQUE
+        ) STRICT;
+        -- Network objects made for a VM, seq in creation order.
+        CREATE TABLE net_objects (
+            vm_id     TEXT    NOT NULL,
+            seq       INTEGER NOT NULL,
+            kind      TEXT    NOT NULL,
+            name      TEXT    NOT NULL,
+            namespace TEXT,
+            PRIMARY KEY (vm_id, seq)
+        ) STRICT;
+    ",
+    },
 ];
 
 /// The schema version this build writes and the newest it can read.
@@ -52,10 +80,21 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Tables whose row counts [`crate::StoreStats`] reports, in report order: every
 /// table the migrations create except `meta` (a test holds the two together).
-pub const TABLES: &[&str] = &["vms", "snapshots"];
+pub const TABLES: &[&str] = &[
+    "vms",
+    "snapshots",
+    "net_leases",
+    "net_released",
+    "net_objects",
+];
 
 /// `meta` key of the wall-clock time of the last write, see [`crate::StoreStats`].
 pub(crate) const META_LAST_WRITE_MS: &str = "last_write_ms";
+/// `meta` key of the address pool the leases are in (`10.200.0.0/16`); absent
+/// until the first lease.
+pub(crate) const META_NET_POOL: &str = "net_pool";
+/// `meta` key of the lowest block of the pool never handed out.
+pub(crate) const META_NET_NEXT_FRESH: &str = "net_next_fresh";
 
 pub(crate) fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
     conn.pragma_query_value(None, "user_version", |row| row.get(0))

@@ -21,12 +21,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use tfc_core::net::{Ipv4Pool, Lease, NetObject};
 use tfc_core::{SnapshotId, VmId, VmState};
 
 use crate::error::{Corruption, StoreError};
 use crate::schema::{self, META_LAST_WRITE_MS, SCHEMA_VERSION, TABLES};
-use crate::store::{now_ms, SnapshotRow, Store, StoreStats, VmRow};
+use crate::store::{now_ms, NetObjectsRow, SnapshotRow, Store, StoreStats, VmRow};
+
+mod net;
 
 /// Name of the database file in the data directory.
 pub const STATE_DB_FILE: &str = "state.db";
@@ -162,6 +165,35 @@ impl SqliteStore {
         Ok(changed)
     }
 
+    /// Runs `change` in its own IMMEDIATE transaction, like [`Self::write`], for
+    /// changes that decide from what they read and may fail for reasons of
+    /// their own. `change` returns its result and whether it changed a row; a
+    /// change is committed together with `last_write_ms`, anything else
+    /// (no change, or an error) is rolled back.
+    fn transact<T>(
+        &self,
+        op: &'static str,
+        durability: Durability,
+        change: impl FnOnce(&Transaction<'_>) -> Result<(T, bool), TxError>,
+    ) -> Result<T, StoreError> {
+        let fail = |err| StoreError::sqlite(&self.path, op, err);
+        let mut conn = self.lock();
+        conn.pragma_update(None, "synchronous", durability.synchronous())
+            .map_err(fail)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(fail)?;
+        let (value, changed) = change(&tx).map_err(|err| match err {
+            TxError::Sqlite(err) => fail(err),
+            TxError::Store(err) => err,
+        })?;
+        if changed {
+            touch(&tx).map_err(fail)?;
+            tx.commit().map_err(fail)?;
+        }
+        Ok(value)
+    }
+
     fn wal_path(&self) -> PathBuf {
         let mut wal = OsString::from(self.path.as_os_str());
         wal.push("-wal");
@@ -254,6 +286,25 @@ fn decode_snapshot((id, record, updated_at_ms): RawSnapshot) -> Result<SnapshotR
         record,
         updated_at_ms,
     })
+}
+
+/// Why a [`SqliteStore::transact`] change failed: SQLite, or a refusal of our own.
+#[derive(Debug)]
+enum TxError {
+    Sqlite(rusqlite::Error),
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for TxError {
+    fn from(err: rusqlite::Error) -> Self {
+        TxError::Sqlite(err)
+    }
+}
+
+impl From<StoreError> for TxError {
+    fn from(err: StoreError) -> Self {
+        TxError::Store(err)
+    }
 }
 
 /// What a committed write must survive.
@@ -367,6 +418,38 @@ impl Store for SqliteStore {
         raws.into_iter().map(decode_snapshot).collect()
     }
 
+    fn lease_block(&self, pool: &Ipv4Pool, vm: &VmId) -> Result<Lease, StoreError> {
+        net::lease_block(self, pool, vm)
+    }
+
+    fn release_block(&self, vm: &VmId) -> Result<Option<Lease>, StoreError> {
+        net::release_block(self, vm)
+    }
+
+    fn list_leases(&self) -> Result<Vec<Lease>, StoreError> {
+        net::list_leases(self)
+    }
+
+    fn put_net_objects(&self, vm: &VmId, objects: &[NetObject]) -> Result<(), StoreError> {
+        net::put_net_objects(self, vm, objects)
+    }
+
+    fn delete_net_objects(&self, vm: &VmId) -> Result<bool, StoreError> {
+        let deleted = self.write(
+            "delete a VM's network objects",
+            Durability::ProcessCrash,
+            |tx| {
+                tx.prepare_cached("DELETE FROM net_objects WHERE vm_id = ?1")?
+                    .execute([vm.as_str()])
+            },
+        )?;
+        Ok(deleted > 0)
+    }
+
+    fn list_net_objects(&self) -> Result<Vec<NetObjectsRow>, StoreError> {
+        net::list_net_objects(self)
+    }
+
     fn stats(&self) -> Result<StoreStats, StoreError> {
         let fail = || self.fail("read store statistics");
         let conn = self.lock();
@@ -435,6 +518,20 @@ mod tests {
     }
 
     crate::conformance::conformance_tests!(fresh, cases = 48, restart = Some(reopen));
+
+    /// The row counts stats report for every table: those given, 0 for the rest.
+    fn table_rows(given: &[(&str, u64)]) -> Vec<(String, u64)> {
+        TABLES
+            .iter()
+            .map(|table| {
+                let n = given
+                    .iter()
+                    .find(|(t, _)| t == table)
+                    .map_or(0, |(_, n)| *n);
+                ((*table).to_owned(), n)
+            })
+            .collect()
+    }
 
     fn row(id: &str, state: VmState, record: &str) -> VmRow {
         VmRow {
@@ -551,6 +648,76 @@ mod tests {
     }
 
     #[test]
+    fn leases_and_net_objects_survive_reopen() {
+        let (store, _dir) = fresh();
+        let pool: Ipv4Pool = "10.200.0.0/16".parse().unwrap();
+        let vm = |s: &str| VmId::new(s).unwrap();
+        for name in ["vm-a", "vm-b", "vm-c"] {
+            store.lease_block(&pool, &vm(name)).unwrap();
+        }
+        store.release_block(&vm("vm-b")).unwrap();
+        let objects = vec![
+            NetObject::Namespace {
+                name: "tfc-1".into(),
+            },
+            NetObject::Veth {
+                name: "tfc-1".into(),
+            },
+        ];
+        store.put_net_objects(&vm("vm-a"), &objects).unwrap();
+        let leases = store.list_leases().unwrap();
+
+        let store = reopen(store);
+        assert_eq!(store.list_leases().unwrap(), leases);
+        assert_eq!(
+            store.list_net_objects().unwrap(),
+            vec![NetObjectsRow {
+                vm: vm("vm-a"),
+                objects
+            }]
+        );
+        // The allocator's state came back whole: the next fresh block is 3,
+        // and the released block 1 waits until the fresh ones are gone.
+        let d = store.lease_block(&pool, &vm("vm-d")).unwrap();
+        assert_eq!(d.block.index(), 3);
+    }
+
+    /// Two connections to one database (the mutex of one store does not
+    /// serialise them): leases made at once still never share a block,
+    /// because each lease reads and writes under SQLite's write lock.
+    #[test]
+    fn two_connections_never_lease_one_block_twice() {
+        let (first, _dir) = fresh();
+        let second = SqliteStore::open(first.path()).unwrap();
+        let pool: Ipv4Pool = "10.200.0.0/16".parse().unwrap();
+        let barrier = std::sync::Barrier::new(2);
+        let leased: Vec<Vec<u32>> = std::thread::scope(|scope| {
+            [&first, &second]
+                .into_iter()
+                .enumerate()
+                .map(|(t, store)| {
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        barrier.wait();
+                        (0..100)
+                            .map(|i| {
+                                let vm = VmId::new(format!("vm-{t}-{i}")).unwrap();
+                                store.lease_block(&pool, &vm).unwrap().block.index()
+                            })
+                            .collect()
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect()
+        });
+        let mut all: Vec<u32> = leased.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..200).collect::<Vec<u32>>());
+    }
+
+    #[test]
     fn a_version_1_database_migrates_forward() {
         // The database a build with only the first migration left behind: WAL
         // mode, user_version 1, one VM row, no snapshots table.
@@ -585,7 +752,7 @@ mod tests {
         assert_eq!(store.list_snapshots().unwrap(), vec![s.clone()]);
         assert_eq!(
             store.stats().unwrap().rows,
-            vec![("vms".to_owned(), 1), ("snapshots".to_owned(), 1)]
+            table_rows(&[("vms", 1), ("snapshots", 1)])
         );
 
         // Migrated once: opening again changes nothing and loses nothing.
@@ -921,10 +1088,7 @@ mod tests {
             last.ends_with("/24"),
             "last write of some thread wins: {last}"
         );
-        assert_eq!(
-            store.stats().unwrap().rows,
-            vec![("vms".to_owned(), 201), ("snapshots".to_owned(), 0)]
-        );
+        assert_eq!(store.stats().unwrap().rows, table_rows(&[("vms", 201)]));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The storage seam: what the daemon persists (VMs and snapshots, each one row
-//! per id) and the verbs it persists it with.
+//! per id; address leases and the network objects made for each VM) and the
+//! verbs it persists it with.
 //! Backends are interchangeable; `conformance` holds them to the same behaviour.
 
 use std::fmt::Debug;
@@ -7,6 +8,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use serde::Serialize;
+use tfc_core::net::{Ipv4Pool, Lease, NetObject};
 use tfc_core::{SnapshotId, VmId, VmState};
 
 use crate::error::StoreError;
@@ -65,6 +67,13 @@ fn check_timestamp(kind: &'static str, id: &str, value: u64) -> Result<(), Store
     Ok(())
 }
 
+/// The network objects recorded for one VM, in the order they were created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetObjectsRow {
+    pub vm: VmId,
+    pub objects: Vec<NetObject>,
+}
+
 /// What a store holds and how big it is, for `tfc doctor` and metrics.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StoreStats {
@@ -111,6 +120,30 @@ pub trait Store: Send + Sync + Debug {
 
     /// Every snapshot row, ordered by id (byte order of the id string).
     fn list_snapshots(&self) -> Result<Vec<SnapshotRow>, StoreError>;
+
+    /// Leases a block of `pool` to `vm`: the block it holds already, else the next
+    /// one by the allocator's reuse rule ([`tfc_core::net::alloc::pick`]: fresh
+    /// blocks lowest first, then the block released longest ago). Atomic: two
+    /// calls at once never get the same block. Refused ([`StoreError::Lease`])
+    /// when every block is leased, or when `pool` differs from the pool of the
+    /// leases held (with no lease held, the store moves to `pool`).
+    fn lease_block(&self, pool: &Ipv4Pool, vm: &VmId) -> Result<Lease, StoreError>;
+
+    /// Gives `vm`'s block back, to be reused last; `None` if it held none.
+    fn release_block(&self, vm: &VmId) -> Result<Option<Lease>, StoreError>;
+
+    /// Every lease, ordered by block.
+    fn list_leases(&self) -> Result<Vec<Lease>, StoreError>;
+
+    /// Records the network objects of `vm`, in creation order, replacing what was
+    /// recorded for it. An empty list removes the record.
+    fn put_net_objects(&self, vm: &VmId, objects: &[NetObject]) -> Result<(), StoreError>;
+
+    /// Removes the record of `vm`'s network objects; `false` if there was none.
+    fn delete_net_objects(&self, vm: &VmId) -> Result<bool, StoreError>;
+
+    /// Every VM's recorded network objects, ordered by VM id.
+    fn list_net_objects(&self) -> Result<Vec<NetObjectsRow>, StoreError>;
 
     fn stats(&self) -> Result<StoreStats, StoreError>;
 }
