@@ -108,16 +108,21 @@ struct NsAgent {
 
 impl NsAgent {
     fn start(kernel_params: &str) -> Self {
+        // The agent mounts tmpfs on /tmp, /run and /dev/shm in its namespace,
+        // which would hide a socket beneath them: a checkout under /tmp (as a
+        // CI clone may be) keeps its socket in /var/tmp instead.
+        let hidden = |path: &Path| ["/tmp", "/run", "/dev"].iter().any(|h| path.starts_with(h));
+        let base = [
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
+            Path::new("/var/tmp"),
+        ]
+        .into_iter()
+        .find(|p| !hidden(p))
+        .expect("/var/tmp is never hidden");
         let dir = tempfile::Builder::new()
             .prefix("init-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .tempdir_in(base)
             .unwrap();
-        for hidden in ["/tmp/", "/run/"] {
-            assert!(
-                !dir.path().starts_with(hidden),
-                "the agent's tmpfs on {hidden} would hide its socket"
-            );
-        }
         let socket = dir.path().join("agent.sock");
         let cmdline = dir.path().join("cmdline");
         std::fs::write(&cmdline, format!("console=ttyS0 {kernel_params}\n")).unwrap();
