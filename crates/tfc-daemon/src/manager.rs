@@ -384,8 +384,15 @@ impl VmManager {
                 Err(_) => tfc_host::kvm::detect().kind.recommended_profile(),
             },
         };
-        let agent_port = agent_wanted(vm_type.agent, vmm, &self.inner.backend, profile)
-            .then_some(vm_type.agent_port);
+        // A type whose own boot arguments start another init runs that init:
+        // `auto` leaves the agent off there (`on` trusts that init to start it).
+        let own_init = vm_type.boot_args.as_deref().is_some_and(starts_other_init);
+        let mode = match vm_type.agent {
+            AgentMode::Auto if own_init => AgentMode::Off,
+            mode => mode,
+        };
+        let agent_port =
+            agent_wanted(mode, vmm, &self.inner.backend, profile).then_some(vm_type.agent_port);
         if let Some(port) = agent_port {
             boot_args = agent_boot_args(&boot_args, vm_type.boot_args.is_some(), port);
         }
@@ -1816,6 +1823,14 @@ fn agent_wanted(
     }
 }
 
+/// Whether kernel arguments name an init other than the guest agent.
+fn starts_other_init(args: &str) -> bool {
+    args.split_whitespace().any(|w| {
+        w.strip_prefix("init=")
+            .is_some_and(|init| init != spec::AGENT_INIT)
+    })
+}
+
 /// `args` with the agent as init: `init=` the agent unless the VM type's own
 /// boot arguments (`type_args`) chose an init, and the agent's port when it
 /// is not the default (the agent reads `tfc.agent_port=` from the kernel
@@ -1883,6 +1898,14 @@ mod tests {
             }),
             qemu: Err("not needed".to_owned()),
         }))
+    }
+
+    #[test]
+    fn a_type_starting_another_init_is_told_apart() {
+        assert!(starts_other_init("console=ttyS0 init=/init.sh"));
+        assert!(!starts_other_init("console=ttyS0 init=/sbin/tfc-agent"));
+        assert!(!starts_other_init("console=ttyS0 rdinit=/x"));
+        assert!(!starts_other_init("console=ttyS0"));
     }
 
     #[test]
