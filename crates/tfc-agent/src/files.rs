@@ -122,11 +122,16 @@ pub async fn put(
         path: shown.clone(),
         source,
     };
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
+    // The scratch name is predictable: create it afresh and never through a
+    // symlink, or a guest user could point it at a file of root's.
+    let mut options = OpenOptions::new();
+    options.write(true).mode(0o600);
+    if atomic {
+        options.create_new(true).custom_flags(libc::O_NOFOLLOW);
+    } else {
+        options.create(true).truncate(true);
+    }
+    let mut file = options
         .open(&written_path)
         .await
         .map_err(|source| FileError::Open {

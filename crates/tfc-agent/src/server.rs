@@ -263,11 +263,26 @@ pub async fn serve_listener(listener: Listener, config: AgentConfig) -> Result<(
         Listener::Vsock(fd, _) => {
             let listener = vsock::VsockListener::from_fd(fd).map_err(ServeError::Register)?;
             announce(&endpoint);
+            // In a guest only the host may drive the agent: a guest process
+            // reaching it through vsock loopback (CID 1) would get root's
+            // exec and files.
+            let host_only = config.guest;
             serve(
                 || async {
-                    let (stream, (cid, port)) = listener.accept().await?;
-                    tracing::debug!(cid, port, "vsock connection");
-                    Ok(stream)
+                    loop {
+                        let (stream, (cid, port)) = listener.accept().await?;
+                        if host_only && cid != libc::VMADDR_CID_HOST {
+                            tracing::warn!(
+                                cid,
+                                port,
+                                "refusing a vsock connection that is not from the host"
+                            );
+                            drop(stream);
+                            continue;
+                        }
+                        tracing::debug!(cid, port, "vsock connection");
+                        return Ok(stream);
+                    }
                 },
                 config,
             )

@@ -631,7 +631,7 @@ impl VmManager {
                 self.inner.backend.clone(),
                 requested_at,
                 self.inner.store.clone(),
-                self.boot_timeout(),
+                self.boot_timeout(spec.vmm),
             );
             table.vms.insert(id, handle.clone());
             handle
@@ -906,9 +906,9 @@ impl VmManager {
         });
     }
 
-    /// How long a booting VM's agent may take to answer.
-    fn boot_timeout(&self) -> Duration {
-        Duration::from_secs(self.inner.config.firecracker.boot_timeout_secs)
+    /// How long a booting VM's agent may take to answer, on `vmm`.
+    fn boot_timeout(&self, vmm: tfc_core::Vmm) -> Duration {
+        self.inner.config.boot_timeout(vmm)
     }
 
     /// The connection to VM `id`'s guest agent, and the end of the session
@@ -1665,12 +1665,15 @@ impl VmManager {
                     vm::terminal(info, self.inner.store.clone())
                 }
                 state if state.is_terminal() => vm::terminal(info, self.inner.store.clone()),
-                _ => vm::adopt(
-                    info,
-                    self.inner.backend.clone(),
-                    self.inner.store.clone(),
-                    self.boot_timeout(),
-                ),
+                _ => {
+                    let timeout = self.boot_timeout(info.spec.vmm);
+                    vm::adopt(
+                        info,
+                        self.inner.backend.clone(),
+                        self.inner.store.clone(),
+                        timeout,
+                    )
+                }
             };
             kept.insert(row.id.to_string());
             if daemons_own {

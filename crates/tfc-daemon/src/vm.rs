@@ -520,8 +520,8 @@ impl Owner {
     }
 
     /// The VMM ended with no stop asked for. A clean exit of a guest that
-    /// ran is the guest powering off: the VM is stopped, like a container
-    /// whose process exited 0. Anything else is a failure.
+    /// ran is taken for the guest powering off: the VM is stopped, like a
+    /// container whose process exited 0. Anything else is a failure.
     async fn exited(&self, reason: ExitReason) {
         let state = self.state();
         if reason.success() && transition(state, VmEvent::GuestShutdown).is_ok() {
