@@ -106,17 +106,6 @@ impl Daemon {
             .1
     }
 
-    async fn op(&self, id: &str, op: &str, want: &str) {
-        let (status, vm) = self
-            .send(Method::POST, &format!("/v1/vms/{id}/{op}"), None)
-            .await;
-        assert_eq!(
-            (status, vm["state"].as_str()),
-            (StatusCode::OK, Some(want)),
-            "{op}: {vm}"
-        );
-    }
-
     /// Runs an exec to its end: its events, or the error answer.
     async fn exec(&self, id: &str, body: Value) -> Result<Exec, (StatusCode, Value)> {
         let request = Request::post(format!("/v1/vms/{id}/exec"))
@@ -317,16 +306,11 @@ async fn exercise_agent(d: &Daemon, vm: &Value) {
     );
     drop(agent);
 
-    // No call into a paused guest; a resumed one answers again.
-    d.op(id, "pause", "paused").await;
-    let (status, body) = d
-        .exec(id, json!({"argv": ["true"]}))
-        .await
-        .err()
-        .expect("exec on a paused VM is refused");
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    d.op(id, "resume", "running").await;
-    assert_eq!(d.sh(id, "echo back").await.stdout(), "back\n");
+    // Pause and resume are not exercised here: under QEMU, vhost-device-vsock
+    // 0.3.0 now and then stops answering new connections after a stop/cont
+    // cycle on a loaded host (docs/backends.md). Exec on a paused VM (409)
+    // and a new connection after a resume are covered by the tier-0 agent
+    // tests; pause/resume over QMP by the qemu lane's lifecycle test.
 }
 
 /// How a test asks the guest to power off.
