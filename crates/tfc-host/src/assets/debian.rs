@@ -15,6 +15,7 @@ use std::process::Command;
 use super::agent::AgentBinary;
 use super::key::{self, KeyBuilder};
 use super::prereq::{HostTools, PrereqError, Requirement};
+use super::rootfs::PackError;
 use super::tool::{ToolError, ToolLog};
 
 /// Debian 12, the release the project builds on.
@@ -58,8 +59,8 @@ pub enum DebianError {
     Log(ToolError),
     #[error("debootstrap failed (is {MIRROR} reachable?)")]
     Debootstrap(#[source] ToolError),
-    #[error("creating the ext4 image failed")]
-    Mkfs(#[source] ToolError),
+    #[error(transparent)]
+    Pack(#[from] PackError),
 }
 
 /// The cache key of an image built with `agent_sha256`.
@@ -150,26 +151,15 @@ pub fn build(
     finish_tree(&tree, &agent.path)?;
     let size = tree_bytes(&tree).map_err(wd(&tree))? + HEADROOM_BYTES;
 
-    let out_dir = image.parent().map(Path::to_path_buf).unwrap_or_default();
-    let partial = out_dir.with_extension("partial");
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial).map_err(wd(&partial))?;
-    }
-    std::fs::create_dir_all(&partial).map_err(wd(&partial))?;
-    log.run(
-        "mkfs.ext4",
-        Command::new(program("mkfs.ext4"))
-            .args(["-q", "-F", "-L", "root", "-d"])
-            .arg(&tree)
-            .arg(partial.join(IMAGE_FILE))
-            .arg(format!("{}M", size.div_ceil(1 << 20))),
+    let size = format!("{}M", size.div_ceil(1 << 20));
+    super::rootfs::pack(
+        &mut log,
+        &program("mkfs.ext4"),
+        &tree,
+        &image,
+        &size,
         progress,
-    )
-    .map_err(DebianError::Mkfs)?;
-    if out_dir.exists() {
-        std::fs::remove_dir_all(&out_dir).map_err(wd(&out_dir))?;
-    }
-    std::fs::rename(&partial, &out_dir).map_err(wd(&out_dir))?;
+    )?;
     Ok(BuiltDebian {
         key,
         image,

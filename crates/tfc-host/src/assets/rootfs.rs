@@ -86,8 +86,61 @@ pub enum RootfsError {
     },
     #[error(transparent)]
     Log(ToolError),
+    #[error(transparent)]
+    Pack(#[from] PackError),
+}
+
+/// Packing a guest tree into an ext4 image failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("cannot prepare {}: check permissions and free space", .path.display())]
+    Workdir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("creating the ext4 image failed")]
     Mkfs(#[source] ToolError),
+}
+
+/// Packs `tree` into the ext4 image `image`, `size` in mkfs.ext4's syntax
+/// (`64M`). The image's directory is made as a `.partial` sibling and
+/// renamed into place, so an image that exists is a whole one.
+pub(super) fn pack(
+    log: &mut ToolLog,
+    mkfs: &Path,
+    tree: &Path,
+    image: &Path,
+    size: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), PackError> {
+    let wd = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PackError::Workdir { path, source }
+    };
+    let out_dir = image.parent().map(Path::to_path_buf).unwrap_or_default();
+    let file_name = image.file_name().unwrap_or_default();
+    let partial = out_dir.with_extension("partial");
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(wd(&partial))?;
+    }
+    std::fs::create_dir_all(&partial).map_err(wd(&partial))?;
+    log.run(
+        "mkfs.ext4",
+        Command::new(mkfs)
+            .args(["-q", "-F", "-L", "root", "-d"])
+            .arg(tree)
+            .arg(partial.join(file_name))
+            .arg(size),
+        progress,
+    )
+    .map_err(PackError::Mkfs)?;
+    // An output directory without an image is debris from an interrupted run.
+    if out_dir.exists() {
+        std::fs::remove_dir_all(&out_dir).map_err(wd(&out_dir))?;
+    }
+    std::fs::rename(&partial, &out_dir).map_err(wd(&out_dir))?;
+    Ok(())
 }
 
 /// A rootfs image in the cache.
@@ -197,27 +250,14 @@ pub fn build(
         agent.map(|a| a.path.as_path()),
     )?;
 
-    let out_dir = image.parent().map(Path::to_path_buf).unwrap_or_default();
-    let partial = out_dir.with_extension("partial");
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial).map_err(wd(&partial))?;
-    }
-    std::fs::create_dir_all(&partial).map_err(wd(&partial))?;
-    log.run(
-        "mkfs.ext4",
-        Command::new(mkfs)
-            .args(["-q", "-F", "-L", "root", "-d"])
-            .arg(staging.path())
-            .arg(partial.join("rootfs.ext4"))
-            .arg(IMAGE_SIZE),
+    pack(
+        &mut log,
+        &mkfs,
+        staging.path(),
+        &image,
+        IMAGE_SIZE,
         progress,
-    )
-    .map_err(RootfsError::Mkfs)?;
-    // An output directory without an image is debris from an interrupted run.
-    if out_dir.exists() {
-        std::fs::remove_dir_all(&out_dir).map_err(wd(&out_dir))?;
-    }
-    std::fs::rename(&partial, &out_dir).map_err(wd(&out_dir))?;
+    )?;
     Ok(BuiltRootfs {
         key,
         image,
