@@ -50,6 +50,12 @@ pub struct CreateVmRequest {
     /// much slower, no snapshots).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<tfc_core::Vmm>,
+    /// The VM's network, replacing the VM type's `network` (mode `none`: no
+    /// network interface). Needs networking enabled in the daemon's
+    /// configuration for any other mode. Not with `from_snapshot` or a
+    /// pooled level: those VMs get the network their template was made with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<tfc_core::net::NetConfig>,
 }
 
 /// How a VM was started.
@@ -124,6 +130,79 @@ pub struct VmInfo {
     /// VMs that were booted, not restored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_fixup: Option<IdentityFixup>,
+    /// The VM's network, while it has one (from its setup until the VM
+    /// stops or fails).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<VmNetworkInfo>,
+}
+
+/// A VM's network as set up: its own namespace holding the tap the VMM
+/// uses, and a veth pair to the host. The guest's side is the same in every
+/// VM (clone-safe); the VM's own address is translated to it inside the
+/// namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VmNetworkInfo {
+    pub mode: tfc_core::net::NetMode,
+    /// The VM's address: the host and port forwards reach the guest here,
+    /// and its traffic leaves from here.
+    #[schema(value_type = String)]
+    pub address: std::net::Ipv4Addr,
+    /// The host's end of the VM's link (the guest's way out).
+    #[schema(value_type = String)]
+    pub host_address: std::net::Ipv4Addr,
+    /// The guest's own address on its `eth0` (the same in every VM).
+    #[schema(value_type = String)]
+    pub guest_address: std::net::Ipv4Addr,
+    /// The guest's gateway: the tap's address inside the namespace.
+    #[schema(value_type = String)]
+    pub guest_gateway: std::net::Ipv4Addr,
+    /// The VM's network namespace (`ip netns exec NAME ...`).
+    pub namespace: String,
+    /// The tap the VMM opens, inside the namespace.
+    pub tap: String,
+    /// The host's end of the veth pair.
+    pub host_link: String,
+    /// Present only when egress is limited (mode `nat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_allow: Option<Vec<tfc_core::net::EgressRule>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_forwards: Vec<tfc_core::net::PortForward>,
+}
+
+/// Answer of `GET /v1/network`: the daemon's networking, its address pool
+/// and every lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetworkStatus {
+    /// Off: VMs asking for a network are refused; the rest is absent.
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// `/30` blocks in the pool, one per VM.
+    #[serde(default)]
+    pub blocks: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
+    /// Networks made ahead of demand, and how many are kept.
+    #[serde(default)]
+    pub ready_slots: u32,
+    #[serde(default)]
+    pub ready_slots_target: u32,
+    #[serde(default)]
+    pub leases: Vec<NetworkLease>,
+}
+
+/// One VM's address block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetworkLease {
+    pub vm_id: String,
+    /// Index of the block in the pool.
+    pub block: u32,
+    #[schema(value_type = String)]
+    pub address: std::net::Ipv4Addr,
+    #[schema(value_type = String)]
+    pub host_address: std::net::Ipv4Addr,
 }
 
 /// An identity fix-up: a restored guest is as old as its snapshot and
@@ -271,6 +350,13 @@ pub enum SnapshotDevice {
     Vsock {
         guest_cid: u32,
         uds_path: String,
+    },
+    /// A network interface on a tap of this name, which every clone's
+    /// network namespace has.
+    Network {
+        iface_id: String,
+        host_dev_name: String,
+        guest_mac: String,
     },
 }
 

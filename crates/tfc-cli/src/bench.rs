@@ -436,6 +436,8 @@ async fn boot_raw(manifest: &Manifest, dir: &Path, timeout: Duration) -> anyhow:
         // The same devices as the default VM type's VMs.
         vsock: true,
         track_dirty_pages: false,
+        network: None,
+        rootfs_rate_limiter: None,
     };
     config.link_into(dir)?;
     let config = config.to_config_file();
@@ -449,6 +451,7 @@ async fn boot_raw(manifest: &Manifest, dir: &Path, timeout: Duration) -> anyhow:
         console_log_limit: 1024 * 1024,
         watch_for: vec![READY_LINE.to_owned()],
         extra_args: vec!["--config-file".to_owned(), "vm.json".to_owned()],
+        netns: None,
     })
     .await?;
     let ready = tokio::time::timeout(timeout, process.console().wait_for(READY_LINE)).await;

@@ -240,6 +240,8 @@ pub(crate) async fn raw_sample(
         memory_mib: 0,
         vsock: false,
         track_dirty_pages: false,
+        network: None,
+        rootfs_rate_limiter: None,
     }
     .link_into(dir)?;
     let process = FirecrackerProcess::spawn(&SpawnConfig {
@@ -249,6 +251,7 @@ pub(crate) async fn raw_sample(
         console_log_limit: 1024 * 1024,
         watch_for: Vec::new(),
         extra_args: Vec::new(),
+        netns: None,
     })
     .await?;
     process.wait_api_ready(Duration::from_secs(5)).await?;

@@ -254,6 +254,17 @@ impl Client {
         self.call(Method::POST, path, None, None).await
     }
 
+    /// `GET /v1/network`.
+    pub async fn network(&self) -> Result<Answer<tfc_api::NetworkStatus>, ClientError> {
+        self.call(
+            Method::GET,
+            "/v1/network".to_owned(),
+            None,
+            Some(REQUEST_LIMIT),
+        )
+        .await
+    }
+
     /// `GET /v1/pools`.
     pub async fn list_pools(&self) -> Result<Answer<PoolList>, ClientError> {
         self.call(

@@ -29,6 +29,7 @@ mod doctor;
 #[cfg(test)]
 mod fake_daemon;
 mod guest;
+mod net;
 mod output;
 mod pool;
 mod serve;
@@ -85,6 +86,9 @@ enum Command {
     /// Acquire prewarmed VMs and size VM types' pools (needs `tfc serve`).
     #[command(subcommand)]
     Pool(pool::PoolCmd),
+    /// Show the daemon's VM networking: address pool, leases (needs `tfc serve`).
+    #[command(subcommand)]
+    Net(net::NetCmd),
     /// Run a command in a VM's guest through its agent, streaming its output;
     /// exits with the command's code (128+N for signal N, 124 for --timeout,
     /// 255 when tfc could not run it). Needs `tfc serve`.
@@ -158,6 +162,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pool(cmd) => {
             let (runtime, client) = daemon_client(cli.socket)?;
             runtime.block_on(pool::run(cmd, &client, &mut stdout))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Net(cmd) => {
+            let (runtime, client) = daemon_client(cli.socket)?;
+            runtime.block_on(net::run(cmd, &client, &mut stdout))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Exec(args) => {

@@ -7,6 +7,7 @@
 //! The views are pure: "now" is a parameter (Unix milliseconds), so the same
 //! record always renders the same text.
 
+pub mod net;
 pub mod pool;
 pub mod snapshot;
 pub mod template;
@@ -71,6 +72,9 @@ pub fn detail(vm: &VmInfo, now_ms: u64) -> String {
     push_start(&mut fields, &vm.start);
     if let Some(slot) = &vm.pool {
         fields.push("pool", pool::slot(slot, now_ms));
+    }
+    if let Some(network) = &vm.network {
+        fields.push("network", net::summary(network));
     }
     if let Some(snapshot) = &vm.last_snapshot {
         fields.push("last snapshot", snapshot.as_str());
@@ -299,6 +303,7 @@ mod tests {
                 diff_snapshots: false,
                 vsock: true,
                 vmm: tfc_core::Vmm::Firecracker,
+                network: None,
             },
             pid: Some(4242),
             created_at_ms,
@@ -326,6 +331,7 @@ mod tests {
             template_build: false,
             pool: None,
             identity_fixup: None,
+            network: None,
         }
     }
 

@@ -6,6 +6,7 @@ use std::io::Write;
 use clap::builder::RangedI64ValueParser;
 use clap::{Args, Subcommand};
 use tfc_api::{CreateSnapshotRequest, CreateVmRequest, SnapshotKind, VmInfo};
+use tfc_core::net::{EgressRule, NetConfig, NetMode, PortForward};
 use tfc_core::spec::{MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
 use tfc_core::{OptimizationLevel, SnapshotId, VmId, VmState, Vmm};
 
@@ -68,7 +69,7 @@ pub struct CreateArgs {
     /// The VM gets the snapshot's type and machine size, so --type, --vcpus, --memory
     /// and --boot-arg cannot be given with it.
     #[arg(long, value_name = "ID_OR_NAME")]
-    #[arg(conflicts_with_all = ["vm_type", "vcpus", "memory", "boot_args"])]
+    #[arg(conflicts_with_all = ["vm_type", "vcpus", "memory", "boot_args", "network"])]
     from_snapshot: Option<SnapshotId>,
     /// How to start the VM: standard (cold boot), fast (tuned cold boot), ultra_fast
     /// (restore of the type's template), sub2_second (fastest method measured under
@@ -91,6 +92,19 @@ pub struct CreateArgs {
     /// Extra kernel argument, appended to the VM type's; repeat for several.
     #[arg(long = "boot-arg", value_name = "ARG")]
     boot_args: Vec<String>,
+    /// The VM's network: none, isolated (host <-> VM only) or nat (also egress
+    /// through the daemon's uplink) [default: the VM type's]
+    #[arg(long, value_name = "MODE", value_parser = net_mode)]
+    network: Option<NetMode>,
+    /// Forward a port of the host to the VM: HOST_PORT:VM_PORT, optionally
+    /// /udp (e.g. 8080:80); repeat for several. Needs --network.
+    #[arg(long = "publish", short = 'p', value_name = "HOST:VM[/PROTO]")]
+    #[arg(requires = "network")]
+    publish: Vec<PortForward>,
+    /// Let the VM reach only these destinations (mode nat): TO[:tcp|udp][:PORTS],
+    /// e.g. 192.0.2.0/24:tcp:443; repeat for several. Needs --network nat.
+    #[arg(long = "allow", value_name = "RULE", requires = "network")]
+    allow: Vec<EgressRule>,
     /// Answer once the VM is ready (or has failed), with its boot timeline.
     #[arg(long)]
     wait: bool,
@@ -129,6 +143,15 @@ fn vcpus_range() -> RangedI64ValueParser<u8> {
 
 fn memory_range() -> RangedI64ValueParser<u32> {
     RangedI64ValueParser::new().range(i64::from(MIN_MEMORY_MIB)..=i64::from(MAX_MEMORY_MIB))
+}
+
+fn net_mode(value: &str) -> Result<NetMode, String> {
+    match value {
+        "none" => Ok(NetMode::None),
+        "isolated" => Ok(NetMode::Isolated),
+        "nat" => Ok(NetMode::Nat),
+        _ => Err("use none, isolated or nat".to_owned()),
+    }
 }
 
 /// Runs one `tfc vm` subcommand, printing to `out`.
@@ -179,6 +202,11 @@ async fn create(args: CreateArgs, client: &Client, out: &mut impl Write) -> anyh
         from_snapshot: args.from_snapshot.map(String::from),
         optimization_level: args.level,
         backend: args.backend,
+        network: args.network.map(|mode| NetConfig {
+            mode,
+            egress_allow: (!args.allow.is_empty()).then_some(args.allow),
+            port_forwards: args.publish,
+        }),
     };
     let answer = client.create_vm(&request).await?;
     let vm = &answer.value;
@@ -283,6 +311,9 @@ mod tests {
             vcpus: Some(2),
             memory: None,
             boot_args: vec!["nokaslr".to_owned(), "loglevel=8".to_owned()],
+            network: Some(NetMode::Nat),
+            publish: vec!["8080:80".parse().unwrap(), "5353:53/udp".parse().unwrap()],
+            allow: vec!["192.0.2.0/24:tcp:443".parse().unwrap()],
             wait: true,
             timeout: Some(5),
             output: Output { json },
@@ -324,7 +355,11 @@ mod tests {
             body,
             serde_json::json!({
                 "vcpus": 2, "extra_boot_args": "nokaslr loglevel=8",
-                "wait": true, "wait_timeout_ms": 5000, "backend": "qemu-tcg"
+                "wait": true, "wait_timeout_ms": 5000, "backend": "qemu-tcg",
+                "network": {"mode": "nat",
+                    "egress_allow": [{"to": "192.0.2.0/24", "protocol": "tcp", "ports": ["443"]}],
+                    "port_forwards": [{"host_port": 8080, "vm_port": 80, "protocol": "tcp"},
+                                      {"host_port": 5353, "vm_port": 53, "protocol": "udp"}]}
             })
         );
     }
@@ -346,6 +381,9 @@ mod tests {
             vcpus: None,
             memory: None,
             boot_args: vec![],
+            network: None,
+            publish: vec![],
+            allow: vec![],
             wait: false,
             timeout: None,
             output: Output { json: false },

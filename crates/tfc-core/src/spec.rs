@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::id::VmTypeName;
+use crate::net::{NetConfig, NetConfigError, NetMode};
 
 /// Firecracker accepts 1 to 32 vCPUs.
 pub const MAX_VCPUS: u8 = 32;
@@ -142,6 +143,11 @@ pub struct VmSpec {
     /// The VMM that runs this VM.
     #[serde(default)]
     pub vmm: Vmm,
+    /// The VM's network as asked for; absent for no network interface (mode
+    /// `none` is never stored here). A snapshot carries it, so every VM
+    /// restored from one gets a network like its template's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetConfig>,
 }
 
 /// Why a spec is not acceptable. Each variant names the field at fault.
@@ -165,6 +171,12 @@ pub enum SpecError {
     AgentPort(u32),
     #[error("the guest agent needs the VM's vsock device")]
     AgentWithoutVsock,
+    #[error("network mode none is written as no network")]
+    NetworkNone,
+    #[error("invalid network")]
+    Network(#[source] NetConfigError),
+    #[error("VMs on {0} have no network yet: use the firecracker backend, or no network")]
+    NetworkVmm(Vmm),
 }
 
 impl VmSpec {
@@ -190,7 +202,17 @@ impl VmSpec {
             }
             Readiness::Agent { .. } if !self.vsock => Err(SpecError::AgentWithoutVsock),
             Readiness::Agent { .. } => Ok(()),
+        }?;
+        if let Some(network) = &self.network {
+            if network.mode == NetMode::None {
+                return Err(SpecError::NetworkNone);
+            }
+            network.validate().map_err(SpecError::Network)?;
+            if self.vmm != Vmm::Firecracker {
+                return Err(SpecError::NetworkVmm(self.vmm));
+            }
         }
+        Ok(())
     }
 }
 
@@ -239,6 +261,7 @@ mod tests {
             diff_snapshots: false,
             vsock: true,
             vmm: Vmm::Firecracker,
+            network: None,
         }
     }
 

@@ -20,6 +20,7 @@ use crate::agent::LinkError;
 use crate::backend::BackendError;
 use crate::guest::{self, GuestError};
 use crate::manager::{ManagerError, VmManager};
+use crate::network::NetworkError;
 use crate::snapshots::CatalogError;
 use crate::vm::{VmError, VmOp};
 
@@ -130,6 +131,7 @@ fn manager_error(err: &ManagerError) -> ApiError {
             (ErrorCode::InvalidState, None)
         }
         ManagerError::PoolExhausted { .. } => (ErrorCode::Unavailable, None),
+        ManagerError::Network(err) => (network_error_code(err), None),
         ManagerError::Catalog(catalog) => match catalog {
             CatalogError::NotFound(_) => (ErrorCode::NotFound, None),
             CatalogError::NameTaken(_) | CatalogError::BadName(_) | CatalogError::NameLikeId(_) => {
@@ -176,6 +178,26 @@ pub fn agent_error_code(err: &AgentError) -> ErrorCode {
         },
         AgentError::Timeout(_) | AgentError::HandshakeTimeout(_) => ErrorCode::Timeout,
         _ => ErrorCode::BackendError,
+    }
+}
+
+/// A refused network (bad or unservable request) is the caller's to fix; a
+/// full address pool passes when VMs go; the rest is the host's failure.
+fn network_error_code(err: &NetworkError) -> ErrorCode {
+    use tfc_net::SetupError;
+    match err {
+        NetworkError::Disabled => ErrorCode::InvalidRequest,
+        NetworkError::Setup { source, .. } => match source.as_ref() {
+            SetupError::Config(_) | SetupError::NoNetwork | SetupError::NoUplink => {
+                ErrorCode::InvalidRequest
+            }
+            SetupError::PortTaken { .. } | SetupError::AlreadyAttached { .. } => {
+                ErrorCode::InvalidState
+            }
+            SetupError::Lease { .. } => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
+        },
+        _ => ErrorCode::Internal,
     }
 }
 
@@ -248,7 +270,8 @@ impl From<JsonRejection> for ApiError {
         release_vm,
         exec_vm,
         put_file,
-        get_file
+        get_file,
+        network_status
     ),
     components(schemas(
         CreateVmRequest,
@@ -272,7 +295,10 @@ impl From<JsonRejection> for ApiError {
         ExecRequest,
         ExecStdin,
         ExecEvent,
-        GuestFile
+        GuestFile,
+        tfc_api::VmNetworkInfo,
+        tfc_api::NetworkStatus,
+        tfc_api::NetworkLease
     ))
 )]
 struct ApiDoc;
@@ -302,6 +328,7 @@ pub fn router(manager: VmManager) -> Router {
         )
         .route("/v1/templates", get(list_templates))
         .route("/v1/templates/{vm_type}/build", post(build_template))
+        .route("/v1/network", get(network_status))
         .route("/v1/pools", get(list_pools))
         .route("/v1/pools/{vm_type}", get(get_pool).patch(resize_pool))
         .route("/v1/pools/{vm_type}/acquire", post(acquire))
@@ -540,6 +567,34 @@ async fn delete_vm(
 ) -> Result<StatusCode, ApiError> {
     manager.delete(&id, query(params)?.force).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The daemon's networking: whether it is on, the address pool, the ready
+/// slots and every VM's lease.
+#[utoipa::path(get, path = "/v1/network", responses(
+    (status = 200, body = tfc_api::NetworkStatus),
+    (status = 503, body = ErrorBody, description = "the leases cannot be read")
+))]
+async fn network_status(
+    State(manager): State<VmManager>,
+) -> Result<Json<tfc_api::NetworkStatus>, ApiError> {
+    let Some(net) = manager.network().cloned() else {
+        return Ok(Json(crate::network::disabled_status()));
+    };
+    let status = tokio::task::spawn_blocking(move || net.status())
+        .await
+        .expect("status does not panic")
+        .map_err(|err| {
+            ApiError(
+                ErrorBody {
+                    code: ErrorCode::Unavailable,
+                    message: tfc_core::error_chain(&err),
+                    state: None,
+                },
+                None,
+            )
+        })?;
+    Ok(Json(status))
 }
 
 /// Every VM type's pool: sizes per tier, targets, acquire statistics.

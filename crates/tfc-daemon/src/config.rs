@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use tfc_core::net::{AddrError, Ipv4Pool, NamePrefix, NetMode, ObjectError};
 use tfc_core::{spec, IdError, VmTypeName, Vmm};
 
 /// The embedded default configuration.
@@ -50,6 +51,8 @@ pub struct Config {
     pub fake: FakeConfig,
     #[serde(default)]
     pub agent: AgentConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
     #[serde(default = "default_vm_types")]
     pub vm_types: BTreeMap<String, VmTypeConfig>,
 }
@@ -314,6 +317,10 @@ pub struct VmTypeConfig {
     /// The type's pool of prewarmed VMs.
     #[serde(default)]
     pub pool: PoolConfig,
+    /// The VMs' network; `none` (no NIC) unless set, which needs
+    /// `network.enabled`.
+    #[serde(default)]
+    pub network: NetMode,
 }
 
 /// A VM type's pool: how many VMs wait in each tier, which tiers may serve an
@@ -475,8 +482,109 @@ fn default_vm_types() -> BTreeMap<String, VmTypeConfig> {
             agent: AgentMode::default(),
             agent_port: default_agent_port(),
             pool: PoolConfig::default(),
+            network: NetMode::None,
         },
     )])
+}
+
+/// Per-VM networking ([docs/networking.md](../../../docs/networking.md)).
+/// The pool, prefix and uplink are kept as written and parsed by
+/// [`Config::validate`], so that a bad value is reported with its key rather
+/// than as a TOML parse error.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Off: VMs asking for a network are refused, and the daemon touches
+    /// nothing of the host's network.
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_network_pool")]
+    pub pool: String,
+    #[serde(default = "default_network_prefix")]
+    pub prefix: String,
+    /// The interface mode `nat` sends egress out of; without one, `nat` is
+    /// refused.
+    #[serde(default)]
+    pub uplink: Option<String>,
+    /// Networks made ahead of demand, so a VM's network costs a lease only.
+    #[serde(default = "default_ready_slots")]
+    pub ready_slots: u32,
+    /// A network namespace (under `/run/netns`) that plays the host: the
+    /// host ends of VM links, the host's ruleset and port forwards go there
+    /// instead of the real host's namespace. For tests and demos that must
+    /// leave the host untouched; it must exist.
+    #[serde(default)]
+    pub host_netns: Option<String>,
+}
+
+fn default_network_pool() -> String {
+    Ipv4Pool::DEFAULT.to_string()
+}
+
+fn default_network_prefix() -> String {
+    NamePrefix::standard().as_str().to_owned()
+}
+
+fn default_ready_slots() -> u32 {
+    2
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            pool: default_network_pool(),
+            prefix: default_network_prefix(),
+            uplink: None,
+            ready_slots: default_ready_slots(),
+            host_netns: None,
+        }
+    }
+}
+
+/// Most ready network slots: each is a namespace, a tap and a veth pair.
+pub const MAX_READY_SLOTS: u32 = 64;
+
+impl NetworkConfig {
+    /// The address pool; valid once the configuration has been validated.
+    pub fn pool(&self) -> Result<Ipv4Pool, ConfigError> {
+        self.pool
+            .parse()
+            .map_err(|e: AddrError| invalid("network.pool", e.to_string()))
+    }
+
+    /// The name prefix; valid once the configuration has been validated.
+    pub fn prefix(&self) -> Result<NamePrefix, ConfigError> {
+        self.prefix
+            .parse()
+            .map_err(|e: ObjectError| invalid("network.prefix", e.to_string()))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.pool()?;
+        self.prefix()?;
+        if let Some(uplink) = &self.uplink {
+            // The kernel's interface-name rule, narrowed to characters that
+            // are safe inside an nftables ruleset (as tfc-net checks too).
+            let ok = (1..=15).contains(&uplink.len())
+                && uplink
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !ok {
+                return Err(invalid(
+                    "network.uplink",
+                    "must be an interface name: 1 to 15 characters a-z, A-Z, 0-9, '.', '_' or '-'",
+                ));
+            }
+        }
+        if self.ready_slots > MAX_READY_SLOTS {
+            return Err(invalid(
+                "network.ready_slots",
+                format!("must be at most {MAX_READY_SLOTS}"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The largest `agent.max_file_mib`: the agent itself refuses files over
@@ -697,6 +805,7 @@ impl Config {
                 return Err(invalid(key, "must be an absolute path"));
             }
         }
+        self.network.validate()?;
         if self.vm_types.is_empty() {
             return Err(invalid("vm_types", "at least one VM type is required"));
         }
@@ -778,6 +887,9 @@ impl Config {
                 }
             }
         }
+        for (name, vm_type) in &self.vm_types {
+            self.validate_type_network(name, vm_type)?;
+        }
         if !self.vm_types.contains_key(&self.daemon.default_vm_type) {
             return Err(invalid(
                 "daemon.default_vm_type",
@@ -785,6 +897,45 @@ impl Config {
                     "names VM type {:?}, which is not defined under [vm_types]",
                     self.daemon.default_vm_type
                 ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A type's network mode against what the daemon's networking offers and
+    /// what is wired so far: Firecracker VMs booted from a kernel only (pools
+    /// restore snapshots, whose networks are not handled yet).
+    fn validate_type_network(&self, name: &str, vm_type: &VmTypeConfig) -> Result<(), ConfigError> {
+        let mode = vm_type.network;
+        if mode == NetMode::None {
+            return Ok(());
+        }
+        let key = format!("vm_types.{name}.network");
+        if !self.network.enabled {
+            return Err(invalid(
+                key,
+                format!(
+                    "{mode:?} needs networking: set network.enabled = true, or network = \"none\"",
+                    mode = mode.as_str()
+                ),
+            ));
+        }
+        if mode == NetMode::Nat && self.network.uplink.is_none() {
+            return Err(invalid(
+                key,
+                "\"nat\" needs an uplink: set network.uplink (e.g. \"eth0\"), or use \"isolated\"",
+            ));
+        }
+        if self.vmm_of(vm_type) != Vmm::Firecracker {
+            return Err(invalid(
+                key,
+                "only firecracker VMs have networks so far: set network = \"none\" or backend = \"firecracker\"",
+            ));
+        }
+        if vm_type.pool.target > 0 || vm_type.pool.running > 0 {
+            return Err(invalid(
+                key,
+                "pools of VMs with networks are not supported yet: set pool.target and pool.running to 0, or network = \"none\"",
             ));
         }
         Ok(())
@@ -865,6 +1016,82 @@ mod tests {
             err.contains("takes no snapshots") && err.contains("backend = \"firecracker\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn networking_is_off_by_default_and_bad_values_name_their_key() {
+        let config = Config::parse("", "t").unwrap();
+        assert!(!config.network.enabled);
+        assert_eq!(config.network.pool().unwrap(), Ipv4Pool::DEFAULT);
+        assert_eq!(config.network.prefix().unwrap(), NamePrefix::standard());
+        let config = Config::parse(
+            "[network]\nenabled = true\npool = \"10.77.0.0/24\"\nprefix = \"tfx\"\n\
+             uplink = \"eth0\"\nready_slots = 4",
+            "t",
+        )
+        .unwrap();
+        assert!(config.network.enabled);
+        assert_eq!(config.network.pool().unwrap().to_string(), "10.77.0.0/24");
+        assert_eq!(config.network.prefix().unwrap().as_str(), "tfx");
+        assert_eq!(config.network.uplink.as_deref(), Some("eth0"));
+        assert_eq!(config.network.ready_slots, 4);
+        for (text, key) in [
+            ("pool = \"10.77.0.1/24\"", "network.pool"),
+            ("pool = \"10.77.0.0/31\"", "network.pool"),
+            ("pool = \"nope\"", "network.pool"),
+            ("prefix = \"Tfc-x\"", "network.prefix"),
+            ("uplink = \"eth0; drop\"", "network.uplink"),
+            ("uplink = \"\"", "network.uplink"),
+            ("ready_slots = 65", "network.ready_slots"),
+        ] {
+            let err = Config::parse(&format!("[network]\n{text}"), "t").unwrap_err();
+            let err = tfc_core::error_chain(&err);
+            assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_types_network_needs_networking_enabled_and_nat_an_uplink() {
+        let config = Config::parse("", "t").unwrap();
+        assert_eq!(config.vm_types["default"].network, NetMode::None);
+        let on = "[network]\nenabled = true\nuplink = \"eth0\"\n";
+        let config = Config::parse(
+            &format!(
+                "[daemon]\ndefault_vm_type = \"a\"\n{on}\
+                 [vm_types.a]\nnetwork = \"isolated\"\n[vm_types.b]\nnetwork = \"nat\""
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(config.vm_types["a"].network, NetMode::Isolated);
+        assert_eq!(config.vm_types["b"].network, NetMode::Nat);
+        for (text, needle) in [
+            (
+                "[vm_types.a]\nnetwork = \"isolated\"",
+                "network.enabled = true",
+            ),
+            (
+                "[network]\nenabled = true\n[vm_types.a]\nnetwork = \"nat\"",
+                "network.uplink",
+            ),
+            (
+                &format!("{on}[vm_types.a]\nnetwork = \"isolated\"\nbackend = \"qemu-tcg\""),
+                "only firecracker",
+            ),
+            (
+                &format!("{on}[vm_types.a]\nnetwork = \"isolated\"\n[vm_types.a.pool]\ntarget = 1"),
+                "pools of VMs with networks",
+            ),
+        ] {
+            let err = Config::parse(text, "t").unwrap_err();
+            let err = tfc_core::error_chain(&err);
+            assert!(
+                err.contains("`vm_types.a.network`") && err.contains(needle),
+                "{text}: {err}"
+            );
+        }
+        let err = Config::parse("[vm_types.a]\nnetwork = \"bridged\"", "t").unwrap_err();
+        assert!(tfc_core::error_chain(&err).contains("network"), "{err}");
     }
 
     #[test]

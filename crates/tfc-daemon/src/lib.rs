@@ -14,6 +14,8 @@
 //! - [`manager`]: the table of VMs; resolves requests into specs.
 //! - [`snapshots`]: the snapshot catalog, restore checks, templates' files.
 //! - [`pools`]: pools of prewarmed VMs per VM type: tiers, acquire, refill, health.
+//! - [`network`]: per-VM networks (namespace, tap, veth, nftables) on
+//!   `tfc-net`: set up before a VM's VMM starts, torn down when it ends.
 //! - [`api`]: HTTP routes, OpenAPI document, error-to-status mapping.
 //! - [`reaper`]: start-up cleanup of what an earlier daemon left behind.
 
@@ -24,6 +26,7 @@ pub mod config;
 pub mod crash;
 pub mod guest;
 pub mod manager;
+pub mod network;
 pub mod pools;
 pub mod reaper;
 pub mod snapshots;
@@ -46,6 +49,8 @@ use crate::manager::VmManager;
 pub enum DaemonError {
     #[error("invalid configuration")]
     Config(#[from] ConfigError),
+    #[error("cannot start VM networking")]
+    Network(#[from] network::NetworkError),
     #[error("cannot create directory {path}")]
     Directory {
         path: PathBuf,
@@ -371,9 +376,17 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
     let policy = config.daemon.shutdown_policy;
     let socket = options.socket.unwrap_or_else(|| config.socket_path());
     let backend_name = backend.name();
+    let network = config.network.enabled;
     let manager = VmManager::new(backend, config, data_dir.clone(), store);
+    if network {
+        manager.enable_network()?;
+    }
     // Reconciled before the socket exists, so no request sees a half-known state.
     let recorded = manager.recover().await.map_err(DaemonError::Recover)?;
+    manager
+        .reconcile_network()
+        .await
+        .map_err(DaemonError::Recover)?;
     reaper::reap_orphans(&manager::vms_dir(&data_dir), &recorded);
     let listener = bind(&socket)?;
     tracing::info!(

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use tfc_api::{
     CreateSnapshotRequest, CreateVmRequest, PoolSlot, SnapshotInfo, SnapshotKind, StartInfo,
-    StartStats, TemplateInfo, TemplateStatus, VmInfo,
+    StartStats, TemplateInfo, TemplateStatus, VmInfo, VmNetworkInfo,
 };
 use tfc_core::level::{self, StartFacts};
+use tfc_core::net::{NetConfig, NetMode};
 use tfc_core::{
     spec, transition, BootPhase, OptimizationLevel, PoolTier, Readiness, SpecError, StartMethod,
     VmEvent, VmId, VmSpec, VmState, VmTypeName, Vmm,
@@ -24,6 +25,7 @@ use tfc_store::{AnyStore, MemoryStore, Store};
 use crate::agent::{AgentAddress, LinkError, SessionEnd};
 use crate::backend::{Backend, BackendError, RestoreRequest, VmBackend, VmMachine};
 use crate::config::{AgentMode, Config, Image, ShutdownPolicy};
+use crate::network::{self, NetworkError, Networking};
 use crate::pools::{self, Pools};
 use crate::snapshots::{self, Catalog, CatalogError, HostFacts, NewSnapshot};
 use crate::vm::{self, SnapshotJob, VmError, VmHandle, VmOp};
@@ -102,6 +104,8 @@ pub enum ManagerError {
     VmmUnavailable(#[source] BackendError),
     #[error("VM {id} waits in the pool of VM type {vm_type}; acquire one with `tfc pool acquire {vm_type}`")]
     WaitingInPool { id: String, vm_type: String },
+    #[error(transparent)]
+    Network(#[from] NetworkError),
     #[error("no VM of type {vm_type} could be handed out within {wait_ms} ms: {reason}")]
     PoolExhausted {
         vm_type: String,
@@ -174,6 +178,8 @@ struct Inner {
     /// tier) take one of these: about one booting VM per core is what a host
     /// carries.
     boot_slots: tokio::sync::Semaphore,
+    /// Per-VM networking, once enabled ([`VmManager::enable_network`]).
+    net: std::sync::OnceLock<Arc<Networking>>,
 }
 
 /// The template builds of one VM type.
@@ -247,6 +253,7 @@ impl VmManager {
                 boot_slots: tokio::sync::Semaphore::new(
                     std::thread::available_parallelism().map_or(1, |n| n.get()),
                 ),
+                net: std::sync::OnceLock::new(),
                 config,
             }),
         }
@@ -396,6 +403,20 @@ impl VmManager {
         if let Some(port) = agent_port {
             boot_args = agent_boot_args(&boot_args, vm_type.boot_args.is_some(), port);
         }
+        let network = request.network.clone().unwrap_or_else(|| NetConfig {
+            mode: vm_type.network,
+            ..NetConfig::default()
+        });
+        let network = (network.mode != NetMode::None).then_some(network);
+        if network.is_some() {
+            if self.inner.net.get().is_none() {
+                return Err(NetworkError::Disabled.into());
+            }
+            // The kernel configures eth0 itself: no guest userspace needed,
+            // and the agent leaves a configured eth0 alone.
+            boot_args.push(' ');
+            boot_args.push_str(&tfc_core::net::guest::kernel_ip_arg());
+        }
         if let Some(extra) = &request.extra_boot_args {
             spec::validate_boot_args(extra).map_err(ManagerError::BadSpec)?;
             if !extra.trim().is_empty() {
@@ -419,6 +440,7 @@ impl VmManager {
             diff_snapshots: vm_type.diff_snapshots,
             vsock: true,
             vmm,
+            network,
         };
         spec.validate().map_err(ManagerError::BadSpec)?;
         Ok(spec)
@@ -459,9 +481,10 @@ impl VmManager {
                 || request.vcpus.is_some()
                 || request.memory_mib.is_some()
                 || request.extra_boot_args.is_some()
+                || request.network.is_some()
             {
                 return Err(ManagerError::BadRequest(
-                    "from_snapshot restores the snapshot's VM type and machine size; vm_type, vcpus, memory_mib and extra_boot_args may not be given with it".to_owned(),
+                    "from_snapshot restores the snapshot's VM type, machine size and network; vm_type, vcpus, memory_mib, extra_boot_args and network may not be given with it".to_owned(),
                 ));
             }
             if let Some(vmm) = request.backend.filter(|v| !v.takes_snapshots()) {
@@ -510,9 +533,10 @@ impl VmManager {
                 if request.vcpus.is_some()
                     || request.memory_mib.is_some()
                     || request.extra_boot_args.is_some()
+                    || request.network.is_some()
                 {
                     return Err(ManagerError::BadRequest(format!(
-                        "{level} restores the template of VM type {type_name} as it was built; vcpus, memory_mib and extra_boot_args cannot change it"
+                        "{level} restores the template of VM type {type_name} as it was built; vcpus, memory_mib, extra_boot_args and network cannot change it"
                     )));
                 }
                 self.restore(&template.id, start, requested_at, RestoreFor::Caller)
@@ -545,9 +569,10 @@ impl VmManager {
                 if request.vcpus.is_some()
                     || request.memory_mib.is_some()
                     || request.extra_boot_args.is_some()
+                    || request.network.is_some()
                 {
                     return Err(ManagerError::BadRequest(format!(
-                        "{level} hands out a pooled VM of type {type_name} as it was prewarmed; vcpus, memory_mib and extra_boot_args cannot change it"
+                        "{level} hands out a pooled VM of type {type_name} as it was prewarmed; vcpus, memory_mib, extra_boot_args and network cannot change it"
                     )));
                 }
                 let (vm, _, _) =
@@ -617,11 +642,23 @@ impl VmManager {
             return Err(err);
         }
         crate::crash::point("create.after_intent");
+        if let Some(config) = &spec.network {
+            match self.attach_network(&id, config).await {
+                Ok(network) => record.network = Some(network),
+                Err(err) => {
+                    let _ = std::fs::remove_dir(&workdir);
+                    let key = id.clone();
+                    let _ = vm::with_store(&self.inner.store, move |s| s.delete_vm(&key)).await;
+                    return Err(err);
+                }
+            }
+        }
         let handle = {
             let mut table = self.inner.vms.write().expect("vm table lock");
             if table.closing {
                 drop(table);
                 let _ = std::fs::remove_dir(&workdir);
+                self.detach_network_later(&id);
                 let _ = self.inner.store.delete_vm(&id);
                 return Err(ManagerError::ShuttingDown);
             }
@@ -636,6 +673,7 @@ impl VmManager {
             table.vms.insert(id, handle.clone());
             handle
         };
+        self.watch_network(&handle);
         if !request.wait {
             return Ok(handle.info());
         }
@@ -705,6 +743,18 @@ impl VmManager {
         // the VMM in it. (A row here would cost a store write per restore.)
         let mut record = vm::new_record(&id, &spec, &workdir, start);
         record.pool = purpose.slot();
+        // The clone's network: its own namespace, with the tap and guest
+        // addresses its snapshot names. Recorded under the VM's id before it
+        // is made, so a daemon that dies from here on tears it down at start.
+        if let Some(config) = &spec.network {
+            match self.attach_network(&id, config).await {
+                Ok(network) => record.network = Some(network),
+                Err(err) => {
+                    let _ = std::fs::remove_dir_all(&workdir);
+                    return Err(err);
+                }
+            }
+        }
         let state_file = PathBuf::from(&snapshot.dir).join(&manifest.state_file);
         let mut phases = Vec::new();
         let mut mark = |phase| phases.push((phase, requested_at.elapsed().as_micros() as u64));
@@ -716,6 +766,7 @@ impl VmManager {
                     id: &id,
                     spec: &spec,
                     workdir: &workdir,
+                    netns: record.network.as_ref().map(network::netns_path),
                 },
                 &mut mark,
             )
@@ -724,6 +775,7 @@ impl VmManager {
         // row left behind would name a VM that is gone.
         let undo = async |manager: &Self| {
             let key = id.clone();
+            manager.detach_network(&id).await;
             match vm::with_store(&manager.inner.store, move |s| s.delete_vm(&key)).await {
                 Ok(_) => {
                     let _ = std::fs::remove_dir_all(&workdir);
@@ -821,6 +873,7 @@ impl VmManager {
             } else {
                 let handle =
                     vm::spawn_running(record.clone(), machine, self.inner.store.clone(), agent);
+                self.watch_network(&handle);
                 table.vms.insert(id.clone(), handle);
                 None
             }
@@ -1171,6 +1224,8 @@ impl VmManager {
                 us as f64 / 1000.0,
             ));
         }
+        // Before the row goes: a VM's network outlives nothing it names.
+        self.detach_network(handle.id()).await;
         let workdir = vms_dir(&self.inner.data_dir).join(handle.id().as_str());
         if let Err(err) = std::fs::remove_dir_all(&workdir) {
             if err.kind() != std::io::ErrorKind::NotFound {
@@ -1597,6 +1652,133 @@ impl VmManager {
         all
     }
 
+    /// Turns on per-VM networking: opens the host side and installs its
+    /// ruleset. Once, before [`Self::recover`].
+    pub fn enable_network(&self) -> Result<(), NetworkError> {
+        let net = Networking::open(&self.inner.config.network, self.inner.store.clone())?;
+        if self.inner.net.set(Arc::new(net)).is_err() {
+            tracing::warn!("networking was enabled twice; keeping the first");
+        }
+        Ok(())
+    }
+
+    /// The daemon's networking, when enabled.
+    pub fn network(&self) -> Option<&Arc<Networking>> {
+        self.inner.net.get()
+    }
+
+    /// After [`Self::recover`]: removes the networks of VMs that are over
+    /// or gone, takes back those of live VMs, watches them, and starts
+    /// making ready slots.
+    pub async fn reconcile_network(&self) -> Result<(), ManagerError> {
+        let Some(net) = self.inner.net.get().cloned() else {
+            return Ok(());
+        };
+        let handles: Vec<VmHandle> = self
+            .inner
+            .vms
+            .read()
+            .expect("vm table lock")
+            .vms
+            .values()
+            .cloned()
+            .collect();
+        let live: HashMap<VmId, Option<NetConfig>> = handles
+            .iter()
+            .map(|h| h.info())
+            .filter(|info| !info.state.is_terminal())
+            .filter_map(|info| {
+                let id = VmId::new(info.id).ok()?;
+                Some((id, info.spec.network))
+            })
+            .collect();
+        let report = tokio::task::spawn_blocking(move || net.reconcile(&live))
+            .await
+            .expect("reconcile does not panic")?;
+        if !report.torn_down.is_empty() || !report.unowned.is_empty() {
+            tracing::info!(
+                vms = report.torn_down.len(),
+                leases = report.released.len(),
+                unowned = report.unowned.len(),
+                "removed VM networks the previous daemon left"
+            );
+        }
+        for failure in &report.failures {
+            tracing::warn!(%failure, "network leftover kept for the next start");
+        }
+        // By the spec, not the record: a VM that failed meanwhile has no
+        // network in its record any more, but its objects may be left.
+        for handle in &handles {
+            if handle.info().spec.network.is_some() {
+                self.watch_network(handle);
+            }
+        }
+        self.fill_network_slots();
+        Ok(())
+    }
+
+    /// Gives VM `id` the network `config` asks for, off the async threads;
+    /// then tops the ready slots up.
+    async fn attach_network(
+        &self,
+        id: &VmId,
+        config: &NetConfig,
+    ) -> Result<VmNetworkInfo, ManagerError> {
+        let net = self
+            .inner
+            .net
+            .get()
+            .cloned()
+            .ok_or(NetworkError::Disabled)?;
+        let (vm, config) = (id.clone(), config.clone());
+        let attached = tokio::task::spawn_blocking(move || net.attach(&vm, &config))
+            .await
+            .expect("attach does not panic")?;
+        self.fill_network_slots();
+        Ok(attached)
+    }
+
+    /// Removes VM `id`'s network, if it has one; failures are logged (the
+    /// records stay for the next start's reconciliation).
+    async fn detach_network(&self, id: &VmId) {
+        let Some(net) = self.inner.net.get().cloned() else {
+            return;
+        };
+        let vm = id.clone();
+        let detached = tokio::task::spawn_blocking(move || net.detach(&vm))
+            .await
+            .expect("detach does not panic");
+        if let Err(err) = detached {
+            tracing::warn!(vm = %id, error = %tfc_core::error_chain(&err), "cannot remove the VM's network; the next start does");
+        }
+    }
+
+    fn detach_network_later(&self, id: &VmId) {
+        let (manager, id) = (self.clone(), id.clone());
+        tokio::spawn(async move { manager.detach_network(&id).await });
+    }
+
+    /// Tears the VM's network down once the VM is over (stopped or failed):
+    /// its addresses are free for other VMs from then on. A VM let go
+    /// without ending (the daemon exits and leaves it running) keeps it.
+    fn watch_network(&self, handle: &VmHandle) {
+        if self.inner.net.get().is_none() {
+            return;
+        }
+        let (manager, id, mut record) = (self.clone(), handle.id().clone(), handle.subscribe());
+        tokio::spawn(async move {
+            if record.wait_for(|r| r.state.is_terminal()).await.is_ok() {
+                manager.detach_network(&id).await;
+            }
+        });
+    }
+
+    fn fill_network_slots(&self) {
+        if let Some(net) = self.inner.net.get().cloned() {
+            tokio::task::spawn_blocking(move || net.fill());
+        }
+    }
+
     /// Stores `record` now (off the async threads), failing the caller's request
     /// when the store cannot take it.
     async fn write_row(&self, record: &VmInfo) -> Result<(), ManagerError> {
@@ -1747,6 +1929,12 @@ impl VmManager {
             });
         }
         while tasks.join_next().await.is_some() {}
+        if let Some(net) = self.inner.net.get().cloned() {
+            // VMs left running keep their networks, and those need the
+            // host's ruleset; ready slots go either way.
+            let uninstall = policy == ShutdownPolicy::Stop;
+            let _ = tokio::task::spawn_blocking(move || net.close(uninstall)).await;
+        }
     }
 }
 

@@ -715,6 +715,14 @@ pub fn manifest(
             uds_path: tfc_firecracker::vm_config::VSOCK_SOCKET.to_owned(),
         });
     }
+    if spec.network.is_some() {
+        use tfc_core::net::guest;
+        devices.push(tfc_api::SnapshotDevice::Network {
+            iface_id: tfc_firecracker::vm_config::NET_IFACE_ID.to_owned(),
+            host_dev_name: guest::TAP_NAME.to_owned(),
+            guest_mac: guest::mac_string(guest::GUEST_MAC),
+        });
+    }
     let cpu = host.cpu.clone().ok_or_else(|| CatalogError::Files {
         path: PathBuf::from("/proc/cpuinfo"),
         what: "does not identify this host's CPU".to_owned(),

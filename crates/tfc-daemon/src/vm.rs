@@ -157,6 +157,11 @@ impl VmHandle {
         &self.id
     }
 
+    /// The VM's record, followed as it changes.
+    pub fn subscribe(&self) -> watch::Receiver<VmInfo> {
+        self.record.clone()
+    }
+
     /// The VM's record as of now.
     pub fn info(&self) -> VmInfo {
         self.record.borrow().clone()
@@ -344,6 +349,7 @@ pub fn new_record(id: &VmId, spec: &VmSpec, workdir: &std::path::Path, start: St
         template_build: false,
         pool: None,
         identity_fixup: None,
+        network: None,
     }
 }
 
@@ -482,6 +488,11 @@ impl Owner {
         self.record.send_modify(|r| {
             r.state = to;
             r.updated_at_ms = now_ms();
+            // An ended VM's network is torn down (the manager watches for
+            // this), and its addresses go to other VMs.
+            if to.is_terminal() {
+                r.network = None;
+            }
         });
         self.commit().await;
         Ok(to)
@@ -551,6 +562,12 @@ impl Owner {
             id: &self.id,
             spec,
             workdir,
+            netns: self
+                .record
+                .borrow()
+                .network
+                .as_ref()
+                .map(crate::network::netns_path),
         }
     }
 

@@ -122,6 +122,9 @@ pub struct SpawnConfig {
     pub watch_for: Vec<String>,
     /// Further command-line arguments (e.g. `--config-file`).
     pub extra_args: Vec<String>,
+    /// A network namespace to run the process in (`/run/netns/NAME`), where
+    /// the taps of its network interfaces are; the caller's own if `None`.
+    pub netns: Option<PathBuf>,
 }
 
 /// A failure to start or talk to the process.
@@ -133,6 +136,12 @@ pub enum ProcessError {
     BinaryMissing(PathBuf),
     #[error("cannot prepare file {path}")]
     PrepareFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open network namespace {path}")]
+    Netns {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -243,6 +252,35 @@ impl FirecrackerProcess {
             // reach the VMs; the daemon decides what happens to them.
             .process_group(0)
             .kill_on_drop(false);
+        // Opened here, entered in the child: the daemon stays in its own.
+        let netns = match &config.netns {
+            Some(path) => {
+                Some(
+                    std::fs::File::open(path).map_err(|source| ProcessError::Netns {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        if let Some(netns) = &netns {
+            use std::os::fd::AsRawFd;
+            let fd = netns.as_raw_fd();
+            // SAFETY: runs in the forked child before exec, where only
+            // async-signal-safe calls are allowed; setns is a plain system
+            // call on a descriptor the child inherited (the file outlives
+            // the spawn below).
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let mut child = command.spawn().map_err(|source| ProcessError::Spawn {
             binary: config.binary.clone(),
             source,

@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::client::{ApiClient, ApiError};
-use crate::models::{BootSource, ConfigFile, Drive, MachineConfiguration, Vsock};
+use crate::models::{
+    BootSource, ConfigFile, Drive, MachineConfiguration, NetworkInterface, RateLimiter, Vsock,
+};
 
 /// Drive id of the root filesystem.
 pub const ROOT_DRIVE_ID: &str = "rootfs";
@@ -17,6 +19,8 @@ pub const ROOT_DRIVE_ID: &str = "rootfs";
 pub const ROOTFS_LINK: &str = "rootfs.ext4";
 /// The host side of the guest's vsock device, relative for the same reason.
 pub const VSOCK_SOCKET: &str = "vsock.sock";
+/// Id of the guest's network interface (one per VM).
+pub const NET_IFACE_ID: &str = "eth0";
 /// The guest's vsock context id (3 is the first a guest may have). Every VM can
 /// use the same one: each has its own device and host socket.
 pub const GUEST_CID: u32 = 3;
@@ -34,6 +38,11 @@ pub struct VmConfig {
     pub vsock: bool,
     /// Track dirty pages from boot, so diff snapshots can be taken.
     pub track_dirty_pages: bool,
+    /// The guest's network interface; its tap must exist in the network
+    /// namespace the VMM runs in.
+    pub network: Option<NetworkInterface>,
+    /// Limits on the root drive's bandwidth and operations.
+    pub rootfs_rate_limiter: Option<RateLimiter>,
 }
 
 impl VmConfig {
@@ -84,7 +93,7 @@ impl VmConfig {
             partuuid: None,
             cache_type: None,
             io_engine: None,
-            rate_limiter: None,
+            rate_limiter: self.rootfs_rate_limiter.clone(),
         }
     }
 
@@ -93,6 +102,9 @@ impl VmConfig {
         api.put_machine_config(&self.machine()).await?;
         api.put_boot_source(&self.boot_source()).await?;
         api.put_drive(&self.root_drive()).await?;
+        if let Some(network) = &self.network {
+            api.put_network_interface(network).await?;
+        }
         if let Some(vsock) = self.vsock_device() {
             api.put_vsock(&vsock).await?;
         }
@@ -105,7 +117,7 @@ impl VmConfig {
             boot_source: self.boot_source(),
             drives: vec![self.root_drive()],
             machine_config: self.machine(),
-            network_interfaces: Vec::new(),
+            network_interfaces: self.network.iter().cloned().collect(),
             vsock: self.vsock_device(),
             logger: None,
         }
@@ -126,6 +138,8 @@ mod tests {
             memory_mib: 256,
             vsock: true,
             track_dirty_pages: true,
+            network: None,
+            rootfs_rate_limiter: None,
         };
         assert_eq!(
             serde_json::to_value(config.to_config_file()).unwrap(),
@@ -140,6 +154,49 @@ mod tests {
     }
 
     #[test]
+    fn a_network_interface_and_rate_limits_are_written_as_firecracker_names_them() {
+        let bucket = |size| crate::models::TokenBucket {
+            size,
+            one_time_burst: None,
+            refill_time: 1000,
+        };
+        let config = VmConfig {
+            kernel: "/k/vmlinux".into(),
+            boot_args: String::new(),
+            rootfs: "/r/rootfs.ext4".into(),
+            vcpus: 1,
+            memory_mib: 128,
+            vsock: false,
+            track_dirty_pages: false,
+            network: Some(NetworkInterface {
+                iface_id: "eth0".into(),
+                host_dev_name: "tap0".into(),
+                guest_mac: Some("06:00:ac:10:00:02".into()),
+                rx_rate_limiter: Some(RateLimiter {
+                    bandwidth: Some(bucket(1_000_000)),
+                    ops: None,
+                }),
+                tx_rate_limiter: None,
+            }),
+            rootfs_rate_limiter: Some(RateLimiter {
+                bandwidth: None,
+                ops: Some(bucket(100)),
+            }),
+        };
+        let file = serde_json::to_value(config.to_config_file()).unwrap();
+        assert_eq!(
+            file["network-interfaces"],
+            serde_json::json!([{"iface_id": "eth0", "host_dev_name": "tap0",
+                "guest_mac": "06:00:ac:10:00:02",
+                "rx_rate_limiter": {"bandwidth": {"size": 1_000_000, "refill_time": 1000}}}])
+        );
+        assert_eq!(
+            file["drives"][0]["rate_limiter"],
+            serde_json::json!({"ops": {"size": 100, "refill_time": 1000}})
+        );
+    }
+
+    #[test]
     fn the_root_image_is_linked_into_the_vm_directory() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = VmConfig {
@@ -150,6 +207,8 @@ mod tests {
             memory_mib: 128,
             vsock: false,
             track_dirty_pages: false,
+            network: None,
+            rootfs_rate_limiter: None,
         };
         config.link_into(dir.path()).unwrap();
         config.rootfs = "/images/b.ext4".into();

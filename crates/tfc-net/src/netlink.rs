@@ -58,6 +58,7 @@ const RT_SCOPE_LINK: u8 = 253;
 const RTNH_F_ONLINK: u32 = 4;
 
 // linux/if_link.h, linux/veth.h, linux/if_addr.h
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_NET_NS_FD: u16 = 28;
@@ -460,6 +461,15 @@ impl Rtnl {
     pub fn set_up(&mut self, index: u32, name: &str) -> Result<(), NetlinkError> {
         let request = Request::new(RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(index, IFF_UP, IFF_UP));
         self.change(request, &|| format!("bring link {name} up"))
+    }
+
+    /// Sets the hardware address of link `index`.
+    pub fn set_mac(&mut self, index: u32, name: &str, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        let mut request = Request::new(RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(index, 0, 0));
+        request.attr(IFLA_ADDRESS, &mac);
+        self.change(request, &|| {
+            format!("set the hardware address of link {name}")
+        })
     }
 
     /// Deletes link `name`; `false` if there was none.

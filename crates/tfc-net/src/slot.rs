@@ -30,7 +30,9 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
-use tfc_core::net::guest::{GUEST_ADDR, GUEST_PREFIX_LEN, NS_VETH_NAME, TAP_ADDR, TAP_NAME};
+use tfc_core::net::guest::{
+    GUEST_ADDR, GUEST_PREFIX_LEN, NS_VETH_NAME, TAP_ADDR, TAP_MAC, TAP_NAME,
+};
 use tfc_core::net::{Ipv4Cidr, Lease, NetConfig, NetConfigError, NetMode, NetObject, PortForward};
 use tfc_core::VmId;
 use tfc_store::{Store, StoreError};
@@ -388,6 +390,8 @@ impl Slot {
             })?;
         let mut rtnl = inside?;
         let tap = link_index(&mut rtnl, slot, TAP_NAME)?;
+        rtnl.set_mac(tap, TAP_NAME, TAP_MAC)
+            .map_err(|source| configure(slot, TAP_NAME, source))?;
         rtnl.add_address(tap, TAP_ADDR, GUEST_PREFIX_LEN)
             .map_err(|source| configure(slot, TAP_NAME, source))?;
         rtnl.set_up(tap, TAP_NAME)

@@ -109,6 +109,8 @@ fn a_slot_has_a_firecracker_tap_and_a_connected_veth() {
     assert_eq!(info["info_data"]["vnet_hdr"], true, "{tap}");
     assert_eq!(info["info_data"]["multi_queue"], false, "{tap}");
     assert_eq!(info["info_data"]["persist"], true, "{tap}");
+    // The same hardware address in every slot: clones keep their gateway.
+    assert_eq!(tap["address"], "06:00:ac:10:00:01", "{tap}");
     assert!(
         tap["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
         "{tap}"

@@ -165,6 +165,11 @@ fn devices(devices: &[SnapshotDevice]) -> String {
                 guest_cid,
                 uds_path,
             } => format!("vsock cid {guest_cid}: {uds_path}"),
+            SnapshotDevice::Network {
+                iface_id,
+                host_dev_name,
+                guest_mac,
+            } => format!("network {iface_id}: tap {host_dev_name} (guest MAC {guest_mac})"),
         })
         .collect();
     lines.join("\n")
@@ -247,6 +252,7 @@ mod tests {
                     diff_snapshots: true,
                     vsock: true,
                     vmm: tfc_core::Vmm::Firecracker,
+                    network: None,
                 },
                 devices: vec![
                     SnapshotDevice::Drive {

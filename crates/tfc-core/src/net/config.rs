@@ -44,6 +44,16 @@ pub enum NetConfigError {
     DuplicateHostPort { port: u16, protocol: Protocol },
     #[error("{value:?} is not a port or port range: write e.g. 443 or 8000-8100 (1 to 65535)")]
     BadPortRange { value: String },
+    #[error("{value:?} is not a port forward: write HOST_PORT:VM_PORT, optionally /tcp or /udp (e.g. 8080:80)")]
+    BadForward { value: String },
+    #[error("{value:?} is not a protocol: use tcp or udp")]
+    BadProtocol { value: String },
+    #[error(
+        "{value:?} is not a destination: write an IPv4 address or network (e.g. 192.0.2.0/24)"
+    )]
+    BadDestination { value: String },
+    #[error("{value:?} is not an egress rule: write TO[:tcp|udp][:PORTS] (e.g. 192.0.2.0/24:tcp:443,8000-8100)")]
+    BadEgressRule { value: String },
 }
 
 /// How a VM is connected.
@@ -287,10 +297,135 @@ impl NetConfig {
     }
 }
 
+/// Written `HOST:VM` or `HOST:VM/udp` (as `docker run -p` does; TCP when no
+/// protocol is given).
+impl FromStr for PortForward {
+    type Err = NetConfigError;
+    fn from_str(s: &str) -> Result<Self, NetConfigError> {
+        let bad = || NetConfigError::BadForward {
+            value: s.to_owned(),
+        };
+        let (ports, protocol) = match s.split_once('/') {
+            Some((ports, protocol)) => (ports, protocol.parse().map_err(|_| bad())?),
+            None => (s, Protocol::Tcp),
+        };
+        let (host, vm) = ports.split_once(':').ok_or_else(bad)?;
+        let port = |p: &str| -> Result<u16, NetConfigError> {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            match p.parse() {
+                Ok(0) => Err(NetConfigError::ZeroPort),
+                Ok(port) => Ok(port),
+                Err(_) => Err(bad()),
+            }
+        };
+        Ok(PortForward {
+            host_port: port(host)?,
+            vm_port: port(vm)?,
+            protocol,
+        })
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = NetConfigError;
+    fn from_str(s: &str) -> Result<Self, NetConfigError> {
+        match s {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            _ => Err(NetConfigError::BadProtocol {
+                value: s.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Written `TO[:PROTOCOL][:PORTS]`: a network or address, then optionally
+/// `tcp` or `udp`, then optionally ports separated by commas, e.g.
+/// `192.0.2.0/24`, `192.0.2.7:udp:53`, `198.51.100.0/24:tcp:443,8000-8100`.
+impl FromStr for EgressRule {
+    type Err = NetConfigError;
+    fn from_str(s: &str) -> Result<Self, NetConfigError> {
+        let mut parts = s.split(':');
+        let to = parts.next().unwrap_or_default();
+        let to: Ipv4Cidr = to.parse().map_err(|_| NetConfigError::BadDestination {
+            value: to.to_owned(),
+        })?;
+        let mut rule = EgressRule {
+            to,
+            protocol: None,
+            ports: Vec::new(),
+        };
+        for part in parts {
+            if rule.protocol.is_none() && rule.ports.is_empty() {
+                if let Ok(protocol) = part.parse() {
+                    rule.protocol = Some(protocol);
+                    continue;
+                }
+            }
+            if !rule.ports.is_empty() {
+                return Err(NetConfigError::BadEgressRule {
+                    value: s.to_owned(),
+                });
+            }
+            rule.ports = part.split(',').map(str::parse).collect::<Result<_, _>>()?;
+        }
+        Ok(rule)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[test]
+    fn forwards_and_egress_rules_parse_from_their_short_forms() {
+        let forward: PortForward = "8080:80".parse().unwrap();
+        assert_eq!(
+            forward,
+            PortForward {
+                host_port: 8080,
+                vm_port: 80,
+                protocol: Protocol::Tcp
+            }
+        );
+        let forward: PortForward = "5353:53/udp".parse().unwrap();
+        assert_eq!(forward.protocol, Protocol::Udp);
+        for bad in ["8080", "8080:", ":80", "a:80", "8080:80/icmp", "70000:80"] {
+            assert!(
+                matches!(
+                    bad.parse::<PortForward>(),
+                    Err(NetConfigError::BadForward { .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!("0:80".parse::<PortForward>(), Err(NetConfigError::ZeroPort));
+
+        let rule: EgressRule = "192.0.2.0/24".parse().unwrap();
+        assert_eq!(rule.to.to_string(), "192.0.2.0/24");
+        assert_eq!((rule.protocol, rule.ports.len()), (None, 0));
+        let rule: EgressRule = "192.0.2.7:udp:53".parse().unwrap();
+        assert_eq!(rule.to.to_string(), "192.0.2.7/32");
+        assert_eq!(rule.protocol, Some(Protocol::Udp));
+        assert_eq!(rule.ports, vec![PortRange::new(53, 53).unwrap()]);
+        let rule: EgressRule = "198.51.100.0/24:443,8000-8100".parse().unwrap();
+        assert_eq!(rule.protocol, None);
+        assert_eq!(rule.ports.len(), 2);
+        assert!(matches!(
+            "nope:tcp".parse::<EgressRule>(),
+            Err(NetConfigError::BadDestination { .. })
+        ));
+        assert!(matches!(
+            "192.0.2.0/24:443:80".parse::<EgressRule>(),
+            Err(NetConfigError::BadEgressRule { .. })
+        ));
+        assert!(matches!(
+            "192.0.2.0/24:tcp:http".parse::<EgressRule>(),
+            Err(NetConfigError::BadPortRange { .. })
+        ));
+    }
     fn config(json: &str) -> NetConfig {
         serde_json::from_str(json).unwrap()
     }

@@ -28,6 +28,22 @@ pub const TAP_NAME: &str = "tap0";
 pub const GUEST_IFACE: &str = "eth0";
 /// The namespace's end of the VM's veth pair.
 pub const NS_VETH_NAME: &str = "veth0";
+/// The tap's hardware address, the same in every namespace: a restored
+/// guest's neighbour cache still names its template's gateway, and a tap
+/// with another address would drop the guest's frames as meant for another
+/// host until that entry expired. Locally administered, unicast.
+pub const TAP_MAC: [u8; 6] = [0x06, 0x00, 0xac, 0x10, 0x00, 0x01];
+/// The guest NIC's hardware address, the same in every VM for the same
+/// reason (given to the VMM; a snapshot records it).
+pub const GUEST_MAC: [u8; 6] = [0x06, 0x00, 0xac, 0x10, 0x00, 0x02];
+
+/// `aa:bb:cc:dd:ee:ff`, as the VMM's API and `ip link` write it.
+pub fn mac_string(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
 
 /// The guest link's network, `172.16.0.0/30`.
 pub fn guest_link() -> Ipv4Cidr {
@@ -48,6 +64,16 @@ pub fn kernel_ip_arg() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn macs_are_written_as_colon_separated_hex() {
+        assert_eq!(mac_string(TAP_MAC), "06:00:ac:10:00:01");
+        assert_eq!(mac_string(GUEST_MAC), "06:00:ac:10:00:02");
+        // Locally administered (bit 1) and unicast (bit 0 clear).
+        for mac in [TAP_MAC, GUEST_MAC] {
+            assert_eq!(mac[0] & 0b11, 0b10);
+        }
+    }
 
     #[test]
     fn the_link_holds_both_ends() {

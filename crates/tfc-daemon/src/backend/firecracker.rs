@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tfc_api::SnapshotKind;
+use tfc_core::net::guest;
 use tfc_core::{BootPhase, VmId, VmSpec};
 use tfc_firecracker::models::{
-    InstanceState, MemoryBackend, MemoryBackendType, SnapshotCreateParams, SnapshotLoadParams,
-    SnapshotType,
+    InstanceState, MemoryBackend, MemoryBackendType, NetworkInterface, SnapshotCreateParams,
+    SnapshotLoadParams, SnapshotType,
 };
 use tfc_firecracker::{ExitReason, FirecrackerProcess, SpawnConfig, StopPolicy, VmConfig};
 
@@ -48,7 +49,9 @@ fn check_kvm() -> Result<(), BackendError> {
         .map_err(|e| BackendError::NoKvm(tfc_core::error_chain(&e)))
 }
 
-/// The VMM configuration of a cold boot of `spec`.
+/// The VMM configuration of a cold boot of `spec`. A VM with a network gets
+/// one interface on the tap of its namespace, with the hardware address
+/// every VM's guest has (clone-safe, like its IP address).
 fn vm_config(spec: &VmSpec) -> VmConfig {
     VmConfig {
         kernel: spec.kernel.clone(),
@@ -58,11 +61,25 @@ fn vm_config(spec: &VmSpec) -> VmConfig {
         memory_mib: spec.memory_mib,
         vsock: spec.vsock,
         track_dirty_pages: spec.diff_snapshots,
+        network: spec.network.as_ref().map(|_| NetworkInterface {
+            iface_id: tfc_firecracker::vm_config::NET_IFACE_ID.to_owned(),
+            host_dev_name: guest::TAP_NAME.to_owned(),
+            guest_mac: Some(guest::mac_string(guest::GUEST_MAC)),
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        }),
+        rootfs_rate_limiter: None,
     }
 }
 
 impl FirecrackerBackend {
-    fn spawn_config(&self, id: &VmId, spec: &VmSpec, workdir: &Path) -> SpawnConfig {
+    fn spawn_config(
+        &self,
+        id: &VmId,
+        spec: &VmSpec,
+        workdir: &Path,
+        netns: Option<PathBuf>,
+    ) -> SpawnConfig {
         SpawnConfig {
             binary: self.binary.clone(),
             workdir: workdir.to_owned(),
@@ -73,6 +90,7 @@ impl FirecrackerBackend {
                 PANIC_LINE.to_owned(),
             ],
             extra_args: Vec::new(),
+            netns,
         }
     }
 
@@ -85,13 +103,14 @@ impl FirecrackerBackend {
         id: &VmId,
         spec: &VmSpec,
         workdir: &Path,
+        netns: Option<PathBuf>,
         mark: &mut (dyn FnMut(BootPhase) + Send),
         then: impl AsyncFnOnce(&tfc_firecracker::ApiClient) -> Result<Option<BootPhase>, BackendError>,
     ) -> Result<FirecrackerMachine, BackendError> {
         vm_config(spec)
             .link_into(workdir)
             .map_err(BackendError::Workdir)?;
-        let process = FirecrackerProcess::spawn(&self.spawn_config(id, spec, workdir))
+        let process = FirecrackerProcess::spawn(&self.spawn_config(id, spec, workdir, netns))
             .await
             .map_err(BackendError::Spawn)?;
         mark(BootPhase::Spawned);
@@ -141,7 +160,7 @@ impl VmBackend for FirecrackerBackend {
     }
 
     async fn adopt(&self, request: CreateRequest<'_>) -> Result<FirecrackerMachine, BackendError> {
-        let config = self.spawn_config(request.id, request.spec, request.workdir);
+        let config = self.spawn_config(request.id, request.spec, request.workdir, None);
         let process = FirecrackerProcess::adopt(&config)
             .await
             .map_err(BackendError::Adopt)?;
@@ -158,8 +177,15 @@ impl VmBackend for FirecrackerBackend {
         check_kvm()?;
         // The snapshot names the root drive by the relative link, which
         // `launch` creates in this VM's own directory.
-        self.launch(request.id, spec, request.workdir, mark, async |_| Ok(None))
-            .await
+        self.launch(
+            request.id,
+            spec,
+            request.workdir,
+            request.netns,
+            mark,
+            async |_| Ok(None),
+        )
+        .await
     }
 
     async fn create(
@@ -172,10 +198,17 @@ impl VmBackend for FirecrackerBackend {
         require_file("rootfs", &spec.rootfs)?;
         check_kvm()?;
         let vm = vm_config(spec);
-        self.launch(request.id, spec, request.workdir, mark, async |api| {
-            vm.apply(api).await.map_err(BackendError::Configure)?;
-            Ok(Some(BootPhase::Configured))
-        })
+        self.launch(
+            request.id,
+            spec,
+            request.workdir,
+            request.netns,
+            mark,
+            async |api| {
+                vm.apply(api).await.map_err(BackendError::Configure)?;
+                Ok(Some(BootPhase::Configured))
+            },
+        )
         .await
     }
 }

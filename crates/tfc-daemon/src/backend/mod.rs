@@ -10,7 +10,7 @@ pub mod firecracker;
 pub mod qemu;
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tfc_api::SnapshotKind;
@@ -175,22 +175,28 @@ pub(crate) fn require_file(what: &'static str, path: &Path) -> Result<(), Backen
 }
 
 /// What a backend needs to create one VM.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CreateRequest<'a> {
     pub id: &'a VmId,
     pub spec: &'a VmSpec,
     /// The VM's own directory; it exists and is empty.
     pub workdir: &'a Path,
+    /// The network namespace the VMM runs in, holding the tap of the VM's
+    /// network (`spec.network`); the daemon's own when the VM has none.
+    pub netns: Option<PathBuf>,
 }
 
 /// What a backend needs to restore one VM from a snapshot.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RestoreRequest<'a> {
     pub id: &'a VmId,
     /// The snapshotted VM's spec (its rootfs is linked into the new directory).
     pub spec: &'a VmSpec,
     /// The VM's own directory; it exists and is empty.
     pub workdir: &'a Path,
+    /// As [`CreateRequest::netns`]: the clone's network namespace, whose tap
+    /// has the name the snapshot recorded.
+    pub netns: Option<PathBuf>,
 }
 
 /// Creates machines.

@@ -184,6 +184,7 @@ pub async fn run(
         console_log_limit: CONSOLE_LOG_LIMIT,
         watch_for: marker::ALL.iter().map(|m| m.to_string()).collect(),
         extra_args: vec!["--config-file".to_string(), VM_CONFIG_FILE.to_string()],
+        netns: None,
     })
     .await
     .map_err(BootProbeError::Spawn)?;
@@ -294,6 +295,8 @@ fn probe_vm(m: &Manifest) -> VmConfig {
         memory_mib: 128,
         vsock: false,
         track_dirty_pages: false,
+        network: None,
+        rootfs_rate_limiter: None,
     }
 }
 
