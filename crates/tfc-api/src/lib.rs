@@ -56,6 +56,11 @@ pub struct CreateVmRequest {
     /// pooled level: those VMs get the network their template was made with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<tfc_core::net::NetConfig>,
+    /// I/O limits, each device given replacing the VM type's (an empty one
+    /// removes the type's limit). Firecracker only; `net_rx` and `net_tx`
+    /// need a network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<tfc_core::limits::RateLimits>,
 }
 
 /// How a VM was started.

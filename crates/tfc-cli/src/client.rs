@@ -179,6 +179,18 @@ impl Client {
         .await
     }
 
+    /// `PATCH /v1/vms/{id}/rate-limits`.
+    pub async fn set_rate_limits(
+        &self,
+        id: &VmId,
+        update: &tfc_core::limits::RateLimits,
+    ) -> Result<Answer<VmInfo>, ClientError> {
+        let body = serde_json::to_vec(update).map_err(ClientError::Encode)?;
+        let path = format!("/v1/vms/{id}/rate-limits");
+        self.call(Method::PATCH, path, Some(body), Some(REQUEST_LIMIT))
+            .await
+    }
+
     /// `POST /v1/vms/{id}/pause|resume|stop`.
     pub async fn act(&self, id: &VmId, action: VmAction) -> Result<Answer<VmInfo>, ClientError> {
         let path = format!("/v1/vms/{id}/{}", action.as_str());

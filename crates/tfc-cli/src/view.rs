@@ -76,6 +76,9 @@ pub fn detail(vm: &VmInfo, now_ms: u64) -> String {
     if let Some(network) = &vm.network {
         fields.push("network", net::summary(network));
     }
+    if !vm.spec.rate_limits.is_empty() {
+        fields.push("rate limits", rate_limits(&vm.spec.rate_limits));
+    }
     if let Some(snapshot) = &vm.last_snapshot {
         fields.push("last snapshot", snapshot.as_str());
     }
@@ -107,6 +110,36 @@ pub fn detail(vm: &VmInfo, now_ms: u64) -> String {
         fields.push("exit", exit.description.as_str());
     }
     format!("{fields}\n{}", timeline(&vm.timeline))
+}
+
+/// `net rx 1000000 B/s, disk 500 ops/s`; `none` when nothing is limited.
+pub fn rate_limits(limits: &tfc_core::limits::RateLimits) -> String {
+    let mut parts = Vec::new();
+    for (name, limit) in [
+        ("net rx", limits.net_rx),
+        ("net tx", limits.net_tx),
+        ("disk", limits.disk),
+    ] {
+        let Some(limit) = limit.filter(|l| !l.is_unlimited()) else {
+            continue;
+        };
+        let mut rates = Vec::new();
+        if let Some(bytes) = limit.bytes_per_sec {
+            rates.push(format!("{bytes} B/s"));
+        }
+        if let Some(ops) = limit.ops_per_sec {
+            rates.push(format!("{ops} ops/s"));
+        }
+        if let Some(burst) = limit.burst_bytes {
+            rates.push(format!("burst {burst} B"));
+        }
+        parts.push(format!("{name} {}", rates.join(" ")));
+    }
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// After `vm create --wait`: the id alone on the first line (as without
@@ -304,6 +337,7 @@ mod tests {
                 vsock: true,
                 vmm: tfc_core::Vmm::Firecracker,
                 network: None,
+                rate_limits: Default::default(),
             },
             pid: Some(4242),
             created_at_ms,

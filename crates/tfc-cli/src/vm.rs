@@ -6,6 +6,7 @@ use std::io::Write;
 use clap::builder::RangedI64ValueParser;
 use clap::{Args, Subcommand};
 use tfc_api::{CreateSnapshotRequest, CreateVmRequest, SnapshotKind, VmInfo};
+use tfc_core::limits::{IoLimit, RateLimits};
 use tfc_core::net::{EgressRule, NetConfig, NetMode, PortForward};
 use tfc_core::spec::{MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
 use tfc_core::{OptimizationLevel, SnapshotId, VmId, VmState, Vmm};
@@ -36,6 +37,10 @@ pub enum VmCmd {
     /// Snapshot a VM's memory and device state; prints the new snapshot.
     /// Allowed when ready, running or paused.
     Snapshot(SnapshotArgs),
+    /// Change a running or paused VM's I/O limits (Firecracker): each option
+    /// replaces that limit, --unlimit removes a device's; limits not named are
+    /// kept. Prints the limits in force.
+    Limit(LimitArgs),
     /// Give back a VM taken with `tfc pool acquire`: it is stopped and removed
     /// (never handed out again) and its pool replaces it.
     Release {
@@ -116,6 +121,37 @@ pub struct CreateArgs {
     output: Output,
 }
 
+/// Options of `tfc vm limit`. Rates are per second.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("limits").required(true).multiple(true)))]
+pub struct LimitArgs {
+    /// The VM's id, as printed by `tfc vm create` and `tfc vm ls`.
+    id: VmId,
+    /// Bytes per second the guest may receive over its network.
+    #[arg(long, value_name = "BYTES", group = "limits")]
+    net_rx_bytes: Option<u64>,
+    /// Packets per second the guest may receive.
+    #[arg(long, value_name = "N", group = "limits")]
+    net_rx_ops: Option<u64>,
+    /// Bytes per second the guest may send over its network.
+    #[arg(long, value_name = "BYTES", group = "limits")]
+    net_tx_bytes: Option<u64>,
+    /// Packets per second the guest may send.
+    #[arg(long, value_name = "N", group = "limits")]
+    net_tx_ops: Option<u64>,
+    /// Bytes per second of root drive reads and writes.
+    #[arg(long, value_name = "BYTES", group = "limits")]
+    disk_bytes: Option<u64>,
+    /// Root drive requests per second.
+    #[arg(long, value_name = "N", group = "limits")]
+    disk_ops: Option<u64>,
+    /// Remove a device's limits: net-rx, net-tx or disk; repeat for several.
+    #[arg(long, value_name = "DEVICE", group = "limits", value_parser = ["net-rx", "net-tx", "disk"])]
+    unlimit: Vec<String>,
+    #[command(flatten)]
+    output: Output,
+}
+
 /// Options of `tfc vm snapshot`.
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
@@ -178,6 +214,7 @@ pub async fn run(cmd: VmCmd, client: &Client, out: &mut impl Write) -> anyhow::R
         VmCmd::Resume(target) => act(target, VmAction::Resume, client, out).await,
         VmCmd::Stop(target) => act(target, VmAction::Stop, client, out).await,
         VmCmd::Snapshot(args) => snapshot(args, client, out).await,
+        VmCmd::Limit(args) => limit(args, client, out).await,
         VmCmd::Release { id } => {
             client.release_vm(&id).await?;
             writeln!(out, "{id}: released")?;
@@ -189,6 +226,48 @@ pub async fn run(cmd: VmCmd, client: &Client, out: &mut impl Write) -> anyhow::R
             Ok(())
         }
     }
+}
+
+/// The update `tfc vm limit` sends: a device named by an option gets a
+/// limit with the rates given for it (the VM's other rate of that device is
+/// kept), and an unlimited one for --unlimit.
+fn limit_update(args: &LimitArgs, now: &RateLimits) -> RateLimits {
+    let device = |name: &str, old: Option<IoLimit>, bytes: Option<u64>, ops: Option<u64>| {
+        if args.unlimit.iter().any(|u| u == name) {
+            return Some(IoLimit::default());
+        }
+        if bytes.is_none() && ops.is_none() {
+            return None;
+        }
+        let old = old.unwrap_or_default();
+        Some(IoLimit {
+            bytes_per_sec: bytes.or(old.bytes_per_sec),
+            ops_per_sec: ops.or(old.ops_per_sec),
+            burst_bytes: old.burst_bytes,
+        })
+    };
+    RateLimits {
+        net_rx: device("net-rx", now.net_rx, args.net_rx_bytes, args.net_rx_ops),
+        net_tx: device("net-tx", now.net_tx, args.net_tx_bytes, args.net_tx_ops),
+        disk: device("disk", now.disk, args.disk_bytes, args.disk_ops),
+    }
+}
+
+async fn limit(args: LimitArgs, client: &Client, out: &mut impl Write) -> anyhow::Result<()> {
+    let now = client.get_vm(&args.id).await?.value.spec.rate_limits;
+    let answer = client
+        .set_rate_limits(&args.id, &limit_update(&args, &now))
+        .await?;
+    if args.output.json {
+        return print_json(out, &answer);
+    }
+    writeln!(
+        out,
+        "{}: {}",
+        args.id,
+        view::rate_limits(&answer.value.spec.rate_limits)
+    )?;
+    Ok(())
 }
 
 async fn create(args: CreateArgs, client: &Client, out: &mut impl Write) -> anyhow::Result<()> {
@@ -207,6 +286,7 @@ async fn create(args: CreateArgs, client: &Client, out: &mut impl Write) -> anyh
             egress_allow: (!args.allow.is_empty()).then_some(args.allow),
             port_forwards: args.publish,
         }),
+        rate_limits: None,
     };
     let answer = client.create_vm(&request).await?;
     let vm = &answer.value;
@@ -283,6 +363,51 @@ fn failure(vm: &VmInfo) -> String {
 mod tests {
     use super::*;
     use crate::fake_daemon::answer_once;
+
+    #[test]
+    fn vm_limit_changes_the_named_rates_and_keeps_the_rest() {
+        let now = RateLimits {
+            net_rx: Some(IoLimit {
+                bytes_per_sec: Some(1000),
+                ops_per_sec: Some(10),
+                burst_bytes: Some(5000),
+            }),
+            net_tx: Some(IoLimit {
+                bytes_per_sec: Some(2000),
+                ..IoLimit::default()
+            }),
+            disk: None,
+        };
+        let args = LimitArgs {
+            id: VmId::new("vm-0123456789ab").unwrap(),
+            net_rx_bytes: Some(4000),
+            net_rx_ops: None,
+            net_tx_bytes: None,
+            net_tx_ops: None,
+            disk_bytes: None,
+            disk_ops: Some(100),
+            unlimit: vec!["net-tx".to_owned()],
+            output: Output { json: false },
+        };
+        let update = limit_update(&args, &now);
+        assert_eq!(
+            update.net_rx,
+            Some(IoLimit {
+                bytes_per_sec: Some(4000),
+                ops_per_sec: Some(10),
+                burst_bytes: Some(5000),
+            })
+        );
+        assert_eq!(update.net_tx, Some(IoLimit::default()));
+        assert_eq!(update.disk.unwrap().ops_per_sec, Some(100));
+        let merged = now.merged(&update);
+        assert_eq!(merged.net_tx, None);
+        assert_eq!(
+            view::rate_limits(&merged),
+            "net rx 4000 B/s 10 ops/s burst 5000 B, disk 100 ops/s"
+        );
+        assert_eq!(view::rate_limits(&RateLimits::default()), "none");
+    }
 
     fn failed_vm() -> serde_json::Value {
         serde_json::json!({

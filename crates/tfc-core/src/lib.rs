@@ -22,6 +22,7 @@ pub mod error;
 pub mod exit;
 pub mod id;
 pub mod level;
+pub mod limits;
 pub mod net;
 pub mod pool;
 pub mod spec;

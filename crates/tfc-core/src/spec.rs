@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::id::VmTypeName;
+use crate::limits::{LimitError, RateLimits};
 use crate::net::{NetConfig, NetConfigError, NetMode};
 
 /// Firecracker accepts 1 to 32 vCPUs.
@@ -148,6 +149,10 @@ pub struct VmSpec {
     /// restored from one gets a network like its template's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetConfig>,
+    /// I/O limits of the network interface and the root drive (none: no
+    /// limit); changeable while the VM runs.
+    #[serde(default, skip_serializing_if = "RateLimits::is_empty")]
+    pub rate_limits: RateLimits,
 }
 
 /// Why a spec is not acceptable. Each variant names the field at fault.
@@ -177,6 +182,12 @@ pub enum SpecError {
     Network(#[source] NetConfigError),
     #[error("VMs on {0} have no network yet: use the firecracker backend, or no network")]
     NetworkVmm(Vmm),
+    #[error("invalid rate limits")]
+    RateLimits(#[source] LimitError),
+    #[error("VMs on {0} have no rate limits: use the firecracker backend, or no limits")]
+    RateLimitsVmm(Vmm),
+    #[error("net_rx and net_tx limits need a network: give the VM one, or limit only the disk")]
+    NetLimitWithoutNetwork,
 }
 
 impl VmSpec {
@@ -211,6 +222,16 @@ impl VmSpec {
             if self.vmm != Vmm::Firecracker {
                 return Err(SpecError::NetworkVmm(self.vmm));
             }
+        }
+        self.rate_limits.validate().map_err(SpecError::RateLimits)?;
+        if !self.rate_limits.is_empty() && self.vmm != Vmm::Firecracker {
+            return Err(SpecError::RateLimitsVmm(self.vmm));
+        }
+        let net_limited = [self.rate_limits.net_rx, self.rate_limits.net_tx]
+            .iter()
+            .any(|l| l.is_some_and(|l| !l.is_unlimited()));
+        if net_limited && self.network.is_none() {
+            return Err(SpecError::NetLimitWithoutNetwork);
         }
         Ok(())
     }
@@ -262,6 +283,7 @@ mod tests {
             vsock: true,
             vmm: Vmm::Firecracker,
             network: None,
+            rate_limits: RateLimits::default(),
         }
     }
 

@@ -5,7 +5,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tfc_agent_client::AgentError;
@@ -271,7 +271,8 @@ impl From<JsonRejection> for ApiError {
         exec_vm,
         put_file,
         get_file,
-        network_status
+        network_status,
+        set_rate_limits
     ),
     components(schemas(
         CreateVmRequest,
@@ -298,7 +299,9 @@ impl From<JsonRejection> for ApiError {
         GuestFile,
         tfc_api::VmNetworkInfo,
         tfc_api::NetworkStatus,
-        tfc_api::NetworkLease
+        tfc_api::NetworkLease,
+        tfc_core::limits::RateLimits,
+        tfc_core::limits::IoLimit
     ))
 )]
 struct ApiDoc;
@@ -320,6 +323,7 @@ pub fn router(manager: VmManager) -> Router {
         .route("/v1/vms/{id}/pause", post(pause_vm))
         .route("/v1/vms/{id}/resume", post(resume_vm))
         .route("/v1/vms/{id}/stop", post(stop_vm))
+        .route("/v1/vms/{id}/rate-limits", patch(set_rate_limits))
         .route("/v1/vms/{id}/snapshots", post(snapshot_vm))
         .route("/v1/snapshots", get(list_snapshots))
         .route(
@@ -413,6 +417,28 @@ async fn get_vm(
     Path(id): Path<String>,
 ) -> Result<Json<VmInfo>, ApiError> {
     Ok(Json(manager.get(&id)?))
+}
+
+/// Change a VM's I/O limits while it runs or is paused (Firecracker). Each
+/// device given replaces that device's limit; an empty object (`"disk":
+/// {}`) removes it; devices left out keep theirs. The VM's record shows the
+/// limits in force.
+#[utoipa::path(patch, path = "/v1/vms/{id}/rate-limits", params(("id" = String, Path)),
+    request_body = tfc_core::limits::RateLimits, responses(
+    (status = 200, body = VmInfo),
+    (status = 400, body = ErrorBody, description = "invalid limits (a rate of 0, net limits without a network)"),
+    (status = 404, body = ErrorBody),
+    (status = 409, body = ErrorBody, description = "not allowed in the VM's state"),
+    (status = 501, body = ErrorBody, description = "the VM's backend has no rate limits"),
+    (status = 502, body = ErrorBody, description = "the VMM refused")
+))]
+async fn set_rate_limits(
+    State(manager): State<VmManager>,
+    Path(id): Path<String>,
+    body: Result<Json<tfc_core::limits::RateLimits>, JsonRejection>,
+) -> Result<Json<VmInfo>, ApiError> {
+    let Json(update) = body?;
+    Ok(Json(manager.set_rate_limits(&id, update).await?))
 }
 
 async fn vm_op(manager: &VmManager, id: &str, op: VmOp) -> Result<Json<VmInfo>, ApiError> {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use tfc_core::limits::RateLimits;
 use tfc_core::net::{AddrError, Ipv4Pool, NamePrefix, NetMode, ObjectError};
 use tfc_core::{spec, IdError, VmTypeName, Vmm};
 
@@ -321,6 +322,9 @@ pub struct VmTypeConfig {
     /// `network.enabled`.
     #[serde(default)]
     pub network: NetMode,
+    /// I/O limits of the type's VMs (none: unlimited).
+    #[serde(default)]
+    pub rate_limits: RateLimits,
 }
 
 /// A VM type's pool: how many VMs wait in each tier, which tiers may serve an
@@ -483,6 +487,7 @@ fn default_vm_types() -> BTreeMap<String, VmTypeConfig> {
             agent_port: default_agent_port(),
             pool: PoolConfig::default(),
             network: NetMode::None,
+            rate_limits: RateLimits::default(),
         },
     )])
 }
@@ -889,6 +894,23 @@ impl Config {
         }
         for (name, vm_type) in &self.vm_types {
             self.validate_type_network(name, vm_type)?;
+            let key = format!("vm_types.{name}.rate_limits");
+            vm_type
+                .rate_limits
+                .validate()
+                .map_err(|e| invalid(key.clone(), e.to_string()))?;
+            if !vm_type.rate_limits.is_empty() && self.vmm_of(vm_type) != Vmm::Firecracker {
+                return Err(invalid(key, "only firecracker VMs have rate limits"));
+            }
+            let net_limited = [vm_type.rate_limits.net_rx, vm_type.rate_limits.net_tx]
+                .iter()
+                .any(|l| l.is_some_and(|l| !l.is_unlimited()));
+            if net_limited && vm_type.network == NetMode::None {
+                return Err(invalid(
+                    key,
+                    "net_rx and net_tx need a network: set network = \"isolated\" or \"nat\", or limit only the disk",
+                ));
+            }
         }
         if !self.vm_types.contains_key(&self.daemon.default_vm_type) {
             return Err(invalid(

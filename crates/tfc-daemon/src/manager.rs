@@ -15,6 +15,7 @@ use tfc_api::{
     StartStats, TemplateInfo, TemplateStatus, VmInfo, VmNetworkInfo,
 };
 use tfc_core::level::{self, StartFacts};
+use tfc_core::limits::RateLimits;
 use tfc_core::net::{NetConfig, NetMode};
 use tfc_core::{
     spec, transition, BootPhase, OptimizationLevel, PoolTier, Readiness, SpecError, StartMethod,
@@ -441,6 +442,13 @@ impl VmManager {
             vsock: true,
             vmm,
             network,
+            rate_limits: {
+                let update = request.rate_limits.unwrap_or_default();
+                update
+                    .validate()
+                    .map_err(|e| ManagerError::BadSpec(SpecError::RateLimits(e)))?;
+                vm_type.rate_limits.merged(&update)
+            },
         };
         spec.validate().map_err(ManagerError::BadSpec)?;
         Ok(spec)
@@ -1178,6 +1186,27 @@ impl VmManager {
             refuse_waiting(&handle.info())?;
         }
         Ok(handle.op(op).await?)
+    }
+
+    /// Changes a VM's I/O limits: `update`'s devices replace the VM's (an
+    /// unlimited one removes that limit), checked as a spec is.
+    pub async fn set_rate_limits(
+        &self,
+        id: &str,
+        update: RateLimits,
+    ) -> Result<VmInfo, ManagerError> {
+        let handle = self.handle(id)?;
+        let info = handle.info();
+        refuse_waiting(&info)?;
+        // The update itself first: a device given only a burst would
+        // otherwise read as "remove the limit".
+        update
+            .validate()
+            .map_err(|e| ManagerError::BadSpec(SpecError::RateLimits(e)))?;
+        let mut spec = info.spec;
+        spec.rate_limits = spec.rate_limits.merged(&update);
+        spec.validate().map_err(ManagerError::BadSpec)?;
+        Ok(handle.set_rate_limits(spec.rate_limits).await?)
     }
 
     /// Removes a VM and its directory. Without `force` only a Stopped or Failed VM

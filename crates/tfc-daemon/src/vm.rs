@@ -19,6 +19,7 @@ use crate::backend::{
     Backend, BackendError, CreateRequest, ExitReason, Machine, VmBackend, VmMachine,
 };
 use tfc_agent_client::AgentConnection;
+use tfc_core::limits::RateLimits;
 
 /// An operation a caller asks of a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,16 +29,20 @@ pub enum VmOp {
     Stop,
     Snapshot,
     Allocate,
+    /// Change the I/O rate limits (no state change).
+    Limit,
 }
 
 impl VmOp {
-    fn event(self) -> VmEvent {
+    /// The state machine's event of an operation that changes the state.
+    fn event(self) -> Option<VmEvent> {
         match self {
-            VmOp::Pause => VmEvent::Pause,
-            VmOp::Resume => VmEvent::Resume,
-            VmOp::Stop => VmEvent::Stop,
-            VmOp::Snapshot => VmEvent::SnapshotTaken,
-            VmOp::Allocate => VmEvent::Allocate,
+            VmOp::Pause => Some(VmEvent::Pause),
+            VmOp::Resume => Some(VmEvent::Resume),
+            VmOp::Stop => Some(VmEvent::Stop),
+            VmOp::Snapshot => Some(VmEvent::SnapshotTaken),
+            VmOp::Allocate => Some(VmEvent::Allocate),
+            VmOp::Limit => None,
         }
     }
 
@@ -48,6 +53,7 @@ impl VmOp {
             VmOp::Stop => "stop",
             VmOp::Snapshot => "snapshot",
             VmOp::Allocate => "hand out",
+            VmOp::Limit => "change the rate limits of",
         }
     }
 }
@@ -127,6 +133,11 @@ enum Command {
         retire: Option<String>,
         reply: CheckReply,
     },
+    /// Replace the VM's I/O limits (see [`VmHandle::set_rate_limits`]).
+    Limit {
+        limits: RateLimits,
+        reply: Reply,
+    },
 }
 
 /// A handle on one VM: its current record and a way to ask its owner for changes.
@@ -148,6 +159,7 @@ impl std::fmt::Debug for Command {
             Command::Detach { .. } => f.write_str("Detach"),
             Command::Allocate { .. } => f.write_str("Allocate"),
             Command::Check { .. } => f.write_str("Check"),
+            Command::Limit { .. } => f.write_str("Limit"),
         }
     }
 }
@@ -182,6 +194,26 @@ impl VmHandle {
         };
         // A closed channel means the owner has ended: the VM is terminal.
         if self.commands.send(Command::Op { op, reply }).await.is_err() {
+            return Err(refused());
+        }
+        answer.await.unwrap_or_else(|_| Err(refused()))
+    }
+
+    /// Replaces the VM's I/O limits while its guest runs or is paused; the
+    /// record's spec follows.
+    pub async fn set_rate_limits(&self, limits: RateLimits) -> Result<VmInfo, VmError> {
+        let (reply, answer) = oneshot::channel();
+        let refused = || VmError::InvalidState {
+            id: self.id.clone(),
+            op: VmOp::Limit,
+            state: self.info().state,
+        };
+        if self
+            .commands
+            .send(Command::Limit { limits, reply })
+            .await
+            .is_err()
+        {
             return Err(refused());
         }
         answer.await.unwrap_or_else(|_| Err(refused()))
@@ -786,6 +818,9 @@ impl Owner {
                     Command::Check { reply, .. } => {
                         let _ = reply.send(Err(CheckError::NotWaiting(self.state())));
                     }
+                    Command::Limit { reply, .. } => {
+                        let _ = reply.send(Err(self.refuse(VmOp::Limit)));
+                    }
                     Command::Detach { done } => return BootOutcome::Detached(done),
                 },
             }
@@ -835,6 +870,9 @@ impl Owner {
                         Some(Command::Check { retire, reply }) => {
                             let _ = reply.send(self.check(machine, retire).await);
                         }
+                        Some(Command::Limit { limits, reply }) => {
+                            let _ = reply.send(self.set_rate_limits(machine, limits).await);
+                        }
                     }
                 }
             }
@@ -845,7 +883,8 @@ impl Owner {
         if !matches!(op, VmOp::Pause | VmOp::Resume) {
             return Err(self.refuse(op));
         }
-        transition(self.state(), op.event()).map_err(|_| self.refuse(op))?;
+        let event = op.event().expect("pause and resume change the state");
+        transition(self.state(), event).map_err(|_| self.refuse(op))?;
         let done = match op {
             VmOp::Pause => {
                 // Calls in flight end now, not when the frozen agent would
@@ -867,7 +906,37 @@ impl Owner {
         if op == VmOp::Resume {
             self.open_agent(None);
         }
-        let _ = self.apply(op.event()).await;
+        let _ = self.apply(event).await;
+        Ok(self.record.borrow().clone())
+    }
+
+    /// Changes the VMM's limits, then the record: the record never claims
+    /// limits the VMM does not enforce.
+    async fn set_rate_limits(
+        &self,
+        machine: &Machine,
+        limits: RateLimits,
+    ) -> Result<VmInfo, VmError> {
+        if !matches!(
+            self.state(),
+            VmState::Ready | VmState::Running | VmState::Paused
+        ) {
+            return Err(self.refuse(VmOp::Limit));
+        }
+        let network = self.record.borrow().spec.network.is_some();
+        machine
+            .set_rate_limits(&limits, network)
+            .await
+            .map_err(|source| VmError::Backend {
+                id: self.id.clone(),
+                op: VmOp::Limit,
+                source: Box::new(source),
+            })?;
+        self.record.send_modify(|r| {
+            r.spec.rate_limits = limits;
+            r.updated_at_ms = now_ms();
+        });
+        self.commit().await;
         Ok(self.record.borrow().clone())
     }
 
@@ -1144,6 +1213,9 @@ impl Owner {
                 }
                 Command::Check { reply, .. } => {
                     let _ = reply.send(Err(CheckError::NotWaiting(self.state())));
+                }
+                Command::Limit { reply, .. } => {
+                    let _ = reply.send(Err(self.refuse(VmOp::Limit)));
                 }
                 Command::Detach { done } => {
                     let _ = done.send(());

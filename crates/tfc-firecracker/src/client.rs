@@ -15,8 +15,8 @@ use tokio::net::UnixStream;
 
 use crate::models::{
     ActionType, BootSource, Drive, FaultBody, FirecrackerVersion, InstanceActionInfo, InstanceInfo,
-    Logger, MachineConfiguration, Metrics, NetworkInterface, SnapshotCreateParams,
-    SnapshotLoadParams, Vm, VmRunState, Vsock,
+    Logger, MachineConfiguration, Metrics, NetworkInterface, PartialDrive, PartialNetworkInterface,
+    SnapshotCreateParams, SnapshotLoadParams, Vm, VmRunState, Vsock,
 };
 
 /// Default bound on one API call. Snapshot calls get their own, longer bound.
@@ -212,6 +212,23 @@ impl ApiClient {
             .await
     }
 
+    /// Allowed after boot: changes a drive's rate limiter.
+    pub async fn patch_drive(&self, body: &PartialDrive) -> Result<(), ApiError> {
+        let path = format!("/drives/{}", body.drive_id);
+        self.send(Method::PATCH, &path, body, DEFAULT_CALL_TIMEOUT)
+            .await
+    }
+
+    /// Allowed after boot: changes an interface's rate limiters.
+    pub async fn patch_network_interface(
+        &self,
+        body: &PartialNetworkInterface,
+    ) -> Result<(), ApiError> {
+        let path = format!("/network-interfaces/{}", body.iface_id);
+        self.send(Method::PATCH, &path, body, DEFAULT_CALL_TIMEOUT)
+            .await
+    }
+
     /// Allowed before boot.
     pub async fn put_vsock(&self, body: &Vsock) -> Result<(), ApiError> {
         self.send(Method::PUT, "/vsock", body, DEFAULT_CALL_TIMEOUT)
@@ -279,6 +296,12 @@ impl ApiClient {
 
     pub async fn describe_instance(&self) -> Result<InstanceInfo, ApiError> {
         self.get("/").await
+    }
+
+    /// `GET /vm/config`: the whole configuration as the VMM holds it now
+    /// (devices with their rate limiters), as JSON.
+    pub async fn vm_config(&self) -> Result<serde_json::Value, ApiError> {
+        self.get("/vm/config").await
     }
 
     pub async fn version(&self) -> Result<FirecrackerVersion, ApiError> {

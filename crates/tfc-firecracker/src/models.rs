@@ -96,6 +96,26 @@ pub struct NetworkInterface {
     pub tx_rate_limiter: Option<RateLimiter>,
 }
 
+/// `PATCH /drives/{drive_id}`: a new backing file or rate limiter, after boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialDrive {
+    pub drive_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_on_host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiter>,
+}
+
+/// `PATCH /network-interfaces/{iface_id}`: new rate limiters, after boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialNetworkInterface {
+    pub iface_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiter>,
+}
+
 /// `PUT /vsock`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vsock {

@@ -253,6 +253,7 @@ mod tests {
                     vsock: true,
                     vmm: tfc_core::Vmm::Firecracker,
                     network: None,
+                    rate_limits: Default::default(),
                 },
                 devices: vec![
                     SnapshotDevice::Drive {

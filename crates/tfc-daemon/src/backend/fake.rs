@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use tfc_core::limits::RateLimits;
 use tfc_core::{BootPhase, VmId};
 use tokio::sync::watch;
 
@@ -630,6 +631,11 @@ impl VmMachine for FakeMachine {
     /// A fake machine is never adopted, so it never needs reconciling.
     async fn ensure_running(&self) -> Result<(), BackendError> {
         self.gone("run")
+    }
+
+    /// Nothing to limit: the limits live in the VM's record only.
+    async fn set_rate_limits(&self, _: &RateLimits, _: bool) -> Result<(), BackendError> {
+        self.gone("change rate limits")
     }
 
     /// Writes a state file with a marker and a sparse memory file (no data, so

@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tfc_api::SnapshotKind;
+use tfc_core::limits::{IoLimit, RateLimits};
 use tfc_core::net::guest;
 use tfc_core::{BootPhase, VmId, VmSpec};
 use tfc_firecracker::models::{
-    InstanceState, MemoryBackend, MemoryBackendType, NetworkInterface, SnapshotCreateParams,
-    SnapshotLoadParams, SnapshotType,
+    InstanceState, MemoryBackend, MemoryBackendType, NetworkInterface, PartialDrive,
+    PartialNetworkInterface, RateLimiter, SnapshotCreateParams, SnapshotLoadParams, SnapshotType,
+    TokenBucket,
 };
 use tfc_firecracker::{ExitReason, FirecrackerProcess, SpawnConfig, StopPolicy, VmConfig};
 
@@ -39,6 +41,13 @@ pub struct FirecrackerMachine {
     readiness: String,
     boot_timeout: Duration,
     stop: StopPolicy,
+    /// The limits in force (the spec's, then each change's).
+    limits: std::sync::Mutex<RateLimits>,
+    /// `limits` are to be given to the VMM at the next resume (see
+    /// [`FirecrackerMachine::set_rate_limits`]).
+    limits_pending: std::sync::atomic::AtomicBool,
+    /// The VM has a network interface.
+    network: bool,
 }
 
 /// Firecracker reports a missing or unusable /dev/kvm only at `InstanceStart`, as a
@@ -65,10 +74,50 @@ fn vm_config(spec: &VmSpec) -> VmConfig {
             iface_id: tfc_firecracker::vm_config::NET_IFACE_ID.to_owned(),
             host_dev_name: guest::TAP_NAME.to_owned(),
             guest_mac: Some(guest::mac_string(guest::GUEST_MAC)),
-            rx_rate_limiter: None,
-            tx_rate_limiter: None,
+            rx_rate_limiter: spec.rate_limits.net_rx.and_then(limiter),
+            tx_rate_limiter: spec.rate_limits.net_tx.and_then(limiter),
         }),
-        rootfs_rate_limiter: None,
+        rootfs_rate_limiter: spec.rate_limits.disk.and_then(limiter),
+    }
+}
+
+/// Token buckets refill over one second: a rate of N per second is a bucket
+/// of N refilled every second.
+const REFILL_MS: u64 = 1000;
+
+fn bucket(per_sec: u64, burst: Option<u64>) -> TokenBucket {
+    TokenBucket {
+        size: per_sec,
+        one_time_burst: burst,
+        refill_time: REFILL_MS,
+    }
+}
+
+/// The VMM's limiter for `limit` at boot; `None` when nothing is limited.
+fn limiter(limit: IoLimit) -> Option<RateLimiter> {
+    (!limit.is_unlimited()).then(|| RateLimiter {
+        bandwidth: limit.bytes_per_sec.map(|b| bucket(b, limit.burst_bytes)),
+        ops: limit.ops_per_sec.map(|o| bucket(o, None)),
+    })
+}
+
+/// The VMM's limiter to change a running device to `limit`. Both buckets
+/// are always given: the VMM keeps a bucket left out as it was, and takes a
+/// bucket of size 0 to mean "no limit".
+fn patch_limiter(limit: Option<IoLimit>) -> RateLimiter {
+    let off = || TokenBucket {
+        size: 0,
+        one_time_burst: None,
+        refill_time: 0,
+    };
+    let limit = limit.unwrap_or_default();
+    RateLimiter {
+        bandwidth: Some(
+            limit
+                .bytes_per_sec
+                .map_or_else(off, |b| bucket(b, limit.burst_bytes)),
+        ),
+        ops: Some(limit.ops_per_sec.map_or_else(off, |o| bucket(o, None))),
     }
 }
 
@@ -143,7 +192,45 @@ impl FirecrackerBackend {
             readiness: spec.readiness.console_marker().to_owned(),
             boot_timeout: self.boot_timeout,
             stop: self.stop,
+            limits: std::sync::Mutex::new(spec.rate_limits),
+            limits_pending: std::sync::atomic::AtomicBool::new(false),
+            network: spec.network.is_some(),
         }
+    }
+}
+
+impl FirecrackerMachine {
+    fn limits(&self) -> RateLimits {
+        *self
+            .limits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sets every device's limiter to `limits`' (none: unlimited).
+    async fn apply_limits(&self, limits: &RateLimits) -> Result<(), BackendError> {
+        let api = self.process.api();
+        let failed = |source| BackendError::Api {
+            verb: "change the rate limits",
+            source,
+        };
+        api.patch_drive(&PartialDrive {
+            drive_id: tfc_firecracker::vm_config::ROOT_DRIVE_ID.to_owned(),
+            path_on_host: None,
+            rate_limiter: Some(patch_limiter(limits.disk)),
+        })
+        .await
+        .map_err(failed)?;
+        if self.network {
+            api.patch_network_interface(&PartialNetworkInterface {
+                iface_id: tfc_firecracker::vm_config::NET_IFACE_ID.to_owned(),
+                rx_rate_limiter: Some(patch_limiter(limits.net_rx)),
+                tx_rate_limiter: Some(patch_limiter(limits.net_tx)),
+            })
+            .await
+            .map_err(failed)?;
+        }
+        Ok(())
     }
 }
 
@@ -254,6 +341,7 @@ impl VmMachine for FirecrackerMachine {
         track_dirty_pages: bool,
         resume: bool,
     ) -> Result<(), BackendError> {
+        let limits = self.limits();
         let load = SnapshotLoadParams {
             snapshot_path: state_file.display().to_string(),
             mem_backend: Some(MemoryBackend {
@@ -261,14 +349,24 @@ impl VmMachine for FirecrackerMachine {
                 backend_path: memory_file.display().to_string(),
             }),
             enable_diff_snapshots: track_dirty_pages.then_some(true),
-            resume_vm: Some(resume),
+            // A VM with limits is loaded paused and resumed here, which
+            // gives it its limits (the snapshot holds none: see `snapshot`).
+            resume_vm: Some(resume && limits.is_empty()),
             network_overrides: Vec::new(),
         };
         self.process
             .api()
             .load_snapshot(&load)
             .await
-            .map_err(BackendError::Restore)
+            .map_err(BackendError::Restore)?;
+        if !limits.is_empty() {
+            self.limits_pending
+                .store(true, std::sync::atomic::Ordering::Release);
+            if resume {
+                self.resume().await?;
+            }
+        }
+        Ok(())
     }
 
     async fn check_health(&self, running: bool) -> Result<(), BackendError> {
@@ -317,6 +415,38 @@ impl VmMachine for FirecrackerMachine {
         }
     }
 
+    /// A network rate limiter given to a paused VM leaves its device not
+    /// receiving after the resume (Firecracker 1.12.1, seen here with
+    /// restored VMs): the limits of a paused VM are kept and given to the
+    /// VMM right after its next resume.
+    async fn set_rate_limits(
+        &self,
+        limits: &RateLimits,
+        _network: bool,
+    ) -> Result<(), BackendError> {
+        let state = self
+            .process
+            .api()
+            .describe_instance()
+            .await
+            .map_err(|source| BackendError::Api {
+                verb: "describe the instance",
+                source,
+            })?
+            .state;
+        if state == InstanceState::Running {
+            self.apply_limits(limits).await?;
+        } else {
+            self.limits_pending
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        *self
+            .limits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = *limits;
+        Ok(())
+    }
+
     async fn resume(&self) -> Result<(), BackendError> {
         self.process
             .api()
@@ -325,7 +455,20 @@ impl VmMachine for FirecrackerMachine {
             .map_err(|source| BackendError::Api {
                 verb: "resume",
                 source,
-            })
+            })?;
+        if self
+            .limits_pending
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            // The guest runs: a failure here must not read as a failed
+            // resume. Kept pending for the next resume instead.
+            if let Err(err) = self.apply_limits(&self.limits()).await {
+                self.limits_pending
+                    .store(true, std::sync::atomic::Ordering::Release);
+                tracing::warn!(error = %tfc_core::error_chain(&err), "cannot give the resumed VM its rate limits");
+            }
+        }
+        Ok(())
     }
 
     async fn snapshot(
@@ -342,14 +485,27 @@ impl VmMachine for FirecrackerMachine {
                 SnapshotKind::Diff => SnapshotType::Diff,
             }),
         };
-        self.process
+        // A snapshot is taken without limiters, so that a clone loads none
+        // while paused (see `set_rate_limits`); each clone gets its spec's
+        // at its first resume, and this VM gets them back at its next.
+        let limits = self.limits();
+        if !limits.is_empty() {
+            self.apply_limits(&RateLimits::default()).await?;
+        }
+        let taken = self
+            .process
             .api()
             .create_snapshot(&params)
             .await
             .map_err(|source| BackendError::Api {
                 verb: "take a snapshot",
                 source,
-            })
+            });
+        if !limits.is_empty() {
+            self.limits_pending
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        taken
     }
 
     async fn stop(&self) -> ExitReason {

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tfc_api::SnapshotKind;
 
+use tfc_core::limits::RateLimits;
 use tfc_core::{BootPhase, VmId, VmSpec, Vmm};
 use tfc_firecracker::ConsoleWatch;
 
@@ -279,6 +280,15 @@ pub trait VmMachine: Send + Sync {
     /// not finish).
     fn ensure_running(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
 
+    /// Replaces the VM's I/O limits while its guest runs (or is paused):
+    /// each device's limit is set to `limits`' (unlimited where it has
+    /// none). `network`: the VM has a network interface.
+    fn set_rate_limits(
+        &self,
+        limits: &RateLimits,
+        network: bool,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
     /// Writes a snapshot of the paused guest to the two files (absolute paths).
     fn snapshot(
         &self,
@@ -494,6 +504,13 @@ impl VmMachine for Machine {
     }
     async fn ensure_running(&self) -> Result<(), BackendError> {
         dispatch!(self, m => m.ensure_running().await)
+    }
+    async fn set_rate_limits(
+        &self,
+        limits: &RateLimits,
+        network: bool,
+    ) -> Result<(), BackendError> {
+        dispatch!(self, m => m.set_rate_limits(limits, network).await)
     }
     async fn stop(&self) -> ExitReason {
         dispatch!(self, m => m.stop().await)

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tfc_api::SnapshotKind;
+use tfc_core::limits::RateLimits;
 use tfc_core::{BootPhase, VmId, VmSpec, Vmm};
 use tfc_qemu::{ExitReason, MachineConfig, QemuVm, SpawnConfig};
 
@@ -207,6 +208,13 @@ impl VmMachine for QemuMachine {
             ));
         }
         Ok(())
+    }
+
+    async fn set_rate_limits(&self, _: &RateLimits, _: bool) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported {
+            vmm: Vmm::QemuTcg,
+            operation: "rate limits",
+        })
     }
 
     async fn ensure_running(&self) -> Result<(), BackendError> {
