@@ -43,6 +43,9 @@ pub enum BenchCmd {
     /// The guest agent's exec round trip on the host transport, next to the
     /// host spawning the same command itself.
     Exec(crate::bench_exec::ExecArgs),
+    /// A VM network's setup and teardown, from ready slots and on demand,
+    /// inside namespaces of its own (needs root).
+    Net(crate::bench_net::NetArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -145,6 +148,7 @@ pub async fn run(cmd: BenchCmd, data_dir: &Path) -> anyhow::Result<()> {
         BenchCmd::Restore(args) => return crate::bench_restore::run(args, data_dir).await,
         BenchCmd::Pool(args) => return crate::bench_pool::run(args, data_dir).await,
         BenchCmd::Exec(args) => return crate::bench_exec::run(args, data_dir).await,
+        BenchCmd::Net(args) => return crate::bench_net::run(args),
     };
     if args.count == 0 {
         bail!("--count must be at least 1");

@@ -22,6 +22,7 @@
 mod assets;
 mod bench;
 mod bench_exec;
+mod bench_net;
 mod bench_pool;
 mod bench_restore;
 mod client;

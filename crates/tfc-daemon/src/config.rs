@@ -924,9 +924,8 @@ impl Config {
         Ok(())
     }
 
-    /// A type's network mode against what the daemon's networking offers and
-    /// what is wired so far: Firecracker VMs booted from a kernel only (pools
-    /// restore snapshots, whose networks are not handled yet).
+    /// A type's network mode against what the daemon's networking offers:
+    /// Firecracker VMs only.
     fn validate_type_network(&self, name: &str, vm_type: &VmTypeConfig) -> Result<(), ConfigError> {
         let mode = vm_type.network;
         if mode == NetMode::None {
@@ -952,12 +951,6 @@ impl Config {
             return Err(invalid(
                 key,
                 "only firecracker VMs have networks so far: set network = \"none\" or backend = \"firecracker\"",
-            ));
-        }
-        if vm_type.pool.target > 0 || vm_type.pool.running > 0 {
-            return Err(invalid(
-                key,
-                "pools of VMs with networks are not supported yet: set pool.target and pool.running to 0, or network = \"none\"",
             ));
         }
         Ok(())
@@ -1099,10 +1092,6 @@ mod tests {
             (
                 &format!("{on}[vm_types.a]\nnetwork = \"isolated\"\nbackend = \"qemu-tcg\""),
                 "only firecracker",
-            ),
-            (
-                &format!("{on}[vm_types.a]\nnetwork = \"isolated\"\n[vm_types.a.pool]\ntarget = 1"),
-                "pools of VMs with networks",
             ),
         ] {
             let err = Config::parse(text, "t").unwrap_err();

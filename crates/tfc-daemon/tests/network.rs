@@ -346,6 +346,99 @@ async fn network_vms_get_their_own_network_and_leave_nothing() {
     assert_eq!(t.inventory(), before);
 }
 
+/// A pool of VMs with networks (fake VMMs, real networks): each waiting VM
+/// was restored from the template with a network of its own; an acquired
+/// one keeps it; a released one's goes; the pool's replacements get new
+/// ones; nothing is left at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "network lane: needs root, /dev/net/tun, ip and nft; run by the project's test command"]
+async fn network_pooled_vms_have_networks_of_their_own() {
+    if !net::lane("network_pooled_vms_have_networks_of_their_own") {
+        return;
+    }
+    let t = net::TestNet::new();
+    let before = t.inventory();
+    let dir = tempfile::tempdir().unwrap();
+    let (kernel, rootfs) = common::tiny_assets(dir.path());
+    let config = format!(
+        "[daemon]\nbackend = \"fake\"\n{}\
+         [vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = \"console=ttyS0\"\n\
+         network = \"nat\"\n[vm_types.default.pool]\ntarget = 2\n",
+        network_section(&t),
+        kernel,
+        rootfs,
+    );
+    let manager = manager(&config, fake(), dir.path()).await;
+    manager.start_pools();
+    let app = tfc_daemon::api::router(manager.clone());
+    let waiting = || {
+        let manager = manager.clone();
+        move || {
+            manager
+                .list()
+                .iter()
+                .filter(|vm| {
+                    vm.pool.as_ref().is_some_and(|s| s.acquired_at_ms.is_none())
+                        && vm.state.as_str() == "paused"
+                })
+                .count()
+        }
+    };
+    let count = waiting();
+    for _ in 0..500 {
+        if count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count(), 2, "the pool filled");
+    let (status, acquired) = send(&app, Method::POST, "/v1/pools/default/acquire", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{acquired}");
+    let vm = &acquired["vm"];
+    assert_eq!(vm["network"]["mode"], "nat", "{vm}");
+    let namespace = vm["network"]["namespace"].as_str().unwrap().to_owned();
+    assert!(Netns::list().unwrap().contains(&namespace));
+    let guest = t.guest(&Netns::open(&namespace).unwrap());
+    let address: std::net::Ipv4Addr = vm["network"]["address"].as_str().unwrap().parse().unwrap();
+    net::ping(&t.host_ns, address, net::REPLY).expect("the host reaches the acquired VM");
+    drop(guest);
+    // Every VM, waiting or handed out, has its own address.
+    let addresses: std::collections::BTreeSet<String> = manager
+        .list()
+        .iter()
+        .filter(|vm| !vm.template_build)
+        .filter_map(|vm| vm.network.as_ref().map(|n| n.address.to_string()))
+        .collect();
+    let live = manager
+        .list()
+        .iter()
+        .filter(|vm| !vm.state.is_terminal() && !vm.template_build)
+        .count();
+    assert_eq!(addresses.len(), live, "{addresses:?}");
+
+    let id = vm["id"].as_str().unwrap();
+    let (status, _) = send(
+        &app,
+        Method::POST,
+        &format!("/v1/vms/{id}/release"),
+        Value::Null,
+    )
+    .await;
+    assert!(status.is_success(), "{status}");
+    assert!(!Netns::list().unwrap().contains(&namespace));
+    for _ in 0..500 {
+        if count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count(), 2, "the pool refilled");
+
+    manager.shutdown(ShutdownPolicy::Stop).await;
+    assert_eq!(vm_namespaces(&t), Vec::<String>::new());
+    assert_eq!(t.inventory(), before);
+}
+
 /// A daemon that dies leaves VM networks, their records and a ready slot;
 /// the next one finds its VMs gone, and removes all of it at start.
 #[test]

@@ -1,6 +1,6 @@
 //! Benchmark: a VM network's setup and teardown, from the slot pool and on
-//! demand, measured on this host. Entry point [`run`] (the `net_bench`
-//! example calls it; a `tfc bench net` command can too).
+//! demand, measured on this host. Entry point [`run`], which `tfc bench net`
+//! calls.
 //!
 //! It never touches the host's own network: it creates a namespace to play
 //! the host (`<prefix>-host`), makes every slot against it, and removes it
