@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tfc_firecracker::models::InstanceState;
 
+#[path = "../../tfc-net/tests/common/mod.rs"]
+mod net;
+
 const TFC: &str = env!("CARGO_BIN_EXE_tfc");
 
 /// A well-formed id that no daemon hands out in these tests.
@@ -1994,4 +1997,87 @@ fn qemu_tcg_vm_serves_tfc_exec_and_tfc_cp() {
     daemon.must(&["vm", "rm", "--force", &id]);
     assert_eq!(processes_under(&data), Vec::<u64>::new(), "processes left");
     assert_eq!(daemon.vm_dirs(), 0, "VM directories left behind");
+}
+
+/// Network lane (root): `tfc serve` killed at each step of setting up a VM's
+/// network (slot made on demand: namespace, tap, veth; the VM's record, its
+/// addresses) leaves records a restarted daemon reconciles: afterwards no
+/// lease, no namespace and nothing on the (stand-in) host is left, and the
+/// restarted daemon gives new VMs networks as before.
+#[test]
+#[ignore = "network lane: needs root, /dev/net/tun, ip and nft; run by the project's test command"]
+fn network_a_daemon_killed_while_setting_up_a_network_leaves_nothing() {
+    if !net::lane("network_a_daemon_killed_while_setting_up_a_network_leaves_nothing") {
+        return;
+    }
+    let t = net::TestNet::new();
+    let before = t.inventory();
+    let config = format!(
+        "{FAKE_CONFIG}[network]\nenabled = true\nprefix = \"{}\"\nuplink = \"{}\"\n\
+         host_netns = \"{}\"\nready_slots = 0\n",
+        t.prefix,
+        net::UPLINK,
+        t.host_ns_name()
+    );
+    let mut daemon = Daemon::start_with(&config);
+    let vm_namespaces = || -> Vec<String> {
+        tfc_net::Netns::list()
+            .unwrap()
+            .into_iter()
+            .filter(|n| {
+                n.starts_with(&format!("{}-", t.prefix))
+                    && *n != t.host_ns_name()
+                    && *n != format!("{}-wan", t.prefix)
+            })
+            .collect()
+    };
+    for point in [
+        "net.slot.after_namespace",
+        "net.slot.after_tap",
+        "net.slot.after_veth",
+        "net.attach.after_record",
+        "net.attach.after_addresses",
+    ] {
+        daemon.crash_at(point, |d| {
+            let _ = d.tfc(&["vm", "create", "--network", "nat"]);
+        });
+        // The restarted daemon removed what the dead one left.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !vm_namespaces().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(vm_namespaces(), Vec::<String>::new(), "{point}");
+        let status = daemon.must_json(&["net", "ls", "--json"]);
+        assert_eq!(
+            status["leases"],
+            serde_json::json!([]),
+            "{point}: {status:#}"
+        );
+        for vm in daemon.must_json(&["vm", "ls", "--json"])["vms"]
+            .as_array()
+            .unwrap()
+        {
+            assert_ne!(vm["state"], "creating", "{point}: {vm:#}");
+            assert!(vm.get("network").is_none(), "{point}: {vm:#}");
+        }
+    }
+    // And it still gives VMs networks.
+    let vm = daemon.must_json(&["vm", "create", "--network", "isolated", "--wait", "--json"]);
+    assert_eq!(vm["network"]["mode"], "isolated", "{vm:#}");
+    let shown = daemon.must(&["vm", "show", vm["id"].as_str().unwrap()]);
+    assert!(
+        shown.contains("network") && shown.contains("tap0"),
+        "{shown}"
+    );
+    let listed = daemon.must(&["net", "ls"]);
+    assert!(listed.contains(vm["id"].as_str().unwrap()), "{listed}");
+    daemon.must(&["vm", "rm", vm["id"].as_str().unwrap(), "--force"]);
+    assert_eq!(vm_namespaces(), Vec::<String>::new());
+    assert_eq!(
+        daemon.terminate(Duration::from_secs(30)).map(|s| s.code()),
+        Some(Some(0)),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(t.inventory(), before);
 }

@@ -1961,8 +1961,7 @@ impl VmManager {
         if let Some(net) = self.inner.net.get().cloned() {
             // VMs left running keep their networks, and those need the
             // host's ruleset; ready slots go either way.
-            let uninstall = policy == ShutdownPolicy::Stop;
-            let _ = tokio::task::spawn_blocking(move || net.close(uninstall)).await;
+            let _ = tokio::task::spawn_blocking(move || net.close()).await;
         }
     }
 }

@@ -200,14 +200,14 @@ impl Networking {
         })
     }
 
-    /// Removes the ready slots and the host's ruleset (at shutdown, when no
-    /// VM network is left; with VMs left running, the ruleset stays for
-    /// them).
-    pub fn close(&self, uninstall: bool) {
+    /// At shutdown: removes the ready slots, and the host's ruleset unless
+    /// a VM left running still has a network (a lease) that needs it.
+    pub fn close(&self) {
         if let Err(err) = self.slots.drain() {
             tracing::warn!(error = %tfc_core::error_chain(&err), "cannot remove a ready network slot; the next start does");
         }
-        if uninstall {
+        let leased = self.store.list_leases().map_or(true, |l| !l.is_empty());
+        if !leased {
             if let Err(err) = self.slots.host().uninstall() {
                 tracing::warn!(error = %tfc_core::error_chain(&err), "cannot remove the host's network ruleset");
             }

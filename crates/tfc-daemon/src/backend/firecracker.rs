@@ -415,10 +415,12 @@ impl VmMachine for FirecrackerMachine {
         }
     }
 
-    /// A network rate limiter given to a paused VM leaves its device not
-    /// receiving after the resume (Firecracker 1.12.1, seen here with
-    /// restored VMs): the limits of a paused VM are kept and given to the
-    /// VMM right after its next resume.
+    /// Limits are only ever given to a running VM: those of a paused VM
+    /// are kept and given to the VMM right after its next resume. (A limiter
+    /// counts time; one set while the vCPUs are stopped is, at best, spent
+    /// on a guest that cannot use it. In early runs here, restored VMs given
+    /// a network limiter while paused did not receive after the resume; a
+    /// loaded host confounded those runs, so this is a precaution.)
     async fn set_rate_limits(
         &self,
         limits: &RateLimits,
@@ -485,9 +487,11 @@ impl VmMachine for FirecrackerMachine {
                 SnapshotKind::Diff => SnapshotType::Diff,
             }),
         };
-        // A snapshot is taken without limiters, so that a clone loads none
-        // while paused (see `set_rate_limits`); each clone gets its spec's
-        // at its first resume, and this VM gets them back at its next.
+        // A snapshot is taken without limiters: a limiter's state is this
+        // VM's (its buckets' spent budget), not something every clone should
+        // start from, and a clone must not load one while paused (see
+        // `set_rate_limits`). Each clone gets its spec's limits, full, at
+        // its first resume; this VM gets them back at its next.
         let limits = self.limits();
         if !limits.is_empty() {
             self.apply_limits(&RateLimits::default()).await?;
