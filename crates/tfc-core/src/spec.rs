@@ -180,8 +180,6 @@ pub enum SpecError {
     NetworkNone,
     #[error("invalid network")]
     Network(#[source] NetConfigError),
-    #[error("VMs on {0} have no network yet: use the firecracker backend, or no network")]
-    NetworkVmm(Vmm),
     #[error("invalid rate limits")]
     RateLimits(#[source] LimitError),
     #[error("VMs on {0} have no rate limits: use the firecracker backend, or no limits")]
@@ -219,9 +217,6 @@ impl VmSpec {
                 return Err(SpecError::NetworkNone);
             }
             network.validate().map_err(SpecError::Network)?;
-            if self.vmm != Vmm::Firecracker {
-                return Err(SpecError::NetworkVmm(self.vmm));
-            }
         }
         self.rate_limits.validate().map_err(SpecError::RateLimits)?;
         if !self.rate_limits.is_empty() && self.vmm != Vmm::Firecracker {

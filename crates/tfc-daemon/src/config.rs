@@ -924,8 +924,7 @@ impl Config {
         Ok(())
     }
 
-    /// A type's network mode against what the daemon's networking offers:
-    /// Firecracker VMs only.
+    /// A type's network mode against what the daemon's networking offers.
     fn validate_type_network(&self, name: &str, vm_type: &VmTypeConfig) -> Result<(), ConfigError> {
         let mode = vm_type.network;
         if mode == NetMode::None {
@@ -945,12 +944,6 @@ impl Config {
             return Err(invalid(
                 key,
                 "\"nat\" needs an uplink: set network.uplink (e.g. \"eth0\"), or use \"isolated\"",
-            ));
-        }
-        if self.vmm_of(vm_type) != Vmm::Firecracker {
-            return Err(invalid(
-                key,
-                "only firecracker VMs have networks so far: set network = \"none\" or backend = \"firecracker\"",
             ));
         }
         Ok(())
@@ -1088,10 +1081,6 @@ mod tests {
             (
                 "[network]\nenabled = true\n[vm_types.a]\nnetwork = \"nat\"",
                 "network.uplink",
-            ),
-            (
-                &format!("{on}[vm_types.a]\nnetwork = \"isolated\"\nbackend = \"qemu-tcg\""),
-                "only firecracker",
             ),
         ] {
             let err = Config::parse(text, "t").unwrap_err();

@@ -5,7 +5,7 @@
 //! the store: transitional states (`creating`, `stopping`) before the action they
 //! announce, results after, so a daemon that dies at any point can reconcile.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -466,6 +466,54 @@ pub fn spawn_running(
     handle
 }
 
+/// The agent port of a re-adopted VM that needs the identity fix-up now: it
+/// was restored from a snapshot, has an agent, is in a caller's hands (not
+/// waiting in a pool, whose hand-over runs the fix-up) and has no fix-up
+/// recorded.
+fn fixup_due(info: &VmInfo) -> Option<u32> {
+    let port = info.spec.readiness.agent_port()?;
+    let due = info.start.snapshot.is_some()
+        && info.identity_fixup.is_none()
+        && matches!(info.state, VmState::Ready | VmState::Running)
+        && !waiting_in_pool(info);
+    due.then_some(port)
+}
+
+/// Bytes read from the end of the console and QEMU's stderr: the lines that
+/// tell a panic or an outside signal from a power-off are the last ones.
+const END_TAIL_BYTES: u64 = 16 * 1024;
+
+/// Why a VMM that ended cleanly did not end with a guest that powered off:
+/// the guest kernel panicked (its console's last lines say so), or QEMU
+/// was ended by a signal (its stderr says so). Read from the files
+/// themselves, to their end: the console watcher may not have seen the last
+/// lines yet when the exit is noticed.
+fn unclean_end(console_log: &Path, workdir: &Path) -> Option<String> {
+    let tail = |path: &Path| -> String {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut file) = std::fs::File::open(path) else {
+            return String::new();
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = file.seek(SeekFrom::Start(len.saturating_sub(END_TAIL_BYTES)));
+        let mut bytes = Vec::new();
+        let _ = file.take(END_TAIL_BYTES).read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    let console = tail(console_log);
+    if let Some(line) = console
+        .lines()
+        .find(|l| l.contains(crate::backend::PANIC_LINE))
+    {
+        return Some(format!("the guest kernel panicked: {}", line.trim()));
+    }
+    let stderr = tail(&workdir.join(tfc_qemu::command::QEMU_STDERR));
+    if let Some(line) = stderr.lines().find(|l| l.contains("terminating on signal")) {
+        return Some(format!("it was ended from outside: {}", line.trim()));
+    }
+    None
+}
+
 /// A VM that waits in its pool: handed out to nobody yet.
 fn waiting_in_pool(info: &VmInfo) -> bool {
     info.pool
@@ -563,10 +611,25 @@ impl Owner {
     }
 
     /// The VMM ended with no stop asked for. A clean exit of a guest that
-    /// ran is taken for the guest powering off: the VM is stopped, like a
-    /// container whose process exited 0. Anything else is a failure.
+    /// ran is taken for the guest powering off (or rebooting, which ends a
+    /// VM): the VM is stopped, like a container whose process exited 0 —
+    /// unless the guest's kernel panicked (`panic=1` resets the guest, which
+    /// ends the VMM cleanly too) or QEMU was ended by a signal from outside.
+    /// Anything else is a failure.
     async fn exited(&self, reason: ExitReason) {
         let state = self.state();
+        let unclean = reason
+            .success()
+            .then(|| {
+                let info = self.record.borrow();
+                unclean_end(Path::new(&info.console_log), Path::new(&info.workdir))
+            })
+            .flatten();
+        if let Some(cause) = unclean {
+            self.fail(format!("VMM {reason} after {cause}"), Some(reason))
+                .await;
+            return;
+        }
         if reason.success() && transition(state, VmEvent::GuestShutdown).is_ok() {
             self.close_agent();
             tracing::info!(vm = %self.id, %reason, "the guest powered off");
@@ -655,10 +718,6 @@ impl Owner {
         tracing::info!(vm = %self.id, state = %info.state, "re-adopted VM");
         self.record.send_modify(|r| r.pid = machine.pid());
         self.commit().await;
-        if matches!(info.state, VmState::Ready | VmState::Running) && !waiting_in_pool(&info) {
-            // Connected on first use: the guest's agent has been running.
-            self.open_agent(None);
-        }
         if matches!(info.state, VmState::Ready | VmState::Running) {
             // A restore records `ready` while the VMM loads the snapshot; a
             // daemon that died then may have left a guest that never started.
@@ -678,6 +737,32 @@ impl Owner {
                     tracing::warn!(vm = %self.id, error = %error_chain(&err), "cannot check the adopted VM's guest");
                 }
             }
+        }
+        // A clone whose fix-up the previous daemon did not finish (it died
+        // between recording the VM ready and the fix-up) must not be used
+        // as it is: it shares its template's clock and random state.
+        if let Some(port) = fixup_due(&info) {
+            match AgentAddress::new(&workdir, port).fix_identity().await {
+                Ok((connection, fixup)) => {
+                    tracing::warn!(vm = %self.id, "ran the identity fix-up the previous daemon did not finish");
+                    self.record.send_modify(|r| r.identity_fixup = Some(fixup));
+                    self.commit().await;
+                    self.open_agent(Some(connection));
+                }
+                Err(err) => {
+                    machine.stop().await;
+                    let failure = format!(
+                        "the VM was restored, but its identity fix-up (clock and entropy) had not run when the daemon restarted and cannot be run now, so it was stopped: {}",
+                        error_chain(&err)
+                    );
+                    self.fail(failure, None).await;
+                    return self.drain().await;
+                }
+            }
+        } else if matches!(info.state, VmState::Ready | VmState::Running) && !waiting_in_pool(&info)
+        {
+            // Connected on first use: the guest's agent has been running.
+            self.open_agent(None);
         }
         if matches!(info.state, VmState::Booting | VmState::Prewarming) {
             self.finish_boot(&machine).await;
@@ -1222,5 +1307,119 @@ impl Owner {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tfc_api::{IdentityFixup, PoolSlot};
+    use tfc_core::{Readiness, VmTypeName};
+
+    fn restored(state: VmState) -> VmInfo {
+        let spec = VmSpec {
+            vm_type: VmTypeName::new("default").unwrap(),
+            vcpus: 1,
+            memory_mib: 128,
+            kernel: "/k".into(),
+            rootfs: "/r".into(),
+            boot_args: String::new(),
+            readiness: Readiness::Agent { port: 1024 },
+            diff_snapshots: false,
+            vsock: true,
+            vmm: tfc_core::Vmm::Firecracker,
+            network: None,
+            rate_limits: Default::default(),
+        };
+        let start = StartInfo {
+            snapshot: Some("snap-1".to_owned()),
+            ..StartInfo::default()
+        };
+        let mut info = new_record(
+            &VmId::new("vm-0123456789ab").unwrap(),
+            &spec,
+            std::path::Path::new("/w"),
+            start,
+        );
+        info.state = state;
+        info
+    }
+
+    #[test]
+    fn a_panic_or_an_outside_signal_is_told_from_a_power_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("console.log");
+        std::fs::write(&console, "Run /init as init process\nreboot: Power down\n").unwrap();
+        assert_eq!(unclean_end(&console, dir.path()), None);
+        // A guest that rebooted (how a Firecracker guest ends itself) too.
+        std::fs::write(&console, "reboot: Restarting system\n").unwrap();
+        assert_eq!(unclean_end(&console, dir.path()), None);
+        // Only the end is read: an early panic line in a long log is gone.
+        let mut long = "Kernel panic - not syncing: early\n".to_owned();
+        long.push_str(&"x".repeat(END_TAIL_BYTES as usize));
+        std::fs::write(&console, &long).unwrap();
+        assert_eq!(unclean_end(&console, dir.path()), None);
+        std::fs::write(
+            &console,
+            "ok\nKernel panic - not syncing: Attempted to kill init!\nRebooting in 1 seconds..\n",
+        )
+        .unwrap();
+        let cause = unclean_end(&console, dir.path()).unwrap();
+        assert!(
+            cause.contains("panicked") && cause.contains("kill init"),
+            "{cause}"
+        );
+        std::fs::write(&console, "fine\n").unwrap();
+        std::fs::write(
+            dir.path().join(tfc_qemu::command::QEMU_STDERR),
+            "qemu-system-x86_64: terminating on signal 15 from pid 42 (sh)\n",
+        )
+        .unwrap();
+        let cause = unclean_end(&console, dir.path()).unwrap();
+        assert!(cause.contains("signal 15"), "{cause}");
+        // Missing files say nothing.
+        assert_eq!(
+            unclean_end(&dir.path().join("none"), &dir.path().join("none")),
+            None
+        );
+    }
+
+    #[test]
+    fn a_restored_vm_without_its_fixup_gets_it_at_readoption() {
+        assert_eq!(fixup_due(&restored(VmState::Ready)), Some(1024));
+        assert_eq!(fixup_due(&restored(VmState::Running)), Some(1024));
+        // Done already, or not restored, or not in a caller's hands yet.
+        let mut done = restored(VmState::Ready);
+        done.identity_fixup = Some(IdentityFixup {
+            at_ms: 1,
+            duration_us: 1,
+            entropy_credited: true,
+        });
+        assert_eq!(fixup_due(&done), None);
+        let mut booted = restored(VmState::Ready);
+        booted.start.snapshot = None;
+        assert_eq!(fixup_due(&booted), None);
+        let mut waiting = restored(VmState::Paused);
+        waiting.pool = Some(PoolSlot {
+            tier: tfc_core::PoolTier::Hot,
+            acquired_at_ms: None,
+            acquire_us: None,
+        });
+        assert_eq!(fixup_due(&waiting), None);
+        waiting.state = VmState::Ready;
+        assert_eq!(fixup_due(&waiting), None, "the hand-over runs it");
+        let mut handed_out = waiting.clone();
+        handed_out.pool.as_mut().unwrap().acquired_at_ms = Some(5);
+        handed_out.state = VmState::Running;
+        assert_eq!(fixup_due(&handed_out), Some(1024));
+        // Without an agent there is nothing to run.
+        let mut plain = restored(VmState::Ready);
+        plain.spec.readiness = Readiness::ConsoleLine {
+            contains: "x".to_owned(),
+        };
+        assert_eq!(fixup_due(&plain), None);
+        // A paused restored VM has had its fix-up: nobody can pause a VM
+        // before its restore (fix-up included) has answered.
+        assert_eq!(fixup_due(&restored(VmState::Paused)), None);
     }
 }

@@ -15,6 +15,8 @@
 //! `#[ignore]`d like every real-VMM test; run by the project's test command.
 
 mod common;
+#[path = "../../tfc-net/tests/common/mod.rs"]
+mod net;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -457,4 +459,82 @@ async fn firecracker_guest_agent_runs_exec_files_and_clock() {
     assert_eq!(vm["spec"]["vmm"], "firecracker");
     exercise_agent(&d, &vm).await;
     power_off_from_inside(&d, &vm, PowerOff::Command).await;
+}
+
+/// The network from inside a real guest (QEMU TCG, the agent's exec): the
+/// kernel's `ip=` configured `eth0` with the guest address and the route
+/// out; the guest reaches its host side and, in mode `nat`, the world
+/// through the host's uplink; the host reaches the guest at the VM's
+/// address; nothing is left afterwards. All of it inside namespaces the test
+/// creates (a stand-in host, which the daemon uses as its host side, and a
+/// stand-in world at 192.0.2.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "qemu-tcg and network lanes: need qemu-system-x86_64, vhost-device-vsock, built assets and root; run by the project's test command"]
+async fn qemu_tcg_guest_uses_its_network_from_inside() {
+    let test = "qemu_tcg_guest_uses_its_network_from_inside";
+    let Some(manifest) = common::tier1::qemu_lane(test) else {
+        return;
+    };
+    if !net::lane(test) {
+        return;
+    }
+    let t = net::TestNet::new();
+    let before = t.inventory();
+    let dir = data_dir(&manifest);
+    let text = format!(
+        "[qemu]\nboot_timeout_secs = 180\n[network]\nenabled = true\nprefix = \"{}\"\n\
+         uplink = \"{}\"\nhost_netns = \"{}\"\nready_slots = 0\n",
+        t.prefix,
+        net::UPLINK,
+        t.host_ns_name()
+    );
+    let config = Config::parse(&text, "guest lane").unwrap();
+    let backend = tfc_daemon::build_backend(&config, dir.path()).unwrap();
+    let manager = VmManager::new(
+        backend,
+        config,
+        dir.path().to_owned(),
+        AnyStore::Memory(tfc_store::MemoryStore::new()),
+    );
+    manager.enable_network().unwrap();
+    manager.reconcile_network().await.unwrap();
+    let d = Daemon {
+        app: tfc_daemon::api::router(manager.clone()),
+        dir,
+    };
+    let vm = ready_vm(
+        &d,
+        json!({"backend": "qemu-tcg", "wait": true, "network": {"mode": "nat"}}),
+    )
+    .await;
+    let id = vm["id"].as_str().unwrap();
+    let network = &vm["network"];
+    let host_side = network["host_address"].as_str().unwrap();
+
+    let inside = d.sh(id, "ip -4 addr show eth0; ip route").await;
+    let text = inside.stdout();
+    assert!(text.contains("inet 172.16.0.2/30"), "{text}");
+    assert!(text.contains("default via 172.16.0.1"), "{text}");
+    for target in [host_side, "192.0.2.1"] {
+        let ping = d.sh(id, &format!("ping -c 1 -W 10 {target}")).await;
+        assert_eq!(
+            ping.exit()["code"],
+            0,
+            "the guest reaches {target}: {}",
+            ping.stdout()
+        );
+    }
+    let address: std::net::Ipv4Addr = network["address"].as_str().unwrap().parse().unwrap();
+    net::ping(&t.host_ns, address, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("the host reaches the guest at {address}: {e}"));
+
+    let (status, _) = d
+        .send(Method::DELETE, &format!("/v1/vms/{id}?force=true"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    manager
+        .shutdown(tfc_daemon::config::ShutdownPolicy::Stop)
+        .await;
+    assert!(qemu_processes_under(d.dir.path()).is_empty());
+    assert_eq!(t.inventory(), before);
 }

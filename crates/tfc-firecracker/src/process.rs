@@ -174,6 +174,36 @@ pub enum ProcessError {
     },
 }
 
+/// Makes `command`'s child enter the network namespace at `path` (e.g.
+/// `/run/netns/NAME`) before it execs; the caller stays in its own. The
+/// namespace is opened here, so a missing one fails before any spawn; keep
+/// the returned file until the command has been spawned.
+pub fn enter_netns_at_exec(
+    command: &mut Command,
+    path: &Path,
+) -> Result<std::fs::File, ProcessError> {
+    use std::os::fd::AsRawFd;
+    let netns = std::fs::File::open(path).map_err(|source| ProcessError::Netns {
+        path: path.to_owned(),
+        source,
+    })?;
+    let fd = netns.as_raw_fd();
+    // SAFETY: runs in the forked child before exec, where only
+    // async-signal-safe calls are allowed; setns is a plain system call on a
+    // descriptor the child inherited (the caller keeps the file open until
+    // the spawn has returned).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    Ok(netns)
+}
+
 /// How to stop a process. Each step runs only if the previous one did not end it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StopPolicy {
@@ -252,35 +282,10 @@ impl FirecrackerProcess {
             // reach the VMs; the daemon decides what happens to them.
             .process_group(0)
             .kill_on_drop(false);
-        // Opened here, entered in the child: the daemon stays in its own.
-        let netns = match &config.netns {
-            Some(path) => {
-                Some(
-                    std::fs::File::open(path).map_err(|source| ProcessError::Netns {
-                        path: path.clone(),
-                        source,
-                    })?,
-                )
-            }
+        let _netns = match &config.netns {
+            Some(path) => Some(enter_netns_at_exec(&mut command, path)?),
             None => None,
         };
-        if let Some(netns) = &netns {
-            use std::os::fd::AsRawFd;
-            let fd = netns.as_raw_fd();
-            // SAFETY: runs in the forked child before exec, where only
-            // async-signal-safe calls are allowed; setns is a plain system
-            // call on a descriptor the child inherited (the file outlives
-            // the spawn below).
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
-        }
         let mut child = command.spawn().map_err(|source| ProcessError::Spawn {
             binary: config.binary.clone(),
             source,

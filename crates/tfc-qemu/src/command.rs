@@ -39,6 +39,18 @@ pub struct MachineConfig {
     pub memory_mib: u32,
     /// Attach a vsock device served by `vhost-device-vsock`.
     pub vsock: bool,
+    /// A virtio-net device on this tap, which must exist in the network
+    /// namespace QEMU runs in.
+    pub network: Option<NetDevice>,
+}
+
+/// The guest's network interface: a tap of the host and the guest's
+/// hardware address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetDevice {
+    pub tap: String,
+    /// `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
 }
 
 /// Appended to the boot arguments: the root image is the first (only)
@@ -126,6 +138,16 @@ pub fn qemu_args(config: &MachineConfig, workdir: &Path) -> Vec<OsString> {
         "-device".as_ref(),
         "virtio-blk-device,drive=root".as_ref(),
     ]);
+    if let Some(net) = &config.network {
+        // The tap exists (persistent, made by the daemon): QEMU only opens
+        // it, and runs no scripts.
+        push(&[
+            "-netdev".as_ref(),
+            format!("tap,id=net0,ifname={},script=no,downscript=no", net.tap).as_ref(),
+            "-device".as_ref(),
+            format!("virtio-net-device,netdev=net0,mac={}", net.mac).as_ref(),
+        ]);
+    }
     if config.vsock {
         push(&[
             "-chardev".as_ref(),
@@ -166,7 +188,29 @@ mod tests {
             vcpus: 2,
             memory_mib: 256,
             vsock,
+            network: None,
         }
+    }
+
+    #[test]
+    fn a_network_is_a_virtio_net_device_on_the_existing_tap() {
+        let mut with_net = config(false);
+        with_net.network = Some(NetDevice {
+            tap: "tap0".to_owned(),
+            mac: "06:00:ac:10:00:02".to_owned(),
+        });
+        let args = text(&qemu_args(&with_net, Path::new("/vms/a")));
+        let at = args.iter().position(|a| a == "-netdev").unwrap();
+        assert_eq!(
+            args[at + 1],
+            "tap,id=net0,ifname=tap0,script=no,downscript=no"
+        );
+        assert!(args
+            .iter()
+            .any(|a| a == "virtio-net-device,netdev=net0,mac=06:00:ac:10:00:02"));
+        assert!(!text(&qemu_args(&config(false), Path::new("/vms/a")))
+            .iter()
+            .any(|a| a == "-netdev"));
     }
 
     fn text(args: &[OsString]) -> Vec<String> {

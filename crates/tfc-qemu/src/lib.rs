@@ -23,6 +23,6 @@ pub mod command;
 pub mod process;
 pub mod qmp;
 
-pub use command::MachineConfig;
+pub use command::{MachineConfig, NetDevice};
 pub use process::{ExitReason, ProcessError, QemuVm, SpawnConfig};
 pub use qmp::{QmpClient, QmpError};

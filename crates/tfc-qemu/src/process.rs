@@ -58,6 +58,10 @@ pub struct SpawnConfig {
     pub watch_for: Vec<String>,
     /// Bound on one QMP command.
     pub qmp_timeout: Duration,
+    /// A network namespace for QEMU (`/run/netns/NAME`), holding the tap of
+    /// `machine.network`; the caller's own if `None`. The vsock backend
+    /// stays in the caller's: it talks over Unix sockets only.
+    pub netns: Option<PathBuf>,
 }
 
 /// A failure to start, adopt or talk to a VM's processes.
@@ -77,6 +81,8 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot run QEMU in the VM's network namespace")]
+    Netns(#[source] Box<tfc_firecracker::ProcessError>),
     #[error("cannot keep hold of the process (pidfd)")]
     Pidfd(#[source] std::io::Error),
     #[error("cannot record the process in {path}")]
@@ -652,6 +658,13 @@ async fn spawn_qemu(config: &SpawnConfig) -> Result<(Child, Held), ProcessError>
         .args(command::qemu_args(&config.machine, workdir))
         .stdout(Stdio::from(console_file))
         .stderr(Stdio::from(stderr));
+    let _netns = match &config.netns {
+        Some(path) => Some(
+            tfc_firecracker::process::enter_netns_at_exec(&mut command, path)
+                .map_err(|e| ProcessError::Netns(Box::new(e)))?,
+        ),
+        None => None,
+    };
     spawn_held(&mut command, &config.qemu, workdir, QEMU_RECORD).await
 }
 
@@ -801,6 +814,7 @@ mod tests {
             vcpus: 1,
             memory_mib: 64,
             vsock: true,
+            network: None,
         };
         let mut qemu = stand_in(&command::qemu_args(&machine, &workdir));
         let mut vhost = stand_in(&command::vhost_vsock_args(&workdir));

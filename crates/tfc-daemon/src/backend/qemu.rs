@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use tfc_api::SnapshotKind;
 use tfc_core::limits::RateLimits;
+use tfc_core::net::guest;
 use tfc_core::{BootPhase, VmId, VmSpec, Vmm};
-use tfc_qemu::{ExitReason, MachineConfig, QemuVm, SpawnConfig};
+use tfc_qemu::{ExitReason, MachineConfig, NetDevice, QemuVm, SpawnConfig};
 
 use super::{
     console_ready, probe_vsock, require_file, BackendError, CreateRequest, RestoreRequest,
@@ -58,7 +59,7 @@ fn qmp_error(verb: &'static str) -> impl FnOnce(tfc_qemu::QmpError) -> BackendEr
 }
 
 impl QemuBackend {
-    fn spawn_config(&self, spec: &VmSpec, workdir: &Path) -> SpawnConfig {
+    fn spawn_config(&self, spec: &VmSpec, workdir: &Path, netns: Option<PathBuf>) -> SpawnConfig {
         SpawnConfig {
             qemu: self.qemu.clone(),
             vhost_vsock: self.vhost_vsock.clone(),
@@ -70,6 +71,10 @@ impl QemuBackend {
                 vcpus: spec.vcpus,
                 memory_mib: spec.memory_mib,
                 vsock: spec.vsock,
+                network: spec.network.as_ref().map(|_| NetDevice {
+                    tap: guest::TAP_NAME.to_owned(),
+                    mac: guest::mac_string(guest::GUEST_MAC),
+                }),
             },
             console_log_limit: self.console_log_limit,
             watch_for: vec![
@@ -77,6 +82,7 @@ impl QemuBackend {
                 PANIC_LINE.to_owned(),
             ],
             qmp_timeout: QMP_TIMEOUT,
+            netns,
         }
     }
 
@@ -104,7 +110,7 @@ impl VmBackend for QemuBackend {
         let spec = request.spec;
         require_file("kernel", &spec.kernel)?;
         require_file("rootfs", &spec.rootfs)?;
-        let vm = QemuVm::spawn(&self.spawn_config(spec, request.workdir))
+        let vm = QemuVm::spawn(&self.spawn_config(spec, request.workdir, request.netns.clone()))
             .await
             .map_err(BackendError::QemuSpawn)?;
         mark(BootPhase::Spawned);
@@ -138,7 +144,7 @@ impl VmBackend for QemuBackend {
     }
 
     async fn adopt(&self, request: CreateRequest<'_>) -> Result<QemuMachine, BackendError> {
-        let vm = QemuVm::adopt(&self.spawn_config(request.spec, request.workdir))
+        let vm = QemuVm::adopt(&self.spawn_config(request.spec, request.workdir, None))
             .await
             .map_err(BackendError::QemuAdopt)?;
         Ok(self.machine(vm, request.spec))
