@@ -1157,17 +1157,21 @@ impl VmManager {
         stats
     }
 
-    /// Every VM, oldest first.
-    pub fn list(&self) -> Vec<VmInfo> {
-        let mut vms: Vec<VmInfo> = self
-            .inner
+    /// The handles of every VM in the table, in no order.
+    fn handles(&self) -> Vec<VmHandle> {
+        self.inner
             .vms
             .read()
             .expect("vm table lock")
             .vms
             .values()
-            .map(VmHandle::info)
-            .collect();
+            .cloned()
+            .collect()
+    }
+
+    /// Every VM, oldest first.
+    pub fn list(&self) -> Vec<VmInfo> {
+        let mut vms: Vec<VmInfo> = self.handles().iter().map(VmHandle::info).collect();
         vms.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
         vms
     }
@@ -1703,15 +1707,7 @@ impl VmManager {
         let Some(net) = self.inner.net.get().cloned() else {
             return Ok(());
         };
-        let handles: Vec<VmHandle> = self
-            .inner
-            .vms
-            .read()
-            .expect("vm table lock")
-            .vms
-            .values()
-            .cloned()
-            .collect();
+        let handles = self.handles();
         let live: HashMap<VmId, Option<NetConfig>> = handles
             .iter()
             .map(|h| h.info())

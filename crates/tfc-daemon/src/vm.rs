@@ -1008,9 +1008,8 @@ impl Owner {
         ) {
             return Err(self.refuse(VmOp::Limit));
         }
-        let network = self.record.borrow().spec.network.is_some();
         machine
-            .set_rate_limits(&limits, network)
+            .set_rate_limits(&limits)
             .await
             .map_err(|source| VmError::Backend {
                 id: self.id.clone(),

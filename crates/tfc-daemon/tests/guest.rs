@@ -50,6 +50,11 @@ fn data_dir(manifest: &tfc_host::assets::Manifest) -> tempfile::TempDir {
 /// The embedded defaults (a Firecracker daemon, the `default` VM type with
 /// `agent = "auto"`) plus `extra`.
 fn daemon(manifest: &tfc_host::assets::Manifest, extra: &str) -> Daemon {
+    daemon_and_manager(manifest, extra).0
+}
+
+/// [`daemon`], and its manager for what the API does not do.
+fn daemon_and_manager(manifest: &tfc_host::assets::Manifest, extra: &str) -> (Daemon, VmManager) {
     let dir = data_dir(manifest);
     let text = format!("[qemu]\nboot_timeout_secs = 180\n{extra}");
     let config = Config::parse(&text, "guest lane").unwrap();
@@ -60,10 +65,11 @@ fn daemon(manifest: &tfc_host::assets::Manifest, extra: &str) -> Daemon {
         dir.path().to_owned(),
         AnyStore::Memory(tfc_store::MemoryStore::new()),
     );
-    Daemon {
-        app: tfc_daemon::api::router(manager),
+    let daemon = Daemon {
+        app: tfc_daemon::api::router(manager.clone()),
         dir,
-    }
+    };
+    (daemon, manager)
 }
 
 /// One exec's events, in order.
@@ -480,28 +486,18 @@ async fn qemu_tcg_guest_uses_its_network_from_inside() {
     }
     let t = net::TestNet::new();
     let before = t.inventory();
-    let dir = data_dir(&manifest);
-    let text = format!(
-        "[qemu]\nboot_timeout_secs = 180\n[network]\nenabled = true\nprefix = \"{}\"\n\
-         uplink = \"{}\"\nhost_netns = \"{}\"\nready_slots = 0\n",
-        t.prefix,
-        net::UPLINK,
-        t.host_ns_name()
-    );
-    let config = Config::parse(&text, "guest lane").unwrap();
-    let backend = tfc_daemon::build_backend(&config, dir.path()).unwrap();
-    let manager = VmManager::new(
-        backend,
-        config,
-        dir.path().to_owned(),
-        AnyStore::Memory(tfc_store::MemoryStore::new()),
+    let (d, manager) = daemon_and_manager(
+        &manifest,
+        &format!(
+            "[network]\nenabled = true\nprefix = \"{}\"\nuplink = \"{}\"\nhost_netns = \"{}\"\n\
+             ready_slots = 0\n",
+            t.prefix,
+            net::UPLINK,
+            t.host_ns_name()
+        ),
     );
     manager.enable_network().unwrap();
     manager.reconcile_network().await.unwrap();
-    let d = Daemon {
-        app: tfc_daemon::api::router(manager.clone()),
-        dir,
-    };
     let vm = ready_vm(
         &d,
         json!({"backend": "qemu-tcg", "wait": true, "network": {"mode": "nat"}}),

@@ -634,7 +634,7 @@ impl VmMachine for FakeMachine {
     }
 
     /// Nothing to limit: the limits live in the VM's record only.
-    async fn set_rate_limits(&self, _: &RateLimits, _: bool) -> Result<(), BackendError> {
+    async fn set_rate_limits(&self, _: &RateLimits) -> Result<(), BackendError> {
         self.gone("change rate limits")
     }
 

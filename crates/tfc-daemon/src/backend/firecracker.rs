@@ -200,6 +200,19 @@ impl FirecrackerBackend {
 }
 
 impl FirecrackerMachine {
+    /// The guest's state as the VMM reports it.
+    async fn instance_state(&self) -> Result<InstanceState, BackendError> {
+        self.process
+            .api()
+            .describe_instance()
+            .await
+            .map(|info| info.state)
+            .map_err(|source| BackendError::Api {
+                verb: "describe the instance",
+                source,
+            })
+    }
+
     fn limits(&self) -> RateLimits {
         *self
             .limits
@@ -397,16 +410,7 @@ impl VmMachine for FirecrackerMachine {
     }
 
     async fn ensure_running(&self) -> Result<(), BackendError> {
-        let info = self
-            .process
-            .api()
-            .describe_instance()
-            .await
-            .map_err(|source| BackendError::Api {
-                verb: "describe the instance",
-                source,
-            })?;
-        match info.state {
+        match self.instance_state().await? {
             InstanceState::Running => Ok(()),
             InstanceState::Paused => self.resume().await,
             InstanceState::NotStarted => Err(BackendError::NotStarted(
@@ -421,22 +425,8 @@ impl VmMachine for FirecrackerMachine {
     /// on a guest that cannot use it. In early runs here, restored VMs given
     /// a network limiter while paused did not receive after the resume; a
     /// loaded host confounded those runs, so this is a precaution.)
-    async fn set_rate_limits(
-        &self,
-        limits: &RateLimits,
-        _network: bool,
-    ) -> Result<(), BackendError> {
-        let state = self
-            .process
-            .api()
-            .describe_instance()
-            .await
-            .map_err(|source| BackendError::Api {
-                verb: "describe the instance",
-                source,
-            })?
-            .state;
-        if state == InstanceState::Running {
+    async fn set_rate_limits(&self, limits: &RateLimits) -> Result<(), BackendError> {
+        if self.instance_state().await? == InstanceState::Running {
             self.apply_limits(limits).await?;
         } else {
             self.limits_pending

@@ -282,11 +282,10 @@ pub trait VmMachine: Send + Sync {
 
     /// Replaces the VM's I/O limits while its guest runs (or is paused):
     /// each device's limit is set to `limits`' (unlimited where it has
-    /// none). `network`: the VM has a network interface.
+    /// none).
     fn set_rate_limits(
         &self,
         limits: &RateLimits,
-        network: bool,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
 
     /// Writes a snapshot of the paused guest to the two files (absolute paths).
@@ -505,12 +504,8 @@ impl VmMachine for Machine {
     async fn ensure_running(&self) -> Result<(), BackendError> {
         dispatch!(self, m => m.ensure_running().await)
     }
-    async fn set_rate_limits(
-        &self,
-        limits: &RateLimits,
-        network: bool,
-    ) -> Result<(), BackendError> {
-        dispatch!(self, m => m.set_rate_limits(limits, network).await)
+    async fn set_rate_limits(&self, limits: &RateLimits) -> Result<(), BackendError> {
+        dispatch!(self, m => m.set_rate_limits(limits).await)
     }
     async fn stop(&self) -> ExitReason {
         dispatch!(self, m => m.stop().await)

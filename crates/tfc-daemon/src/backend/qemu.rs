@@ -216,7 +216,7 @@ impl VmMachine for QemuMachine {
         Ok(())
     }
 
-    async fn set_rate_limits(&self, _: &RateLimits, _: bool) -> Result<(), BackendError> {
+    async fn set_rate_limits(&self, _: &RateLimits) -> Result<(), BackendError> {
         Err(BackendError::Unsupported {
             vmm: Vmm::QemuTcg,
             operation: "rate limits",
