@@ -467,11 +467,12 @@ async fn firecracker_guest_agent_runs_exec_files_and_clock() {
     power_off_from_inside(&d, &vm, PowerOff::Command).await;
 }
 
-/// The network from inside a real guest (QEMU TCG, the agent's exec): the
+/// The network from inside real guests (QEMU TCG, the agent's exec): the
 /// kernel's `ip=` configured `eth0` with the guest address and the route
 /// out; the guest reaches its host side and, in mode `nat`, the world
 /// through the host's uplink; the host reaches the guest at the VM's
-/// address; nothing is left afterwards. All of it inside namespaces the test
+/// address; two VMs do not reach each other, and an isolated one not the
+/// world; nothing is left afterwards. All of it inside namespaces the test
 /// creates (a stand-in host, which the daemon uses as its host side, and a
 /// stand-in world at 192.0.2.1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,6 +524,43 @@ async fn qemu_tcg_guest_uses_its_network_from_inside() {
     let address: std::net::Ipv4Addr = network["address"].as_str().unwrap().parse().unwrap();
     net::ping(&t.host_ns, address, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("the host reaches the guest at {address}: {e}"));
+
+    // Another VM (isolated): neither guest reaches the other, at its address
+    // or its host side; the isolated one reaches its own host side only.
+    let other = ready_vm(
+        &d,
+        json!({"backend": "qemu-tcg", "wait": true, "network": {"mode": "isolated"}}),
+    )
+    .await;
+    let other_id = other["id"].as_str().unwrap();
+    let other_address = other["network"]["address"].as_str().unwrap();
+    let other_host_side = other["network"]["host_address"].as_str().unwrap();
+    for (from, to) in [
+        (id, other_address),
+        (id, other_host_side),
+        (other_id, network["address"].as_str().unwrap()),
+        (other_id, "192.0.2.1"),
+    ] {
+        let ping = d.sh(from, &format!("ping -c 1 -W 2 {to}")).await;
+        assert_ne!(
+            ping.exit()["code"],
+            0,
+            "{from} must not reach {to}: {}",
+            ping.stdout()
+        );
+    }
+    let ping = d
+        .sh(other_id, &format!("ping -c 1 -W 10 {other_host_side}"))
+        .await;
+    assert_eq!(ping.exit()["code"], 0, "{}", ping.stdout());
+    let (status, _) = d
+        .send(
+            Method::DELETE,
+            &format!("/v1/vms/{other_id}?force=true"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
 
     let (status, _) = d
         .send(Method::DELETE, &format!("/v1/vms/{id}?force=true"), None)
