@@ -456,6 +456,26 @@ async fn a_timeout_kills_the_command() {
 }
 
 #[tokio::test]
+async fn a_timeout_ends_an_exec_whose_background_child_holds_its_output() {
+    let h = harness();
+    let id = h.ready().await;
+    // The shell exits at once; the sleep it leaves behind keeps stdout open.
+    let run = h
+        .exec(
+            &id,
+            json!({"argv": ["sh", "-c", "sleep 300 & echo $!"], "timeout_ms": 500}),
+        )
+        .await
+        .unwrap();
+    let exit = run.last();
+    assert_eq!(exit["event"], "exit", "{exit}");
+    assert_eq!(exit["timed_out"], true, "{exit}");
+    assert_eq!(exit["code"], 0, "the shell itself exited: {exit}");
+    let child: u64 = run.stdout().trim().parse().unwrap();
+    until_gone(child).await;
+}
+
+#[tokio::test]
 async fn a_client_that_goes_away_kills_the_command() {
     let h = harness();
     let id = h.ready().await;
@@ -477,6 +497,61 @@ async fn a_client_that_goes_away_kills_the_command() {
     until_gone(pid).await;
     // The VM and its connection serve the next command.
     assert_eq!(h.sh(&id, "echo again").await.stdout(), "again\n");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_does_not_stall_the_vms_other_calls() {
+    let h = harness();
+    let id = h.ready().await;
+    // Far more output than a call may leave unread on the shared connection.
+    let response = h
+        .exec_response(
+            &id,
+            json!({"argv": ["sh", "-c", "echo $$; exec cat /dev/zero"]}),
+        )
+        .await;
+    let mut body = response.into_body();
+    let mut seen = Vec::new();
+    while !ndjson_prefix(&seen).iter().any(|e| e["event"] == "stdout") {
+        let frame = within(body.frame()).await.unwrap().unwrap();
+        seen.extend_from_slice(&frame.into_data().unwrap());
+    }
+    let first = ndjson_prefix(&seen)
+        .into_iter()
+        .find(|e| e["event"] == "stdout")
+        .unwrap();
+    let pid: u64 = String::from_utf8(BASE64.decode(first["data"].as_str().unwrap()).unwrap())
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The body is left unread: other calls on the VM still get through...
+    assert_eq!(
+        within(h.sh(&id, "echo meanwhile")).await.stdout(),
+        "meanwhile\n"
+    );
+    let file = h.guest_path("meanwhile");
+    std::fs::write(&file, b"still served").unwrap();
+    let (status, _, contents) = within(h.get(&id, &query_path(&file))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(contents, b"still served");
+    // ...the slow call alone was ended, and its command killed in the guest.
+    until_gone(pid).await;
+    let rest = within(body.collect()).await.unwrap().to_bytes();
+    seen.extend_from_slice(&rest);
+    let events = ndjson(&seen);
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "error", "{last}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("read too slowly"),
+        "{last}"
+    );
+    assert_eq!(h.connections(&id), 1, "the connection itself went on");
 }
 
 #[tokio::test]
@@ -505,6 +580,14 @@ async fn exec_refusals_say_why_and_what_to_do() {
     );
     let missing = refused(json!({"argv": ["/nonexistent/program"]})).await;
     assert_error(&missing, StatusCode::NOT_FOUND, "not_found");
+    let no_cwd = refused(json!({"argv": ["true"], "cwd": "/nonexistent/dir"})).await;
+    assert_error(&no_cwd, StatusCode::NOT_FOUND, "not_found");
+    let message = no_cwd.1["message"].as_str().unwrap();
+    assert!(
+        message.contains("working directory /nonexistent/dir does not exist")
+            && !message.contains("cannot start"),
+        "{message}"
+    );
     let unknown = h
         .exec("vm-000000000000", json!({"argv": ["true"]}))
         .await
@@ -689,6 +772,23 @@ async fn file_errors_have_their_own_codes() {
         short.1
     );
     assert!(!Path::new(&short_path).exists());
+    // A FIFO would block the reader until a writer came: refused at once.
+    let fifo = h.guest_path("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (status, _, body) = within(h.get(&id, &query_path(&fifo))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not a regular file"),
+        "{body}"
+    );
     assert_eq!(h.connections(&id), 1, "refusals kept the connection");
 }
 
