@@ -337,6 +337,29 @@ async fn an_agent_that_never_answers_fails_the_boot_at_the_deadline() {
 }
 
 #[tokio::test]
+async fn extra_boot_args_cannot_replace_the_agent_as_init() {
+    let h = harness();
+    for extra in ["init=/bin/sh", "quiet tfc.agent_port=2000"] {
+        let body = json!({"vm_type": "default", "extra_boot_args": extra});
+        let refused = h.send(Method::POST, "/v1/vms", Some(body)).await;
+        assert_error(&refused, StatusCode::BAD_REQUEST, "invalid_request");
+        let message = refused.1["message"].as_str().unwrap();
+        assert!(message.contains("agent = \"off\""), "{message}");
+    }
+    // Without the agent, another init is the caller's choice.
+    let body = json!({"vm_type": "plain", "extra_boot_args": "init=/bin/sh", "wait": true});
+    let (status, vm) = h.send(Method::POST, "/v1/vms", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{vm}");
+    assert!(
+        vm["spec"]["boot_args"]
+            .as_str()
+            .unwrap()
+            .ends_with("init=/bin/sh"),
+        "{vm}"
+    );
+}
+
+#[tokio::test]
 async fn exec_reports_output_exit_codes_and_signals() {
     let h = harness();
     let id = h.ready().await;
