@@ -682,6 +682,39 @@ async fn pausing_the_vm_ends_a_running_exec() {
     until_gone(pid).await;
 }
 
+/// The pid of the `tfc-agent` process serving the fake VM in `workdir`.
+fn fake_agent_pid(workdir: &str) -> i32 {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.contains("tfc-agent") && cmdline.contains(workdir)
+        })
+        .expect("the fake VM's agent runs")
+}
+
+#[tokio::test]
+async fn pausing_the_vm_while_an_exec_starts_refuses_it_at_once() {
+    let h = harness();
+    let vm = h.create("default").await;
+    let id = vm["id"].as_str().unwrap();
+    // Held so that the exec is still starting when the pause comes.
+    let agent = fake_agent_pid(vm["workdir"].as_str().unwrap());
+    // SAFETY: kill has no memory effects; `agent` is this test's process.
+    assert_eq!(unsafe { libc::kill(agent, libc::SIGSTOP) }, 0);
+    let (refused, _) = tokio::join!(within(h.exec(id, json!({"argv": ["true"]}))), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        h.op(id, "pause").await
+    });
+    let refused = refused.unwrap_err();
+    assert_error(&refused, StatusCode::CONFLICT, "invalid_state");
+    h.op(id, "resume").await;
+    assert_eq!(h.sh(id, "echo resumed").await.stdout(), "resumed\n");
+}
+
 #[tokio::test]
 async fn files_round_trip_with_their_mode() {
     let h = harness();
