@@ -1863,7 +1863,7 @@ impl VmManager {
             let handle = match info.state {
                 VmState::Creating => {
                     // Never finished creating: undo it.
-                    crate::reaper::end_vmm(&workdir);
+                    crate::reaper::end_vmm_blocking(&workdir).await;
                     let _ = std::fs::remove_dir_all(&workdir);
                     let _ = self.inner.store.delete_vm(&row.id);
                     tracing::warn!(vm = %row.id, "rolled back a VM whose creation was interrupted");
@@ -1871,7 +1871,7 @@ impl VmManager {
                 }
                 VmState::Stopping => {
                     // The stop was under way: finish it.
-                    crate::reaper::end_vmm(&workdir);
+                    crate::reaper::end_vmm_blocking(&workdir).await;
                     remove_socket(&workdir);
                     info.state = VmState::Stopped;
                     info.pid = None;

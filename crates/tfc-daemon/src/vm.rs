@@ -725,7 +725,7 @@ impl Owner {
                 // A VMM that still runs but cannot be taken over (it does not
                 // answer, or its backend is no longer installed) would run on
                 // unmanaged: it is ended with the VM.
-                for pid in crate::reaper::end_vmm(&workdir) {
+                for pid in crate::reaper::end_vmm_blocking(&workdir).await {
                     tracing::warn!(vm = %self.id, pid, "ended a VMM process that could not be adopted");
                 }
                 let failure = format!(
