@@ -1,23 +1,27 @@
 //! One connection to the agent, multiplexed by request id.
 //!
 //! Two tasks own the socket. The reader task alone reads: it hands each frame
-//! to the call whose id it carries, through a bounded channel per call
-//! ([`CALL_FRAMES`]). The writer task alone writes, taking frames from one
-//! bounded channel ([`OUTBOX_FRAMES`]), so a call dropped halfway (a timeout)
-//! can never leave half a frame on the wire.
+//! to the call whose id it carries, through a channel per call. The writer
+//! task alone writes, taking frames from one bounded channel
+//! ([`OUTBOX_FRAMES`]), so a call dropped halfway (a timeout) can never leave
+//! half a frame on the wire.
 //!
-//! Flow control: when a call's channel is full the reader waits, which holds
-//! back every other call on the connection (head-of-line blocking, as in the
-//! agent). A caller must therefore keep reading the events of an exec it
-//! started, or drop its handle; a dropped handle's frames are discarded.
+//! Flow control: the reader never waits for a call, so one slow caller
+//! cannot hold back the other calls on the connection. Instead each call
+//! may fall at most [`CALL_BACKLOG_BYTES`] behind: a call whose unread frames
+//! pass that is ended alone, with [`AgentError::FellBehind`] after the frames
+//! that had arrived, and its request is cancelled in the guest (the exec
+//! killed, the file transfer stopped). The same cancel goes out, reliably,
+//! when a caller drops an exec or a download before its end; their further
+//! frames are discarded.
 //!
 //! When either task fails, or the agent closes the connection, every pending
 //! call and every later call fails with the same error: no call waits on a
 //! connection that is gone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -32,8 +36,19 @@ use crate::error::AgentError;
 /// Frames waiting for the writer task.
 pub const OUTBOX_FRAMES: usize = 16;
 
-/// Frames waiting for one call to read them.
-pub const CALL_FRAMES: usize = 64;
+/// Bytes of unread frames one call may have waiting before it is ended as
+/// fallen behind (see the module's flow control). Bounds the memory one slow
+/// caller can hold: a data frame counts its payload, every frame
+/// [`FRAME_WEIGHT`] more.
+pub const CALL_BACKLOG_BYTES: usize = 8 * 1024 * 1024;
+
+/// What a frame counts towards [`CALL_BACKLOG_BYTES`] beyond its payload, so
+/// many tiny frames are bounded too.
+const FRAME_WEIGHT: usize = 64;
+
+/// SIGKILL's number, the same on every Linux architecture the guest runs; the
+/// agent takes it as "cancel" for any running request.
+pub(crate) const SIGKILL: i32 = 9;
 
 /// Bytes per data frame sent to the agent: well under
 /// [`tfc_agent_proto::MAX_PAYLOAD`], the size the agent itself uses.
@@ -97,10 +112,29 @@ struct Shared {
 /// Invariant: once `closed` is set, `routes` is empty and stays empty, so a
 /// call either registered before the close (and sees its channel end) or is
 /// refused at registration: none waits on a dead connection.
+///
+/// `fell_behind` holds the ids of calls ended for their backlog, until the
+/// call is dropped.
 #[derive(Debug, Default)]
 struct State {
-    routes: HashMap<u64, mpsc::Sender<Inbound>>,
+    routes: HashMap<u64, Route>,
+    fell_behind: HashSet<u64>,
     closed: Option<Closed>,
+}
+
+/// Where the reader hands a call's frames, and how many bytes of them wait.
+#[derive(Debug)]
+struct Route {
+    sender: mpsc::UnboundedSender<Inbound>,
+    backlog: Arc<AtomicUsize>,
+}
+
+/// What `inbound` counts towards its call's backlog.
+fn weight(inbound: &Inbound) -> usize {
+    match inbound {
+        Ok(FrameBody::Data { bytes, .. }) => FRAME_WEIGHT + bytes.len(),
+        _ => FRAME_WEIGHT,
+    }
 }
 
 /// Why the connection ended.
@@ -150,18 +184,44 @@ impl Shared {
             .map_or(AgentError::ConnectionClosed, Closed::error)
     }
 
-    fn register(&self, id: u64) -> Result<mpsc::Receiver<Inbound>, AgentError> {
+    fn register(
+        &self,
+        id: u64,
+    ) -> Result<(mpsc::UnboundedReceiver<Inbound>, Arc<AtomicUsize>), AgentError> {
         let mut state = self.state();
         if let Some(closed) = &state.closed {
             return Err(closed.error());
         }
-        let (sender, receiver) = mpsc::channel(CALL_FRAMES);
-        state.routes.insert(id, sender);
-        Ok(receiver)
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        state.routes.insert(
+            id,
+            Route {
+                sender,
+                backlog: backlog.clone(),
+            },
+        );
+        Ok((receiver, backlog))
     }
 
     fn remove(&self, id: u64) {
-        self.state().routes.remove(&id);
+        let mut state = self.state();
+        state.routes.remove(&id);
+        state.fell_behind.remove(&id);
+    }
+
+    /// Why call `id` gets no more frames.
+    fn ended_error(&self, id: u64) -> AgentError {
+        let state = self.state();
+        if state.fell_behind.contains(&id) {
+            return AgentError::FellBehind {
+                limit: CALL_BACKLOG_BYTES,
+            };
+        }
+        state
+            .closed
+            .as_ref()
+            .map_or(AgentError::ConnectionClosed, Closed::error)
     }
 }
 
@@ -179,7 +239,12 @@ impl AgentConnection {
             outgoing,
             shared.clone(),
         ));
-        let reader = tokio::spawn(read_loop(AsyncFrameReader::new(read_half), shared.clone()));
+        // Weak: the writer ends once the callers' senders are gone.
+        let reader = tokio::spawn(read_loop(
+            AsyncFrameReader::new(read_half),
+            shared.clone(),
+            outbox.downgrade(),
+        ));
         AgentConnection {
             inner: Arc::new(Inner {
                 shared,
@@ -193,19 +258,24 @@ impl AgentConnection {
     /// Registers a new id and sends `request` under it.
     pub(crate) async fn call(&self, request: Request) -> Result<Call, AgentError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let inbound = self.inner.shared.register(id)?;
+        let (inbound, backlog) = self.inner.shared.register(id)?;
         let call = Call {
             id,
             inbound,
+            backlog,
             connection: self.clone(),
         };
         call.send(Frame::request(id, request)).await?;
         Ok(call)
     }
 
-    /// Queues `frame` if the outbox has room, without waiting (for `Drop`).
-    pub(crate) fn try_send(&self, frame: Frame) -> bool {
-        self.inner.outbox.try_send(frame).is_ok()
+    /// Asks the agent to cancel the request `id` (kill an exec, stop a
+    /// transfer), without waiting: callable from `Drop`. The frame is queued
+    /// by a task of its own when the outbox is full, so it is not lost; only
+    /// a connection that is gone (whose end cancels everything in the
+    /// agent anyway) or a caller outside any runtime can lose it.
+    pub(crate) fn cancel(&self, id: u64) {
+        cancel(self.inner.outbox.clone(), id);
     }
 
     async fn request(&self, request: Request) -> Result<Reply, AgentError> {
@@ -388,14 +458,22 @@ impl AgentConnection {
 }
 
 /// A guest file being read: what the agent announced, then its contents in
-/// chunks. Dropping it before the end gives the call up (the agent's further
-/// chunks are discarded).
+/// chunks. Dropping it before the end cancels the transfer in the guest
+/// (chunks still on their way are discarded).
 #[derive(Debug)]
 pub struct FileDownload {
     call: Call,
     info: FileInfo,
     arrived: u64,
     done: bool,
+}
+
+impl Drop for FileDownload {
+    fn drop(&mut self) {
+        if !self.done {
+            self.call.connection.cancel(self.call.id);
+        }
+    }
 }
 
 impl FileDownload {
@@ -446,7 +524,10 @@ impl FileDownload {
 #[derive(Debug)]
 pub(crate) struct Call {
     pub(crate) id: u64,
-    inbound: mpsc::Receiver<Inbound>,
+    inbound: mpsc::UnboundedReceiver<Inbound>,
+    /// Bytes of this call's frames that the reader routed and `recv` has
+    /// not taken yet (see [`CALL_BACKLOG_BYTES`]).
+    backlog: Arc<AtomicUsize>,
     connection: AgentConnection,
 }
 
@@ -468,18 +549,24 @@ impl Call {
     /// The next frame of this call.
     pub(crate) async fn recv(&mut self) -> Result<FrameBody, AgentError> {
         match self.inbound.recv().await {
-            Some(inbound) => inbound,
-            None => Err(self.connection.inner.shared.closed_error()),
+            Some(inbound) => {
+                self.backlog.fetch_sub(weight(&inbound), Ordering::AcqRel);
+                inbound
+            }
+            None => Err(self.connection.inner.shared.ended_error(self.id)),
         }
     }
 
     /// A frame of this call that already arrived, if any.
     fn try_recv(&mut self) -> Result<Option<Inbound>, AgentError> {
         match self.inbound.try_recv() {
-            Ok(inbound) => Ok(Some(inbound)),
+            Ok(inbound) => {
+                self.backlog.fetch_sub(weight(&inbound), Ordering::AcqRel);
+                Ok(Some(inbound))
+            }
             Err(mpsc::error::TryRecvError::Empty) => Ok(None),
             Err(mpsc::error::TryRecvError::Disconnected) => {
-                Err(self.connection.inner.shared.closed_error())
+                Err(self.connection.inner.shared.ended_error(self.id))
             }
         }
     }
@@ -515,7 +602,27 @@ pub(crate) async fn send(connection: &AgentConnection, frame: Frame) -> Result<(
         .map_err(|_| inner.shared.closed_error())
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(mut reader: AsyncFrameReader<R>, shared: Arc<Shared>) {
+/// Queues a cancel of request `id` on `outbox`: at once when there is room,
+/// else from a task that waits for room (when a runtime runs this).
+fn cancel(outbox: mpsc::Sender<Frame>, id: u64) {
+    let frame = Frame::request(id, Request::Signal { signal: SIGKILL });
+    match outbox.try_send(frame) {
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+        Err(mpsc::error::TrySendError::Full(frame)) => {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = outbox.send(frame).await;
+                });
+            }
+        }
+    }
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut reader: AsyncFrameReader<R>,
+    shared: Arc<Shared>,
+    outbox: mpsc::WeakSender<Frame>,
+) {
     let mut last_word = None;
     let why = loop {
         let frame = match reader.read_frame().await {
@@ -525,7 +632,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut reader: AsyncFrameReader<R>, shared
             Err(e) if e.stream_in_sync() => {
                 let id = e.frame_id().unwrap_or(0);
                 tracing::warn!(id, error = %e, "the agent sent a frame this client cannot read");
-                route(&shared, id, Err(AgentError::Receive(Arc::new(e)))).await;
+                route(&shared, &outbox, id, Err(AgentError::Receive(Arc::new(e))));
                 continue;
             }
             Err(e) => break Closed::Read(Arc::new(e)),
@@ -537,23 +644,42 @@ async fn read_loop<R: AsyncRead + Unpin>(mut reader: AsyncFrameReader<R>, shared
                 tracing::warn!(?code, %message, "the agent reported a connection error");
                 last_word = Some(Closed::Agent { code, message });
             }
-            (id, body) => route(&shared, id, Ok(body)).await,
+            (id, body) => route(&shared, &outbox, id, Ok(body)),
         }
     };
     shared.close(why);
 }
 
-/// Hands `inbound` to the call `id`; frames of ids no call owns any more (a
-/// dropped handle, a call that gave up) are discarded.
-async fn route(shared: &Shared, id: u64, inbound: Inbound) {
-    let sender = shared.state().routes.get(&id).cloned();
-    match sender {
-        Some(sender) => {
-            if sender.send(inbound).await.is_err() {
-                shared.remove(id);
-            }
+/// Hands `inbound` to the call `id` without waiting; frames of ids no call
+/// owns any more (a dropped handle, a call that gave up) are discarded. A
+/// call whose backlog would pass [`CALL_BACKLOG_BYTES`] is ended instead
+/// (its route goes, so it reads what arrived, then `FellBehind`) and its
+/// request cancelled in the guest.
+fn route(shared: &Shared, outbox: &mpsc::WeakSender<Frame>, id: u64, inbound: Inbound) {
+    let mut state = shared.state();
+    let Some(route) = state.routes.get(&id) else {
+        tracing::debug!(id, "discarding a frame of an id no call owns");
+        return;
+    };
+    let weight = weight(&inbound);
+    let backlog = route.backlog.fetch_add(weight, Ordering::AcqRel) + weight;
+    if backlog > CALL_BACKLOG_BYTES {
+        route.backlog.fetch_sub(weight, Ordering::AcqRel);
+        state.routes.remove(&id);
+        state.fell_behind.insert(id);
+        drop(state);
+        tracing::warn!(
+            id,
+            limit = CALL_BACKLOG_BYTES,
+            "a caller fell behind reading its call; ending that call"
+        );
+        if let Some(outbox) = outbox.upgrade() {
+            cancel(outbox, id);
         }
-        None => tracing::debug!(id, "discarding a frame of an id no call owns"),
+        return;
+    }
+    if route.sender.send(inbound).is_err() {
+        state.routes.remove(&id);
     }
 }
 

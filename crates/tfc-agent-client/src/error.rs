@@ -53,6 +53,11 @@ pub enum AgentError {
     ReadSource(#[source] io::Error),
     #[error("writing the contents of a get_file locally failed")]
     WriteSink(#[source] io::Error),
+    #[error(
+        "this call's caller read too slowly: more than {limit} bytes of its frames waited unread, \
+         so the call was ended and cancelled in the guest (read the output as it comes)"
+    )]
+    FellBehind { limit: usize },
     #[error("the call took longer than {0:?}")]
     Timeout(Duration),
 }

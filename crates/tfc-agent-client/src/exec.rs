@@ -305,19 +305,15 @@ impl ExecHandle {
 
 impl Drop for ExecHandle {
     /// An exec nobody reads any more (its caller gave up, e.g. on a timeout)
-    /// is killed rather than left running in the guest. Best effort: when the
-    /// outbox is full or the connection gone, the agent kills the process
-    /// group anyway once the connection closes.
+    /// is killed rather than left running in the guest. The kill is queued
+    /// even when the outbox is full (see [`AgentConnection::cancel`]); when
+    /// the connection is gone, the agent kills the process group itself.
     fn drop(&mut self) {
         if !self.exited {
-            let frame = Frame::request(self.call.id, Request::Signal { signal: SIGKILL });
-            let _ = self.control.connection.try_send(frame);
+            self.control.connection.cancel(self.call.id);
         }
     }
 }
-
-/// SIGKILL's number, the same on every Linux architecture the guest runs.
-const SIGKILL: i32 = 9;
 
 impl ExecControl {
     /// Sends `bytes` to the process's stdin.

@@ -21,6 +21,11 @@ use tokio::sync::mpsc;
 use crate::server::{Inbound, Outbox};
 use crate::CHUNK;
 
+/// How long output of a timed-out exec is still read after its process
+/// group was killed: a process that left the group may hold the pipes open
+/// for good.
+const ESCAPED_OUTPUT_WAIT: Duration = Duration::from_millis(500);
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct ExecSpec {
@@ -41,6 +46,8 @@ pub enum ExecError {
         "running as uid {requested} needs an agent running as root (it runs as uid {current})"
     )]
     UidNotPermitted { requested: u32, current: u32 },
+    #[error("the working directory {cwd} does not exist or is not a directory: give an existing directory as cwd")]
+    NoCwd { cwd: String },
     #[error("cannot start {program}")]
     Spawn {
         program: String,
@@ -57,6 +64,7 @@ impl ExecError {
     pub fn code(&self) -> ErrorCode {
         match self {
             ExecError::EmptyArgv => ErrorCode::BadRequest,
+            ExecError::NoCwd { .. } => ErrorCode::NotFound,
             ExecError::UidNotPermitted { .. } => ErrorCode::PermissionDenied,
             ExecError::Spawn { source, .. } => match source.kind() {
                 std::io::ErrorKind::NotFound => ErrorCode::NotFound,
@@ -132,6 +140,11 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(cwd) = &spec.cwd {
+        // Checked here because a missing cwd fails the spawn with the same
+        // "not found" as a missing program, which would name the program.
+        if !tokio::fs::metadata(cwd).await.is_ok_and(|m| m.is_dir()) {
+            return Err(ExecError::NoCwd { cwd: cwd.clone() });
+        }
         command.current_dir(cwd);
     }
     if let Some(uid) = spec.uid.filter(|uid| *uid != current) {
@@ -162,8 +175,11 @@ pub async fn run(
     let feeder = tokio::spawn(feed_stdin(child.stdin.take(), inbound));
 
     let mut timed_out = false;
-    let status = match spec.timeout_ms.map(Duration::from_millis) {
-        Some(limit) => match tokio::time::timeout(limit, child.wait()).await {
+    let deadline = spec
+        .timeout_ms
+        .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+    let status = match deadline {
+        Some(deadline) => match tokio::time::timeout_at(deadline, child.wait()).await {
             Ok(status) => status,
             Err(_) => {
                 timed_out = true;
@@ -173,15 +189,54 @@ pub async fn run(
         },
         None => child.wait().await,
     };
-    // Reaped: the pid may be reused from now on, so signals stop here. The
-    // group may live on in children the process left behind; they keep the
-    // pipes open, and the pumps below wait for them like a shell would.
+    // Reaped: the pid may be reused from now on, so `signal` requests stop
+    // here. The group may live on in children the process left behind; they
+    // keep the pipes open, and the pumps below wait for them like a shell
+    // would, but no longer than the timeout.
     process_group.store(0, Ordering::Release);
     guard.armed = false;
     let status = status.map_err(ExecError::Wait)?;
     feeder.abort();
-    for pump in pumps {
-        let _ = pump.await;
+    let [mut stdout_pump, mut stderr_pump] = pumps;
+    let drained = async {
+        let _ = (&mut stdout_pump).await;
+        let _ = (&mut stderr_pump).await;
+    };
+    let drained = match deadline {
+        None => {
+            drained.await;
+            true
+        }
+        Some(deadline) => tokio::time::timeout_at(deadline, drained).await.is_ok(),
+    };
+    if !drained {
+        timed_out = true;
+        // The timeout covers what the process started too. A pid (so this
+        // group's id) is only reused once no process is left in the group,
+        // and then killpg finds nothing of ours; a reuse within this window
+        // would need the pid space to wrap meanwhile.
+        GroupGuard { group, armed: true }.kill();
+        // Killed, the group's members close the pipes at once; a process
+        // that left the group (setsid) keeps them, so the output is cut off
+        // after a short wait rather than waited for.
+        let rest = async {
+            let _ = (&mut stdout_pump).await;
+            let _ = (&mut stderr_pump).await;
+        };
+        if tokio::time::timeout(ESCAPED_OUTPUT_WAIT, rest)
+            .await
+            .is_err()
+        {
+            for (pump, kind) in [
+                (&stdout_pump, DataKind::Stdout),
+                (&stderr_pump, DataKind::Stderr),
+            ] {
+                if !pump.is_finished() {
+                    pump.abort();
+                    let _ = outbox.send(Frame::eof(id, kind)).await;
+                }
+            }
+        }
     }
     Ok(Reply::Exit {
         code: status.code(),

@@ -199,10 +199,19 @@ pub async fn get(
     if !Path::new(path).is_absolute() {
         return Err(FileError::RelativePath(path.into()));
     }
-    let file = File::open(path).await.map_err(|source| FileError::Open {
-        path: path.into(),
-        source,
-    })?;
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
+    // writer, holding a thread of the agent for as long; it is refused
+    // below like any file that is not regular. Regular files ignore the
+    // flag.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .await
+        .map_err(|source| FileError::Open {
+            path: path.into(),
+            source,
+        })?;
     let read_err = |source| FileError::Read {
         path: path.into(),
         source,

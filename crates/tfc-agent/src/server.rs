@@ -222,6 +222,9 @@ struct Route {
     /// The process group of a running exec, 0 before it started and after it
     /// was reaped: `signal` requests go here.
     process_group: Arc<AtomicI32>,
+    /// The task of a running file transfer: a `signal` request cancels it
+    /// (the host gave the transfer up).
+    transfer: Option<tokio::task::AbortHandle>,
 }
 
 /// Running requests by id. Invariant: an id is removed before its final
@@ -488,7 +491,7 @@ fn route_request(
     }
     let mut table = routes.lock().expect("routes lock poisoned");
     if let Request::Signal { signal } = request {
-        return signal_request(table.get(&id), signal);
+        return signal_request(&mut table, id, signal);
     }
     if let Request::Shutdown = request {
         let power_off = match system::power_off(config) {
@@ -516,11 +519,13 @@ fn route_request(
     }
     let (inbox, inbound) = mpsc::channel(INBOX_FRAMES);
     let process_group = Arc::new(AtomicI32::new(0));
+    let transfer = matches!(request, Request::GetFile { .. } | Request::PutFile { .. });
     table.insert(
         id,
         Route {
             inbox,
             process_group: process_group.clone(),
+            transfer: None,
         },
     );
     drop(table);
@@ -528,21 +533,42 @@ fn route_request(
     let routes = routes.clone();
     let outbox = outbox.clone();
     let config = config.clone();
-    requests.spawn(async move {
+    let task_routes = routes.clone();
+    let task = requests.spawn(async move {
         let last = run_request(id, request, inbound, &outbox, &config, &process_group).await;
-        routes.lock().expect("routes lock poisoned").remove(&id);
+        task_routes
+            .lock()
+            .expect("routes lock poisoned")
+            .remove(&id);
         let _ = outbox.send(Frame { id, body: last }).await;
     });
+    if transfer {
+        // Absent when the task has already finished (and removed it).
+        if let Some(route) = routes.lock().expect("routes lock poisoned").get_mut(&id) {
+            route.transfer = Some(task);
+        }
+    }
     None
 }
 
-fn signal_request(route: Option<&Route>, signal: i32) -> Option<Reply> {
+/// Answers a `signal` request for `id`: signals an exec's process group, or
+/// cancels a file transfer (any signal does; the host sends one when it
+/// gives the transfer up, and wants no final frame).
+fn signal_request(table: &mut HashMap<u64, Route>, id: u64, signal: i32) -> Option<Reply> {
     if !(1..=64).contains(&signal) {
         return Some(Reply::error(
             ErrorCode::BadRequest,
             format!("{signal} is not a signal number (1 to 64)"),
         ));
     }
+    if let Some(task) = table.get_mut(&id).and_then(|route| route.transfer.take()) {
+        // Aborted, the task neither removes its route nor sends its final
+        // frame: both are done here. An upload's scratch file goes with it.
+        task.abort();
+        table.remove(&id);
+        return Some(Reply::Done);
+    }
+    let route = table.get(&id);
     let group = route.map_or(0, |route| route.process_group.load(Ordering::Acquire));
     if group <= 0 {
         return Some(Reply::error(

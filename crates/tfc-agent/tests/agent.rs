@@ -664,3 +664,57 @@ fn a_transport_must_be_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--unix PATH or --vsock PORT"), "{stderr}");
 }
+
+#[test]
+fn a_signal_cancels_a_running_download() {
+    let agent = Agent::start();
+    let mut client = agent.connect();
+    let path = agent.path("big");
+    let size = 32 * 1024 * 1024;
+    std::fs::write(&path, vec![5u8; size]).unwrap();
+    client.send(
+        1,
+        Request::GetFile {
+            path: path.display().to_string(),
+            max_size: None,
+        },
+    );
+    // The host gives the download up after its first chunk.
+    let mut arrived = 0;
+    let mut cancelled = false;
+    let mut ended = false;
+    loop {
+        let frame = client.recv();
+        match (frame.id, frame.body) {
+            (1, FrameBody::Reply(Reply::FileInfo { .. })) => {}
+            (1, FrameBody::Data { bytes, .. }) => {
+                if arrived == 0 {
+                    client.send(1, Request::Signal { signal: 9 });
+                }
+                arrived += bytes.len();
+            }
+            // The signal's answer: the transfer is over.
+            (1, FrameBody::Reply(Reply::Done)) => {
+                cancelled = true;
+                break;
+            }
+            (1, FrameBody::Eof(_)) => {
+                ended = true;
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(cancelled && !ended, "the download ran to its end");
+    assert!(arrived < size, "all {arrived} bytes were sent");
+    // The connection goes on; at most a chunk already on its way follows.
+    client.send(2, Request::Ping);
+    loop {
+        let frame = client.recv();
+        match (frame.id, frame.body) {
+            (2, FrameBody::Reply(Reply::Pong { .. })) => break,
+            (1, FrameBody::Data { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -313,6 +313,11 @@ async fn download(
                     file.write_all(&data).await.context("cannot write")?;
                 }
             }
+            // Checked before the rename: a body that ended short without an
+            // error must not leave a short file in place of the target.
+            if download.size.is_some_and(|size| size != received) {
+                bail!("the download broke off after {received} bytes; nothing was written");
+            }
             file.sync_all().await.context("cannot write")?;
             part.persist(target)
                 .with_context(|| format!("cannot write {}", target.display()))?;

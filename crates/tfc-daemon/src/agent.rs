@@ -31,8 +31,8 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// comes up within a few such pauses of its init starting.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(100);
 
-/// How long the identity fix-up of a restored VM may take, connection
-/// included. The agent ran when the snapshot was taken, so it answers at
+/// How long the identity fix-up of a restored VM may take in all: the
+/// connection and both calls. The agent ran when the snapshot was taken, so it answers at
 /// once; this bounds a guest that does not.
 pub const FIXUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -134,13 +134,23 @@ impl AgentAddress {
     /// Returns the connection, for the VM's session to keep.
     pub async fn fix_identity(&self) -> Result<(AgentConnection, IdentityFixup), LinkError> {
         let started = Instant::now();
-        let (connection, _) = self.wait_until_answers(started + FIXUP_TIMEOUT).await?;
-        // Read as late as possible: the guest's clock is as right as the
-        // host's at the moment the agent sets it, less the call's latency.
-        call("sync_clock", connection.sync_clock(SystemTime::now())).await?;
-        let mut seed = [0u8; SEED_BYTES];
-        getrandom::getrandom(&mut seed).map_err(|e| LinkError::HostRandom(e.to_string()))?;
-        let credited = call("reseed_entropy", connection.reseed_entropy(&seed)).await?;
+        // One bound for the whole fix-up, connection and both calls.
+        let deadline = started + FIXUP_TIMEOUT;
+        let (connection, _) = self.wait_until_answers(deadline).await?;
+        let calls = async {
+            // Read as late as possible: the guest's clock is as right as the
+            // host's at the moment the agent sets it, less the call's latency.
+            call("sync_clock", connection.sync_clock(SystemTime::now())).await?;
+            let mut seed = [0u8; SEED_BYTES];
+            getrandom::getrandom(&mut seed).map_err(|e| LinkError::HostRandom(e.to_string()))?;
+            call("reseed_entropy", connection.reseed_entropy(&seed)).await
+        };
+        let credited = tokio::time::timeout_at(deadline, calls)
+            .await
+            .map_err(|_| LinkError::Timeout {
+                what: "identity fix-up",
+                after: FIXUP_TIMEOUT,
+            })??;
         let fixup = IdentityFixup {
             at_ms: tfc_core::unix_ms(SystemTime::now()),
             duration_us: started.elapsed().as_micros() as u64,

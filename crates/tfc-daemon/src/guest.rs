@@ -152,15 +152,19 @@ pub async fn exec(
 ) -> Result<ChannelBody, GuestError> {
     let (agent_request, stdin) = prepare_exec(request)?;
     let timeout = agent_request.timeout;
-    let (connection, end) = manager.agent(id).await?;
+    let (connection, mut end) = manager.agent(id).await?;
     let started = Instant::now();
-    let handle = agent::call("exec", connection.exec(agent_request))
-        .await
-        .map_err(|source| GuestError::Agent {
-            id: id.to_owned(),
-            what: "starting the command",
-            source,
-        })?;
+    // A guest paused meanwhile would never answer: its session's end says
+    // so at once (409), rather than the call's timeout later (504).
+    let handle = tokio::select! {
+        started = agent::call("exec", connection.exec(agent_request)) => started,
+        _ = end.wait() => Err(LinkError::Ended),
+    }
+    .map_err(|source| GuestError::Agent {
+        id: id.to_owned(),
+        what: "starting the command",
+        source,
+    })?;
     tracing::debug!(vm = %id, pid = handle.pid(), "exec started");
     let (lines, body) = ChannelBody::channel(None);
     tokio::spawn(pump_exec(handle, stdin, end, lines, started, timeout));
@@ -397,13 +401,15 @@ pub async fn get_file(
 ) -> Result<(FileInfo, ChannelBody), GuestError> {
     check_path(path)?;
     let (connection, mut end) = manager.agent(id).await?;
-    let mut download = agent::call("get_file", connection.open_file(path, limit))
-        .await
-        .map_err(|source| GuestError::Agent {
-            id: id.to_owned(),
-            what: "reading the file",
-            source,
-        })?;
+    let mut download = tokio::select! {
+        opened = agent::call("get_file", connection.open_file(path, limit)) => opened,
+        _ = end.wait() => Err(LinkError::Ended),
+    }
+    .map_err(|source| GuestError::Agent {
+        id: id.to_owned(),
+        what: "reading the file",
+        source,
+    })?;
     let info = download.info();
     let (chunks, body) = ChannelBody::channel(Some(info.size));
     tokio::spawn(async move {

@@ -420,6 +420,16 @@ impl VmManager {
         }
         if let Some(extra) = &request.extra_boot_args {
             spec::validate_boot_args(extra).map_err(ManagerError::BadSpec)?;
+            // Appended last, they would win: the VM would boot without the
+            // agent its readiness waits for.
+            let overrides_agent = extra
+                .split_whitespace()
+                .any(|w| w.starts_with("init=") || w.starts_with("tfc.agent_port="));
+            if agent_port.is_some() && overrides_agent {
+                return Err(ManagerError::BadRequest(format!(
+                    "extra_boot_args may not set init= or tfc.agent_port= on a VM of type {type_name}, whose init is the guest agent; to boot another init, use a VM type with agent = \"off\" and init= in its boot_args"
+                )));
+            }
             if !extra.trim().is_empty() {
                 boot_args.push(' ');
                 boot_args.push_str(extra.trim());
@@ -1849,7 +1859,7 @@ impl VmManager {
             let handle = match info.state {
                 VmState::Creating => {
                     // Never finished creating: undo it.
-                    crate::reaper::end_vmm(&workdir);
+                    crate::reaper::end_vmm_blocking(&workdir).await;
                     let _ = std::fs::remove_dir_all(&workdir);
                     let _ = self.inner.store.delete_vm(&row.id);
                     tracing::warn!(vm = %row.id, "rolled back a VM whose creation was interrupted");
@@ -1857,7 +1867,7 @@ impl VmManager {
                 }
                 VmState::Stopping => {
                     // The stop was under way: finish it.
-                    crate::reaper::end_vmm(&workdir);
+                    crate::reaper::end_vmm_blocking(&workdir).await;
                     remove_socket(&workdir);
                     info.state = VmState::Stopped;
                     info.pid = None;

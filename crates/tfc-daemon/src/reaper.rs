@@ -36,6 +36,15 @@ pub fn end_vmm(workdir: &Path) -> Vec<u32> {
     found.into_iter().map(|(pid, _)| pid).collect()
 }
 
+/// [`end_vmm`] for async callers: its waits (up to 5 s per process) run on
+/// a blocking thread, not on a runtime thread that serves other VMs.
+pub async fn end_vmm_blocking(workdir: &Path) -> Vec<u32> {
+    let workdir = workdir.to_owned();
+    tokio::task::spawn_blocking(move || end_vmm(&workdir))
+        .await
+        .expect("ending VMM processes does not panic")
+}
+
 /// Ends leftover VMM processes recorded under `vms_dir` and removes their
 /// directories, except those of the VMs in `recorded` (the store knows them).
 pub fn reap_orphans(vms_dir: &Path, recorded: &HashSet<String>) -> ReapReport {

@@ -483,11 +483,22 @@ fn fixup_due(info: &VmInfo) -> Option<u32> {
 /// tell a panic or an outside signal from a power-off are the last ones.
 const END_TAIL_BYTES: u64 = 16 * 1024;
 
+/// The kernel's last console lines on a clean end of the guest: a power-off
+/// (an agent's `shutdown`, busybox `poweroff` through the agent as init), a
+/// halt, or a restart (how a Firecracker guest ends itself: `reboot`). A
+/// panic under `panic=1` resets the guest without any of them.
+const CLEAN_END_LINES: [&str; 3] = [
+    "reboot: Power down",
+    "reboot: System halted",
+    "reboot: Restarting system",
+];
+
 /// Why a VMM that ended cleanly did not end with a guest that powered off:
-/// the guest kernel panicked (its console's last lines say so), or QEMU
-/// was ended by a signal (its stderr says so). Read from the files
-/// themselves, to their end: the console watcher may not have seen the last
-/// lines yet when the exit is noticed.
+/// the guest kernel panicked (its console's last lines say so), QEMU was
+/// ended by a signal (its stderr says so), or the console does not end
+/// with the kernel's own power-off or restart line (a reset the guest did
+/// not ask for). Read from the files themselves, to their end: the console
+/// watcher may not have seen the last lines yet when the exit is noticed.
 fn unclean_end(console_log: &Path, workdir: &Path) -> Option<String> {
     let tail = |path: &Path| -> String {
         use std::io::{Read, Seek, SeekFrom};
@@ -510,6 +521,15 @@ fn unclean_end(console_log: &Path, workdir: &Path) -> Option<String> {
     let stderr = tail(&workdir.join(tfc_qemu::command::QEMU_STDERR));
     if let Some(line) = stderr.lines().find(|l| l.contains("terminating on signal")) {
         return Some(format!("it was ended from outside: {}", line.trim()));
+    }
+    if !console
+        .lines()
+        .any(|l| CLEAN_END_LINES.iter().any(|clean| l.contains(clean)))
+    {
+        return Some(format!(
+            "the guest ended without powering off: its console ({}) does not end with the kernel's \"reboot: Power down\" or \"reboot: Restarting system\" line, so it crashed or was reset",
+            console_log.display()
+        ));
     }
     None
 }
@@ -610,12 +630,13 @@ impl Owner {
         let _ = self.apply(VmEvent::Fail).await;
     }
 
-    /// The VMM ended with no stop asked for. A clean exit of a guest that
-    /// ran is taken for the guest powering off (or rebooting, which ends a
-    /// VM): the VM is stopped, like a container whose process exited 0 —
-    /// unless the guest's kernel panicked (`panic=1` resets the guest, which
-    /// ends the VMM cleanly too) or QEMU was ended by a signal from outside.
-    /// Anything else is a failure.
+    /// The VMM ended with no stop asked for. A clean exit is taken for the
+    /// guest powering off (or rebooting, which ends a VM) only when the
+    /// guest's console ends with the kernel's own power-off or restart line:
+    /// the VM is stopped, like a container whose process exited 0. A panic
+    /// (`panic=1` resets the guest, which ends the VMM cleanly too), QEMU
+    /// ended by a signal from outside, or a reset without that line is a
+    /// failure, with the reason; so is any other exit.
     async fn exited(&self, reason: ExitReason) {
         let state = self.state();
         let unclean = reason
@@ -704,7 +725,7 @@ impl Owner {
                 // A VMM that still runs but cannot be taken over (it does not
                 // answer, or its backend is no longer installed) would run on
                 // unmanaged: it is ended with the VM.
-                for pid in crate::reaper::end_vmm(&workdir) {
+                for pid in crate::reaper::end_vmm_blocking(&workdir).await {
                     tracing::warn!(vm = %self.id, pid, "ended a VMM process that could not be adopted");
                 }
                 let failure = format!(
@@ -1356,6 +1377,7 @@ mod tests {
         // Only the end is read: an early panic line in a long log is gone.
         let mut long = "Kernel panic - not syncing: early\n".to_owned();
         long.push_str(&"x".repeat(END_TAIL_BYTES as usize));
+        long.push_str("\nreboot: Power down\n");
         std::fs::write(&console, &long).unwrap();
         assert_eq!(unclean_end(&console, dir.path()), None);
         std::fs::write(
@@ -1368,7 +1390,11 @@ mod tests {
             cause.contains("panicked") && cause.contains("kill init"),
             "{cause}"
         );
-        std::fs::write(&console, "fine\n").unwrap();
+        // No panic, but no power-off either: a reset nobody asked for.
+        std::fs::write(&console, "Run /init as init process\n").unwrap();
+        let cause = unclean_end(&console, dir.path()).unwrap();
+        assert!(cause.contains("without powering off"), "{cause}");
+        std::fs::write(&console, "fine\nreboot: Power down\n").unwrap();
         std::fs::write(
             dir.path().join(tfc_qemu::command::QEMU_STDERR),
             "qemu-system-x86_64: terminating on signal 15 from pid 42 (sh)\n",
@@ -1376,11 +1402,8 @@ mod tests {
         .unwrap();
         let cause = unclean_end(&console, dir.path()).unwrap();
         assert!(cause.contains("signal 15"), "{cause}");
-        // Missing files say nothing.
-        assert_eq!(
-            unclean_end(&dir.path().join("none"), &dir.path().join("none")),
-            None
-        );
+        // A console that cannot be read shows no power-off either.
+        assert!(unclean_end(&dir.path().join("none"), &dir.path().join("none")).is_some());
     }
 
     #[test]

@@ -337,6 +337,29 @@ async fn an_agent_that_never_answers_fails_the_boot_at_the_deadline() {
 }
 
 #[tokio::test]
+async fn extra_boot_args_cannot_replace_the_agent_as_init() {
+    let h = harness();
+    for extra in ["init=/bin/sh", "quiet tfc.agent_port=2000"] {
+        let body = json!({"vm_type": "default", "extra_boot_args": extra});
+        let refused = h.send(Method::POST, "/v1/vms", Some(body)).await;
+        assert_error(&refused, StatusCode::BAD_REQUEST, "invalid_request");
+        let message = refused.1["message"].as_str().unwrap();
+        assert!(message.contains("agent = \"off\""), "{message}");
+    }
+    // Without the agent, another init is the caller's choice.
+    let body = json!({"vm_type": "plain", "extra_boot_args": "init=/bin/sh", "wait": true});
+    let (status, vm) = h.send(Method::POST, "/v1/vms", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{vm}");
+    assert!(
+        vm["spec"]["boot_args"]
+            .as_str()
+            .unwrap()
+            .ends_with("init=/bin/sh"),
+        "{vm}"
+    );
+}
+
+#[tokio::test]
 async fn exec_reports_output_exit_codes_and_signals() {
     let h = harness();
     let id = h.ready().await;
@@ -456,6 +479,26 @@ async fn a_timeout_kills_the_command() {
 }
 
 #[tokio::test]
+async fn a_timeout_ends_an_exec_whose_background_child_holds_its_output() {
+    let h = harness();
+    let id = h.ready().await;
+    // The shell exits at once; the sleep it leaves behind keeps stdout open.
+    let run = h
+        .exec(
+            &id,
+            json!({"argv": ["sh", "-c", "sleep 300 & echo $!"], "timeout_ms": 500}),
+        )
+        .await
+        .unwrap();
+    let exit = run.last();
+    assert_eq!(exit["event"], "exit", "{exit}");
+    assert_eq!(exit["timed_out"], true, "{exit}");
+    assert_eq!(exit["code"], 0, "the shell itself exited: {exit}");
+    let child: u64 = run.stdout().trim().parse().unwrap();
+    until_gone(child).await;
+}
+
+#[tokio::test]
 async fn a_client_that_goes_away_kills_the_command() {
     let h = harness();
     let id = h.ready().await;
@@ -477,6 +520,61 @@ async fn a_client_that_goes_away_kills_the_command() {
     until_gone(pid).await;
     // The VM and its connection serve the next command.
     assert_eq!(h.sh(&id, "echo again").await.stdout(), "again\n");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_does_not_stall_the_vms_other_calls() {
+    let h = harness();
+    let id = h.ready().await;
+    // Far more output than a call may leave unread on the shared connection.
+    let response = h
+        .exec_response(
+            &id,
+            json!({"argv": ["sh", "-c", "echo $$; exec cat /dev/zero"]}),
+        )
+        .await;
+    let mut body = response.into_body();
+    let mut seen = Vec::new();
+    while !ndjson_prefix(&seen).iter().any(|e| e["event"] == "stdout") {
+        let frame = within(body.frame()).await.unwrap().unwrap();
+        seen.extend_from_slice(&frame.into_data().unwrap());
+    }
+    let first = ndjson_prefix(&seen)
+        .into_iter()
+        .find(|e| e["event"] == "stdout")
+        .unwrap();
+    let pid: u64 = String::from_utf8(BASE64.decode(first["data"].as_str().unwrap()).unwrap())
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The body is left unread: other calls on the VM still get through...
+    assert_eq!(
+        within(h.sh(&id, "echo meanwhile")).await.stdout(),
+        "meanwhile\n"
+    );
+    let file = h.guest_path("meanwhile");
+    std::fs::write(&file, b"still served").unwrap();
+    let (status, _, contents) = within(h.get(&id, &query_path(&file))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(contents, b"still served");
+    // ...the slow call alone was ended, and its command killed in the guest.
+    until_gone(pid).await;
+    let rest = within(body.collect()).await.unwrap().to_bytes();
+    seen.extend_from_slice(&rest);
+    let events = ndjson(&seen);
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "error", "{last}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("read too slowly"),
+        "{last}"
+    );
+    assert_eq!(h.connections(&id), 1, "the connection itself went on");
 }
 
 #[tokio::test]
@@ -505,6 +603,14 @@ async fn exec_refusals_say_why_and_what_to_do() {
     );
     let missing = refused(json!({"argv": ["/nonexistent/program"]})).await;
     assert_error(&missing, StatusCode::NOT_FOUND, "not_found");
+    let no_cwd = refused(json!({"argv": ["true"], "cwd": "/nonexistent/dir"})).await;
+    assert_error(&no_cwd, StatusCode::NOT_FOUND, "not_found");
+    let message = no_cwd.1["message"].as_str().unwrap();
+    assert!(
+        message.contains("working directory /nonexistent/dir does not exist")
+            && !message.contains("cannot start"),
+        "{message}"
+    );
     let unknown = h
         .exec("vm-000000000000", json!({"argv": ["true"]}))
         .await
@@ -574,6 +680,39 @@ async fn pausing_the_vm_ends_a_running_exec() {
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     until_gone(pid).await;
+}
+
+/// The pid of the `tfc-agent` process serving the fake VM in `workdir`.
+fn fake_agent_pid(workdir: &str) -> i32 {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.contains("tfc-agent") && cmdline.contains(workdir)
+        })
+        .expect("the fake VM's agent runs")
+}
+
+#[tokio::test]
+async fn pausing_the_vm_while_an_exec_starts_refuses_it_at_once() {
+    let h = harness();
+    let vm = h.create("default").await;
+    let id = vm["id"].as_str().unwrap();
+    // Held so that the exec is still starting when the pause comes.
+    let agent = fake_agent_pid(vm["workdir"].as_str().unwrap());
+    // SAFETY: kill has no memory effects; `agent` is this test's process.
+    assert_eq!(unsafe { libc::kill(agent, libc::SIGSTOP) }, 0);
+    let (refused, _) = tokio::join!(within(h.exec(id, json!({"argv": ["true"]}))), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        h.op(id, "pause").await
+    });
+    let refused = refused.unwrap_err();
+    assert_error(&refused, StatusCode::CONFLICT, "invalid_state");
+    h.op(id, "resume").await;
+    assert_eq!(h.sh(id, "echo resumed").await.stdout(), "resumed\n");
 }
 
 #[tokio::test]
@@ -689,6 +828,23 @@ async fn file_errors_have_their_own_codes() {
         short.1
     );
     assert!(!Path::new(&short_path).exists());
+    // A FIFO would block the reader until a writer came: refused at once.
+    let fifo = h.guest_path("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (status, _, body) = within(h.get(&id, &query_path(&fifo))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not a regular file"),
+        "{body}"
+    );
     assert_eq!(h.connections(&id), 1, "refusals kept the connection");
 }
 

@@ -572,3 +572,74 @@ async fn qemu_tcg_guest_uses_its_network_from_inside() {
     assert!(qemu_processes_under(d.dir.path()).is_empty());
     assert_eq!(t.inventory(), before);
 }
+
+/// Ends `vm` with `end` and waits for its record to settle: it must be
+/// `failed`, its failure naming `cause`, and nothing of it left running.
+async fn ends_failed(
+    d: &Daemon,
+    vm: &Value,
+    cause: &str,
+    end: impl std::future::Future<Output = ()>,
+) {
+    let id = vm["id"].as_str().unwrap();
+    let workdir = PathBuf::from(vm["workdir"].as_str().unwrap());
+    let processes = qemu_processes_under(&workdir);
+    let (_, ended) = tokio::join!(end, async {
+        d.wait_for(id, |vm| {
+            matches!(vm["state"].as_str(), Some("stopped" | "failed"))
+        })
+        .await
+    });
+    eprintln!(
+        "ended: state {}, failure {}",
+        ended["state"], ended["failure"]
+    );
+    assert_eq!(ended["state"], "failed", "{ended}");
+    assert_eq!(
+        ended["exit"]["code"], 0,
+        "the VMM itself exited cleanly: {ended}"
+    );
+    let failure = ended["failure"].as_str().unwrap_or_default();
+    assert!(failure.contains(cause), "{ended}");
+    for pid in processes {
+        assert!(!alive(pid), "process {pid} outlived the VM");
+    }
+    let (status, _) = d.send(Method::DELETE, &format!("/v1/vms/{id}"), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "qemu-tcg lane: needs qemu-system-x86_64, vhost-device-vsock and built assets; run by the project's test command"]
+async fn qemu_tcg_guest_panic_and_outside_signal_are_failures_not_power_offs() {
+    let Some(manifest) = common::tier1::qemu_lane(
+        "qemu_tcg_guest_panic_and_outside_signal_are_failures_not_power_offs",
+    ) else {
+        return;
+    };
+    let d = daemon(&manifest, "");
+
+    // A kernel panic: `panic=1` resets the guest and QEMU exits with 0.
+    // The guest panics on its own out-of-memory, so no debug interface is
+    // needed to make it.
+    let vm = ready_vm(&d, json!({"backend": "qemu-tcg", "wait": true})).await;
+    let id = vm["id"].as_str().unwrap().to_owned();
+    let oom = "echo 1 > /proc/sys/vm/panic_on_oom && tail /dev/zero";
+    ends_failed(&d, &vm, "the guest kernel panicked", async {
+        // Ends with an error event once the guest is gone.
+        let _ = d.exec(&id, json!({"argv": ["sh", "-c", oom]})).await;
+    })
+    .await;
+
+    // QEMU ended by SIGTERM from outside also exits with 0.
+    let vm = ready_vm(&d, json!({"backend": "qemu-tcg", "wait": true})).await;
+    let pid = vm["pid"].as_u64().unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert!(comm.starts_with("qemu"), "the VM's pid {pid} is {comm}");
+    ends_failed(&d, &vm, "ended from outside", async {
+        // SAFETY: kill has no memory effects; `pid` is this test's QEMU.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    })
+    .await;
+    assert!(qemu_processes_under(d.dir.path()).is_empty());
+    assert_eq!(vm_dirs_left(d.dir.path()), 0, "VM directories left behind");
+}
