@@ -197,17 +197,21 @@ pub async fn run(
     guard.armed = false;
     let status = status.map_err(ExecError::Wait)?;
     feeder.abort();
-    let [mut stdout_pump, mut stderr_pump] = pumps;
-    let drained = async {
-        let _ = (&mut stdout_pump).await;
-        let _ = (&mut stderr_pump).await;
-    };
+    // Each pump leaves the list as soon as it has finished (in the same
+    // poll), so a drain cut short by a timeout never polls a finished
+    // pump's handle again.
+    let mut pending: Vec<(tokio::task::JoinHandle<()>, DataKind)> = pumps
+        .into_iter()
+        .zip([DataKind::Stdout, DataKind::Stderr])
+        .collect();
     let drained = match deadline {
         None => {
-            drained.await;
+            drain(&mut pending).await;
             true
         }
-        Some(deadline) => tokio::time::timeout_at(deadline, drained).await.is_ok(),
+        Some(deadline) => tokio::time::timeout_at(deadline, drain(&mut pending))
+            .await
+            .is_ok(),
     };
     if !drained {
         timed_out = true;
@@ -219,22 +223,13 @@ pub async fn run(
         // Killed, the group's members close the pipes at once; a process
         // that left the group (setsid) keeps them, so the output is cut off
         // after a short wait rather than waited for.
-        let rest = async {
-            let _ = (&mut stdout_pump).await;
-            let _ = (&mut stderr_pump).await;
-        };
-        if tokio::time::timeout(ESCAPED_OUTPUT_WAIT, rest)
+        if tokio::time::timeout(ESCAPED_OUTPUT_WAIT, drain(&mut pending))
             .await
             .is_err()
         {
-            for (pump, kind) in [
-                (&stdout_pump, DataKind::Stdout),
-                (&stderr_pump, DataKind::Stderr),
-            ] {
-                if !pump.is_finished() {
-                    pump.abort();
-                    let _ = outbox.send(Frame::eof(id, kind)).await;
-                }
+            for (pump, kind) in pending {
+                pump.abort();
+                let _ = outbox.send(Frame::eof(id, kind)).await;
             }
         }
     }
@@ -246,6 +241,15 @@ pub async fn run(
 }
 
 /// Sends what `source` yields as data frames of `kind`, then an `eof`.
+/// Waits for the output pumps in order, removing each from `pending` as it
+/// finishes.
+async fn drain(pending: &mut Vec<(tokio::task::JoinHandle<()>, DataKind)>) {
+    while let Some((pump, _)) = pending.first_mut() {
+        let _ = pump.await;
+        pending.remove(0);
+    }
+}
+
 async fn pump(id: u64, kind: DataKind, mut source: impl AsyncRead + Unpin, outbox: Outbox) {
     let mut buf = vec![0u8; CHUNK];
     loop {

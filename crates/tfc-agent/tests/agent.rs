@@ -280,6 +280,39 @@ fn a_timeout_kills_the_process_group() {
 }
 
 #[test]
+fn a_timeout_with_one_stream_closed_and_the_other_held_ends_cleanly() {
+    // The shell exits at once, closing stdout; its background child holds
+    // stderr past the timeout. The drain that the timeout cuts short has
+    // finished stdout's pump already: the agent must not poll it again.
+    let agent = Agent::start();
+    let mut client = agent.connect();
+    let mut request = exec(&["sh", "-c", "sleep 30 >/dev/null & exit 0"]);
+    if let Request::Exec { timeout_ms, .. } = &mut request {
+        *timeout_ms = Some(300);
+    }
+    let out = client.run(1, request);
+    assert!(
+        matches!(
+            out.exit,
+            Some(Reply::Exit {
+                timed_out: true,
+                ..
+            })
+        ),
+        "{:?}",
+        out.exit
+    );
+    assert_eq!(out.eofs.len(), 2);
+    // The agent is still there and serves the same connection.
+    let out = client.run(2, exec(&["true"]));
+    assert!(
+        matches!(out.exit, Some(Reply::Exit { code: Some(0), .. })),
+        "{:?}",
+        out.exit
+    );
+}
+
+#[test]
 fn a_signal_reaches_a_running_exec() {
     let agent = Agent::start();
     let mut client = agent.connect();
