@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{absorb, exec, exited, expect_error, with_stdin, Client, ExecOutput};
+use common::{
+    absorb, exec, exited, expect_error, mounts_at_agent_targets, with_stdin, Client, ExecOutput,
+};
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -669,22 +671,6 @@ fn init_mode_is_refused_on_the_host() {
     assert!(stderr.contains("refusing init mode"), "{stderr}");
     assert!(!dir.path().join("agent.sock").exists());
     assert_eq!(mounts_at_agent_targets(), before, "nothing mounted");
-}
-
-/// The host's mountinfo lines for the places init mode mounts on (other
-/// tests on the machine may mount elsewhere meanwhile).
-fn mounts_at_agent_targets() -> Vec<String> {
-    let targets: Vec<&str> = tfc_agent::init::MOUNTS.iter().map(|m| m.target).collect();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|line| {
-            line.split(' ')
-                .nth(4)
-                .is_some_and(|point| targets.contains(&point))
-        })
-        .map(String::from)
-        .collect()
 }
 
 #[test]

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{exec, expect_error, Client};
+use common::{exec, expect_error, mounts_at_agent_targets, Client};
 use tfc_agent_proto::{ErrorCode, FrameBody, Reply, Request};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_tfc-agent");
@@ -230,21 +230,6 @@ impl Drop for NsAgent {
     }
 }
 
-/// The host's mountinfo lines at the places init mounts on.
-fn host_mounts_at_agent_targets() -> Vec<String> {
-    let targets: Vec<&str> = tfc_agent::init::MOUNTS.iter().map(|m| m.target).collect();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|line| {
-            line.split(' ')
-                .nth(4)
-                .is_some_and(|point| targets.contains(&point))
-        })
-        .map(String::from)
-        .collect()
-}
-
 fn host_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap()
 }
@@ -267,7 +252,7 @@ fn process_states(stats: &str) -> Vec<(u32, char, u32)> {
 }
 
 fn init_mounts_its_filesystems_in_its_namespace_only() {
-    let mounts_before = host_mounts_at_agent_targets();
+    let mounts_before = mounts_at_agent_targets();
     let hostname_before = host_hostname();
     let agent = NsAgent::start("tfc.hostname=tfc-init-test tfc.agent_port=5005");
 
@@ -291,7 +276,7 @@ fn init_mounts_its_filesystems_in_its_namespace_only() {
     assert!(links.contains("LOOPBACK,UP"), "lo is not up: {links}");
 
     // What the host sees has not changed.
-    assert_eq!(host_mounts_at_agent_targets(), mounts_before);
+    assert_eq!(mounts_at_agent_targets(), mounts_before);
     assert_eq!(host_hostname(), hostname_before);
 
     let log = agent.log();
@@ -310,7 +295,7 @@ fn init_mounts_its_filesystems_in_its_namespace_only() {
     );
     assert!(message.contains("--guest"), "{message}");
     drop(agent);
-    assert_eq!(host_mounts_at_agent_targets(), mounts_before);
+    assert_eq!(mounts_at_agent_targets(), mounts_before);
 }
 
 fn init_reaps_orphans_without_taking_exec_statuses() {
@@ -510,7 +495,7 @@ fn pid_namespace_of(pid: u32) -> Option<PathBuf> {
 }
 
 fn init_shutdown_ends_the_namespace() {
-    let mounts_before = host_mounts_at_agent_targets();
+    let mounts_before = mounts_at_agent_targets();
     let mut agent = NsAgent::start("");
     let (namespace, _) = agent.sh("readlink /proc/self/ns/pid");
     let namespace = PathBuf::from(namespace.trim());
@@ -557,7 +542,7 @@ fn init_shutdown_ends_the_namespace() {
         assert!(Instant::now() < deadline, "processes left: {left:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(host_mounts_at_agent_targets(), mounts_before);
+    assert_eq!(mounts_at_agent_targets(), mounts_before);
 }
 
 // ---------------------------------------------------------------------

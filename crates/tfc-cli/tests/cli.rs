@@ -712,8 +712,14 @@ fn orphans_are_ended_and_the_stop_policy_stops_everything() {
 }
 
 /// Firecracker processes started for this daemon's data directory (their API
-/// socket lives in it), found from /proc, by pid.
+/// socket lives in it), found from /proc, by pid, in order.
 fn firecrackers_of(data: &Path) -> Vec<u64> {
+    processes_named_under(data, |cmdline| cmdline.contains("firecracker"))
+}
+
+/// Live processes whose command line names a path under `data`'s VM
+/// directories and passes `wanted`, by pid, in order.
+fn processes_named_under(data: &Path, wanted: impl Fn(&str) -> bool) -> Vec<u64> {
     let needle = data.join("vms").display().to_string();
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("procfs").flatten() {
@@ -722,7 +728,7 @@ fn firecrackers_of(data: &Path) -> Vec<u64> {
         };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains("firecracker") && cmdline.contains(&needle) && process_alive(pid) {
+        if wanted(&cmdline) && cmdline.contains(&needle) && process_alive(pid) {
             pids.push(pid);
         }
     }
@@ -1899,19 +1905,7 @@ fn tfc_cp_copies_both_ways_and_keeps_the_mode_on_upload() {
 /// Live processes whose command line names a path under `data`'s VM
 /// directories (a VM's VMM and its helpers, whatever the backend).
 fn processes_under(data: &Path) -> Vec<u64> {
-    let needle = data.join("vms").display().to_string();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("procfs").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u64>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&needle) && process_alive(pid) {
-            pids.push(pid);
-        }
-    }
-    pids
+    processes_named_under(data, |_| true)
 }
 
 /// The qemu-tcg lane from the command line, as a user on a host without

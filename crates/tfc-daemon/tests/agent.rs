@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::Exec;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -81,42 +83,6 @@ fn harness_with(agent: FakeAgent, boot_timeout_secs: u64, pool: &str) -> Harness
 
 fn harness() -> Harness {
     harness_with(agent(), 20, "")
-}
-
-/// What an exec answered: its events, or the error answer.
-#[derive(Debug)]
-struct Exec {
-    events: Vec<Value>,
-}
-
-impl Exec {
-    fn stream(&self, name: &str) -> Vec<u8> {
-        self.events
-            .iter()
-            .filter(|e| e["event"] == name)
-            .flat_map(|e| BASE64.decode(e["data"].as_str().unwrap()).unwrap())
-            .collect()
-    }
-
-    fn stdout(&self) -> String {
-        String::from_utf8(self.stream("stdout")).unwrap()
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8(self.stream("stderr")).unwrap()
-    }
-
-    /// The final event, checked to be the only final one and the last.
-    fn last(&self) -> &Value {
-        let finals: Vec<&Value> = self
-            .events
-            .iter()
-            .filter(|e| e["event"] == "exit" || e["event"] == "error")
-            .collect();
-        assert_eq!(finals.len(), 1, "one final event: {:?}", self.events);
-        assert_eq!(self.events.last(), Some(finals[0]), "{:?}", self.events);
-        finals[0]
-    }
 }
 
 fn ndjson(bytes: &[u8]) -> Vec<Value> {

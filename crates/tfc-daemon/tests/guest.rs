@@ -32,6 +32,7 @@ use tfc_daemon::manager::VmManager;
 use tfc_store::AnyStore;
 
 use common::tier1::{alive, firecrackers_under, qemu_processes_under};
+use common::Exec;
 
 struct Daemon {
     app: axum::Router,
@@ -70,36 +71,6 @@ fn daemon_and_manager(manifest: &tfc_host::assets::Manifest, extra: &str) -> (Da
         dir,
     };
     (daemon, manager)
-}
-
-/// One exec's events, in order.
-struct Exec {
-    events: Vec<Value>,
-}
-
-impl Exec {
-    fn stream(&self, name: &str) -> Vec<u8> {
-        use base64::Engine;
-        self.events
-            .iter()
-            .filter(|e| e["event"] == name)
-            .flat_map(|e| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(e["data"].as_str().unwrap())
-                    .unwrap()
-            })
-            .collect()
-    }
-
-    fn stdout(&self) -> String {
-        String::from_utf8(self.stream("stdout")).unwrap()
-    }
-
-    fn exit(&self) -> &Value {
-        let last = self.events.last().expect("events");
-        assert_eq!(last["event"], "exit", "{:?}", self.events);
-        last
-    }
 }
 
 impl Daemon {

@@ -11,6 +11,23 @@ use tfc_agent_proto::{
     DataKind, ErrorCode, Frame, FrameBody, FrameReader, FrameWriter, Reply, Request,
 };
 
+/// This process's mountinfo lines for the places init mode mounts on
+/// (other tests on the machine may mount elsewhere meanwhile): what a test
+/// compares before and after, to see that nothing was mounted on the host.
+pub fn mounts_at_agent_targets() -> Vec<String> {
+    let targets: Vec<&str> = tfc_agent::init::MOUNTS.iter().map(|m| m.target).collect();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|line| {
+            line.split(' ')
+                .nth(4)
+                .is_some_and(|point| targets.contains(&point))
+        })
+        .map(String::from)
+        .collect()
+}
+
 /// The PATH exec'd commands get.
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 

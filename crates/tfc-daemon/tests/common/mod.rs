@@ -90,3 +90,55 @@ pub fn agent_binary() -> std::path::PathBuf {
         })
         .clone()
 }
+
+/// One exec's answer through `POST /v1/vms/{id}/exec`: its NDJSON events,
+/// in order.
+#[allow(dead_code)]
+#[derive(Debug)]
+pub struct Exec {
+    pub events: Vec<Value>,
+}
+
+#[allow(dead_code)]
+impl Exec {
+    /// The bytes of one stream (`stdout`, `stderr`), decoded, in order.
+    pub fn stream(&self, name: &str) -> Vec<u8> {
+        use base64::Engine;
+        self.events
+            .iter()
+            .filter(|e| e["event"] == name)
+            .flat_map(|e| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(e["data"].as_str().unwrap())
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8(self.stream("stdout")).unwrap()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8(self.stream("stderr")).unwrap()
+    }
+
+    /// The final event, checked to be the only final one and the last.
+    pub fn last(&self) -> &Value {
+        let finals: Vec<&Value> = self
+            .events
+            .iter()
+            .filter(|e| e["event"] == "exit" || e["event"] == "error")
+            .collect();
+        assert_eq!(finals.len(), 1, "one final event: {:?}", self.events);
+        assert_eq!(self.events.last(), Some(finals[0]), "{:?}", self.events);
+        finals[0]
+    }
+
+    /// The final event, checked to be an `exit`.
+    pub fn exit(&self) -> &Value {
+        let last = self.last();
+        assert_eq!(last["event"], "exit", "{:?}", self.events);
+        last
+    }
+}
