@@ -714,3 +714,70 @@ pub struct GuestFile {
     /// Permission bits, e.g. 420 (0644).
     pub mode: u32,
 }
+
+/// A performance target of a VM type that the daemon watches.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertTarget {
+    /// 99th percentile of request-to-ready times of VMs started for callers, ms.
+    BootP99Ms,
+    /// 99th percentile of served pool acquires, ms.
+    AcquireP99Ms,
+    /// Share of acquires served by a waiting VM (running or hot tier).
+    PoolHitRate,
+    /// Share of acquires served at all (not answered 503).
+    AllocationSuccessRate,
+}
+
+impl AlertTarget {
+    pub const ALL: [AlertTarget; 4] = [
+        AlertTarget::BootP99Ms,
+        AlertTarget::AcquireP99Ms,
+        AlertTarget::PoolHitRate,
+        AlertTarget::AllocationSuccessRate,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertTarget::BootP99Ms => "boot_p99_ms",
+            AlertTarget::AcquireP99Ms => "acquire_p99_ms",
+            AlertTarget::PoolHitRate => "pool_hit_rate",
+            AlertTarget::AllocationSuccessRate => "allocation_success_rate",
+        }
+    }
+
+    /// Latency targets are met at or below the threshold; rates at or above.
+    pub fn lower_is_better(self) -> bool {
+        matches!(self, AlertTarget::BootP99Ms | AlertTarget::AcquireP99Ms)
+    }
+}
+
+/// A missed target: raised when the figure over the window misses it,
+/// cleared once it is met again with a margin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Alert {
+    pub vm_type: String,
+    pub target: AlertTarget,
+    /// The configured target.
+    pub threshold: f64,
+    /// The figure over the window when the alert was raised, then at each
+    /// evaluation while it is active, then when it cleared.
+    pub value: f64,
+    /// Samples behind `value`.
+    pub samples: u64,
+    pub raised_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleared_at_ms: Option<u64>,
+    pub message: String,
+}
+
+/// Body of `GET /v1/alerts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AlertList {
+    /// Alerts raised and not cleared, by VM type and target.
+    pub active: Vec<Alert>,
+    /// Cleared alerts, newest first (at most 100).
+    pub recent: Vec<Alert>,
+}

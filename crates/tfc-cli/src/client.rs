@@ -277,6 +277,17 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/alerts`.
+    pub async fn alerts(&self) -> Result<Answer<tfc_api::AlertList>, ClientError> {
+        self.call(
+            Method::GET,
+            "/v1/alerts".to_owned(),
+            None,
+            Some(REQUEST_LIMIT),
+        )
+        .await
+    }
+
     /// `GET /v1/pools`.
     pub async fn list_pools(&self) -> Result<Answer<PoolList>, ClientError> {
         self.call(

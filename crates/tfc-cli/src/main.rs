@@ -9,6 +9,7 @@
 //! - [`template`]: `tfc template ...`, VM types' golden snapshots and start times.
 //! - [`pool`]: `tfc pool ...`, VM types' pools of prewarmed VMs.
 //! - [`guest`]: `tfc exec` and `tfc cp`, commands and files in a VM's guest.
+//! - [`top`]: `tfc top`, a live view for operators, and `tfc alerts`.
 //! - [`output`]: `--json` or a human view, for every command that asks the daemon.
 //! - [`view`]: human views of VMs, snapshots, templates and pools.
 //! - [`table`]: column-aligned text.
@@ -37,6 +38,7 @@ mod serve;
 mod snapshot;
 mod table;
 mod template;
+mod top;
 mod view;
 mod vm;
 
@@ -67,6 +69,10 @@ struct Cli {
     /// for serve and `warn` otherwise]
     #[arg(long, global = true, value_name = "FILTER", help_heading = GLOBAL)]
     log_level: Option<String>,
+    /// Log format: `text` for people, `json` (one object per line, with the
+    /// request's and VM's span fields) for log collectors
+    #[arg(long, global = true, value_enum, env = "TFC_LOG_FORMAT", default_value = "text", help_heading = GLOBAL)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -90,6 +96,11 @@ enum Command {
     /// Show the daemon's VM networking: address pool, leases (needs `tfc serve`).
     #[command(subcommand)]
     Net(net::NetCmd),
+    /// A live view of the daemon: VMs, pools, alerts, start times (needs `tfc serve`).
+    Top(top::TopArgs),
+    /// Show missed performance targets: active alerts and those cleared lately
+    /// (needs `tfc serve`).
+    Alerts(top::AlertsArgs),
     /// Run a command in a VM's guest through its agent, streaming its output;
     /// exits with the command's code (128+N for signal N, 124 for --timeout,
     /// 255 when tfc could not run it). Needs `tfc serve`.
@@ -115,6 +126,13 @@ enum Command {
     },
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
@@ -130,7 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(_) => "info",
         _ => "warn",
     };
-    init_logging(cli.log_level.as_deref(), default_level)?;
+    init_logging(cli.log_level.as_deref(), default_level, cli.log_format)?;
     let data_dir = cli
         .data_dir
         .clone()
@@ -168,6 +186,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Net(cmd) => {
             let (runtime, client) = daemon_client(cli.socket)?;
             runtime.block_on(net::run(cmd, &client, &mut stdout))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Top(args) => {
+            let (runtime, client) = daemon_client(cli.socket)?;
+            runtime.block_on(top::run(args, &client, &mut stdout))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Alerts(args) => {
+            let (runtime, client) = daemon_client(cli.socket)?;
+            runtime.block_on(top::alerts(args, &client, &mut stdout))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Exec(args) => {
@@ -231,7 +259,7 @@ fn daemon_client(
 }
 
 /// Logs go to stderr, filtered by `--log-level`, else `RUST_LOG`, else `default`.
-fn init_logging(flag: Option<&str>, default: &str) -> anyhow::Result<()> {
+fn init_logging(flag: Option<&str>, default: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = match (flag, std::env::var("RUST_LOG")) {
         (Some(flag), _) => {
             EnvFilter::try_new(flag).with_context(|| format!("invalid --log-level {flag:?}"))?
@@ -241,11 +269,17 @@ fn init_logging(flag: Option<&str>, default: &str) -> anyhow::Result<()> {
         }
         (None, _) => EnvFilter::new(default),
     };
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => log
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
     Ok(())
 }
 

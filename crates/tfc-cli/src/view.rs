@@ -7,6 +7,7 @@
 //! The views are pure: "now" is a parameter (Unix milliseconds), so the same
 //! record always renders the same text.
 
+pub mod alerts;
 pub mod net;
 pub mod pool;
 pub mod snapshot;
@@ -289,7 +290,7 @@ fn moment(unix_ms: u64, now_ms: u64) -> String {
 }
 
 /// A Unix time in milliseconds as a UTC date and time, to the second.
-fn utc(unix_ms: u64) -> String {
+pub fn utc(unix_ms: u64) -> String {
     let secs = unix_ms / 1000;
     let (days, of_day) = (secs / 86_400, secs % 86_400);
     let (hour, minute, second) = (of_day / 3600, of_day % 3600 / 60, of_day % 60);

@@ -2075,3 +2075,108 @@ fn network_a_daemon_killed_while_setting_up_a_network_leaves_nothing() {
     );
     assert_eq!(t.inventory(), before);
 }
+
+#[test]
+fn top_and_alerts_show_pools_vms_and_a_missed_target() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kernel = dir.path().join("vmlinux");
+    let rootfs = dir.path().join("rootfs.ext4");
+    std::fs::write(&kernel, b"kernel").expect("kernel written");
+    std::fs::write(&rootfs, b"rootfs").expect("rootfs written");
+    // A 1 µs acquire target no hand-over can meet, checked every second.
+    let config = format!(
+        "{FAKE_CONFIG}\
+         [alerts]\ninterval_secs = 1\nmin_samples = 1\n\
+         [vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = \"console=ttyS0\"\n\
+         [vm_types.default.pool]\ntarget = 1\n\
+         [vm_types.default.targets]\nacquire_p99_ms = 0.001\n",
+        kernel.display().to_string(),
+        rootfs.display().to_string()
+    );
+    let daemon = Daemon::start_in(dir, &config);
+    daemon.await_hot("default", 1);
+    assert_eq!(
+        daemon.must(&["alerts"]),
+        "no active alerts: every target is met\n"
+    );
+    let acquired = daemon.must_json(&["pool", "acquire", "default", "--json"]);
+    let id = acquired["vm"]["id"].as_str().expect("id").to_owned();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let alerts = loop {
+        let alerts = daemon.must_json(&["alerts", "--json"]);
+        if alerts["active"].as_array().is_some_and(|a| !a.is_empty()) {
+            break alerts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no alert raised: {alerts:#}\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(alerts["active"][0]["target"], "acquire_p99_ms");
+    let table = daemon.must(&["alerts"]);
+    assert!(table.starts_with("TYPE"), "{table}");
+    assert!(
+        table.contains("acquire_p99_ms") && table.contains("0.00 ms"),
+        "{table}"
+    );
+    assert!(daemon.log().contains("alert raised"), "{}", daemon.log());
+
+    let top = daemon.must(&["top", "--once"]);
+    let first = top.lines().next().expect("header line");
+    assert!(first.starts_with("tfc top"), "{top}");
+    assert!(first.contains("1 active alert"), "{top}");
+    assert!(
+        top.contains("\nPOOLS\n") && top.contains("\nALERTS\n"),
+        "{top}"
+    );
+    assert!(top.contains(&id), "the acquired VM is listed: {top}");
+    // Nothing but the view: no screen control codes when not on a terminal.
+    assert!(!top.contains('\x1b'), "{top:?}");
+    let refused = daemon.tfc(&["top", "--interval", "0"]);
+    assert!(!refused.status.success());
+    assert!(
+        refused.stderr.contains("between 0.1 and 3600"),
+        "{}",
+        refused.stderr
+    );
+}
+
+#[test]
+fn json_logs_carry_the_request_and_vm_of_each_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("tfc.toml"), FAKE_CONFIG).expect("config written");
+    let socket = dir.path().join("tfc.sock");
+    let child = Daemon::spawn_with_env(
+        dir.path(),
+        &socket,
+        &[("TFC_LOG_FORMAT", "json"), ("RUST_LOG", "tfc_daemon=debug")],
+    );
+    let mut daemon = Daemon { child, dir, socket };
+    daemon.wait_until_listening();
+    let out = daemon.must(&["vm", "create", "--wait"]);
+    let id = out.lines().next().expect("id line");
+    daemon.must(&["vm", "show", id]);
+    let log = daemon.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    // The answer to `GET /v1/vms/{id}` is logged inside its request's span,
+    // which names the route's template and the VM.
+    let answered = lines
+        .iter()
+        .find(|l| {
+            l["fields"]["message"] == "answered"
+                && l["span"]["route"] == "/v1/vms/{id}"
+                && l["span"]["vm"] == id
+        })
+        .unwrap_or_else(|| panic!("no answer logged for GET /v1/vms/{id}:\n{log}"));
+    assert_eq!(answered["span"]["method"], "GET");
+    assert_eq!(answered["fields"]["status"], 200);
+    assert!(lines
+        .iter()
+        .any(|l| l["fields"]["message"] == "tfc daemon listening"));
+}

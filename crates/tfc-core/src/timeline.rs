@@ -24,6 +24,21 @@ pub enum BootPhase {
     Ready,
 }
 
+impl BootPhase {
+    /// The phase's name as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootPhase::Spawned => "spawned",
+            BootPhase::ApiReady => "api_ready",
+            BootPhase::Configured => "configured",
+            BootPhase::InstanceStarted => "instance_started",
+            BootPhase::SnapshotLoaded => "snapshot_loaded",
+            BootPhase::AgentReady => "agent_ready",
+            BootPhase::Ready => "ready",
+        }
+    }
+}
+
 /// One phase and when it was reached, in microseconds since the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -50,5 +65,27 @@ impl BootTimeline {
     /// Time from the request to the last recorded phase.
     pub fn total_us(&self) -> Option<u64> {
         self.0.last().map(|m| m.at_us)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_names_are_the_api_spelling() {
+        use BootPhase::*;
+        for phase in [
+            Spawned,
+            ApiReady,
+            Configured,
+            InstanceStarted,
+            SnapshotLoaded,
+            AgentReady,
+            Ready,
+        ] {
+            let json = serde_json::to_string(&phase).unwrap();
+            assert_eq!(json, format!("\"{}\"", phase.as_str()));
+        }
     }
 }

@@ -272,7 +272,9 @@ impl From<JsonRejection> for ApiError {
         put_file,
         get_file,
         network_status,
-        set_rate_limits
+        set_rate_limits,
+        list_alerts,
+        metrics
     ),
     components(schemas(
         CreateVmRequest,
@@ -301,7 +303,10 @@ impl From<JsonRejection> for ApiError {
         tfc_api::NetworkStatus,
         tfc_api::NetworkLease,
         tfc_core::limits::RateLimits,
-        tfc_core::limits::IoLimit
+        tfc_core::limits::IoLimit,
+        tfc_api::Alert,
+        tfc_api::AlertList,
+        tfc_api::AlertTarget
     ))
 )]
 struct ApiDoc;
@@ -317,6 +322,8 @@ pub fn openapi_json() -> String {
 pub fn router(manager: VmManager) -> Router {
     Router::new()
         .route("/healthz", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/alerts", get(list_alerts))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/vms", post(create_vm).get(list_vms))
         .route("/v1/vms/{id}", get(get_vm).delete(delete_vm))
@@ -351,7 +358,55 @@ pub fn router(manager: VmManager) -> Router {
         )
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            manager.clone(),
+            observe_request,
+        ))
         .with_state(manager)
+}
+
+/// Every request runs in a span (method, route, and the VM id when the path
+/// names one), is logged when answered, and is counted in the metrics by
+/// its route's template, so ids do not multiply the series.
+async fn observe_request(
+    State(manager): State<VmManager>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let vm = route
+        .starts_with("/v1/vms/{id}")
+        .then(|| request.uri().path().split('/').nth(3).map(str::to_owned))
+        .flatten();
+    let span = tracing::info_span!("request", %method, route = %route, vm = vm.as_deref());
+    let response = next.run(request).instrument(span.clone()).await;
+    let took = started.elapsed();
+    let status = response.status();
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::warn!(
+                status = status.as_u16(),
+                ms = took.as_secs_f64() * 1000.0,
+                "answered"
+            );
+        } else {
+            tracing::debug!(
+                status = status.as_u16(),
+                ms = took.as_secs_f64() * 1000.0,
+                "answered"
+            );
+        }
+    });
+    manager
+        .metrics()
+        .request(method.as_str(), &route, status.as_u16(), took);
+    response
 }
 
 async fn not_found() -> ApiError {
@@ -367,6 +422,37 @@ async fn openapi() -> Response {
         openapi_json(),
     )
         .into_response()
+}
+
+/// Prometheus metrics, in the text exposition format (docs/observability.md
+/// lists the families).
+#[utoipa::path(get, path = "/metrics", responses(
+    (status = 200, content_type = "text/plain; version=0.0.4", body = String)
+))]
+async fn metrics(State(manager): State<VmManager>) -> Result<Response, ApiError> {
+    let text = tokio::task::spawn_blocking(move || crate::metrics::render(&manager))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("rendering the metrics failed: {e}"),
+            )
+        })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// Alerts: targets of VM types missed over the monitor's window (active),
+/// and those cleared lately.
+#[utoipa::path(get, path = "/v1/alerts", responses((status = 200, body = tfc_api::AlertList)))]
+async fn list_alerts(State(manager): State<VmManager>) -> Json<tfc_api::AlertList> {
+    Json(manager.monitor().list())
 }
 
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]

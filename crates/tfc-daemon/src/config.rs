@@ -54,6 +54,9 @@ pub struct Config {
     pub agent: AgentConfig,
     #[serde(default)]
     pub network: NetworkConfig,
+    /// Performance targets' checking ([`crate::alerts`]).
+    #[serde(default)]
+    pub alerts: crate::alerts::AlertsConfig,
     #[serde(default = "default_vm_types")]
     pub vm_types: BTreeMap<String, VmTypeConfig>,
 }
@@ -325,6 +328,9 @@ pub struct VmTypeConfig {
     /// I/O limits of the type's VMs (none: unlimited).
     #[serde(default)]
     pub rate_limits: RateLimits,
+    /// Performance targets; a missed one raises an alert.
+    #[serde(default)]
+    pub targets: crate::alerts::Targets,
 }
 
 /// A VM type's pool: how many VMs wait in each tier, which tiers may serve an
@@ -488,6 +494,7 @@ fn default_vm_types() -> BTreeMap<String, VmTypeConfig> {
             pool: PoolConfig::default(),
             network: NetMode::None,
             rate_limits: RateLimits::default(),
+            targets: crate::alerts::Targets::default(),
         },
     )])
 }
@@ -892,7 +899,11 @@ impl Config {
                 }
             }
         }
+        self.alerts.validate()?;
         for (name, vm_type) in &self.vm_types {
+            vm_type
+                .targets
+                .validate(&format!("vm_types.{name}.targets"))?;
             self.validate_type_network(name, vm_type)?;
             let key = format!("vm_types.{name}.rate_limits");
             vm_type

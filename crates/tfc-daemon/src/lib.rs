@@ -18,14 +18,20 @@
 //!   `tfc-net`: set up before a VM's VMM starts, torn down when it ends.
 //! - [`api`]: HTTP routes, OpenAPI document, error-to-status mapping.
 //! - [`reaper`]: start-up cleanup of what an earlier daemon left behind.
+//! - [`metrics`]: Prometheus metrics (`GET /metrics`), including each
+//!   Firecracker's own counters.
+//! - [`alerts`]: per VM type performance targets checked over a window;
+//!   missed ones raise alerts (`GET /v1/alerts`, log, metric, webhook).
 
 pub mod agent;
+pub mod alerts;
 pub mod api;
 pub mod backend;
 pub mod config;
 pub mod crash;
 pub mod guest;
 pub mod manager;
+pub mod metrics;
 pub mod network;
 pub mod pools;
 pub mod reaper;
@@ -331,6 +337,7 @@ pub async fn serve_until(
     let deadline = Duration::from_secs(manager.config().daemon.shutdown_deadline_secs);
     // Pools fill while the API serves (once: a caller may have started them).
     manager.start_pools();
+    manager.monitor().start();
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let shutdown = {
         let manager = manager.clone();

@@ -24,8 +24,10 @@ use tfc_core::{
 use tfc_store::{AnyStore, MemoryStore, Store};
 
 use crate::agent::{AgentAddress, LinkError, SessionEnd};
+use crate::alerts::Monitor;
 use crate::backend::{Backend, BackendError, RestoreRequest, VmBackend, VmMachine};
 use crate::config::{AgentMode, Config, Image, ShutdownPolicy};
+use crate::metrics::Metrics;
 use crate::network::{self, NetworkError, Networking};
 use crate::pools::{self, Pools};
 use crate::snapshots::{self, Catalog, CatalogError, HostFacts, NewSnapshot};
@@ -181,6 +183,8 @@ struct Inner {
     boot_slots: tokio::sync::Semaphore,
     /// Per-VM networking, once enabled ([`VmManager::enable_network`]).
     net: std::sync::OnceLock<Arc<Networking>>,
+    metrics: Metrics,
+    monitor: Arc<Monitor>,
 }
 
 /// The template builds of one VM type.
@@ -255,6 +259,16 @@ impl VmManager {
                     std::thread::available_parallelism().map_or(1, |n| n.get()),
                 ),
                 net: std::sync::OnceLock::new(),
+                metrics: Metrics::default(),
+                monitor: Arc::new(Monitor::new(
+                    config.alerts.clone(),
+                    config
+                        .vm_types
+                        .iter()
+                        .filter(|(_, t)| t.targets != crate::alerts::Targets::default())
+                        .map(|(name, t)| (name.clone(), t.targets))
+                        .collect(),
+                )),
                 config,
             }),
         }
@@ -268,6 +282,18 @@ impl VmManager {
             data_dir,
             AnyStore::Memory(MemoryStore::new()),
         )
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn monitor(&self) -> &Arc<Monitor> {
+        &self.inner.monitor
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
     }
 
     pub fn store(&self) -> &AnyStore {
@@ -692,6 +718,7 @@ impl VmManager {
             handle
         };
         self.watch_network(&handle);
+        self.watch_vm(&handle, true);
         if !request.wait {
             return Ok(handle.info());
         }
@@ -892,6 +919,7 @@ impl VmManager {
                 let handle =
                     vm::spawn_running(record.clone(), machine, self.inner.store.clone(), agent);
                 self.watch_network(&handle);
+                self.watch_vm(&handle, true);
                 table.vms.insert(id.clone(), handle);
                 None
             }
@@ -945,6 +973,7 @@ impl VmManager {
         let requested_at = Instant::now();
         // On its own task: a caller that goes away does not cut it short.
         let manager = self.clone();
+        let pool_type = vm_type.to_owned();
         let vm_type = vm_type.to_owned();
         let task =
             tokio::spawn(
@@ -952,12 +981,28 @@ impl VmManager {
             );
         // A VM handed out after its caller went away belongs to nobody.
         let manager = self.clone();
-        let (vm, tier, acquire_us) = claim(task, move |acquired| {
+        let acquired = claim(task, move |acquired| {
             if let Ok((vm, _, _)) = acquired {
                 manager.release_unclaimed(vm.id);
             }
         })
-        .await?;
+        .await;
+        let (vm, tier, acquire_us) = match acquired {
+            Ok(served) => served,
+            Err(err) => {
+                if matches!(err, ManagerError::PoolExhausted { .. }) {
+                    self.inner.monitor.unserved(&pool_type);
+                }
+                return Err(err);
+            }
+        };
+        self.inner
+            .metrics
+            .acquired(&pool_type, tier.as_str(), acquire_us);
+        let hit = matches!(tier, PoolTier::Running | PoolTier::Hot);
+        self.inner
+            .monitor
+            .acquired(&pool_type, acquire_us as f64 / 1000.0, hit);
         Ok(tfc_api::AcquireResponse {
             vm,
             tier,
@@ -1269,6 +1314,7 @@ impl VmManager {
         }
         // Before the row goes: a VM's network outlives nothing it names.
         self.detach_network(handle.id()).await;
+        self.inner.metrics.vm_ended(handle.id().as_str());
         let workdir = vms_dir(&self.inner.data_dir).join(handle.id().as_str());
         if let Err(err) = std::fs::remove_dir_all(&workdir) {
             if err.kind() != std::io::ErrorKind::NotFound {
@@ -1808,6 +1854,60 @@ impl VmManager {
         });
     }
 
+    /// Follows VM `handle` for the metrics: its start once it is ready (when
+    /// `fresh`: a re-adopted VM's start was counted by its first daemon),
+    /// its VMM's own counters while it lives.
+    fn watch_vm(&self, handle: &VmHandle, fresh: bool) {
+        let info = handle.info();
+        if info.state.is_terminal() {
+            return;
+        }
+        let id = info.id.clone();
+        if info.spec.vmm == tfc_core::Vmm::Firecracker {
+            self.inner.metrics.follow_firecracker(
+                &id,
+                info.spec.vm_type.as_str(),
+                &vms_dir(&self.inner.data_dir).join(&id),
+            );
+        }
+        let (manager, mut record) = (self.clone(), handle.subscribe());
+        tokio::spawn(async move {
+            if fresh {
+                let started = record
+                    .wait_for(|r| {
+                        r.timeline.at(BootPhase::Ready).is_some() || r.state.is_terminal()
+                    })
+                    .await
+                    .map(|r| r.clone());
+                if let Ok(info) = started {
+                    if info.timeline.at(BootPhase::Ready).is_some() {
+                        manager.record_start(&info);
+                    }
+                }
+            }
+            let _ = record.wait_for(|r| r.state.is_terminal()).await;
+            manager.inner.metrics.vm_ended(&id);
+        });
+    }
+
+    /// A VM reached Ready: its phases go to the metrics; a start for a
+    /// caller (not a pool's prewarm) to the monitor.
+    fn record_start(&self, info: &VmInfo) {
+        let vm_type = info.spec.vm_type.as_str();
+        self.inner.metrics.vm_started(crate::metrics::Start {
+            vm_type,
+            level: info.start.level.as_str(),
+            method: info.start.method.as_str(),
+            timeline: &info.timeline,
+        });
+        if let (Some(us), false) = (
+            info.timeline.at(BootPhase::Ready),
+            info.start.method == StartMethod::Pool,
+        ) {
+            self.inner.monitor.boot(vm_type, us as f64 / 1000.0);
+        }
+    }
+
     fn fill_network_slots(&self) {
         if let Some(net) = self.inner.net.get().cloned() {
             tokio::task::spawn_blocking(move || net.fill());
@@ -1896,6 +1996,7 @@ impl VmManager {
             if daemons_own {
                 abandoned_builds.push(row.id.to_string());
             }
+            self.watch_vm(&handle, false);
             self.inner
                 .vms
                 .write()

@@ -165,6 +165,26 @@ async fn a_pool_serves_fifty_cycles_and_leaves_nothing_behind() {
         assert!(!Path::new(vm["workdir"].as_str().unwrap()).exists());
     }
     eprintln!("tiers that served: {tiers:?}");
+    // Every VMM wrote its counters (the template's boot and each released
+    // clone flushed theirs when stopped); the daemon summed them.
+    let text = tfc_daemon::metrics::render(&d.manager);
+    let counter = |name: &str| -> f64 {
+        let series = format!("tfc_firecracker_{name}_total{{vm_type=\"default\"}} ");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&series))
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+        line[series.len()..].parse().unwrap()
+    };
+    for line in text.lines().filter(|l| l.starts_with("tfc_firecracker_")) {
+        eprintln!("{line}");
+    }
+    // The template's guest wrote its boot log to the serial port.
+    assert!(counter("vcpu_exit_io_out") > 0.0);
+    // Its kernel read its root filesystem.
+    assert!(counter("block_read_bytes") > 0.0);
+    // The running guests' virtio queues were notified (vsock probes).
+    assert!(counter("vcpu_exit_mmio_write") > 0.0);
     let pool = d.full(Duration::from_secs(60)).await;
     eprintln!("after 50 cycles: {}", pool["stats"]);
     assert_eq!(pool["stats"]["acquires"], 50);

@@ -8,6 +8,8 @@ use tfc_api::SnapshotKind;
 use tfc_core::limits::{IoLimit, RateLimits};
 use tfc_core::net::guest;
 use tfc_core::{BootPhase, VmId, VmSpec};
+
+use crate::metrics::FIRECRACKER_METRICS_FILE;
 use tfc_firecracker::models::{
     InstanceState, MemoryBackend, MemoryBackendType, NetworkInterface, PartialDrive,
     PartialNetworkInterface, RateLimiter, SnapshotCreateParams, SnapshotLoadParams, SnapshotType,
@@ -22,6 +24,8 @@ use super::{
 
 /// Firecracker itself starts in a few milliseconds; this only bounds a wedged start.
 const API_READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest the VMM may take to write its last counters when stopped.
+const FINAL_FLUSH_LIMIT: Duration = Duration::from_millis(500);
 
 /// Settings shared by every Firecracker VM of the daemon.
 #[derive(Debug, Clone)]
@@ -171,6 +175,7 @@ impl FirecrackerBackend {
                 .await
                 .map_err(BackendError::Spawn)?;
             mark(BootPhase::ApiReady);
+            enable_metrics(machine.process.api(), workdir).await;
             if let Some(reached) = then(machine.process.api()).await? {
                 mark(reached);
             }
@@ -196,6 +201,29 @@ impl FirecrackerBackend {
             limits_pending: std::sync::atomic::AtomicBool::new(false),
             network: spec.network.is_some(),
         }
+    }
+}
+
+/// Has the VMM write its counters to [`FIRECRACKER_METRICS_FILE`] in
+/// `workdir` (relative: the VMM runs there), which the daemon's metrics sum.
+/// Allowed before a boot and before a snapshot load. Metrics are not worth
+/// a failed start: a failure is logged.
+async fn enable_metrics(api: &tfc_firecracker::ApiClient, workdir: &Path) {
+    // The VMM opens the file without creating it.
+    let path = workdir.join(FIRECRACKER_METRICS_FILE);
+    if let Err(err) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        tracing::warn!(path = %path.display(), %err, "cannot create the VMM's metrics file; no VMM metrics for this VM");
+        return;
+    }
+    let body = tfc_firecracker::models::Metrics {
+        metrics_path: FIRECRACKER_METRICS_FILE.to_owned(),
+    };
+    if let Err(err) = api.put_metrics(&body).await {
+        tracing::warn!(error = %tfc_core::error_chain(&err), "the VMM refused its metrics file; no VMM metrics for this VM");
     }
 }
 
@@ -503,6 +531,12 @@ impl VmMachine for FirecrackerMachine {
     }
 
     async fn stop(&self) -> ExitReason {
+        // The counters since the last periodic flush, while the VMM can
+        // still write them; bounded, as a wedged VMM must still be stopped.
+        if self.process.exited().is_none() {
+            let flush = self.process.api().flush_metrics();
+            let _ = tokio::time::timeout(FINAL_FLUSH_LIMIT, flush).await;
+        }
         let reason = self.process.stop(self.stop).await;
         self.process.remove_socket();
         reason
