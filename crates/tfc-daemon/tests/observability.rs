@@ -391,3 +391,113 @@ async fn acquires_answered_503_count_against_the_allocation_success_rate() {
     let m = parse(&h.scrape().await);
     assert_eq!(get(&m, "tfc_pool_unserved_total{vm_type=\"box\"}"), 1.0);
 }
+
+/// Runs `body` on a thread of its own in a network namespace of its own
+/// (loopback up), with a current-thread runtime: TCP stays inside it.
+fn in_private_netns<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: unshare(2) with CLONE_NEWNET changes only this thread's
+        // network namespace; it touches no memory of ours.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
+        // A child forked from this thread starts in its namespace.
+        let up = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("ip runs");
+        assert!(up.success(), "ip link set lo up");
+        body()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+#[test]
+#[ignore = "network lane: needs root and ip (a private network namespace); run by the project's test command"]
+fn alerts_are_posted_to_the_webhook_when_raised_and_cleared() {
+    let events = in_private_netns(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let monitor = tfc_daemon::alerts::Monitor::new(
+                tfc_daemon::alerts::AlertsConfig {
+                    window_secs: 1,
+                    min_samples: 1,
+                    webhook: Some(format!("http://127.0.0.1:{port}/hooks/tfc")),
+                    ..Default::default()
+                },
+                [(
+                    "box".to_owned(),
+                    tfc_daemon::alerts::Targets {
+                        acquire_p99_ms: Some(5.0),
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+            );
+            let mut events = Vec::new();
+            monitor.acquired("box", 9.0, true);
+            assert_eq!(monitor.evaluate().len(), 1);
+            // Real time (deliveries have a real timeout): the window passes.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            assert_eq!(monitor.evaluate().len(), 1);
+            for _ in 0..2 {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Head and a body of Content-Length bytes.
+                let body = loop {
+                    let n = conn.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the webhook request ended early");
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).into_owned();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length: ")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .expect("content-length");
+                        if body.len() >= length {
+                            assert!(head.starts_with("POST /hooks/tfc HTTP/1.1\r\n"), "{head}");
+                            assert!(head.contains("Content-Type: application/json"), "{head}");
+                            break body.to_owned();
+                        }
+                    }
+                };
+                conn.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                    .await
+                    .unwrap();
+                events.push(serde_json::from_str::<Value>(&body).unwrap());
+            }
+            events
+        })
+    });
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    // Deliveries are concurrent tasks: either order may arrive first.
+    let mut sorted = kinds.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["cleared", "raised"], "{events:#?}");
+    for event in &events {
+        assert_eq!(event["alert"]["vm_type"], "box");
+        assert_eq!(event["alert"]["target"], "acquire_p99_ms");
+        assert_eq!(event["alert"]["threshold"], 5.0);
+    }
+    let cleared = events.iter().find(|e| e["event"] == "cleared").unwrap();
+    assert!(cleared["alert"]["cleared_at_ms"].is_u64());
+}
