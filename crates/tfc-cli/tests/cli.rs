@@ -2180,3 +2180,28 @@ fn json_logs_carry_the_request_and_vm_of_each_line() {
         .iter()
         .any(|l| l["fields"]["message"] == "tfc daemon listening"));
 }
+
+#[test]
+fn the_socket_and_data_directory_are_the_daemons_users_alone() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A data directory someone made world-readable is tightened, with a warning.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("data dir");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let daemon = Daemon::start_in(dir, FAKE_CONFIG);
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&daemon.socket), 0o600);
+    assert_eq!(mode(&data), 0o700);
+    assert!(
+        daemon
+            .log()
+            .contains("the data directory was open to other users"),
+        "{}",
+        daemon.log()
+    );
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    assert_eq!(std::fs::metadata(&daemon.socket).expect("stat").uid(), me);
+    assert_eq!(std::fs::metadata(&data).expect("stat").uid(), me);
+}

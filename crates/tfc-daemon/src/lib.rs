@@ -250,6 +250,32 @@ fn create_dir(path: &Path) -> Result<(), DaemonError> {
     })
 }
 
+/// Makes the data directory, which holds guest memory (snapshots), VM
+/// records and the VMMs' sockets, this user's alone: mode 0700, tightened
+/// (with a warning) when it was created looser.
+fn restrict_data_dir(dir: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir_err = |source| DaemonError::Directory {
+        path: dir.to_owned(),
+        source,
+    };
+    let mode = std::fs::metadata(dir)
+        .map_err(dir_err)?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            data_dir = %dir.display(),
+            mode = format!("{mode:04o}"),
+            "the data directory was open to other users; making it 0700 (it holds guest memory in snapshots)"
+        );
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o7700))
+            .map_err(dir_err)?;
+    }
+    Ok(())
+}
+
 /// Makes sure `dir` exists and belongs to this user, creating it mode 0700. A
 /// socket directory someone else made (e.g. a pre-created `/tmp/tfc-$UID`) could
 /// let them replace the socket, so it is refused.
@@ -376,6 +402,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
     let config = Config::load(options.config_path.as_deref())?;
     let data_dir = options.data_dir.unwrap_or_else(|| config.data_dir());
     create_dir(&data_dir)?;
+    restrict_data_dir(&data_dir)?;
     let _lock = lock_data_dir(&data_dir)?;
     let backend = build_backend(&config, &data_dir)?;
     let store =

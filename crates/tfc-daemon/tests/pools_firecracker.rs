@@ -114,6 +114,16 @@ async fn a_pool_serves_fifty_cycles_and_leaves_nothing_behind() {
             other => panic!("unexpected VM outside the pool ({other:?}): {vm}"),
         };
         assert_eq!(vmm_state(vm).await, expected, "{vm}");
+        // Firecracker's seccomp filters are on: every thread of the VMM
+        // (main, API, vCPUs) runs under a filter.
+        let pid = vm["pid"].as_u64().unwrap();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+            assert!(
+                status.lines().any(|l| l == "Seccomp:\t2"),
+                "a firecracker thread without a seccomp filter: {status}"
+            );
+        }
     }
     // The guest probe is not vacuous: the running guest's kernel refuses a
     // connection at once; a paused guest cannot answer, and the VMM's own
