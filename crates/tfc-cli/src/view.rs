@@ -204,25 +204,13 @@ pub fn timeline(timeline: &BootTimeline) -> String {
     let mut previous_us = 0;
     for mark in &timeline.0 {
         table.push(vec![
-            phase_name(mark.phase).to_owned(),
+            mark.phase.as_str().to_owned(),
             ms(mark.at_us),
             format!("+{}", ms(mark.at_us.saturating_sub(previous_us))),
         ]);
         previous_us = mark.at_us;
     }
     table.to_string()
-}
-
-fn phase_name(phase: BootPhase) -> &'static str {
-    match phase {
-        BootPhase::Spawned => "spawned",
-        BootPhase::ApiReady => "api_ready",
-        BootPhase::Configured => "configured",
-        BootPhase::InstanceStarted => "instance_started",
-        BootPhase::SnapshotLoaded => "snapshot_loaded",
-        BootPhase::AgentReady => "agent_ready",
-        BootPhase::Ready => "ready",
-    }
 }
 
 fn readiness(readiness: &Readiness) -> String {
