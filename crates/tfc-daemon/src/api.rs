@@ -1,8 +1,8 @@
 //! The REST API: routes, handlers, the OpenAPI document and the single mapping of
 //! domain errors to HTTP answers. Handlers only translate; the manager decides.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
@@ -234,6 +234,33 @@ fn query<T>(params: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     params
         .map(|Query(params)| params)
         .map_err(|r| ApiError::new(ErrorCode::InvalidRequest, r.body_text()))
+}
+
+/// The one path parameter of a route (an id or a VM type). A path that
+/// does not decode (a bad percent escape, bytes that are not UTF-8) is the
+/// caller's mistake, answered like every other error: a JSON [`ErrorBody`]
+/// with `invalid_request`, not axum's plain-text rejection.
+#[derive(Debug)]
+struct ApiPath(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| ApiPath(value))
+            .map_err(|r| ApiError::new(ErrorCode::InvalidRequest, r.body_text()))
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        ApiError::new(ErrorCode::InvalidRequest, rejection.body_text())
+    }
 }
 
 impl From<JsonRejection> for ApiError {
@@ -496,11 +523,12 @@ async fn list_vms(State(manager): State<VmManager>) -> Json<VmList> {
 
 #[utoipa::path(get, path = "/v1/vms/{id}", params(("id" = String, Path)), responses(
     (status = 200, body = VmInfo),
+    (status = 400, body = ErrorBody, description = "malformed id"),
     (status = 404, body = ErrorBody)
 ))]
 async fn get_vm(
     State(manager): State<VmManager>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<VmInfo>, ApiError> {
     Ok(Json(manager.get(&id)?))
 }
@@ -520,7 +548,7 @@ async fn get_vm(
 ))]
 async fn set_rate_limits(
     State(manager): State<VmManager>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     body: Result<Json<tfc_core::limits::RateLimits>, JsonRejection>,
 ) -> Result<Json<VmInfo>, ApiError> {
     let Json(update) = body?;
@@ -534,13 +562,14 @@ async fn vm_op(manager: &VmManager, id: &str, op: VmOp) -> Result<Json<VmInfo>, 
 /// Pause the vCPUs. Allowed in `ready` and `running`; results in `paused`.
 #[utoipa::path(post, path = "/v1/vms/{id}/pause", params(("id" = String, Path)), responses(
     (status = 200, body = VmInfo),
+    (status = 400, body = ErrorBody, description = "malformed id"),
     (status = 404, body = ErrorBody),
     (status = 409, body = ErrorBody, description = "not allowed in the VM's state"),
     (status = 502, body = ErrorBody, description = "the VMM refused")
 ))]
 async fn pause_vm(
     State(manager): State<VmManager>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<VmInfo>, ApiError> {
     vm_op(&manager, &id, VmOp::Pause).await
 }
@@ -548,13 +577,14 @@ async fn pause_vm(
 /// Resume the vCPUs. Allowed in `paused` and `snapshotted`; results in `running`.
 #[utoipa::path(post, path = "/v1/vms/{id}/resume", params(("id" = String, Path)), responses(
     (status = 200, body = VmInfo),
+    (status = 400, body = ErrorBody, description = "malformed id"),
     (status = 404, body = ErrorBody),
     (status = 409, body = ErrorBody, description = "not allowed in the VM's state"),
     (status = 502, body = ErrorBody, description = "the VMM refused")
 ))]
 async fn resume_vm(
     State(manager): State<VmManager>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<VmInfo>, ApiError> {
     vm_op(&manager, &id, VmOp::Resume).await
 }
@@ -563,12 +593,13 @@ async fn resume_vm(
 /// state but `stopping`, `stopped` and `failed`; results in `stopped`.
 #[utoipa::path(post, path = "/v1/vms/{id}/stop", params(("id" = String, Path)), responses(
     (status = 200, body = VmInfo),
+    (status = 400, body = ErrorBody, description = "malformed id"),
     (status = 404, body = ErrorBody),
     (status = 409, body = ErrorBody, description = "not allowed in the VM's state")
 ))]
 async fn stop_vm(
     State(manager): State<VmManager>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<VmInfo>, ApiError> {
     vm_op(&manager, &id, VmOp::Stop).await
 }
@@ -585,7 +616,7 @@ async fn stop_vm(
 ))]
 async fn snapshot_vm(
     State(manager): State<VmManager>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     body: Result<Json<CreateSnapshotRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<SnapshotInfo>), ApiError> {
     let Json(request) = body?;
@@ -603,11 +634,12 @@ async fn list_snapshots(State(manager): State<VmManager>) -> Json<SnapshotList> 
 /// One snapshot, by id or name.
 #[utoipa::path(get, path = "/v1/snapshots/{id}", params(("id" = String, Path, description = "id or name")), responses(
     (status = 200, body = SnapshotInfo),
+    (status = 400, body = ErrorBody, description = "malformed id or name"),
     (status = 404, body = ErrorBody)
 ))]
 async fn get_snapshot(
     State(manager): State<VmManager>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<Json<SnapshotInfo>, ApiError> {
     Ok(Json(manager.get_snapshot(&id)?))
 }
@@ -617,12 +649,13 @@ async fn get_snapshot(
 /// they stay restorable).
 #[utoipa::path(delete, path = "/v1/snapshots/{id}", params(("id" = String, Path, description = "id or name"), DeleteParams), responses(
     (status = 204),
+    (status = 400, body = ErrorBody, description = "malformed id or name, or a bad query (only `force`, true or false)"),
     (status = 404, body = ErrorBody),
     (status = 409, body = ErrorBody, description = "something depends on it and force not set")
 ))]
 async fn delete_snapshot(
     State(manager): State<VmManager>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     params: Result<Query<DeleteParams>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     manager.delete_snapshot(&id, query(params)?.force).await?;
@@ -649,7 +682,7 @@ async fn list_templates(State(manager): State<VmManager>) -> Json<TemplateList> 
 ))]
 async fn build_template(
     State(manager): State<VmManager>,
-    Path(vm_type): Path<String>,
+    ApiPath(vm_type): ApiPath,
 ) -> Result<Json<TemplateInfo>, ApiError> {
     Ok(Json(manager.build_template(&vm_type).await?))
 }
@@ -669,12 +702,13 @@ struct DeleteParams {
 /// with `force=true` (the VM is stopped first).
 #[utoipa::path(delete, path = "/v1/vms/{id}", params(("id" = String, Path), DeleteParams), responses(
     (status = 204),
+    (status = 400, body = ErrorBody, description = "malformed id, or a bad query (only `force`, true or false)"),
     (status = 404, body = ErrorBody),
     (status = 409, body = ErrorBody, description = "VM still live and force not set")
 ))]
 async fn delete_vm(
     State(manager): State<VmManager>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     params: Result<Query<DeleteParams>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     manager.delete(&id, query(params)?.force).await?;
@@ -724,7 +758,7 @@ async fn list_pools(State(manager): State<VmManager>) -> Json<PoolList> {
 ))]
 async fn get_pool(
     State(manager): State<VmManager>,
-    Path(vm_type): Path<String>,
+    ApiPath(vm_type): ApiPath,
 ) -> Result<Json<PoolInfo>, ApiError> {
     Ok(Json(manager.pools().info(&manager, &vm_type)?))
 }
@@ -738,7 +772,7 @@ async fn get_pool(
 ))]
 async fn resize_pool(
     State(manager): State<VmManager>,
-    Path(vm_type): Path<String>,
+    ApiPath(vm_type): ApiPath,
     body: Result<Json<ResizePoolRequest>, JsonRejection>,
 ) -> Result<Json<PoolInfo>, ApiError> {
     let Json(request) = body?;
@@ -757,9 +791,10 @@ async fn resize_pool(
 ))]
 async fn acquire(
     State(manager): State<VmManager>,
-    Path(vm_type): Path<String>,
-    body: axum::body::Bytes,
+    ApiPath(vm_type): ApiPath,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Json<AcquireResponse>, ApiError> {
+    let body = body?;
     let request: AcquireRequest = if body.iter().all(u8::is_ascii_whitespace) {
         AcquireRequest::default()
     } else {
@@ -777,12 +812,13 @@ async fn acquire(
 /// is never handed to anyone else); the pool replaces it.
 #[utoipa::path(post, path = "/v1/vms/{id}/release", params(("id" = String, Path)), responses(
     (status = 204),
+    (status = 400, body = ErrorBody, description = "malformed id"),
     (status = 404, body = ErrorBody),
     (status = 409, body = ErrorBody, description = "the VM was not handed out by a pool")
 ))]
 async fn release_vm(
     State(manager): State<VmManager>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
 ) -> Result<StatusCode, ApiError> {
     manager.release(&id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -809,7 +845,7 @@ async fn release_vm(
 ))]
 async fn exec_vm(
     State(manager): State<VmManager>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     body: Result<Json<ExecRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body?;
@@ -859,7 +895,7 @@ struct GetFileParams {
 ))]
 async fn put_file(
     State(manager): State<VmManager>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     params: Result<Query<PutFileParams>, QueryRejection>,
     headers: HeaderMap,
     body: axum::body::Body,
@@ -892,7 +928,7 @@ async fn put_file(
 ))]
 async fn get_file(
     State(manager): State<VmManager>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     params: Result<Query<GetFileParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let params = query(params)?;

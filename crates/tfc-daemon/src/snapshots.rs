@@ -741,3 +741,139 @@ pub fn manifest(
         memory_bytes: len(memory_file)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tfc_store::MemoryStore;
+
+    fn catalog(data_dir: &Path) -> Catalog {
+        Catalog::new(data_dir, Arc::new(AnyStore::Memory(MemoryStore::new())))
+    }
+
+    fn record(catalog: &Catalog, state: SnapshotState, kind: SnapshotKind) -> SnapshotInfo {
+        let id = random_id();
+        let dir = catalog.dir.join(id.as_str());
+        std::fs::create_dir_all(&dir).unwrap();
+        SnapshotInfo {
+            id: id.to_string(),
+            name: None,
+            kind,
+            state,
+            parent: None,
+            source_vm: "vm-0123456789ab".to_owned(),
+            vm_type: "default".to_owned(),
+            template_for: None,
+            created_at_ms: 1,
+            size_bytes: 0,
+            dir: dir.display().to_string(),
+            manifest: None,
+            timing: None,
+        }
+    }
+
+    fn put(catalog: &Catalog, info: &SnapshotInfo) {
+        catalog.store.put_snapshot(&row(info)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn recover_finishes_what_a_dead_daemon_left() {
+        let data = tempfile::tempdir().unwrap();
+        let catalog = catalog(data.path());
+        let ready = record(&catalog, SnapshotState::Ready, SnapshotKind::Full);
+        put(&catalog, &ready);
+        let ready_dir = PathBuf::from(&ready.dir);
+        std::fs::write(ready_dir.join(MEMORY_FILE), b"m").unwrap();
+        std::fs::write(ready_dir.join(".memory.merging"), b"half").unwrap();
+        let creating = record(&catalog, SnapshotState::Creating, SnapshotKind::Full);
+        put(&catalog, &creating);
+        // A record this daemon cannot read (from a newer tfc, say).
+        let unreadable = random_id();
+        let unreadable_dir = catalog.dir.join(unreadable.as_str());
+        std::fs::create_dir_all(&unreadable_dir).unwrap();
+        catalog
+            .store
+            .put_snapshot(&SnapshotRow {
+                id: unreadable.clone(),
+                record: "{\"from\": \"the future\"}".to_owned(),
+                updated_at_ms: 1,
+            })
+            .unwrap();
+        let orphan = catalog.dir.join(random_id().as_str());
+        std::fs::create_dir_all(&orphan).unwrap();
+        let junk = catalog.dir.join("not-a-snapshot-id");
+        std::fs::create_dir_all(&junk).unwrap();
+
+        catalog.recover().await.unwrap();
+
+        assert_eq!(catalog.get(&ready.id).unwrap(), ready);
+        assert!(ready_dir.join(MEMORY_FILE).is_file());
+        assert!(
+            !ready_dir.join(".memory.merging").exists(),
+            "half merge left"
+        );
+        assert!(matches!(
+            catalog.get(&creating.id),
+            Err(CatalogError::NotFound(_))
+        ));
+        assert!(!Path::new(&creating.dir).exists());
+        let creating_id = SnapshotId::new(creating.id.clone()).unwrap();
+        assert_eq!(catalog.store.get_snapshot(&creating_id).unwrap(), None);
+        // The unreadable one is kept, files and row, but never restorable.
+        let kept = catalog.get(unreadable.as_str()).unwrap();
+        assert_eq!(kept.state, SnapshotState::Creating);
+        assert!(unreadable_dir.is_dir());
+        assert!(catalog.store.get_snapshot(&unreadable).unwrap().is_some());
+        assert!(matches!(
+            catalog.delete(unreadable.as_str(), true).await,
+            Err(CatalogError::NotReady(_))
+        ));
+        assert!(!orphan.exists() && !junk.exists(), "orphans left");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_in_use_is_not_deleted_until_released() {
+        let data = tempfile::tempdir().unwrap();
+        let catalog = catalog(data.path());
+        let ready = record(&catalog, SnapshotState::Ready, SnapshotKind::Full);
+        put(&catalog, &ready);
+        catalog.recover().await.unwrap();
+        let (info, guard) = catalog.use_snapshot(&ready.id).unwrap();
+        assert_eq!(info.id, ready.id);
+        assert!(matches!(
+            catalog.delete(&ready.id, true).await,
+            Err(CatalogError::InUse(id)) if id == ready.id
+        ));
+        assert!(Path::new(&ready.dir).is_dir());
+        drop(guard);
+        catalog.delete(&ready.id, false).await.unwrap();
+        assert!(!Path::new(&ready.dir).exists());
+        let id = SnapshotId::new(ready.id.clone()).unwrap();
+        assert_eq!(catalog.store.get_snapshot(&id).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_diff_without_its_full_ancestor_is_refused_for_restore() {
+        let data = tempfile::tempdir().unwrap();
+        let catalog = catalog(data.path());
+        let rootless = record(&catalog, SnapshotState::Ready, SnapshotKind::Diff);
+        let mut orphaned = record(&catalog, SnapshotState::Ready, SnapshotKind::Diff);
+        orphaned.parent = Some(random_id().to_string());
+        for info in [&rootless, &orphaned] {
+            put(&catalog, info);
+        }
+        catalog.recover().await.unwrap();
+        let refused = |result| match result {
+            Err(CatalogError::Refused { reason, .. }) => reason,
+            other => panic!("not refused: {other:?}"),
+        };
+        let reason = refused(catalog.memory_for_restore(&rootless).await);
+        assert!(reason.contains("no full snapshot at its root"), "{reason}");
+        let reason = refused(catalog.memory_for_restore(&orphaned).await);
+        assert!(reason.contains("is gone"), "{reason}");
+        // Nothing was written in their directories.
+        for info in [&rootless, &orphaned] {
+            assert!(!Path::new(&info.dir).join(MEMORY_FILE).exists());
+        }
+    }
+}

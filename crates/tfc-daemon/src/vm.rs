@@ -1406,6 +1406,67 @@ mod tests {
         assert!(unclean_end(&dir.path().join("none"), &dir.path().join("none")).is_some());
     }
 
+    /// Console lines for the fuzzer below: ordinary kernel output, junk
+    /// bytes, and the lines the verdict depends on, whole or inside others.
+    fn console_piece() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => "\\[ *[0-9]{1,4}\\.[0-9]{6}\\] [ -~]{0,80}\n".prop_map(String::into_bytes),
+            1 => proptest::sample::select(CLEAN_END_LINES.to_vec())
+                .prop_map(|l| format!("[   9.9] {l}\r\n").into_bytes()),
+            1 => Just(b"Kernel panic - not syncing: Attempted to kill init!\n".to_vec()),
+            1 => proptest::collection::vec(any::<u8>(), 0..200),
+            1 => (1usize..(END_TAIL_BYTES as usize)).prop_map(|n| vec![b'.'; n]),
+        ]
+    }
+
+    proptest::proptest! {
+        // 256 cases in CI; TFC_FUZZ_CASES for a long run (docs/testing.md).
+        #![proptest_config(proptest::test_runner::Config::with_cases(
+            std::env::var("TFC_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+        ))]
+
+        /// Whatever a guest's console and QEMU's stderr end with (junk
+        /// bytes, cut lines, logs far longer than the window read), the
+        /// verdict never panics and follows its rule over the last
+        /// `END_TAIL_BYTES` of each file: a panic line first, then an
+        /// outside signal, else a clean end line or a failure saying so.
+        #[test]
+        fn fuzzed_consoles_get_the_verdict_of_their_tail(
+            pieces in proptest::collection::vec(console_piece(), 0..30),
+            signalled in proptest::bool::ANY,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let console = dir.path().join("console.log");
+            let bytes = pieces.concat();
+            std::fs::write(&console, &bytes).unwrap();
+            if signalled {
+                std::fs::write(
+                    dir.path().join(tfc_qemu::command::QEMU_STDERR),
+                    "qemu-system-x86_64: terminating on signal 9\n",
+                )
+                .unwrap();
+            }
+            let window = &bytes[bytes.len().saturating_sub(END_TAIL_BYTES as usize)..];
+            let window = String::from_utf8_lossy(window);
+            let verdict = unclean_end(&console, dir.path());
+            if window.contains(crate::backend::PANIC_LINE) {
+                let cause = verdict.unwrap();
+                proptest::prop_assert!(
+                    cause.starts_with("the guest kernel panicked: ") && cause.contains("Kernel panic"),
+                    "{}",
+                    cause
+                );
+            } else if signalled {
+                proptest::prop_assert!(verdict.unwrap().contains("terminating on signal 9"));
+            } else if CLEAN_END_LINES.iter().any(|l| window.contains(l)) {
+                proptest::prop_assert_eq!(verdict, None);
+            } else {
+                proptest::prop_assert!(verdict.unwrap().contains("without powering off"));
+            }
+        }
+    }
+
     #[test]
     fn a_restored_vm_without_its_fixup_gets_it_at_readoption() {
         assert_eq!(fixup_due(&restored(VmState::Ready)), Some(1024));
