@@ -1,7 +1,7 @@
 //! The REST API: routes, handlers, the OpenAPI document and the single mapping of
 //! domain errors to HTTP answers. Handlers only translate; the manager decides.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +16,7 @@ use tfc_api::{
 };
 use utoipa::OpenApi;
 
+use crate::access::{self, Cap};
 use crate::agent::LinkError;
 use crate::backend::BackendError;
 use crate::guest::{self, GuestError};
@@ -56,11 +57,13 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::Unsupported => StatusCode::NOT_IMPLEMENTED,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
     }
 }
 
 impl ApiError {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self(
             ErrorBody {
                 code,
@@ -69,6 +72,11 @@ impl ApiError {
             },
             None,
         )
+    }
+
+    /// The same error, telling the caller to try again after `secs`.
+    pub(crate) fn retry_after(self, secs: u64) -> Self {
+        Self(self.0, Some(secs))
     }
 }
 
@@ -238,7 +246,26 @@ fn query<T>(params: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        ApiError::new(ErrorCode::InvalidRequest, rejection.body_text())
+        body_refused(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        body_refused(rejection.status(), rejection.body_text())
+    }
+}
+
+/// A body the handler could not take: over its route's limit (413, with
+/// the limit's size in the message), else malformed.
+fn body_refused(status: StatusCode, text: String) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            ErrorCode::TooLarge,
+            format!("request body over this endpoint's limit ({text})"),
+        )
+    } else {
+        ApiError::new(ErrorCode::InvalidRequest, text)
     }
 }
 
@@ -246,7 +273,7 @@ impl From<JsonRejection> for ApiError {
 #[openapi(
     info(
         title = "Terraphim Firecracker API",
-        description = "Manage Firecracker microVMs on one host. Served on a Unix socket."
+        description = "Manage Firecracker microVMs on one host. Served on a Unix socket (mode 0600), and on TCP when `api.tcp` is configured: there every request, `/healthz` included, needs `Authorization: Bearer <token>` (401 without it) and each client may be rate limited (429 with `Retry-After`). Creations and execs in flight are capped (503 with `Retry-After`); request bodies over an endpoint's limit get 413."
     ),
     paths(
         health,
@@ -313,12 +340,28 @@ pub fn openapi_json() -> String {
         .expect("the OpenAPI document serializes")
 }
 
-/// The API router over `manager`.
+/// The API router over `manager`, with the caps of `api.max_concurrent_*`
+/// (one count per router: listeners serving clones of it share them).
 pub fn router(manager: VmManager) -> Router {
+    let api = &manager.config().api;
+    let creates = Cap::new(
+        "VM creations",
+        "api.max_concurrent_creates",
+        api.max_concurrent_creates,
+    );
+    let execs = Cap::new(
+        "execs",
+        "api.max_concurrent_execs",
+        api.max_concurrent_execs,
+    );
+    let capped = |cap: &Cap| axum::middleware::from_fn_with_state(cap.clone(), access::at_most);
     Router::new()
         .route("/healthz", get(health))
         .route("/v1/openapi.json", get(openapi))
-        .route("/v1/vms", post(create_vm).get(list_vms))
+        .route(
+            "/v1/vms",
+            post(create_vm).layer(capped(&creates)).get(list_vms),
+        )
         .route("/v1/vms/{id}", get(get_vm).delete(delete_vm))
         .route("/v1/vms/{id}/pause", post(pause_vm))
         .route("/v1/vms/{id}/resume", post(resume_vm))
@@ -339,7 +382,9 @@ pub fn router(manager: VmManager) -> Router {
         .route("/v1/vms/{id}/release", post(release_vm))
         .route(
             "/v1/vms/{id}/exec",
-            post(exec_vm).layer(DefaultBodyLimit::max(MAX_EXEC_BODY_BYTES)),
+            post(exec_vm)
+                .layer(DefaultBodyLimit::max(MAX_EXEC_BODY_BYTES))
+                .layer(capped(&execs)),
         )
         .route(
             "/v1/vms/{id}/files",
@@ -389,8 +434,9 @@ async fn health(State(manager): State<VmManager>) -> Json<Health> {
     (status = 404, body = ErrorBody, description = "no such snapshot"),
     (status = 409, body = ErrorBody, description = "the snapshot does not match this host (VMM version, kernel, rootfs, CPU) or its files are damaged"),
     (status = 501, body = ErrorBody, description = "a restore onto (or of a snapshot of) a backend that takes no snapshots (`qemu-tcg`)"),
+    (status = 413, body = ErrorBody, description = "body over 64 KiB"),
     (status = 502, body = ErrorBody, description = "the VMM could not load the snapshot"),
-    (status = 503, body = ErrorBody, description = "assets missing; the VM's backend is not installed here; level `instant` without a pool")
+    (status = 503, body = ErrorBody, description = "assets missing; the VM's backend is not installed here; level `instant` without a pool; `api.max_concurrent_creates` creations already in flight (see Retry-After)")
 ))]
 async fn create_vm(
     State(manager): State<VmManager>,
@@ -672,8 +718,9 @@ async fn resize_pool(
 async fn acquire(
     State(manager): State<VmManager>,
     Path(vm_type): Path<String>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Json<AcquireResponse>, ApiError> {
+    let body = body?;
     let request: AcquireRequest = if body.iter().all(u8::is_ascii_whitespace) {
         AcquireRequest::default()
     } else {
@@ -719,6 +766,7 @@ async fn release_vm(
     (status = 409, body = ErrorBody, description = "the VM is not running, has no agent, or waits in a pool; the message says what to do"),
     (status = 413, body = ErrorBody, description = "stdin over its limit"),
     (status = 502, body = ErrorBody, description = "the agent's connection failed"),
+    (status = 503, body = ErrorBody, description = "`api.max_concurrent_execs` execs already in flight (see Retry-After)"),
     (status = 504, body = ErrorBody, description = "the agent did not answer in time")
 ))]
 async fn exec_vm(

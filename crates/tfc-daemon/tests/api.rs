@@ -245,7 +245,7 @@ async fn bad_bodies_are_refused_with_clear_errors() {
     // Oversized bodies.
     let huge = format!(r#"{{"extra_boot_args": "{}"}}"#, "a".repeat(100_000));
     let (status, body) = h.send(Method::POST, "/v1/vms", Some(&huge)).await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "too_large");
     // Nothing was created by any of it.
     let (_, list) = h.send(Method::GET, "/v1/vms", None).await;
     assert_eq!(list["vms"], json!([]));
