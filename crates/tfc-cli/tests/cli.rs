@@ -2075,3 +2075,116 @@ fn network_a_daemon_killed_while_setting_up_a_network_leaves_nothing() {
     );
     assert_eq!(t.inventory(), before);
 }
+
+/// The TCP address `tfc serve` reported listening on, from its log.
+fn tcp_address(daemon: &Daemon) -> String {
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("API listening on TCP"))
+        .unwrap_or_else(|| panic!("no TCP listener in the log:\n{log}"));
+    let addr = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("addr="))
+        .unwrap_or_else(|| panic!("no addr= in {line}"));
+    addr.to_owned()
+}
+
+#[test]
+fn a_tcp_daemon_needs_its_token_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "cli-token-0123456789abcdef\n").expect("token written");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let config = format!(
+        "{FAKE_CONFIG}[api]\ntcp = \"127.0.0.1:0\"\ntoken_file = {:?}\n",
+        token_file
+    );
+    let daemon = Daemon::start_in(dir, &config);
+    let host = format!("http://{}", tcp_address(&daemon));
+    let tfc = |args: &[&str], env: &[(&str, &str)]| {
+        let output = Command::new(TFC)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("TFC_TOKEN")
+            .env_remove("TFC_TOKEN_FILE")
+            .envs(env.iter().copied())
+            .output()
+            .expect("tfc runs");
+        Run::from_output(args, output)
+    };
+    let line = tfc(&["--host", &host, "vm", "list"], &[]).error_line();
+    assert!(
+        line.contains("needs its API token") && line.contains("--token-file"),
+        "{line}"
+    );
+    let line = tfc(
+        &[
+            "--host",
+            &host,
+            "--token",
+            "not-the-token-at-all",
+            "vm",
+            "list",
+        ],
+        &[],
+    )
+    .error_line();
+    assert!(line.contains("refused the token"), "{line}");
+    let token_path = token_file.to_str().expect("utf-8 path");
+    let listed = tfc(
+        &[
+            "--host",
+            &host,
+            "--token-file",
+            token_path,
+            "vm",
+            "list",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(listed.json()["vms"], Value::Array(vec![]));
+    let listed = tfc(
+        &["vm", "list", "--json"],
+        &[
+            ("TFC_HOST", &host),
+            ("TFC_TOKEN", "cli-token-0123456789abcdef"),
+        ],
+    );
+    assert_eq!(listed.json()["vms"], Value::Array(vec![]));
+    // The token never shows in help, even when it is in the environment.
+    let help = tfc(
+        &["vm", "list", "--help"],
+        &[("TFC_TOKEN", "cli-token-0123456789abcdef")],
+    );
+    assert!(!help.ok().contains("cli-token-0123456789abcdef"));
+}
+
+#[test]
+fn serve_refuses_a_tcp_listener_without_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("tfc.toml");
+    std::fs::write(
+        &config,
+        format!("{FAKE_CONFIG}[api]\ntcp = \"127.0.0.1:0\"\n"),
+    )
+    .expect("config written");
+    let output = Command::new(TFC)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("TFC_SOCKET", dir.path().join("tfc.sock"))
+        .env("TFC_DATA_DIR", dir.path().join("data"))
+        .env_remove("RUST_LOG")
+        .env_remove("TFC_TOKEN")
+        .output()
+        .expect("tfc serve runs");
+    let line = Run::from_output(&["serve"], output).error_line();
+    assert!(
+        line.contains("api.tcp is set but there is no token") && line.contains("api.token_file"),
+        "{line}"
+    );
+    assert!(!dir.path().join("tfc.sock").exists());
+}
