@@ -2154,6 +2154,23 @@ fn a_tcp_daemon_needs_its_token_from_the_command_line() {
         ],
     );
     assert_eq!(listed.json()["vms"], Value::Array(vec![]));
+    // Each refusal is logged with its peer and reason, never with what was sent.
+    let log = daemon.log();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("refused an API request without a valid token"))
+        .collect();
+    assert_eq!(refusals.len(), 2, "{log}");
+    assert!(
+        refusals.iter().all(|line| line.contains("peer=127.0.0.1:")),
+        "{log}"
+    );
+    assert!(refusals[0].contains("no Authorization header"), "{log}");
+    assert!(refusals[1].contains("wrong token"), "{log}");
+    assert!(
+        !log.contains("not-the-token-at-all") && !log.contains("cli-token-"),
+        "{log}"
+    );
     // The token never shows in help, even when it is in the environment.
     let help = tfc(
         &["vm", "list", "--help"],
