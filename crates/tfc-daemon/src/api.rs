@@ -20,6 +20,7 @@ use crate::access::{self, Cap};
 use crate::agent::LinkError;
 use crate::backend::BackendError;
 use crate::guest::{self, GuestError};
+use crate::logs::{LogSource, LogsError};
 use crate::manager::{ManagerError, VmManager};
 use crate::network::NetworkError;
 use crate::snapshots::CatalogError;
@@ -38,6 +39,10 @@ pub const NDJSON: &str = "application/x-ndjson";
 /// The header that carries a downloaded guest file's permission bits, in
 /// octal (`0644`).
 pub const MODE_HEADER: &str = "x-tfc-file-mode";
+
+/// The header that carries a log's length after a read: the `since` of the
+/// next read, to follow the log.
+pub const LOG_OFFSET_HEADER: &str = "x-tfc-log-offset";
 
 /// An error answer: status from [`status_for`], JSON [`ErrorBody`], and a
 /// `Retry-After` header when trying again later may succeed.
@@ -237,6 +242,16 @@ impl From<GuestError> for ApiError {
     }
 }
 
+impl From<LogsError> for ApiError {
+    fn from(err: LogsError) -> Self {
+        let code = match &err {
+            LogsError::BadTail(_) => ErrorCode::InvalidRequest,
+            LogsError::Read { .. } => ErrorCode::Internal,
+        };
+        ApiError::new(code, tfc_core::error_chain(&err))
+    }
+}
+
 /// A query string that does not parse is the caller's mistake.
 fn query<T>(params: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     params
@@ -299,7 +314,8 @@ fn body_refused(status: StatusCode, text: String) -> ApiError {
         put_file,
         get_file,
         network_status,
-        set_rate_limits
+        set_rate_limits,
+        vm_logs
     ),
     components(schemas(
         CreateVmRequest,
@@ -328,7 +344,8 @@ fn body_refused(status: StatusCode, text: String) -> ApiError {
         tfc_api::NetworkStatus,
         tfc_api::NetworkLease,
         tfc_core::limits::RateLimits,
-        tfc_core::limits::IoLimit
+        tfc_core::limits::IoLimit,
+        LogSource
     ))
 )]
 struct ApiDoc;
@@ -366,6 +383,7 @@ pub fn router(manager: VmManager) -> Router {
         .route("/v1/vms/{id}/pause", post(pause_vm))
         .route("/v1/vms/{id}/resume", post(resume_vm))
         .route("/v1/vms/{id}/stop", post(stop_vm))
+        .route("/v1/vms/{id}/logs", get(vm_logs))
         .route("/v1/vms/{id}/rate-limits", patch(set_rate_limits))
         .route("/v1/vms/{id}/snapshots", post(snapshot_vm))
         .route("/v1/snapshots", get(list_snapshots))
@@ -485,6 +503,72 @@ async fn set_rate_limits(
 ) -> Result<Json<VmInfo>, ApiError> {
     let Json(update) = body?;
     Ok(Json(manager.set_rate_limits(&id, update).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct LogsParams {
+    /// `console` (the guest's serial console, the default) or `vmm` (the
+    /// VMM's own log: Firecracker's log file, QEMU's stderr).
+    #[serde(default)]
+    #[param(required = false, inline)]
+    source: LogSource,
+    /// Only the last N lines (1 to 100000), reaching into the rotated file
+    /// when the current one has fewer.
+    #[param(required = false)]
+    tail: Option<usize>,
+    /// Only what was written after this byte offset (the `X-Tfc-Log-Offset`
+    /// of an earlier read); from the start if the log was rotated since.
+    #[param(required = false)]
+    since: Option<u64>,
+}
+
+/// A VM's log as text: its serial console or its VMM's log, all of it (at
+/// most the newest 4 MiB), its last lines, or what came after an offset.
+/// `X-Tfc-Log-Offset` is the log's length after the read: pass it as
+/// `since` to read only what comes next (how `tfc logs --follow` polls). A
+/// log not written yet reads as empty. Any state, until the VM is deleted.
+#[utoipa::path(get, path = "/v1/vms/{id}/logs", params(("id" = String, Path), LogsParams), responses(
+    (status = 200, content_type = "text/plain", body = String, description = "the log's text",
+        headers(("x-tfc-log-offset" = u64, description = "the log's length after this read: the next read's `since`"))),
+    (status = 400, body = ErrorBody, description = "a bad tail, or both tail and since"),
+    (status = 404, body = ErrorBody)
+))]
+async fn vm_logs(
+    State(manager): State<VmManager>,
+    Path(id): Path<String>,
+    params: Result<Query<LogsParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = query(params)?;
+    if params.tail.is_some() && params.since.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "give tail or since, not both",
+        ));
+    }
+    let vm = manager.get(&id)?;
+    let path = crate::logs::log_path(
+        std::path::Path::new(&vm.workdir),
+        vm.spec.vmm,
+        params.source,
+    );
+    let read = tokio::task::spawn_blocking(move || {
+        crate::logs::read_log(&path, params.tail, params.since)
+    })
+    .await
+    .expect("reading a log does not panic")?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain".to_owned()),
+            (
+                header::HeaderName::from_static(LOG_OFFSET_HEADER),
+                read.offset.to_string(),
+            ),
+        ],
+        read.text,
+    )
+        .into_response())
 }
 
 async fn vm_op(manager: &VmManager, id: &str, op: VmOp) -> Result<Json<VmInfo>, ApiError> {

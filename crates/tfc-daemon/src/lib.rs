@@ -16,6 +16,7 @@
 //! - [`pools`]: pools of prewarmed VMs per VM type: tiers, acquire, refill, health.
 //! - [`network`]: per-VM networks (namespace, tap, veth, nftables) on
 //!   `tfc-net`: set up before a VM's VMM starts, torn down when it ends.
+//! - [`logs`]: a VM's console and VMM logs: tails and reads from an offset.
 //! - [`api`]: HTTP routes, OpenAPI document, error-to-status mapping.
 //! - [`access`]: who may use the API and how much: the TCP listener's token,
 //!   per-client rate limits, caps on creations and execs in flight.
@@ -29,6 +30,7 @@ pub mod backend;
 pub mod config;
 pub mod crash;
 pub mod guest;
+pub mod logs;
 pub mod manager;
 pub mod network;
 pub mod pools;
