@@ -622,6 +622,43 @@ impl Client {
         })
     }
 
+    /// `GET /v1/vms/{id}/logs`: the log's text as asked (`tail` lines, or
+    /// what came after `since`) and its length after the read, the `since`
+    /// of the next.
+    pub async fn logs(
+        &self,
+        id: &VmId,
+        vmm: bool,
+        tail: Option<usize>,
+        since: Option<u64>,
+    ) -> Result<(Bytes, u64), ClientError> {
+        let mut path = format!(
+            "/v1/vms/{id}/logs?source={}",
+            if vmm { "vmm" } else { "console" }
+        );
+        if let Some(tail) = tail {
+            path.push_str(&format!("&tail={tail}"));
+        }
+        if let Some(since) = since {
+            path.push_str(&format!("&since={since}"));
+        }
+        let request = build_request(&Method::GET, &path, None)?;
+        let response = self.open(request, Some(REQUEST_LIMIT)).await?;
+        let offset = response
+            .headers()
+            .get(LOG_OFFSET_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0);
+        let text = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(ClientError::Exchange)?
+            .to_bytes();
+        Ok((text, offset))
+    }
+
     /// Sends `request` on a fresh connection and returns the answer once
     /// its head arrived (within `limit`), its body unread; a non-2xx answer
     /// is read whole and becomes [`ClientError::Refused`].
@@ -740,6 +777,10 @@ impl Client {
 /// The header that carries a downloaded guest file's permission bits, in
 /// octal (the daemon's `tfc_daemon::api::MODE_HEADER`).
 const MODE_HEADER: &str = "x-tfc-file-mode";
+
+/// The header that carries a log's length after a read (the daemon's
+/// `tfc_daemon::api::LOG_OFFSET_HEADER`).
+const LOG_OFFSET_HEADER: &str = "x-tfc-log-offset";
 
 /// An exec's events, read as the daemon streams them.
 #[derive(Debug)]

@@ -9,6 +9,7 @@
 //! - [`template`]: `tfc template ...`, VM types' golden snapshots and start times.
 //! - [`pool`]: `tfc pool ...`, VM types' pools of prewarmed VMs.
 //! - [`guest`]: `tfc exec` and `tfc cp`, commands and files in a VM's guest.
+//! - [`logs`]: `tfc logs`, a VM's console or VMM log, tailed or followed.
 //! - [`output`]: `--json` or a human view, for every command that asks the daemon.
 //! - [`view`]: human views of VMs, snapshots, templates and pools.
 //! - [`table`]: column-aligned text.
@@ -30,6 +31,7 @@ mod doctor;
 #[cfg(test)]
 mod fake_daemon;
 mod guest;
+mod logs;
 mod net;
 mod output;
 mod pool;
@@ -122,6 +124,9 @@ enum Command {
     /// the file's mode) or `tfc cp ID:PATH LOCAL`; `-` is stdin or stdout.
     /// Needs `tfc serve`.
     Cp(guest::CpArgs),
+    /// Print a VM's serial console (or with --vmm its VMM's log); --tail N
+    /// for the last lines, --follow to keep printing. Needs `tfc serve`.
+    Logs(logs::LogsArgs),
     /// Check that this host can run Firecracker VMs.
     Doctor(doctor::DoctorArgs),
     /// Build or inspect the kernel, root filesystem and Firecracker binary.
@@ -208,6 +213,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cp(args) => {
             let (runtime, client) = daemon_client(&cli.daemon)?;
             runtime.block_on(guest::cp(args, &client, &mut stdout))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs(args) => {
+            let (runtime, client) = daemon_client(&cli.daemon)?;
+            runtime.block_on(logs::run(args, &client, &mut stdout))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor(args) => {

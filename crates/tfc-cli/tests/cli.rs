@@ -2205,3 +2205,47 @@ fn serve_refuses_a_tcp_listener_without_a_token() {
     );
     assert!(!dir.path().join("tfc.sock").exists());
 }
+
+#[test]
+fn logs_prints_tails_and_follows_a_vms_console_until_it_stops() {
+    let daemon = Daemon::start();
+    let vm = daemon.must_json(&["vm", "create", "--wait", "--json"]);
+    let id = vm["id"].as_str().expect("id").to_owned();
+    // The fake runs no VMM; the test writes the console file a backend would.
+    let console = PathBuf::from(vm["console_log"].as_str().expect("console_log"));
+    std::fs::write(&console, "first\nsecond\n").expect("console written");
+    assert_eq!(daemon.must(&["logs", &id]), "first\nsecond\n");
+    assert_eq!(daemon.must(&["logs", &id, "--tail", "1"]), "second\n");
+    assert_eq!(daemon.must(&["logs", &id, "--vmm"]), "");
+
+    let mut follower = Command::new(TFC)
+        .args(["logs", &id, "--follow"])
+        .env("TFC_SOCKET", &daemon.socket)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tfc logs --follow starts");
+    std::thread::sleep(Duration::from_millis(700));
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&console)
+        .expect("console opened");
+    std::io::Write::write_all(&mut file, b"third\n").expect("console appended");
+    std::thread::sleep(Duration::from_millis(700));
+    daemon.must(&["vm", "stop", &id]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while follower.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = follower.kill();
+            let _ = follower.wait();
+            panic!("tfc logs --follow kept running after the VM stopped");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let run = Run::from_output(
+        &["logs", "--follow"],
+        follower.wait_with_output().expect("output"),
+    );
+    assert_eq!(run.ok(), "first\nsecond\nthird\n");
+}
