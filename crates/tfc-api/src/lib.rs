@@ -278,6 +278,11 @@ pub enum ErrorCode {
     /// The guest agent did not answer in time.
     Timeout,
     Internal,
+    /// The request did not carry the API's token (TCP listener only).
+    Unauthorized,
+    /// The client sent more requests than its rate limit allows; see
+    /// `Retry-After`.
+    RateLimited,
 }
 
 /// Body of `GET /healthz`.

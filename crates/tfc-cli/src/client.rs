@@ -1,4 +1,6 @@
-//! Typed client of the daemon's REST API (`tfc-api`) over its Unix socket.
+//! Typed client of the daemon's REST API (`tfc-api`) over its Unix socket,
+//! or over TCP (plain or TLS, with the API's bearer token) when the daemon
+//! serves `api.tcp`.
 //!
 //! One HTTP/1.1 connection per request: a CLI run makes one or two requests,
 //! and a fresh connection cannot inherit a broken state from an earlier one.
@@ -6,7 +8,8 @@
 //! `--json` prints exactly what the daemon said.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +24,8 @@ use tfc_api::{
     TemplateInfo, TemplateList, VmInfo, VmList,
 };
 use tfc_core::{SnapshotId, VmId, VmTypeName};
-use tokio::net::UnixStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
 
 /// How long an ordinary request may take. The daemon is local and answers
 /// from memory, or after a bounded stop; silence this long means it is stuck.
@@ -41,12 +45,36 @@ const EXCERPT_CHARS: usize = 200;
 /// An exchange with the daemon that did not produce the expected answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the tfc daemon at {}: is `tfc serve` running?", socket.display())]
+    #[error("cannot reach the tfc daemon at {target}: is `tfc serve` running?")]
     Connect {
-        socket: PathBuf,
+        target: String,
         #[source]
         source: std::io::Error,
     },
+    #[error("--host {host:?}: {reason}")]
+    BadHost { host: String, reason: &'static str },
+    #[error("cannot read the CA certificate {path}")]
+    ReadCaCert {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("the CA certificate {path} cannot be used")]
+    BadCaCert {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("TLS with the tfc daemon at {target} failed: is --ca-cert the daemon's certificate (api.tls_cert) or its CA?")]
+    Tls {
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the tfc daemon at {target} needs its API token: pass --token-file FILE (or TFC_TOKEN_FILE), set TFC_TOKEN, or --token")]
+    NoToken { target: String },
+    #[error("the tfc daemon at {target} refused the token: it must be the one in the daemon's api.token_file (or its TFC_TOKEN)")]
+    WrongToken { target: String },
     #[error("cannot build the request {method} {path}")]
     BuildRequest {
         method: Method,
@@ -80,6 +108,8 @@ pub enum ClientError {
     },
     #[error("the tfc daemon's answer to {method} {path} ended in the middle of a line")]
     Truncated { method: Method, path: String },
+    #[error("the API token may contain only printable ASCII without spaces")]
+    BadToken,
 }
 
 /// A non-2xx answer carrying the daemon's [`ErrorBody`]. Displays as the
@@ -134,15 +164,191 @@ impl VmAction {
     }
 }
 
+/// Where the daemon listens.
+#[derive(Clone)]
+enum Endpoint {
+    Unix(PathBuf),
+    Tcp {
+        /// `http://host:port` or `https://host:port`, for messages.
+        url: String,
+        /// `host:port`, to connect to and as the `Host` header.
+        authority: String,
+        tls: Option<(
+            tokio_rustls::TlsConnector,
+            rustls_pki_types::ServerName<'static>,
+        )>,
+    },
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Unix(socket) => write!(f, "Unix({})", socket.display()),
+            Endpoint::Tcp { url, .. } => write!(f, "Tcp({url})"),
+        }
+    }
+}
+
+/// A connection's byte stream: a Unix socket, TCP, or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 /// The daemon's API, one method per endpoint the CLI uses.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
-    socket: PathBuf,
+    endpoint: Endpoint,
+    /// The API token, sent as `Authorization: Bearer` over TCP.
+    token: Option<String>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the token.
+        f.debug_struct("Client")
+            .field("endpoint", &self.endpoint)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Client {
+    /// A client of the daemon's Unix socket, which needs no token.
     pub fn new(socket: PathBuf) -> Self {
-        Self { socket }
+        Self {
+            endpoint: Endpoint::Unix(socket),
+            token: None,
+        }
+    }
+
+    /// A client of a daemon's TCP listener: `host` is `http://HOST:PORT`
+    /// or `https://HOST:PORT`; https trusts `ca_cert` (PEM: the daemon's
+    /// own certificate, or the CA that signed it) and nothing else.
+    pub fn remote(
+        host: &str,
+        token: Option<String>,
+        ca_cert: Option<&Path>,
+    ) -> Result<Self, ClientError> {
+        let bad = |reason| ClientError::BadHost {
+            host: host.to_owned(),
+            reason,
+        };
+        let url = host.trim_end_matches('/');
+        let (tls, authority) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(bad(
+                "give a scheme and port: http://HOST:PORT or https://HOST:PORT",
+            ));
+        };
+        if authority.contains(['/', '?', '#', '@']) {
+            return Err(bad("give only http(s)://HOST:PORT, without a path or user"));
+        }
+        let (name, port) = authority
+            .rsplit_once(':')
+            .filter(|(name, _)| !name.is_empty())
+            .ok_or_else(|| bad("give the port, e.g. http://127.0.0.1:7700"))?;
+        if port.parse::<u16>().is_err() || name.ends_with(':') {
+            return Err(bad("give the port, e.g. http://127.0.0.1:7700"));
+        }
+        let tls = match (tls, ca_cert) {
+            (true, Some(ca_cert)) => {
+                let name = name.trim_start_matches('[').trim_end_matches(']');
+                let server = rustls_pki_types::ServerName::try_from(name.to_owned())
+                    .map_err(|_| bad("the host is not a valid DNS name or IP address"))?;
+                Some((tls_connector(ca_cert)?, server))
+            }
+            (true, None) => {
+                return Err(bad(
+                    "https needs --ca-cert FILE (or TFC_CA_CERT): the daemon's certificate or its CA, PEM",
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(bad("--ca-cert is for https:// hosts; this one is http://"))
+            }
+            (false, None) => None,
+        };
+        Ok(Self {
+            endpoint: Endpoint::Tcp {
+                url: url.to_owned(),
+                authority: authority.to_owned(),
+                tls,
+            },
+            token,
+        })
+    }
+
+    /// Where the daemon is, as messages name it.
+    fn target(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Unix(socket) => socket.display().to_string(),
+            Endpoint::Tcp { url, .. } => url.clone(),
+        }
+    }
+
+    /// A fresh connection to the daemon.
+    async fn connect(&self) -> Result<Box<dyn Stream>, ClientError> {
+        let connect_err = |source| ClientError::Connect {
+            target: self.target(),
+            source,
+        };
+        match &self.endpoint {
+            Endpoint::Unix(socket) => Ok(Box::new(
+                UnixStream::connect(socket).await.map_err(connect_err)?,
+            )),
+            Endpoint::Tcp { authority, tls, .. } => {
+                let stream = TcpStream::connect(authority.as_str())
+                    .await
+                    .map_err(connect_err)?;
+                let _ = stream.set_nodelay(true);
+                match tls {
+                    None => Ok(Box::new(stream)),
+                    Some((connector, server)) => {
+                        let stream =
+                            connector
+                                .connect(server.clone(), stream)
+                                .await
+                                .map_err(|source| ClientError::Tls {
+                                    target: self.target(),
+                                    source,
+                                })?;
+                        Ok(Box::new(stream))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Addresses `request` to the daemon: its `Host`, and the token over
+    /// TCP.
+    fn address<B>(&self, request: &mut Request<B>) -> Result<(), ClientError> {
+        let Endpoint::Tcp { authority, .. } = &self.endpoint else {
+            return Ok(());
+        };
+        let headers = request.headers_mut();
+        if let Ok(host) = http::HeaderValue::from_str(authority) {
+            headers.insert(header::HOST, host);
+        }
+        if let Some(token) = &self.token {
+            let mut value = http::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::BadToken)?;
+            value.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        Ok(())
+    }
+
+    /// A non-2xx answer as an error; a 401 says how to pass the token.
+    fn refused(&self, status: StatusCode, retry_after: Option<u64>, bytes: &[u8]) -> ClientError {
+        if status == StatusCode::UNAUTHORIZED {
+            let target = self.target();
+            return match self.token {
+                None => ClientError::NoToken { target },
+                Some(_) => ClientError::WrongToken { target },
+            };
+        }
+        refusal(status, retry_after, bytes)
     }
 
     /// `POST /v1/vms`. A waiting create may take as long as the boot, so it is
@@ -427,12 +633,49 @@ impl Client {
         })
     }
 
+    /// `GET /v1/vms/{id}/logs`: the log's text as asked (`tail` lines, or
+    /// what came after `since`) and its length after the read, the `since`
+    /// of the next.
+    pub async fn logs(
+        &self,
+        id: &VmId,
+        vmm: bool,
+        tail: Option<usize>,
+        since: Option<u64>,
+    ) -> Result<(Bytes, u64), ClientError> {
+        let mut path = format!(
+            "/v1/vms/{id}/logs?source={}",
+            if vmm { "vmm" } else { "console" }
+        );
+        if let Some(tail) = tail {
+            path.push_str(&format!("&tail={tail}"));
+        }
+        if let Some(since) = since {
+            path.push_str(&format!("&since={since}"));
+        }
+        let request = build_request(&Method::GET, &path, None)?;
+        let response = self.open(request, Some(REQUEST_LIMIT)).await?;
+        let offset = response
+            .headers()
+            .get(LOG_OFFSET_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0);
+        let text = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(ClientError::Exchange)?
+            .to_bytes();
+        Ok((text, offset))
+    }
+
     /// Sends `request` on a fresh connection and returns the answer once
     /// its head arrived (within `limit`), its body unread; a non-2xx answer
     /// is read whole and becomes [`ClientError::Refused`].
     async fn open<B>(
         &self,
-        request: Request<B>,
+        mut request: Request<B>,
         limit: Option<Duration>,
     ) -> Result<http::Response<hyper::body::Incoming>, ClientError>
     where
@@ -440,14 +683,9 @@ impl Client {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (method, path) = (request.method().clone(), request.uri().to_string());
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ClientError::Connect {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
-        tracing::debug!(%method, %path, socket = %self.socket.display(), "request");
+        self.address(&mut request)?;
+        let stream = self.connect().await?;
+        tracing::debug!(%method, %path, daemon = %self.target(), "request");
         let head = async {
             let (mut sender, connection) =
                 hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -490,7 +728,7 @@ impl Client {
             .await
             .map_err(ClientError::Exchange)?
             .to_bytes();
-        Err(refusal(status, retry_after, &bytes))
+        Err(self.refused(status, retry_after, &bytes))
     }
 
     async fn call<T: DeserializeOwned>(
@@ -522,15 +760,10 @@ impl Client {
         body: Option<Vec<u8>>,
         limit: Option<Duration>,
     ) -> Result<Bytes, ClientError> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ClientError::Connect {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
-        let request = build_request(&method, &path, body)?;
-        tracing::debug!(%method, %path, socket = %self.socket.display(), "request");
+        let mut request = build_request(&method, &path, body)?;
+        self.address(&mut request)?;
+        let stream = self.connect().await?;
+        tracing::debug!(%method, %path, daemon = %self.target(), "request");
         let answer = send(stream, request);
         let (status, retry_after, bytes) =
             match limit {
@@ -547,7 +780,7 @@ impl Client {
         if status.is_success() {
             Ok(bytes)
         } else {
-            Err(refusal(status, retry_after, &bytes))
+            Err(self.refused(status, retry_after, &bytes))
         }
     }
 }
@@ -555,6 +788,10 @@ impl Client {
 /// The header that carries a downloaded guest file's permission bits, in
 /// octal (the daemon's `tfc_daemon::api::MODE_HEADER`).
 const MODE_HEADER: &str = "x-tfc-file-mode";
+
+/// The header that carries a log's length after a read (the daemon's
+/// `tfc_daemon::api::LOG_OFFSET_HEADER`).
+const LOG_OFFSET_HEADER: &str = "x-tfc-log-offset";
 
 /// An exec's events, read as the daemon streams them.
 #[derive(Debug)]
@@ -650,7 +887,7 @@ fn build_request(
 /// Sends `request` and returns the answer's status, its `Retry-After` (whole
 /// seconds; the HTTP-date form is not used by the daemon) and its body.
 async fn send(
-    stream: UnixStream,
+    stream: Box<dyn Stream>,
     request: Request<Full<Bytes>>,
 ) -> Result<(StatusCode, Option<u64>, Bytes), ClientError> {
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -680,6 +917,37 @@ async fn send(
         .map_err(ClientError::Exchange)?
         .to_bytes();
     Ok((status, retry_after, bytes))
+}
+
+/// A TLS client that trusts only the certificates in the PEM file `ca_cert`.
+fn tls_connector(ca_cert: &Path) -> Result<tokio_rustls::TlsConnector, ClientError> {
+    use rustls_pki_types::pem::PemObject;
+    let read_err = |source| ClientError::ReadCaCert {
+        path: ca_cert.to_owned(),
+        source,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca_cert).map_err(read_err)? {
+        roots
+            .add(cert.map_err(read_err)?)
+            .map_err(|source| ClientError::BadCaCert {
+                path: ca_cert.to_owned(),
+                source,
+            })?;
+    }
+    if roots.is_empty() {
+        return Err(read_err(rustls_pki_types::pem::Error::NoItemsFound));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|source| ClientError::BadCaCert {
+            path: ca_cert.to_owned(),
+            source,
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// A non-2xx answer: the daemon's [`ErrorBody`] if it sent one.
@@ -779,6 +1047,105 @@ mod tests {
             "/tmp/a%20b%26c%3Dd%2Be%25f%23g"
         );
         assert_eq!(query_value("/tmp/é"), "/tmp/%C3%A9");
+    }
+
+    #[test]
+    fn hosts_need_a_scheme_and_a_port_and_https_a_ca() {
+        let err =
+            |host: &str, ca: Option<&Path>| Client::remote(host, None, ca).unwrap_err().to_string();
+        assert!(err("127.0.0.1:7700", None).contains("give a scheme"));
+        assert!(err("http://127.0.0.1", None).contains("give the port"));
+        assert!(err("http://127.0.0.1:x", None).contains("give the port"));
+        assert!(err("http://h:1/v1", None).contains("without a path"));
+        assert!(err("https://127.0.0.1:7700", None).contains("needs --ca-cert"));
+        let ca = Path::new("/ca.pem");
+        assert!(err("http://127.0.0.1:7700", Some(ca)).contains("for https://"));
+        let err = err(
+            "https://127.0.0.1:7700",
+            Some(Path::new("/nonexistent/ca.pem")),
+        );
+        assert!(err.contains("cannot read the CA certificate"), "{err}");
+        for host in [
+            "http://127.0.0.1:7700",
+            "http://[::1]:7700/",
+            "http://tfc.example:80",
+        ] {
+            let client = Client::remote(host, Some("t".repeat(20)), None).unwrap();
+            assert_eq!(client.target(), host.trim_end_matches('/'));
+            assert!(!format!("{client:?}").contains("tttt"), "{client:?}");
+        }
+    }
+
+    /// A daemon serving TLS on 127.0.0.1 (port 0) with a fresh self-signed
+    /// certificate; its URL, the certificate's file, and the daemon's stop.
+    async fn tls_daemon(
+        dir: &Path,
+        token: &str,
+    ) -> (String, PathBuf, tokio::sync::oneshot::Sender<()>) {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, certified.cert.pem()).unwrap();
+        std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+        let text = format!(
+            "[daemon]\nbackend = \"fake\"\n[api]\ntcp = \"127.0.0.1:0\"\ntls_cert = {cert:?}\ntls_key = {key:?}\n"
+        );
+        let config = tfc_daemon::config::Config::parse(&text, "test").unwrap();
+        let tcp = tfc_daemon::bind_tcp(&config, Some(token)).await.unwrap();
+        let port = tcp.as_ref().unwrap().0.local_addr().port();
+        let unix = tfc_daemon::bind(&dir.join("run/tfc.sock")).unwrap();
+        let fake = tfc_daemon::backend::FakeBackend::new(Duration::from_millis(5));
+        let manager = tfc_daemon::manager::VmManager::in_memory(
+            tfc_daemon::backend::Backend::Fake(fake),
+            config,
+            dir.join("data"),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(tfc_daemon::serve_until(
+            tfc_daemon::Listeners { unix, tcp },
+            manager,
+            tfc_daemon::config::ShutdownPolicy::Stop,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        (format!("https://localhost:{port}"), cert, stop)
+    }
+
+    #[tokio::test]
+    async fn a_tcp_daemon_is_reached_over_tls_with_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = "cli-test-token-0123456789";
+        let (url, cert, _stop) = tls_daemon(dir.path(), token).await;
+        let client = Client::remote(&url, Some(token.to_owned()), Some(&cert)).unwrap();
+        let vms = client.list_vms().await.unwrap();
+        assert!(vms.value.vms.is_empty());
+        let created = client
+            .create_vm(&CreateVmRequest {
+                wait: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(created.value.state, tfc_core::VmState::Ready);
+
+        let anonymous = Client::remote(&url, None, Some(&cert)).unwrap();
+        let err = anonymous.list_vms().await.unwrap_err();
+        assert!(matches!(err, ClientError::NoToken { .. }), "{err:?}");
+        assert!(err.to_string().contains("--token-file"), "{err}");
+        let wrong = Client::remote(&url, Some("x".repeat(24)), Some(&cert)).unwrap();
+        let err = wrong.list_vms().await.unwrap_err();
+        assert!(matches!(err, ClientError::WrongToken { .. }), "{err:?}");
+        assert!(!err.to_string().contains(&"x".repeat(24)), "{err}");
+
+        // A certificate the client was not told to trust.
+        let other = tempfile::tempdir().unwrap();
+        let stranger = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let stranger_pem = other.path().join("other.pem");
+        std::fs::write(&stranger_pem, stranger.cert.pem()).unwrap();
+        let distrustful =
+            Client::remote(&url, Some(token.to_owned()), Some(&stranger_pem)).unwrap();
+        let err = distrustful.list_vms().await.unwrap_err();
+        assert!(matches!(err, ClientError::Tls { .. }), "{err:?}");
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@
 //! - [`pool`]: `tfc pool ...`, VM types' pools of prewarmed VMs.
 //! - [`guest`]: `tfc exec` and `tfc cp`, commands and files in a VM's guest.
 //! - [`top`]: `tfc top`, a live view for operators, and `tfc alerts`.
+//! - [`logs`]: `tfc logs`, a VM's console or VMM log, tailed or followed.
 //! - [`output`]: `--json` or a human view, for every command that asks the daemon.
 //! - [`view`]: human views of VMs, snapshots, templates and pools.
 //! - [`table`]: column-aligned text.
@@ -31,6 +32,7 @@ mod doctor;
 #[cfg(test)]
 mod fake_daemon;
 mod guest;
+mod logs;
 mod net;
 mod output;
 mod pool;
@@ -57,10 +59,8 @@ const GLOBAL: &str = "Global options";
 #[derive(Debug, Parser)]
 #[command(name = "tfc", version)]
 struct Cli {
-    /// The daemon's API socket [default: $TFC_SOCKET, else /run/tfc/tfc.sock as root,
-    /// else $XDG_RUNTIME_DIR/tfc/tfc.sock]
-    #[arg(long, global = true, value_name = "PATH", help_heading = GLOBAL)]
-    socket: Option<PathBuf>,
+    #[command(flatten)]
+    daemon: DaemonArgs,
     /// Data directory (assets, VM directories) [default: $TFC_DATA_DIR, else /var/lib/tfc
     /// as root, else ~/.local/share/tfc]
     #[arg(long, global = true, value_name = "DIR", help_heading = GLOBAL)]
@@ -75,6 +75,31 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where the daemon is and how to prove the right to use it.
+#[derive(Debug, clap::Args)]
+struct DaemonArgs {
+    /// The daemon's API socket [default: $TFC_SOCKET, else /run/tfc/tfc.sock as root,
+    /// else $XDG_RUNTIME_DIR/tfc/tfc.sock]
+    #[arg(long, global = true, value_name = "PATH", help_heading = GLOBAL)]
+    socket: Option<PathBuf>,
+    /// Reach a daemon's TCP listener (its `api.tcp`) instead of the socket:
+    /// http://HOST:PORT, or https://HOST:PORT with --ca-cert
+    #[arg(long, global = true, env = "TFC_HOST", value_name = "URL", help_heading = GLOBAL,
+          conflicts_with = "socket")]
+    host: Option<String>,
+    /// File holding the API token for --host (the daemon's `api.token_file`)
+    #[arg(long, global = true, env = "TFC_TOKEN_FILE", value_name = "FILE", help_heading = GLOBAL)]
+    token_file: Option<PathBuf>,
+    /// The API token for --host; prefer TFC_TOKEN or --token-file, which other
+    /// users cannot see in the process list
+    #[arg(long, global = true, env = "TFC_TOKEN", hide_env_values = true, value_name = "TOKEN",
+          help_heading = GLOBAL, conflicts_with = "token_file")]
+    token: Option<String>,
+    /// PEM certificate an https --host must present, or the CA that signed it
+    #[arg(long, global = true, env = "TFC_CA_CERT", value_name = "FILE", help_heading = GLOBAL)]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +135,9 @@ enum Command {
     /// the file's mode) or `tfc cp ID:PATH LOCAL`; `-` is stdin or stdout.
     /// Needs `tfc serve`.
     Cp(guest::CpArgs),
+    /// Print a VM's serial console (or with --vmm its VMM's log); --tail N
+    /// for the last lines, --follow to keep printing. Needs `tfc serve`.
+    Logs(logs::LogsArgs),
     /// Check that this host can run Firecracker VMs.
     Doctor(doctor::DoctorArgs),
     /// Build or inspect the kernel, root filesystem and Firecracker binary.
@@ -157,49 +185,49 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             let overrides = serve::Overrides {
-                socket: cli.socket,
+                socket: cli.daemon.socket,
                 data_dir: cli.data_dir,
             };
             serve::run(args, overrides, &mut stdout)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Vm(cmd) => {
-            let (runtime, client) = daemon_client(cli.socket)?;
+            let (runtime, client) = daemon_client(&cli.daemon)?;
             runtime.block_on(vm::run(cmd, &client, &mut stdout))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Snapshot(cmd) => {
-            let (runtime, client) = daemon_client(cli.socket)?;
+            let (runtime, client) = daemon_client(&cli.daemon)?;
             runtime.block_on(snapshot::run(cmd, &client, &mut stdout))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Template(cmd) => {
-            let (runtime, client) = daemon_client(cli.socket)?;
+            let (runtime, client) = daemon_client(&cli.daemon)?;
             runtime.block_on(template::run(cmd, &client, &mut stdout))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Pool(cmd) => {
-            let (runtime, client) = daemon_client(cli.socket)?;
+            let (runtime, client) = daemon_client(&cli.daemon)?;
             runtime.block_on(pool::run(cmd, &client, &mut stdout))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Net(cmd) => {
-            let (runtime, client) = daemon_client(cli.socket)?;
+            let (runtime, client) = daemon_client(&cli.daemon)?;
             runtime.block_on(net::run(cmd, &client, &mut stdout))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Top(args) => {
-            let (runtime, client) = daemon_client(cli.socket)?;
+            let (runtime, client) = daemon_client(&cli.daemon)?;
             runtime.block_on(top::run(args, &client, &mut stdout))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Alerts(args) => {
-            let (runtime, client) = daemon_client(cli.socket)?;
+            let (runtime, client) = daemon_client(&cli.daemon)?;
             runtime.block_on(top::alerts(args, &client, &mut stdout))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Exec(args) => {
-            let (runtime, client) = daemon_client(cli.socket)?;
+            let (runtime, client) = daemon_client(&cli.daemon)?;
             let mut stderr = std::io::stderr();
             match runtime.block_on(guest::exec(args, &client, &mut stdout, &mut stderr)) {
                 Ok(code) => Ok(code),
@@ -211,8 +239,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Cp(args) => {
-            let (runtime, client) = daemon_client(cli.socket)?;
+            let (runtime, client) = daemon_client(&cli.daemon)?;
             runtime.block_on(guest::cp(args, &client, &mut stdout))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs(args) => {
+            let (runtime, client) = daemon_client(&cli.daemon)?;
+            runtime.block_on(logs::run(args, &client, &mut stdout))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor(args) => {
@@ -232,7 +265,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Paths { json } => {
-            let socket = cli.socket.unwrap_or_else(tfc_host::paths::socket_path);
+            let socket = cli
+                .daemon
+                .socket
+                .unwrap_or_else(tfc_host::paths::socket_path);
             if json {
                 let paths = serde_json::json!({"socket": socket, "data_dir": data_dir});
                 println!("{}", serde_json::to_string_pretty(&paths)?);
@@ -245,17 +281,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The client of the daemon at `socket` (or the default socket), and the
-/// runtime to drive it: one request at a time, so one thread.
-fn daemon_client(
-    socket: Option<PathBuf>,
-) -> anyhow::Result<(tokio::runtime::Runtime, client::Client)> {
-    let socket = socket.unwrap_or_else(tfc_host::paths::socket_path);
+/// The client of the daemon at `--host` (with its token), else at
+/// `--socket` (or the default socket), and the runtime to drive it: one
+/// request at a time, so one thread.
+fn daemon_client(cli: &DaemonArgs) -> anyhow::Result<(tokio::runtime::Runtime, client::Client)> {
+    let client = match &cli.host {
+        Some(host) => {
+            let token = match (&cli.token, &cli.token_file) {
+                (Some(token), _) => Some(token.trim().to_owned()),
+                (None, Some(file)) => Some(read_token(file)?),
+                (None, None) => None,
+            };
+            client::Client::remote(host, token, cli.ca_cert.as_deref())?
+        }
+        None => {
+            let socket = cli
+                .socket
+                .clone()
+                .unwrap_or_else(tfc_host::paths::socket_path);
+            client::Client::new(socket)
+        }
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    Ok((runtime, client::Client::new(socket)))
+    Ok((runtime, client))
+}
+
+/// The token in `file`, without surrounding whitespace.
+fn read_token(file: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the token file {}", file.display()))?;
+    let token = text.trim();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "the token file {} is empty",
+        file.display()
+    );
+    Ok(token.to_owned())
 }
 
 /// Logs go to stderr, filtered by `--log-level`, else `RUST_LOG`, else `default`.

@@ -519,7 +519,12 @@ fn a_corrupt_state_database_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("tfc.toml"), FAKE_CONFIG).expect("config");
     let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).expect("data dir");
+    // Private, as the daemon makes it (a looser one would add a warning line).
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&data)
+        .expect("data dir");
     let garbage = b"this is not a SQLite database, not even close".repeat(100);
     std::fs::write(data.join("state.db"), &garbage).expect("garbage");
     let output = Command::new(TFC)
@@ -2182,7 +2187,7 @@ fn json_logs_carry_the_request_and_vm_of_each_line() {
 }
 
 #[test]
-fn the_socket_and_data_directory_are_the_daemons_users_alone() {
+fn the_data_directory_is_the_daemons_users_alone() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let dir = tempfile::tempdir().expect("tempdir");
     // A data directory someone made world-readable is tightened, with a warning.
@@ -2191,7 +2196,7 @@ fn the_socket_and_data_directory_are_the_daemons_users_alone() {
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let daemon = Daemon::start_in(dir, FAKE_CONFIG);
     let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
-    assert_eq!(mode(&daemon.socket), 0o600);
+    // (The socket's mode is checked in tfc-daemon's tests/access.rs.)
     assert_eq!(mode(&data), 0o700);
     assert!(
         daemon
@@ -2202,6 +2207,179 @@ fn the_socket_and_data_directory_are_the_daemons_users_alone() {
     );
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
-    assert_eq!(std::fs::metadata(&daemon.socket).expect("stat").uid(), me);
     assert_eq!(std::fs::metadata(&data).expect("stat").uid(), me);
+}
+
+/// The TCP address `tfc serve` reported listening on, from its log.
+fn tcp_address(daemon: &Daemon) -> String {
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("API listening on TCP"))
+        .unwrap_or_else(|| panic!("no TCP listener in the log:\n{log}"));
+    let addr = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("addr="))
+        .unwrap_or_else(|| panic!("no addr= in {line}"));
+    addr.to_owned()
+}
+
+#[test]
+fn a_tcp_daemon_needs_its_token_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "cli-token-0123456789abcdef\n").expect("token written");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let config = format!(
+        "{FAKE_CONFIG}[api]\ntcp = \"127.0.0.1:0\"\ntoken_file = {:?}\n",
+        token_file
+    );
+    let daemon = Daemon::start_in(dir, &config);
+    let host = format!("http://{}", tcp_address(&daemon));
+    let tfc = |args: &[&str], env: &[(&str, &str)]| {
+        let output = Command::new(TFC)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("TFC_TOKEN")
+            .env_remove("TFC_TOKEN_FILE")
+            .envs(env.iter().copied())
+            .output()
+            .expect("tfc runs");
+        Run::from_output(args, output)
+    };
+    let line = tfc(&["--host", &host, "vm", "list"], &[]).error_line();
+    assert!(
+        line.contains("needs its API token") && line.contains("--token-file"),
+        "{line}"
+    );
+    let line = tfc(
+        &[
+            "--host",
+            &host,
+            "--token",
+            "not-the-token-at-all",
+            "vm",
+            "list",
+        ],
+        &[],
+    )
+    .error_line();
+    assert!(line.contains("refused the token"), "{line}");
+    let token_path = token_file.to_str().expect("utf-8 path");
+    let listed = tfc(
+        &[
+            "--host",
+            &host,
+            "--token-file",
+            token_path,
+            "vm",
+            "list",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(listed.json()["vms"], Value::Array(vec![]));
+    let listed = tfc(
+        &["vm", "list", "--json"],
+        &[
+            ("TFC_HOST", &host),
+            ("TFC_TOKEN", "cli-token-0123456789abcdef"),
+        ],
+    );
+    assert_eq!(listed.json()["vms"], Value::Array(vec![]));
+    // Each refusal is logged with its peer and reason, never with what was sent.
+    let log = daemon.log();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("refused an API request without a valid token"))
+        .collect();
+    assert_eq!(refusals.len(), 2, "{log}");
+    assert!(
+        refusals.iter().all(|line| line.contains("peer=127.0.0.1:")),
+        "{log}"
+    );
+    assert!(refusals[0].contains("no Authorization header"), "{log}");
+    assert!(refusals[1].contains("wrong token"), "{log}");
+    assert!(
+        !log.contains("not-the-token-at-all") && !log.contains("cli-token-"),
+        "{log}"
+    );
+    // The token never shows in help, even when it is in the environment.
+    let help = tfc(
+        &["vm", "list", "--help"],
+        &[("TFC_TOKEN", "cli-token-0123456789abcdef")],
+    );
+    assert!(!help.ok().contains("cli-token-0123456789abcdef"));
+}
+
+#[test]
+fn serve_refuses_a_tcp_listener_without_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("tfc.toml");
+    std::fs::write(
+        &config,
+        format!("{FAKE_CONFIG}[api]\ntcp = \"127.0.0.1:0\"\n"),
+    )
+    .expect("config written");
+    let output = Command::new(TFC)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("TFC_SOCKET", dir.path().join("tfc.sock"))
+        .env("TFC_DATA_DIR", dir.path().join("data"))
+        .env_remove("RUST_LOG")
+        .env_remove("TFC_TOKEN")
+        .output()
+        .expect("tfc serve runs");
+    let line = Run::from_output(&["serve"], output).error_line();
+    assert!(
+        line.contains("api.tcp is set but there is no token") && line.contains("api.token_file"),
+        "{line}"
+    );
+    assert!(!dir.path().join("tfc.sock").exists());
+}
+
+#[test]
+fn logs_prints_tails_and_follows_a_vms_console_until_it_stops() {
+    let daemon = Daemon::start();
+    let vm = daemon.must_json(&["vm", "create", "--wait", "--json"]);
+    let id = vm["id"].as_str().expect("id").to_owned();
+    // The fake runs no VMM; the test writes the console file a backend would.
+    let console = PathBuf::from(vm["console_log"].as_str().expect("console_log"));
+    std::fs::write(&console, "first\nsecond\n").expect("console written");
+    assert_eq!(daemon.must(&["logs", &id]), "first\nsecond\n");
+    assert_eq!(daemon.must(&["logs", &id, "--tail", "1"]), "second\n");
+    assert_eq!(daemon.must(&["logs", &id, "--vmm"]), "");
+
+    let mut follower = Command::new(TFC)
+        .args(["logs", &id, "--follow"])
+        .env("TFC_SOCKET", &daemon.socket)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tfc logs --follow starts");
+    std::thread::sleep(Duration::from_millis(700));
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&console)
+        .expect("console opened");
+    std::io::Write::write_all(&mut file, b"third\n").expect("console appended");
+    std::thread::sleep(Duration::from_millis(700));
+    daemon.must(&["vm", "stop", &id]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while follower.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = follower.kill();
+            let _ = follower.wait();
+            panic!("tfc logs --follow kept running after the VM stopped");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let run = Run::from_output(
+        &["logs", "--follow"],
+        follower.wait_with_output().expect("output"),
+    );
+    assert_eq!(run.ok(), "first\nsecond\nthird\n");
 }

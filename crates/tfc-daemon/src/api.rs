@@ -16,9 +16,11 @@ use tfc_api::{
 };
 use utoipa::OpenApi;
 
+use crate::access::{self, Cap};
 use crate::agent::LinkError;
 use crate::backend::BackendError;
 use crate::guest::{self, GuestError};
+use crate::logs::{LogSource, LogsError};
 use crate::manager::{ManagerError, VmManager};
 use crate::network::NetworkError;
 use crate::snapshots::CatalogError;
@@ -38,6 +40,10 @@ pub const NDJSON: &str = "application/x-ndjson";
 /// octal (`0644`).
 pub const MODE_HEADER: &str = "x-tfc-file-mode";
 
+/// The header that carries a log's length after a read: the `since` of the
+/// next read, to follow the log.
+pub const LOG_OFFSET_HEADER: &str = "x-tfc-log-offset";
+
 /// An error answer: status from [`status_for`], JSON [`ErrorBody`], and a
 /// `Retry-After` header when trying again later may succeed.
 #[derive(Debug)]
@@ -56,11 +62,13 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::Unsupported => StatusCode::NOT_IMPLEMENTED,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
     }
 }
 
 impl ApiError {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self(
             ErrorBody {
                 code,
@@ -69,6 +77,11 @@ impl ApiError {
             },
             None,
         )
+    }
+
+    /// The same error, telling the caller to try again after `secs`.
+    pub(crate) fn retry_after(self, secs: u64) -> Self {
+        Self(self.0, Some(secs))
     }
 }
 
@@ -229,6 +242,16 @@ impl From<GuestError> for ApiError {
     }
 }
 
+impl From<LogsError> for ApiError {
+    fn from(err: LogsError) -> Self {
+        let code = match &err {
+            LogsError::BadTail(_) => ErrorCode::InvalidRequest,
+            LogsError::Read { .. } => ErrorCode::Internal,
+        };
+        ApiError::new(code, tfc_core::error_chain(&err))
+    }
+}
+
 /// A query string that does not parse is the caller's mistake.
 fn query<T>(params: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     params
@@ -257,15 +280,28 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
     }
 }
 
-impl From<BytesRejection> for ApiError {
-    fn from(rejection: BytesRejection) -> Self {
-        ApiError::new(ErrorCode::InvalidRequest, rejection.body_text())
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        body_refused(rejection.status(), rejection.body_text())
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        ApiError::new(ErrorCode::InvalidRequest, rejection.body_text())
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        body_refused(rejection.status(), rejection.body_text())
+    }
+}
+
+/// A body the handler could not take: over its route's limit (413, with
+/// the limit's size in the message), else malformed.
+fn body_refused(status: StatusCode, text: String) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            ErrorCode::TooLarge,
+            format!("request body over this endpoint's limit ({text})"),
+        )
+    } else {
+        ApiError::new(ErrorCode::InvalidRequest, text)
     }
 }
 
@@ -273,7 +309,7 @@ impl From<JsonRejection> for ApiError {
 #[openapi(
     info(
         title = "Terraphim Firecracker API",
-        description = "Manage Firecracker microVMs on one host. Served on a Unix socket."
+        description = "Manage Firecracker microVMs on one host. Served on a Unix socket (mode 0600), and on TCP when `api.tcp` is configured: there every request, `/healthz` included, needs `Authorization: Bearer <token>` (401 without it) and each client may be rate limited (429 with `Retry-After`). Creations and execs in flight are capped (503 with `Retry-After`); request bodies over an endpoint's limit get 413."
     ),
     paths(
         health,
@@ -301,7 +337,8 @@ impl From<JsonRejection> for ApiError {
         network_status,
         set_rate_limits,
         list_alerts,
-        metrics
+        metrics,
+        vm_logs
     ),
     components(schemas(
         CreateVmRequest,
@@ -333,7 +370,8 @@ impl From<JsonRejection> for ApiError {
         tfc_core::limits::IoLimit,
         tfc_api::Alert,
         tfc_api::AlertList,
-        tfc_api::AlertTarget
+        tfc_api::AlertTarget,
+        LogSource
     ))
 )]
 struct ApiDoc;
@@ -345,18 +383,35 @@ pub fn openapi_json() -> String {
         .expect("the OpenAPI document serializes")
 }
 
-/// The API router over `manager`.
+/// The API router over `manager`, with the caps of `api.max_concurrent_*`
+/// (one count per router: listeners serving clones of it share them).
 pub fn router(manager: VmManager) -> Router {
+    let api = &manager.config().api;
+    let creates = Cap::new(
+        "VM creations",
+        "api.max_concurrent_creates",
+        api.max_concurrent_creates,
+    );
+    let execs = Cap::new(
+        "execs",
+        "api.max_concurrent_execs",
+        api.max_concurrent_execs,
+    );
+    let capped = |cap: &Cap| axum::middleware::from_fn_with_state(cap.clone(), access::at_most);
     Router::new()
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/alerts", get(list_alerts))
         .route("/v1/openapi.json", get(openapi))
-        .route("/v1/vms", post(create_vm).get(list_vms))
+        .route(
+            "/v1/vms",
+            post(create_vm).layer(capped(&creates)).get(list_vms),
+        )
         .route("/v1/vms/{id}", get(get_vm).delete(delete_vm))
         .route("/v1/vms/{id}/pause", post(pause_vm))
         .route("/v1/vms/{id}/resume", post(resume_vm))
         .route("/v1/vms/{id}/stop", post(stop_vm))
+        .route("/v1/vms/{id}/logs", get(vm_logs))
         .route("/v1/vms/{id}/rate-limits", patch(set_rate_limits))
         .route("/v1/vms/{id}/snapshots", post(snapshot_vm))
         .route("/v1/snapshots", get(list_snapshots))
@@ -373,7 +428,9 @@ pub fn router(manager: VmManager) -> Router {
         .route("/v1/vms/{id}/release", post(release_vm))
         .route(
             "/v1/vms/{id}/exec",
-            post(exec_vm).layer(DefaultBodyLimit::max(MAX_EXEC_BODY_BYTES)),
+            post(exec_vm)
+                .layer(DefaultBodyLimit::max(MAX_EXEC_BODY_BYTES))
+                .layer(capped(&execs)),
         )
         .route(
             "/v1/vms/{id}/files",
@@ -502,8 +559,9 @@ async fn health(State(manager): State<VmManager>) -> Json<Health> {
     (status = 404, body = ErrorBody, description = "no such snapshot"),
     (status = 409, body = ErrorBody, description = "the snapshot does not match this host (VMM version, kernel, rootfs, CPU) or its files are damaged"),
     (status = 501, body = ErrorBody, description = "a restore onto (or of a snapshot of) a backend that takes no snapshots (`qemu-tcg`)"),
+    (status = 413, body = ErrorBody, description = "body over 64 KiB"),
     (status = 502, body = ErrorBody, description = "the VMM could not load the snapshot"),
-    (status = 503, body = ErrorBody, description = "assets missing; the VM's backend is not installed here; level `instant` without a pool")
+    (status = 503, body = ErrorBody, description = "assets missing; the VM's backend is not installed here; level `instant` without a pool; `api.max_concurrent_creates` creations already in flight (see Retry-After)")
 ))]
 async fn create_vm(
     State(manager): State<VmManager>,
@@ -553,6 +611,72 @@ async fn set_rate_limits(
 ) -> Result<Json<VmInfo>, ApiError> {
     let Json(update) = body?;
     Ok(Json(manager.set_rate_limits(&id, update).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct LogsParams {
+    /// `console` (the guest's serial console, the default) or `vmm` (the
+    /// VMM's own log: Firecracker's log file, QEMU's stderr).
+    #[serde(default)]
+    #[param(required = false, inline)]
+    source: LogSource,
+    /// Only the last N lines (1 to 100000), reaching into the rotated file
+    /// when the current one has fewer.
+    #[param(required = false)]
+    tail: Option<usize>,
+    /// Only what was written after this byte offset (the `X-Tfc-Log-Offset`
+    /// of an earlier read); from the start if the log was rotated since.
+    #[param(required = false)]
+    since: Option<u64>,
+}
+
+/// A VM's log as text: its serial console or its VMM's log, all of it (at
+/// most the newest 4 MiB), its last lines, or what came after an offset.
+/// `X-Tfc-Log-Offset` is the log's length after the read: pass it as
+/// `since` to read only what comes next (how `tfc logs --follow` polls). A
+/// log not written yet reads as empty. Any state, until the VM is deleted.
+#[utoipa::path(get, path = "/v1/vms/{id}/logs", params(("id" = String, Path), LogsParams), responses(
+    (status = 200, content_type = "text/plain", body = String, description = "the log's text",
+        headers(("x-tfc-log-offset" = u64, description = "the log's length after this read: the next read's `since`"))),
+    (status = 400, body = ErrorBody, description = "a bad tail, or both tail and since"),
+    (status = 404, body = ErrorBody)
+))]
+async fn vm_logs(
+    State(manager): State<VmManager>,
+    ApiPath(id): ApiPath,
+    params: Result<Query<LogsParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = query(params)?;
+    if params.tail.is_some() && params.since.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "give tail or since, not both",
+        ));
+    }
+    let vm = manager.get(&id)?;
+    let path = crate::logs::log_path(
+        std::path::Path::new(&vm.workdir),
+        vm.spec.vmm,
+        params.source,
+    );
+    let read = tokio::task::spawn_blocking(move || {
+        crate::logs::read_log(&path, params.tail, params.since)
+    })
+    .await
+    .expect("reading a log does not panic")?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain".to_owned()),
+            (
+                header::HeaderName::from_static(LOG_OFFSET_HEADER),
+                read.offset.to_string(),
+            ),
+        ],
+        read.text,
+    )
+        .into_response())
 }
 
 async fn vm_op(manager: &VmManager, id: &str, op: VmOp) -> Result<Json<VmInfo>, ApiError> {
@@ -841,6 +965,7 @@ async fn release_vm(
     (status = 409, body = ErrorBody, description = "the VM is not running, has no agent, or waits in a pool; the message says what to do"),
     (status = 413, body = ErrorBody, description = "stdin over its limit"),
     (status = 502, body = ErrorBody, description = "the agent's connection failed"),
+    (status = 503, body = ErrorBody, description = "`api.max_concurrent_execs` execs already in flight (see Retry-After)"),
     (status = 504, body = ErrorBody, description = "the agent did not answer in time")
 ))]
 async fn exec_vm(

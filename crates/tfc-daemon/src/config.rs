@@ -57,6 +57,8 @@ pub struct Config {
     /// Performance targets' checking ([`crate::alerts`]).
     #[serde(default)]
     pub alerts: crate::alerts::AlertsConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
     #[serde(default = "default_vm_types")]
     pub vm_types: BTreeMap<String, VmTypeConfig>,
 }
@@ -239,6 +241,130 @@ impl Default for AgentConfig {
 impl AgentConfig {
     pub fn max_file_bytes(&self) -> u64 {
         self.max_file_mib * 1024 * 1024
+    }
+}
+
+/// Who may reach the API and how much they may ask of it
+/// ([docs/api.md](../../../docs/api.md#access)). The Unix socket is always
+/// served; a TCP listener only when `tcp` is set, and then only with a token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `host:port` of a TCP listener; none when unset.
+    pub tcp: Option<String>,
+    /// A file holding the TCP listener's token (not accessible to every
+    /// user); without it, the `TFC_TOKEN` environment variable.
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate chain and private key: with both, the TCP listener
+    /// speaks HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Requests per second each TCP client may make on average; 0: no limit.
+    #[serde(default)]
+    pub rate_limit_per_sec: u32,
+    /// Requests a TCP client may make at once before the rate applies.
+    #[serde(default = "default_rate_limit_burst")]
+    pub rate_limit_burst: u32,
+    /// `POST /v1/vms` requests in flight at once, over both listeners.
+    #[serde(default = "default_max_concurrent_creates")]
+    pub max_concurrent_creates: u32,
+    /// Execs in flight at once (until their output ends), over both
+    /// listeners.
+    #[serde(default = "default_max_concurrent_execs")]
+    pub max_concurrent_execs: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            tcp: None,
+            token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            rate_limit_per_sec: 0,
+            rate_limit_burst: default_rate_limit_burst(),
+            max_concurrent_creates: default_max_concurrent_creates(),
+            max_concurrent_execs: default_max_concurrent_execs(),
+        }
+    }
+}
+
+fn default_rate_limit_burst() -> u32 {
+    100
+}
+fn default_max_concurrent_creates() -> u32 {
+    32
+}
+fn default_max_concurrent_execs() -> u32 {
+    256
+}
+
+/// Largest `api.rate_limit_*` and `api.max_concurrent_*`.
+pub const MAX_API_LIMIT: u32 = 1_000_000;
+
+impl ApiConfig {
+    /// The TCP listener's address; valid once the configuration has been
+    /// validated.
+    pub fn tcp_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        self.tcp
+            .as_deref()
+            .map(|text| {
+                text.parse().map_err(|_| {
+                    invalid(
+                        "api.tcp",
+                        format!("{text:?} is not an address with a port, e.g. \"127.0.0.1:7700\""),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.tcp_addr()?;
+        for (key, path) in [
+            ("api.token_file", &self.token_file),
+            ("api.tls_cert", &self.tls_cert),
+            ("api.tls_key", &self.tls_key),
+        ] {
+            if path.as_ref().is_some_and(|p| !p.is_absolute()) {
+                return Err(invalid(key, "must be an absolute path"));
+            }
+            if path.is_some() && self.tcp.is_none() {
+                return Err(invalid(
+                    key,
+                    "is used only by the TCP listener: set api.tcp too, or remove it",
+                ));
+            }
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "api.tls_cert",
+                    "needs api.tls_key (the certificate's private key, PEM)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "api.tls_key",
+                    "needs api.tls_cert (the certificate chain, PEM)",
+                ))
+            }
+            _ => {}
+        }
+        for (key, value, min) in [
+            ("api.rate_limit_per_sec", self.rate_limit_per_sec, 0),
+            ("api.rate_limit_burst", self.rate_limit_burst, 1),
+            ("api.max_concurrent_creates", self.max_concurrent_creates, 1),
+            ("api.max_concurrent_execs", self.max_concurrent_execs, 1),
+        ] {
+            if !(min..=MAX_API_LIMIT).contains(&value) {
+                return Err(invalid(
+                    key,
+                    format!("must be between {min} and {MAX_API_LIMIT}"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -818,6 +944,7 @@ impl Config {
             }
         }
         self.network.validate()?;
+        self.api.validate()?;
         if self.vm_types.is_empty() {
             return Err(invalid("vm_types", "at least one VM type is required"));
         }

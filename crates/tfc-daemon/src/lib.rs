@@ -16,13 +16,18 @@
 //! - [`pools`]: pools of prewarmed VMs per VM type: tiers, acquire, refill, health.
 //! - [`network`]: per-VM networks (namespace, tap, veth, nftables) on
 //!   `tfc-net`: set up before a VM's VMM starts, torn down when it ends.
+//! - [`logs`]: a VM's console and VMM logs: tails and reads from an offset.
 //! - [`api`]: HTTP routes, OpenAPI document, error-to-status mapping.
+//! - [`access`]: who may use the API and how much: the TCP listener's token,
+//!   per-client rate limits, caps on creations and execs in flight.
+//! - [`tcp`]: the API's optional TCP listener, plain or TLS.
 //! - [`reaper`]: start-up cleanup of what an earlier daemon left behind.
 //! - [`metrics`]: Prometheus metrics (`GET /metrics`), including each
 //!   Firecracker's own counters.
 //! - [`alerts`]: per VM type performance targets checked over a window;
 //!   missed ones raise alerts (`GET /v1/alerts`, log, metric, webhook).
 
+pub mod access;
 pub mod agent;
 pub mod alerts;
 pub mod api;
@@ -30,12 +35,14 @@ pub mod backend;
 pub mod config;
 pub mod crash;
 pub mod guest;
+pub mod logs;
 pub mod manager;
 pub mod metrics;
 pub mod network;
 pub mod pools;
 pub mod reaper;
 pub mod snapshots;
+pub mod tcp;
 pub mod vm;
 
 use std::path::{Path, PathBuf};
@@ -55,6 +62,10 @@ use crate::manager::VmManager;
 pub enum DaemonError {
     #[error("invalid configuration")]
     Config(#[from] ConfigError),
+    #[error("cannot set up the API's access control")]
+    Access(#[from] access::AccessError),
+    #[error("cannot start the API's TCP listener")]
+    Tcp(#[from] tcp::TcpError),
     #[error("cannot start VM networking")]
     Network(#[from] network::NetworkError),
     #[error("cannot create directory {path}")]
@@ -350,21 +361,64 @@ fn termination_signal() -> Result<impl std::future::Future<Output = ()>, DaemonE
     })
 }
 
-/// Serves the API on `listener` until `stop` resolves; then stops taking
-/// requests and, by `policy`, stops every VM of `manager` (which also ends
-/// requests still waiting on a boot, so the server can drain) or lets them run
-/// on for the next daemon.
+/// Where the API is served: always the Unix socket; a TCP listener too when
+/// `api.tcp` is set, with the token every request on it must carry.
+#[derive(Debug)]
+pub struct Listeners {
+    pub unix: UnixListener,
+    pub tcp: Option<(tcp::TcpApiListener, access::Token)>,
+}
+
+impl From<UnixListener> for Listeners {
+    fn from(unix: UnixListener) -> Self {
+        Self { unix, tcp: None }
+    }
+}
+
+/// Opens the TCP listener `config.api` asks for, if any, with its token
+/// (`api.token_file`, else `env_token`) and TLS. Every refusal names the
+/// key at fault.
+pub async fn bind_tcp(
+    config: &Config,
+    env_token: Option<&str>,
+) -> Result<Option<(tcp::TcpApiListener, access::Token)>, DaemonError> {
+    let Some(addr) = config.api.tcp_addr()? else {
+        return Ok(None);
+    };
+    let token = access::Token::for_config(&config.api, env_token)?
+        .expect("a token is required when api.tcp is set");
+    let tls = tcp::tls_acceptor(&config.api)?;
+    if tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "the API's TCP listener is not on loopback and has no TLS: its token crosses the \
+             network in clear; set api.tls_cert and api.tls_key"
+        );
+    }
+    let listener = tcp::TcpApiListener::bind(addr, tls).await?;
+    Ok(Some((listener, token)))
+}
+
+/// Serves the API on `listeners` until `stop` resolves; then stops taking
+/// requests on all of them and, by `policy`, stops every VM of `manager`
+/// (which also ends requests still waiting on a boot, so the servers can
+/// drain) or lets them run on for the next daemon.
 pub async fn serve_until(
-    listener: UnixListener,
+    listeners: impl Into<Listeners>,
     manager: VmManager,
     policy: ShutdownPolicy,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
+    let Listeners { unix, tcp } = listeners.into();
     let deadline = Duration::from_secs(manager.config().daemon.shutdown_deadline_secs);
+    let limiter = access::RateLimiter::for_config(&manager.config().api);
     // Pools fill while the API serves (once: a caller may have started them).
     manager.start_pools();
     manager.monitor().start();
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    // One router for both listeners, so they share the caps on operations
+    // in flight.
+    let app = api::router(manager.clone());
     let shutdown = {
         let manager = manager.clone();
         tokio::spawn(async move {
@@ -373,15 +427,49 @@ pub async fn serve_until(
             manager.shutdown(policy).await;
         })
     };
-    let mut graceful = stopping.clone();
-    let server = axum::serve(listener, api::router(manager)).with_graceful_shutdown(async move {
-        let _ = graceful.wait_for(|s| *s).await;
-    });
+    let graceful = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    };
+    let unix_server = axum::serve(
+        unix,
+        app.clone()
+            .into_make_service_with_connect_info::<access::ClientAddr>(),
+    )
+    .with_graceful_shutdown(graceful(stopping.clone()));
+    let tcp_stopping = stopping.clone();
+    let tcp_server = async move {
+        let Some((listener, token)) = tcp else {
+            return Ok(());
+        };
+        // Outermost first: the rate limit, then the token check, so
+        // guessing tokens is rate limited too.
+        let mut app = app.layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::new(token),
+            access::require_token,
+        ));
+        if let Some(limiter) = limiter {
+            app = app.layer(axum::middleware::from_fn_with_state(
+                limiter,
+                access::rate_limit,
+            ));
+        }
+        tracing::info!(addr = %listener.local_addr(), tls = listener.is_tls(), "API listening on TCP");
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<access::ClientAddr>(),
+        )
+        .with_graceful_shutdown(graceful(tcp_stopping))
+        .await
+    };
+    let servers = async {
+        let (unix_served, tcp_served) = tokio::join!(async { unix_server.await }, tcp_server);
+        unix_served.and(tcp_served)
+    };
     let mut late = stopping;
     // In-flight requests get `shutdown_deadline_secs` to finish; then the
     // daemon exits regardless (its state is already stored).
     let served = tokio::select! {
-        served = server => served,
+        served = servers => served,
         _ = async move {
             let _ = late.wait_for(|s| *s).await;
             tokio::time::sleep(deadline).await;
@@ -400,6 +488,10 @@ pub async fn serve_until(
 pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
     let stop = termination_signal()?;
     let config = Config::load(options.config_path.as_deref())?;
+    // The token and TLS files are checked first, so a refused access
+    // configuration stops the daemon before it touches anything.
+    let env_token = std::env::var(access::TOKEN_ENV).ok();
+    let tcp = bind_tcp(&config, env_token.as_deref()).await?;
     let data_dir = options.data_dir.unwrap_or_else(|| config.data_dir());
     create_dir(&data_dir)?;
     restrict_data_dir(&data_dir)?;
@@ -436,7 +528,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
         let manager = manager.clone();
         async move { manager.refresh_templates().await }
     });
-    let served = serve_until(listener, manager, policy, stop).await;
+    let listeners = Listeners {
+        unix: listener,
+        tcp,
+    };
+    let served = serve_until(listeners, manager, policy, stop).await;
     let _ = std::fs::remove_file(&socket);
     served?;
     tracing::info!("tfc daemon stopped");

@@ -245,7 +245,7 @@ async fn bad_bodies_are_refused_with_clear_errors() {
     // Oversized bodies.
     let huge = format!(r#"{{"extra_boot_args": "{}"}}"#, "a".repeat(100_000));
     let (status, body) = h.send(Method::POST, "/v1/vms", Some(&huge)).await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "too_large");
     // Nothing was created by any of it.
     let (_, list) = h.send(Method::GET, "/v1/vms", None).await;
     assert_eq!(list["vms"], json!([]));
@@ -443,4 +443,76 @@ async fn missing_assets_and_a_broken_data_dir_have_their_own_codes() {
         body["message"].as_str().unwrap().contains("VM directory"),
         "{body}"
     );
+}
+
+/// `GET uri`: status, `X-Tfc-Log-Offset`, and the body as text.
+async fn get_text(h: &Harness, uri: &str) -> (StatusCode, Option<u64>, String) {
+    use http_body_util::BodyExt;
+    let request = Request::builder().uri(uri).body(Body::empty()).unwrap();
+    let response = h.app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let offset = response
+        .headers()
+        .get(tfc_daemon::api::LOG_OFFSET_HEADER)
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, offset, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn a_vms_logs_are_read_whole_by_tail_or_from_an_offset() {
+    let h = harness();
+    let vm = h.create(r#"{"wait": true}"#).await;
+    let id = vm["id"].as_str().unwrap();
+    let workdir = std::path::Path::new(vm["workdir"].as_str().unwrap());
+    // The fake runs no VMM: nothing written yet reads as empty.
+    let (status, offset, text) = get_text(&h, &format!("/v1/vms/{id}/logs")).await;
+    assert_eq!(
+        (status, offset, text.as_str()),
+        (StatusCode::OK, Some(0), "")
+    );
+    // The files the backends write (console, and Firecracker's own log).
+    let console = std::path::Path::new(vm["console_log"].as_str().unwrap());
+    assert_eq!(console.parent(), Some(workdir));
+    std::fs::write(console, "boot 1\nboot 2\nRun /init as init process\n").unwrap();
+    std::fs::write(workdir.join("firecracker.log"), "vmm started\n").unwrap();
+
+    let (status, offset, text) = get_text(&h, &format!("/v1/vms/{id}/logs")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(text, "boot 1\nboot 2\nRun /init as init process\n");
+    let offset = offset.unwrap();
+    assert_eq!(offset, text.len() as u64);
+    let (_, _, text) = get_text(&h, &format!("/v1/vms/{id}/logs?tail=1")).await;
+    assert_eq!(text, "Run /init as init process\n");
+    let (_, _, text) = get_text(&h, &format!("/v1/vms/{id}/logs?source=vmm")).await;
+    assert_eq!(text, "vmm started\n");
+    // Following: only what came after the offset.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(console)
+        .unwrap();
+    std::io::Write::write_all(&mut file, b"later\n").unwrap();
+    let uri = format!("/v1/vms/{id}/logs?since={offset}");
+    let (_, next, text) = get_text(&h, &uri).await;
+    assert_eq!((text.as_str(), next), ("later\n", Some(offset + 6)));
+
+    for (query, needle) in [
+        ("tail=0", "tail must be between"),
+        ("tail=2&since=0", "not both"),
+        ("source=serial", "source"),
+        ("lines=3", "unknown field"),
+    ] {
+        let (status, body) = h
+            .send(Method::GET, &format!("/v1/vms/{id}/logs?{query}"), None)
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+        assert!(
+            body["message"].as_str().unwrap().contains(needle),
+            "{query}: {body}"
+        );
+    }
+    let (status, body) = h
+        .send(Method::GET, "/v1/vms/vm-000000000000/logs", None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
 }
