@@ -6,9 +6,12 @@
 //! left: no process, chroot or cgroup.
 //!
 //! Needs root, KVM and built assets: `#[ignore]`d like every tier-1 test; a
-//! run without root says NOT RUN and does not pass silently.
+//! run without root says NOT RUN and does not pass silently. The network
+//! lane works only inside namespaces it creates.
 
 mod common;
+#[path = "../../tfc-net/tests/common/mod.rs"]
+mod net;
 
 use common::tier1::alive;
 
@@ -18,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
-use tfc_daemon::config::Config;
+use tfc_daemon::config::{Config, ShutdownPolicy};
 use tfc_daemon::manager::VmManager;
 
 /// The jailed VMMs' user and group: unprivileged ids no account uses here,
@@ -29,21 +32,35 @@ const GID: u32 = 64_322;
 struct Daemon {
     app: axum::Router,
     backend: tfc_daemon::backend::Backend,
-    _manager: VmManager,
+    manager: VmManager,
     dir: tempfile::TempDir,
     /// This run's own parent cgroup, so concurrent runs never meet.
     parent_cgroup: String,
 }
 
-fn daemon(new_pid_ns: bool) -> Daemon {
+/// A daemon running its VMMs jailed; `extra` is appended to its
+/// configuration (after the default VM type's keys).
+async fn daemon(new_pid_ns: bool, network: Option<&net::TestNet>, extra: &str) -> Daemon {
     let manifest = common::tier1::assets();
     let dir = tempfile::tempdir().unwrap();
-    let parent_cgroup = format!("tfc-test-{}", std::process::id());
+    static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let parent_cgroup = format!(
+        "tfc-test-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let network_section = network.map_or_else(String::new, |t| {
+        format!(
+            "[network]\nenabled = true\nprefix = \"{}\"\nhost_netns = \"{}\"\nready_slots = 0\n",
+            t.prefix,
+            t.host_ns_name()
+        )
+    });
     let config = format!(
         "[firecracker]\nbinary = {:?}\nboot_timeout_secs = 240\nstop_grace_ms = 1000\n\
          jailer = true\njailer_binary = {:?}\nuid = {UID}\ngid = {GID}\n\
-         parent_cgroup = {parent_cgroup:?}\nnew_pid_ns = {new_pid_ns}\n\
-         [vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {:?}\n",
+         parent_cgroup = {parent_cgroup:?}\nnew_pid_ns = {new_pid_ns}\n{network_section}\
+         [vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {:?}\n{extra}",
         manifest.firecracker.path,
         manifest.jailer.path,
         manifest.kernel.vmlinux,
@@ -53,10 +70,14 @@ fn daemon(new_pid_ns: bool) -> Daemon {
     let config = Config::parse(&config, "jailer test").unwrap();
     let backend = tfc_daemon::build_backend(&config, dir.path()).unwrap();
     let manager = VmManager::in_memory(backend.clone(), config, dir.path().to_owned());
+    if network.is_some() {
+        manager.enable_network().unwrap();
+        manager.reconcile_network().await.unwrap();
+    }
     Daemon {
         app: tfc_daemon::api::router(manager.clone()),
         backend,
-        _manager: manager,
+        manager,
         dir,
         parent_cgroup,
     }
@@ -223,7 +244,7 @@ async fn jailed_vms_boot_snapshot_restore_and_leave_nothing_behind() {
     if !root_or_not_run("jailed_vms_boot_snapshot_restore_and_leave_nothing_behind") {
         return;
     }
-    let d = daemon(true);
+    let d = daemon(true, None, "").await;
 
     // A cold boot under the jailer.
     let (status, vm) = d
@@ -311,4 +332,50 @@ async fn jailed_vms_boot_snapshot_restore_and_leave_nothing_behind() {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "jails left: {left:?}");
+}
+
+/// The jailer enters the VM's network namespace itself (`--netns`): the
+/// VMM opens its tap through the jail's own `/dev/net/tun`, and the guest
+/// kernel (configured by the `ip=` boot argument) answers at its address.
+/// This VMM runs without a PID namespace of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tier 1: needs root, KVM, firecracker, jailer, built assets, ip and nft; run by the project's test command"]
+async fn jailed_vm_runs_in_its_network_namespace_without_a_pid_namespace() {
+    let test = "jailed_vm_runs_in_its_network_namespace_without_a_pid_namespace";
+    if !root_or_not_run(test) || !net::lane(test) {
+        return;
+    }
+    let t = net::TestNet::new();
+    let before = t.inventory();
+    let d = daemon(false, Some(&t), "network = \"isolated\"\n").await;
+
+    let (status, vm) = d
+        .send(Method::POST, "/v1/vms", Some(json!({"wait": true})))
+        .await;
+    assert_eq!(
+        (status, vm["state"].as_str()),
+        (StatusCode::CREATED, Some("ready")),
+        "{vm}"
+    );
+    d.check_jailed(&vm, false);
+    let pid = vm["pid"].as_u64().unwrap();
+    let ns = format!(
+        "/run/netns/{}",
+        vm["network"]["namespace"].as_str().unwrap()
+    );
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/ns/net"))
+            .unwrap()
+            .to_string_lossy(),
+        format!("net:[{}]", std::fs::metadata(&ns).unwrap().ino()),
+        "the jailed VMM runs in the VM's namespace"
+    );
+    let address: std::net::Ipv4Addr = vm["network"]["address"].as_str().unwrap().parse().unwrap();
+    net::ping(&t.host_ns, address, std::time::Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("the jailed guest kernel answers at {address}: {e}"));
+
+    d.delete(&vm).await;
+    // The daemon's own network objects go with it.
+    d.manager.shutdown(ShutdownPolicy::Stop).await;
+    assert_eq!(t.inventory(), before);
 }
