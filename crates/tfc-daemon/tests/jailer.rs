@@ -379,3 +379,42 @@ async fn jailed_vm_runs_in_its_network_namespace_without_a_pid_namespace() {
     d.manager.shutdown(ShutdownPolicy::Stop).await;
     assert_eq!(t.inventory(), before);
 }
+
+/// A jailer configuration this host cannot honour stops the daemon at
+/// start, with an error that says what to do: no jailer binary, or a
+/// firecracker binary the jailer would refuse to run (its name).
+#[test]
+#[ignore = "tier 1: needs root and the built firecracker; run by the project's test command"]
+fn jailer_settings_the_host_cannot_honour_stop_the_daemon_at_start() {
+    if !root_or_not_run("jailer_settings_the_host_cannot_honour_stop_the_daemon_at_start") {
+        return;
+    }
+    let manifest = common::tier1::assets();
+    let dir = tempfile::tempdir().unwrap();
+    let start = |firecracker: &Path, jailer: &Path| {
+        let config = format!(
+            "[firecracker]\nbinary = {firecracker:?}\njailer = true\njailer_binary = {jailer:?}\n"
+        );
+        let config = Config::parse(&config, "jailer test").unwrap();
+        let err = tfc_daemon::build_backend(&config, dir.path()).unwrap_err();
+        tfc_core::error_chain(&err)
+    };
+    // Named in the configuration but absent. (PATH may hold a jailer, which
+    // the daemon would then use: only checked when it holds none.)
+    if tfc_host::find_on_path("jailer").is_none() {
+        let err = start(&manifest.firecracker.path, Path::new("/nonexistent/jailer"));
+        assert!(
+            err.contains("firecracker.jailer_binary = /nonexistent/jailer")
+                && err.contains("set firecracker.jailer_binary"),
+            "{err}"
+        );
+    }
+    let renamed = dir.path().join("vmm");
+    std::fs::copy(&manifest.firecracker.path, &renamed).unwrap();
+    let err = start(&renamed, &manifest.jailer.path);
+    assert!(
+        err.contains("whose name contains \"firecracker\"") && err.contains("rename the binary"),
+        "{err}"
+    );
+    assert!(!dir.path().join("jail/firecracker").exists());
+}
