@@ -36,6 +36,31 @@ struct Daemon {
     dir: tempfile::TempDir,
     /// This run's own parent cgroup, so concurrent runs never meet.
     parent_cgroup: String,
+    /// The configuration text, for a restart.
+    config: String,
+}
+
+/// A manager on `dir` with a SQLite store, recovered (adopting the VMMs of
+/// its records) and with its networks reconciled, and the jails reaped, as
+/// `tfc serve` starts. Returns the jailed VMMs the reaper ended.
+async fn start(
+    config: &str,
+    dir: &Path,
+    network: bool,
+) -> (tfc_daemon::backend::Backend, VmManager, Vec<u32>) {
+    let config = Config::parse(config, "jailer test").unwrap();
+    let backend = tfc_daemon::build_backend(&config, dir).unwrap();
+    let store = tfc_store::AnyStore::open(tfc_store::StoreKind::Sqlite, dir).unwrap();
+    let manager = VmManager::new(backend.clone(), config, dir.to_owned(), store);
+    if network {
+        manager.enable_network().unwrap();
+    }
+    let recorded = manager.recover().await.unwrap();
+    if network {
+        manager.reconcile_network().await.unwrap();
+    }
+    let killed = backend.jailed_firecracker().unwrap().reap_jails(&recorded);
+    (backend, manager, killed)
 }
 
 /// A daemon running its VMMs jailed; `extra` is appended to its
@@ -67,19 +92,15 @@ async fn daemon(new_pid_ns: bool, network: Option<&net::TestNet>, extra: &str) -
         manifest.rootfs.path,
         manifest.boot_args,
     );
-    let config = Config::parse(&config, "jailer test").unwrap();
-    let backend = tfc_daemon::build_backend(&config, dir.path()).unwrap();
-    let manager = VmManager::in_memory(backend.clone(), config, dir.path().to_owned());
-    if network.is_some() {
-        manager.enable_network().unwrap();
-        manager.reconcile_network().await.unwrap();
-    }
+    let (backend, manager, killed) = start(&config, dir.path(), network.is_some()).await;
+    assert_eq!(killed, Vec::<u32>::new());
     Daemon {
         app: tfc_daemon::api::router(manager.clone()),
         backend,
         manager,
         dir,
         parent_cgroup,
+        config,
     }
 }
 
@@ -101,6 +122,18 @@ fn root_or_not_run(test: &str) -> bool {
 }
 
 impl Daemon {
+    /// This daemon leaves its VMs running and a new one starts on its
+    /// directory, as after an upgrade; returns the VMMs the new one's
+    /// reaper ended.
+    async fn restart(&mut self) -> Vec<u32> {
+        self.manager.shutdown(ShutdownPolicy::LeaveRunning).await;
+        let (backend, manager, killed) = start(&self.config, self.dir.path(), false).await;
+        self.app = tfc_daemon::api::router(manager.clone());
+        self.backend = backend;
+        self.manager = manager;
+        killed
+    }
+
     async fn send(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
         let body = body.map(|b| b.to_string());
         common::send(&self.app, method, uri, body.as_deref()).await
@@ -244,7 +277,7 @@ async fn jailed_vms_boot_snapshot_restore_and_leave_nothing_behind() {
     if !root_or_not_run("jailed_vms_boot_snapshot_restore_and_leave_nothing_behind") {
         return;
     }
-    let d = daemon(true, None, "").await;
+    let mut d = daemon(true, None, "").await;
 
     // A cold boot under the jailer.
     let (status, vm) = d
@@ -323,6 +356,26 @@ async fn jailed_vms_boot_snapshot_restore_and_leave_nothing_behind() {
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+
+    // A restarted daemon adopts the jailed VMMs it has records of; its
+    // reaper leaves their jails alone.
+    assert_eq!(d.restart().await, Vec::<u32>::new());
+    for before in [&vm, &clone] {
+        let (status, now) = d
+            .send(
+                Method::GET,
+                &format!("/v1/vms/{}", before["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{now}");
+        assert!(
+            matches!(now["state"].as_str(), Some("ready" | "running")),
+            "{now}"
+        );
+        assert_eq!(now["pid"], before["pid"], "{now}");
+        d.check_jailed(&now, true);
+    }
 
     d.delete(&clone).await;
     d.delete(&vm).await;
