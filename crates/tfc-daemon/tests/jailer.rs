@@ -125,8 +125,10 @@ impl Daemon {
     /// This daemon leaves its VMs running and a new one starts on its
     /// directory, as after an upgrade; returns the VMMs the new one's
     /// reaper ended.
-    async fn restart(&mut self) -> Vec<u32> {
+    /// `between` runs while no daemon runs.
+    async fn restart(&mut self, between: impl FnOnce()) -> Vec<u32> {
         self.manager.shutdown(ShutdownPolicy::LeaveRunning).await;
+        between();
         let (backend, manager, killed) = start(&self.config, self.dir.path(), false).await;
         self.app = tfc_daemon::api::router(manager.clone());
         self.backend = backend;
@@ -358,24 +360,47 @@ async fn jailed_vms_boot_snapshot_restore_and_leave_nothing_behind() {
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
 
     // A restarted daemon adopts the jailed VMMs it has records of; its
-    // reaper leaves their jails alone.
-    assert_eq!(d.restart().await, Vec::<u32>::new());
-    for before in [&vm, &clone] {
-        let (status, now) = d
-            .send(
-                Method::GET,
-                &format!("/v1/vms/{}", before["id"].as_str().unwrap()),
-                None,
-            )
+    // reaper leaves their jails alone. One VMM, stopped (SIGSTOP) while no
+    // daemon ran, does not answer: it is ended with its VM, and its jail
+    // removed.
+    let clone_pid = clone["pid"].as_u64().unwrap();
+    let killed = d
+        .restart(|| {
+            // SAFETY: kill only sends a signal to the clone's VMM, which runs
+            // (checked above) and which the test owns.
+            assert_eq!(unsafe { libc::kill(clone_pid as i32, libc::SIGSTOP) }, 0);
+        })
+        .await;
+    assert_eq!(killed, Vec::<u32>::new());
+    let (status, now) = d.send(Method::GET, &format!("/v1/vms/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{now}");
+    assert!(
+        matches!(now["state"].as_str(), Some("ready" | "running")),
+        "{now}"
+    );
+    assert_eq!(now["pid"], vm["pid"], "{now}");
+    d.check_jailed(&now, true);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let failed = loop {
+        let (_, now) = d
+            .send(Method::GET, &format!("/v1/vms/{clone_id}"), None)
             .await;
-        assert_eq!(status, StatusCode::OK, "{now}");
+        if now["state"] == "failed" {
+            break now;
+        }
         assert!(
-            matches!(now["state"].as_str(), Some("ready" | "running")),
-            "{now}"
+            std::time::Instant::now() < deadline,
+            "the unanswering clone never failed: {now}"
         );
-        assert_eq!(now["pid"], before["pid"], "{now}");
-        d.check_jailed(&now, true);
-    }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        failed["failure"]
+            .to_string()
+            .contains("did not survive the daemon restart"),
+        "{failed}"
+    );
+    d.check_gone(&clone_id, clone_pid);
 
     d.delete(&clone).await;
     d.delete(&vm).await;

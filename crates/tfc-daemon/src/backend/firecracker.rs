@@ -102,6 +102,22 @@ fn release_jail(jail: &Jail) {
     }
 }
 
+/// Ends every process running in `jail` (signalled through pidfds, each
+/// checked to be in the jail after its open) and returns their pids.
+fn end_jailed(jail: &Jail) -> Vec<u32> {
+    let mut ended = Vec::new();
+    for pid in jail.processes() {
+        let Ok(pidfd) = tfc_firecracker::pidfd::Pidfd::open(pid) else {
+            continue;
+        };
+        if jail.holds(pid) && pidfd.send_signal(libc::SIGKILL).is_ok() {
+            pidfd.wait_exited(Duration::from_secs(5));
+            ended.push(pid);
+        }
+    }
+    ended
+}
+
 /// One VM backed by a Firecracker process.
 #[derive(Debug)]
 pub struct FirecrackerMachine {
@@ -354,16 +370,9 @@ impl FirecrackerBackend {
             if !pids.is_empty() && recorded.contains(jail.id()) {
                 continue;
             }
-            for pid in pids {
-                let Ok(pidfd) = tfc_firecracker::pidfd::Pidfd::open(pid) else {
-                    continue;
-                };
-                // Still in the jail after the open: the fd names that process.
-                if jail.holds(pid) && pidfd.send_signal(libc::SIGKILL).is_ok() {
-                    pidfd.wait_exited(Duration::from_secs(5));
-                    tracing::warn!(pid, jail = %jail.dir().display(), "ended VMM left in a jail by an earlier daemon");
-                    killed.push(pid);
-                }
+            for pid in end_jailed(&jail) {
+                tracing::warn!(pid, jail = %jail.dir().display(), "ended VMM left in a jail by an earlier daemon");
+                killed.push(pid);
             }
             release_jail(&jail);
         }
@@ -459,10 +468,25 @@ impl VmBackend for FirecrackerBackend {
     async fn adopt(&self, request: CreateRequest<'_>) -> Result<FirecrackerMachine, BackendError> {
         let jail = self.jail(request.id)?;
         let config = self.spawn_config(request.id, request.spec, request.workdir, None, jail);
-        let process = FirecrackerProcess::adopt(&config)
-            .await
-            .map_err(BackendError::Adopt)?;
-        Ok(self.machine(process, request.spec, config.jail))
+        match FirecrackerProcess::adopt(&config).await {
+            Ok(process) => Ok(self.machine(process, request.spec, config.jail)),
+            Err(err) => {
+                // A VMM that cannot be taken over is ended by the caller
+                // (found by its record); its jail goes here, with whatever
+                // still runs in it, or it would outlive the VM.
+                if let Some(jail) = config.jail {
+                    tokio::task::spawn_blocking(move || {
+                        for pid in end_jailed(&jail) {
+                            tracing::warn!(pid, "ended a jailed VMM that could not be adopted");
+                        }
+                        release_jail(&jail);
+                    })
+                    .await
+                    .expect("ending a jail's processes does not panic");
+                }
+                Err(BackendError::Adopt(err))
+            }
+        }
     }
 
     async fn restore(
