@@ -456,6 +456,8 @@ async fn boot_raw(manifest: &Manifest, dir: &Path, timeout: Duration) -> anyhow:
         watch_for: vec![READY_LINE.to_owned()],
         extra_args: vec!["--config-file".to_owned(), "vm.json".to_owned()],
         netns: None,
+        jail: None,
+        cgroups: Vec::new(),
     })
     .await?;
     let ready = tokio::time::timeout(timeout, process.console().wait_for(READY_LINE)).await;

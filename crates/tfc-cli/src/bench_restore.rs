@@ -252,6 +252,8 @@ pub(crate) async fn raw_sample(
         watch_for: Vec::new(),
         extra_args: Vec::new(),
         netns: None,
+        jail: None,
+        cgroups: Vec::new(),
     })
     .await?;
     process.wait_api_ready(Duration::from_secs(5)).await?;

@@ -599,6 +599,7 @@ async fn get_vm(
     request_body = tfc_core::limits::RateLimits, responses(
     (status = 200, body = VmInfo),
     (status = 400, body = ErrorBody, description = "invalid limits (a rate of 0, net limits without a network)"),
+    (status = 413, body = ErrorBody, description = "body over the endpoint's limit"),
     (status = 404, body = ErrorBody),
     (status = 409, body = ErrorBody, description = "not allowed in the VM's state"),
     (status = 501, body = ErrorBody, description = "the VM's backend has no rate limits"),
@@ -733,6 +734,7 @@ async fn stop_vm(
 #[utoipa::path(post, path = "/v1/vms/{id}/snapshots", params(("id" = String, Path)), request_body = CreateSnapshotRequest, responses(
     (status = 201, body = SnapshotInfo),
     (status = 400, body = ErrorBody, description = "bad body or name taken"),
+    (status = 413, body = ErrorBody, description = "body over the endpoint's limit"),
     (status = 404, body = ErrorBody),
     (status = 409, body = ErrorBody, description = "not allowed in the VM's state, or a diff without dirty-page tracking or a parent"),
     (status = 501, body = ErrorBody, description = "the VM's backend takes no snapshots (`qemu-tcg`)"),
@@ -892,6 +894,7 @@ async fn get_pool(
 #[utoipa::path(patch, path = "/v1/pools/{vm_type}", params(("vm_type" = String, Path)), request_body = ResizePoolRequest, responses(
     (status = 200, body = PoolInfo),
     (status = 400, body = ErrorBody, description = "unknown VM type, or sizes out of bounds"),
+    (status = 413, body = ErrorBody, description = "body over the endpoint's limit"),
     (status = 501, body = ErrorBody, description = "waiting VMs for a type whose backend takes no snapshots (`qemu-tcg`)")
 ))]
 async fn resize_pool(
@@ -911,6 +914,7 @@ async fn resize_pool(
 #[utoipa::path(post, path = "/v1/pools/{vm_type}/acquire", params(("vm_type" = String, Path)), request_body(content = AcquireRequest, description = "optional"), responses(
     (status = 200, body = AcquireResponse),
     (status = 400, body = ErrorBody, description = "unknown VM type or bad body"),
+    (status = 413, body = ErrorBody, description = "body over the endpoint's limit"),
     (status = 503, body = ErrorBody, description = "nothing could serve within the wait; see Retry-After")
 ))]
 async fn acquire(

@@ -153,6 +153,53 @@ pub struct FirecrackerConfig {
     /// down; 0 skips it (x86 guests need an i8042 driver to act on it).
     #[serde(default)]
     pub ctrl_alt_del_grace_ms: u64,
+    /// Run every Firecracker under the jailer (needs root).
+    #[serde(default)]
+    pub jailer: bool,
+    /// The jailer binary; default: the one `tfc assets build` installed, else PATH.
+    pub jailer_binary: Option<PathBuf>,
+    /// The user and group the jailed VMM runs as.
+    #[serde(default = "default_jail_id")]
+    pub uid: u32,
+    #[serde(default = "default_jail_id")]
+    pub gid: u32,
+    /// Where the jails are made; default: `<data_dir>/jail`.
+    pub chroot_base: Option<PathBuf>,
+    #[serde(default)]
+    pub cgroup_version: CgroupVersionSetting,
+    /// Each VM's cgroup is `<parent_cgroup>/<vm id>` in every hierarchy.
+    #[serde(default = "default_parent_cgroup")]
+    pub parent_cgroup: String,
+    /// Start each jailed VMM as pid 1 of a new PID namespace.
+    #[serde(default = "default_true")]
+    pub new_pid_ns: bool,
+}
+
+/// `firecracker.cgroup_version`: the hierarchy the jailer uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CgroupVersionSetting {
+    /// What is mounted at /sys/fs/cgroup.
+    #[default]
+    Auto,
+    V1,
+    V2,
+}
+
+/// The jailed VMM's default uid and gid: `nobody`/`nogroup`, which exist on
+/// every Debian-like host and own no files, so the VMM can reach nothing
+/// beyond what is linked into its chroot. Every VM shares it: a host that
+/// wants VMs unable to signal one another sets a dedicated id per daemon.
+fn default_jail_id() -> u32 {
+    65534
+}
+
+fn default_parent_cgroup() -> String {
+    "tfc".to_owned()
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for FirecrackerConfig {
@@ -163,6 +210,14 @@ impl Default for FirecrackerConfig {
             console_log_limit_kib: default_console_limit(),
             stop_grace_ms: default_stop_grace(),
             ctrl_alt_del_grace_ms: 0,
+            jailer: false,
+            jailer_binary: None,
+            uid: default_jail_id(),
+            gid: default_jail_id(),
+            chroot_base: None,
+            cgroup_version: CgroupVersionSetting::Auto,
+            parent_cgroup: default_parent_cgroup(),
+            new_pid_ns: true,
         }
     }
 }
@@ -886,10 +941,30 @@ impl Config {
                 return Err(invalid(key, "must be at most 60000"));
             }
         }
-        if let Some(binary) = &fc.binary {
-            if !binary.is_absolute() {
-                return Err(invalid("firecracker.binary", "must be an absolute path"));
+        for (key, path) in [
+            ("firecracker.binary", &fc.binary),
+            ("firecracker.jailer_binary", &fc.jailer_binary),
+            ("firecracker.chroot_base", &fc.chroot_base),
+        ] {
+            if path.as_ref().is_some_and(|p| !p.is_absolute()) {
+                return Err(invalid(key, "must be an absolute path"));
             }
+        }
+        let cgroup_name_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if fc.parent_cgroup.is_empty()
+            || fc.parent_cgroup.starts_with('.')
+            || !fc.parent_cgroup.chars().all(cgroup_name_ok)
+        {
+            return Err(invalid(
+                "firecracker.parent_cgroup",
+                "must be one cgroup name: letters, digits, '-', '_' or '.', not starting with '.'",
+            ));
+        }
+        if fc.jailer && (fc.uid == 0 || fc.gid == 0) {
+            return Err(invalid(
+                "firecracker.uid",
+                "the jailed VMM must not run as root (uid or gid 0): choose an unprivileged id",
+            ));
         }
         let qemu = &self.qemu;
         if !(1..=3600).contains(&qemu.boot_timeout_secs) {
@@ -1233,6 +1308,29 @@ mod tests {
     }
 
     #[test]
+    fn the_jailer_is_off_by_default_and_its_keys_parse() {
+        let config = Config::parse("", "t").unwrap();
+        let fc = &config.firecracker;
+        assert!(!fc.jailer);
+        assert_eq!((fc.uid, fc.gid), (65534, 65534));
+        assert_eq!(fc.cgroup_version, CgroupVersionSetting::Auto);
+        assert_eq!(fc.parent_cgroup, "tfc");
+        assert!(fc.new_pid_ns && fc.chroot_base.is_none() && fc.jailer_binary.is_none());
+        let config = Config::parse(
+            "[firecracker]\njailer = true\nuid = 1234\ngid = 4321\nchroot_base = \"/srv/j\"\n\
+             cgroup_version = \"v2\"\nnew_pid_ns = false\njailer_binary = \"/opt/jailer\"",
+            "t",
+        )
+        .unwrap();
+        let fc = &config.firecracker;
+        assert!(fc.jailer && !fc.new_pid_ns);
+        assert_eq!((fc.uid, fc.gid), (1234, 4321));
+        assert_eq!(fc.cgroup_version, CgroupVersionSetting::V2);
+        assert_eq!(fc.chroot_base.as_deref(), Some(Path::new("/srv/j")));
+        assert_eq!(fc.jailer_binary.as_deref(), Some(Path::new("/opt/jailer")));
+    }
+
+    #[test]
     fn an_empty_file_means_defaults() {
         let config = Config::parse("", "t").unwrap();
         assert!(config.vm_types.contains_key("default"));
@@ -1275,6 +1373,27 @@ mod tests {
                 "firecracker.ctrl_alt_del_grace_ms",
             ),
             ("[firecracker]\nbinary = \"fc\"", "firecracker.binary"),
+            (
+                "[firecracker]\njailer_binary = \"jailer\"",
+                "firecracker.jailer_binary",
+            ),
+            (
+                "[firecracker]\nchroot_base = \"jails\"",
+                "firecracker.chroot_base",
+            ),
+            (
+                "[firecracker]\nparent_cgroup = \"a/b\"",
+                "firecracker.parent_cgroup",
+            ),
+            (
+                "[firecracker]\nparent_cgroup = \"..\"",
+                "firecracker.parent_cgroup",
+            ),
+            (
+                "[firecracker]\njailer = true\nuid = 0",
+                "firecracker.uid",
+            ),
+            ("[firecracker]\ncgroup_version = \"3\"", "cgroup_version"),
             (
                 "[firecracker]\nboot_timeout_secs = \"long\"",
                 "boot_timeout_secs",

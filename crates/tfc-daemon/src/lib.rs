@@ -78,6 +78,14 @@ pub enum DaemonError {
     NoFirecracker { tried: String },
     #[error("cannot use the firecracker binary")]
     FirecrackerUnusable(#[source] tfc_host::assets::binaries::BinaryError),
+    #[error("firecracker.jailer = true needs the daemon to run as root (the jailer makes chroots, device nodes and cgroups and switches user): run `tfc serve` as root, or set firecracker.jailer = false")]
+    JailerNeedsRoot,
+    #[error("jailer binary not found (tried: {tried}): run `tfc assets build`, put jailer on PATH, or set firecracker.jailer_binary")]
+    NoJailer { tried: String },
+    #[error("cannot tell the cgroup version: neither cgroup v2 nor v1 controllers are mounted at /sys/fs/cgroup; mount them, or set firecracker.cgroup_version")]
+    NoCgroups,
+    #[error("cannot run firecracker under the jailer")]
+    Jailer(#[source] tfc_firecracker::JailError),
     #[error("the qemu-tcg backend is configured ({by}) but cannot run here")]
     NoQemu {
         by: String,
@@ -148,6 +156,70 @@ fn resolve_firecracker(config: &Config, data_dir: &Path) -> Result<PathBuf, Daem
     })
 }
 
+/// Finds the jailer binary: configuration, then the built assets, then PATH.
+fn resolve_jailer(config: &Config, data_dir: &Path) -> Result<PathBuf, DaemonError> {
+    let mut tried = Vec::new();
+    if let Some(binary) = &config.firecracker.jailer_binary {
+        if binary.is_file() {
+            return Ok(binary.clone());
+        }
+        tried.push(format!("firecracker.jailer_binary = {}", binary.display()));
+    }
+    match tfc_host::assets::load_manifest(data_dir) {
+        Ok(manifest) if manifest.jailer.path.is_file() => return Ok(manifest.jailer.path.clone()),
+        Ok(manifest) => tried.push(format!("assets: {}", manifest.jailer.path.display())),
+        Err(_) => tried.push(format!("assets in {} (none built)", data_dir.display())),
+    }
+    if let Some(path) = tfc_host::find_on_path("jailer") {
+        return Ok(path);
+    }
+    tried.push("PATH".to_owned());
+    Err(DaemonError::NoJailer {
+        tried: tried.join(", "),
+    })
+}
+
+/// How the daemon runs `firecracker` under the jailer, checked against this
+/// host: root, the jailer binary, a cgroup hierarchy, an exec file name the
+/// jailer accepts. The jails' base directory is created.
+fn jailer_config(
+    config: &Config,
+    data_dir: &Path,
+    firecracker: &Path,
+) -> Result<tfc_firecracker::JailerConfig, DaemonError> {
+    use crate::config::CgroupVersionSetting;
+    use tfc_firecracker::CgroupVersion;
+    let fc = &config.firecracker;
+    if !tfc_firecracker::jailer::running_as_root() {
+        return Err(DaemonError::JailerNeedsRoot);
+    }
+    let binary = resolve_jailer(config, data_dir)?;
+    let cgroup_version = match fc.cgroup_version {
+        CgroupVersionSetting::Auto => {
+            CgroupVersion::detect(Path::new("/sys/fs/cgroup")).ok_or(DaemonError::NoCgroups)?
+        }
+        CgroupVersionSetting::V1 => CgroupVersion::V1,
+        CgroupVersionSetting::V2 => CgroupVersion::V2,
+    };
+    let chroot_base = fc
+        .chroot_base
+        .clone()
+        .unwrap_or_else(|| data_dir.join("jail"));
+    create_dir(&chroot_base)?;
+    let jailer = tfc_firecracker::JailerConfig {
+        binary,
+        uid: fc.uid,
+        gid: fc.gid,
+        chroot_base,
+        cgroup_version,
+        parent_cgroup: fc.parent_cgroup.clone(),
+        new_pid_ns: fc.new_pid_ns,
+    };
+    // Refused at start rather than at the first VM.
+    tfc_firecracker::Jail::new(&jailer, firecracker, "check").map_err(DaemonError::Jailer)?;
+    Ok(jailer)
+}
+
 /// The Firecracker backend, if its binary is found and runs.
 fn firecracker_backend(
     config: &Config,
@@ -162,9 +234,15 @@ fn firecracker_backend(
     )
     .map_err(DaemonError::FirecrackerUnusable)?
     .version;
+    let jailer = if fc.jailer {
+        Some(jailer_config(config, data_dir, &binary)?)
+    } else {
+        None
+    };
     Ok(FirecrackerBackend {
         binary,
         version,
+        jailer,
         boot_timeout: Duration::from_secs(fc.boot_timeout_secs),
         console_log_limit: fc.console_log_limit_kib * 1024,
         stop: tfc_firecracker::StopPolicy {
@@ -497,6 +575,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
     restrict_data_dir(&data_dir)?;
     let _lock = lock_data_dir(&data_dir)?;
     let backend = build_backend(&config, &data_dir)?;
+    let jailed = backend.jailed_firecracker().cloned();
     let store =
         tfc_store::AnyStore::open(config.daemon.storage, &data_dir).map_err(DaemonError::Store)?;
     let policy = config.daemon.shutdown_policy;
@@ -514,6 +593,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
         .await
         .map_err(DaemonError::Recover)?;
     reaper::reap_orphans(&manager::vms_dir(&data_dir), &recorded);
+    if let Some(fc) = &jailed {
+        fc.reap_jails(&recorded);
+    }
     let listener = bind(&socket)?;
     tracing::info!(
         socket = %socket.display(),

@@ -2221,6 +2221,7 @@ mod tests {
                 boot_timeout: Duration::from_secs(1),
                 console_log_limit: 4096,
                 stop: tfc_firecracker::StopPolicy::default(),
+                jailer: None,
             }),
             qemu: Err("not needed".to_owned()),
         }))

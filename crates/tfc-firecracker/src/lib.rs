@@ -8,12 +8,15 @@
 //! - [`console`]: bounded capture of the serial console with line watching (readiness).
 //! - [`pidfd`]: process file descriptors, so signals never reach a recycled pid.
 //! - [`process`]: spawn, wait for the API socket, detect exit, graceful stop, cleanup.
+//! - [`jailer`]: running the process under Firecracker's jailer: chroot, uid/gid,
+//!   cgroups, PID namespace; files moved in and out of the chroot.
 //! - [`vm_config`]: a VM's boot configuration, applied over the API or as a config file.
 //! - [`memfile`]: snapshot memory files; merging diff snapshots onto their base.
 //! - [`vsock`]: the host side of the vsock device's connect handshake; a guest liveness probe.
 
 pub mod client;
 pub mod console;
+pub mod jailer;
 pub mod memfile;
 pub mod models;
 pub mod pidfd;
@@ -23,6 +26,7 @@ pub mod vsock;
 
 pub use client::{ApiClient, ApiError};
 pub use console::{ConsoleError, ConsoleWatch};
+pub use jailer::{CgroupVersion, Jail, JailError, JailerConfig};
 pub use process::{
     ExitReason, FirecrackerProcess, ProcessError, ProcessRecord, SpawnConfig, StopPolicy,
 };

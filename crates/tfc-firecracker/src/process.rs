@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::client::ApiClient;
 use crate::console::{self, ConsoleWatch};
+use crate::jailer::{Jail, JailError};
 use crate::pidfd::Pidfd;
 pub use tfc_core::ExitReason;
 
@@ -125,6 +126,12 @@ pub struct SpawnConfig {
     /// A network namespace to run the process in (`/run/netns/NAME`), where
     /// the taps of its network interfaces are; the caller's own if `None`.
     pub netns: Option<PathBuf>,
+    /// Run under the jailer in this jail (see [`crate::jailer`]). The API
+    /// socket and Firecracker's log are then in the chroot, reached through
+    /// symlinks in `workdir`; console and stderr stay in `workdir`.
+    pub jail: Option<Jail>,
+    /// The jail's cgroup limits, `(cgroup file, value)`; unused without a jail.
+    pub cgroups: Vec<(String, String)>,
 }
 
 /// A failure to start or talk to the process.
@@ -166,6 +173,19 @@ pub enum ProcessError {
         #[source]
         source: crate::client::ApiError,
     },
+    #[error("cannot set up the jail")]
+    Jail(#[source] JailError),
+    #[error("cannot link {link} to the jail's {target}")]
+    JailLink {
+        link: PathBuf,
+        target: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the jailer {reason} without starting firecracker{stderr}")]
+    JailerFailed { reason: ExitReason, stderr: String },
+    #[error("the jailer did not report firecracker's pid in {path} within {timeout:?}")]
+    JailerPid { path: PathBuf, timeout: Duration },
     #[error("cannot record the firecracker process in {path}")]
     Record {
         path: PathBuf,
@@ -236,8 +256,10 @@ pub struct FirecrackerProcess {
 }
 
 impl FirecrackerProcess {
-    /// Spawns the process with its API socket, logs and console in `workdir`.
-    /// Returns as soon as the process exists; see [`Self::wait_api_ready`].
+    /// Spawns the process with its API socket, logs and console in `workdir`
+    /// (under the jailer: in a jail the caller has prepared, see
+    /// [`SpawnConfig::jail`]). Returns as soon as the process exists; see
+    /// [`Self::wait_api_ready`].
     pub async fn spawn(config: &SpawnConfig) -> Result<Self, ProcessError> {
         if !config.binary.is_file() {
             return Err(ProcessError::BinaryMissing(config.binary.clone()));
@@ -251,8 +273,6 @@ impl FirecrackerProcess {
         };
         // A stale socket from an earlier process would make bind fail.
         let _ = std::fs::remove_file(&socket);
-        // Firecracker opens its log path but does not create it.
-        prepare(config.workdir.join(VMM_LOG))?;
         let stderr = prepare(config.workdir.join(VMM_STDERR))?;
         let console_path = config.workdir.join(CONSOLE_LOG);
         let console_file = console::create_console_file(&console_path).map_err(|source| {
@@ -262,17 +282,30 @@ impl FirecrackerProcess {
             }
         })?;
 
-        let mut command = Command::new(&config.binary);
+        let mut netns_file = None;
+        let mut command = match &config.jail {
+            Some(jail) => jailed_command(config, jail)?,
+            None => {
+                // Firecracker opens its log path but does not create it.
+                prepare(config.workdir.join(VMM_LOG))?;
+                let mut command = Command::new(&config.binary);
+                command
+                    .arg("--api-sock")
+                    .arg(&socket)
+                    .arg("--id")
+                    .arg(&config.id)
+                    .arg("--log-path")
+                    .arg(config.workdir.join(VMM_LOG))
+                    .arg("--level")
+                    .arg("Info")
+                    .args(&config.extra_args);
+                if let Some(path) = &config.netns {
+                    netns_file = Some(enter_netns_at_exec(&mut command, path)?);
+                }
+                command
+            }
+        };
         command
-            .arg("--api-sock")
-            .arg(&socket)
-            .arg("--id")
-            .arg(&config.id)
-            .arg("--log-path")
-            .arg(config.workdir.join(VMM_LOG))
-            .arg("--level")
-            .arg("Info")
-            .args(&config.extra_args)
             .current_dir(&config.workdir)
             .stdin(Stdio::null())
             // A file, not a pipe: the console must outlive this daemon.
@@ -282,14 +315,19 @@ impl FirecrackerProcess {
             // reach the VMs; the daemon decides what happens to them.
             .process_group(0)
             .kill_on_drop(false);
-        let _netns = match &config.netns {
-            Some(path) => Some(enter_netns_at_exec(&mut command, path)?),
-            None => None,
+        let spawned = command.spawn();
+        drop(netns_file);
+        let spawned_binary = || match &config.jail {
+            Some(jail) => jail.config().binary.clone(),
+            None => config.binary.clone(),
         };
-        let mut child = command.spawn().map_err(|source| ProcessError::Spawn {
-            binary: config.binary.clone(),
+        let mut child = spawned.map_err(|source| ProcessError::Spawn {
+            binary: spawned_binary(),
             source,
         })?;
+        if let Some(jail) = config.jail.as_ref().filter(|j| j.config().new_pid_ns) {
+            return Self::jailed_in_new_pid_ns(config, jail, child).await;
+        }
         let pid = child.id().expect("a just-spawned child has a pid");
         // The child is unreaped, so the pid is ours to open a pidfd on; from here
         // on every signal goes through the pidfd.
@@ -315,13 +353,7 @@ impl FirecrackerProcess {
         let (exit_tx, exit_rx) = watch::channel(None);
         tokio::spawn(async move {
             let reason = match child.wait().await {
-                Ok(status) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    ExitReason {
-                        code: status.code(),
-                        signal: status.signal(),
-                    }
-                }
+                Ok(status) => exit_reason(status),
                 Err(_) => ExitReason {
                     code: None,
                     signal: None,
@@ -330,6 +362,70 @@ impl FirecrackerProcess {
             let _ = exit_tx.send(Some(reason));
         });
         Self::with_console(config.workdir.clone(), pid, pidfd, exit_rx, config).await
+    }
+
+    /// Completes a spawn under a jailer that starts Firecracker in a new PID
+    /// namespace: the jailer forks, records Firecracker's pid in the chroot
+    /// and exits. Firecracker is then not this process's child, so, as with
+    /// [`Self::adopt`], its end is seen through a pidfd and its exit status
+    /// is not known.
+    async fn jailed_in_new_pid_ns(
+        config: &SpawnConfig,
+        jail: &Jail,
+        mut child: tokio::process::Child,
+    ) -> Result<Self, ProcessError> {
+        let pid_file = jail.pid_file();
+        let no_pid = || ProcessError::JailerPid {
+            path: pid_file.clone(),
+            timeout: JAILER_TIMEOUT,
+        };
+        let status = match tokio::time::timeout(JAILER_TIMEOUT, child.wait()).await {
+            Ok(Ok(status)) => status,
+            Ok(Err(_)) => return Err(no_pid()),
+            Err(_) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(no_pid());
+            }
+        };
+        if !status.success() {
+            return Err(ProcessError::JailerFailed {
+                reason: exit_reason(status),
+                stderr: log_excerpt(&config.workdir),
+            });
+        }
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok())
+            .ok_or_else(no_pid)?;
+        let pidfd = Pidfd::open(pid).map_err(ProcessError::Pidfd)?;
+        // Checked after the open: the fd names a process inside this jail,
+        // not one that took a recycled pid.
+        if !jail.holds(pid) {
+            return Err(ProcessError::ExitedEarly {
+                reason: ExitReason {
+                    code: None,
+                    signal: None,
+                },
+                stderr: log_excerpt(&config.workdir),
+            });
+        }
+        let start_ticks = process_start_ticks(pid).unwrap_or(0);
+        if let Err(source) = (ProcessRecord { pid, start_ticks }).write(&config.workdir) {
+            let _ = pidfd.send_signal(libc::SIGKILL);
+            return Err(ProcessError::Record {
+                path: config.workdir.join(PROCESS_RECORD),
+                source,
+            });
+        }
+        let exit = match watch_exit(&pidfd) {
+            Ok(exit) => exit,
+            Err(e) => {
+                let _ = pidfd.send_signal(libc::SIGKILL);
+                return Err(e);
+            }
+        };
+        Self::with_console(config.workdir.clone(), pid, pidfd, exit, config).await
     }
 
     /// Takes charge of a Firecracker process that an earlier daemon started in
@@ -360,22 +456,7 @@ impl FirecrackerProcess {
                 source,
             });
         }
-        let waiter = pidfd.try_clone().map_err(ProcessError::Pidfd)?;
-        // SAFETY: the AsyncFd owns `waiter`, an OwnedFd-backed pidfd that stays
-        // open, and names the same process, until the AsyncFd is dropped.
-        let waiter = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(waiter, tokio::io::Interest::READABLE)
-        }
-        .map_err(|e| ProcessError::Pidfd(std::io::Error::from(e)))?;
-        let (exit_tx, exit_rx) = watch::channel(None);
-        tokio::spawn(async move {
-            // A pidfd turns readable when its process exits.
-            let _ = waiter.readable().await;
-            let _ = exit_tx.send(Some(ExitReason {
-                code: None,
-                signal: None,
-            }));
-        });
+        let exit_rx = watch_exit(&pidfd)?;
         Self::with_console(workdir.clone(), record.pid, pidfd, exit_rx, config).await
     }
 
@@ -500,23 +581,7 @@ impl FirecrackerProcess {
 
     /// Last lines of Firecracker's own log and stderr, for error messages.
     pub fn stderr_excerpt(&self) -> String {
-        let mut text = String::new();
-        for name in [VMM_STDERR, VMM_LOG] {
-            if let Ok(content) = std::fs::read_to_string(self.workdir.join(name)) {
-                for line in content
-                    .lines()
-                    .rev()
-                    .take(3)
-                    .collect::<Vec<_>>()
-                    .iter()
-                    .rev()
-                {
-                    text.push_str("\n  ");
-                    text.push_str(line);
-                }
-            }
-        }
-        text
+        log_excerpt(&self.workdir)
     }
 
     /// Sends `signal` if the process is still running.
@@ -560,6 +625,99 @@ impl Drop for FirecrackerProcess {
             self.signal(libc::SIGKILL);
         }
     }
+}
+
+/// How long the jailer may take to set up a jail and start Firecracker.
+const JAILER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The files of a jailed VMM that the host reaches from the VM's directory,
+/// through symlinks into the chroot (the vsock socket's link dangles in a VM
+/// without a vsock device).
+const JAIL_LINKS: [&str; 3] = [API_SOCKET, VMM_LOG, crate::vm_config::VSOCK_SOCKET];
+
+/// The jailer's command for `config`. The jail must have been prepared
+/// ([`Jail::prepare`]) with the files the VM needs linked in.
+fn jailed_command(config: &SpawnConfig, jail: &Jail) -> Result<Command, ProcessError> {
+    let jailer = &jail.config().binary;
+    if !jailer.is_file() {
+        return Err(ProcessError::Jail(JailError::BinaryMissing(jailer.clone())));
+    }
+    jail.create_writable(VMM_LOG).map_err(ProcessError::Jail)?;
+    for name in JAIL_LINKS {
+        let link = config.workdir.join(name);
+        let target = jail.host_path(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).map_err(|source| ProcessError::JailLink {
+            link,
+            target,
+            source,
+        })?;
+    }
+    // Paths as the VMM sees them: its root and working directory are the
+    // chroot. The jailer adds `--id` itself.
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--api-sock".into(),
+        format!("/{API_SOCKET}").into(),
+        "--log-path".into(),
+        VMM_LOG.into(),
+        "--level".into(),
+        "Info".into(),
+    ];
+    args.extend(config.extra_args.iter().map(Into::into));
+    let mut command = Command::new(jailer);
+    command.args(jail.command_args(config.netns.as_deref(), &config.cgroups, &args));
+    Ok(command)
+}
+
+fn exit_reason(status: std::process::ExitStatus) -> ExitReason {
+    use std::os::unix::process::ExitStatusExt;
+    ExitReason {
+        code: status.code(),
+        signal: status.signal(),
+    }
+}
+
+/// A channel that gets an (unknown) exit reason once the process of
+/// `pidfd` has ended: for processes that are not this process's children.
+fn watch_exit(pidfd: &Pidfd) -> Result<watch::Receiver<Option<ExitReason>>, ProcessError> {
+    let waiter = pidfd.try_clone().map_err(ProcessError::Pidfd)?;
+    // SAFETY: the AsyncFd owns `waiter`, an OwnedFd-backed pidfd that stays
+    // open, and names the same process, until the AsyncFd is dropped.
+    let waiter = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(waiter, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| ProcessError::Pidfd(std::io::Error::from(e)))?;
+    let (exit_tx, exit_rx) = watch::channel(None);
+    tokio::spawn(async move {
+        // A pidfd turns readable when its process exits.
+        let _ = waiter.readable().await;
+        let _ = exit_tx.send(Some(ExitReason {
+            code: None,
+            signal: None,
+        }));
+    });
+    Ok(exit_rx)
+}
+
+/// Last lines of Firecracker's own log and stderr in `workdir`.
+fn log_excerpt(workdir: &Path) -> String {
+    let mut text = String::new();
+    for name in [VMM_STDERR, VMM_LOG] {
+        if let Ok(content) = std::fs::read_to_string(workdir.join(name)) {
+            for line in content
+                .lines()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+                .iter()
+                .rev()
+            {
+                text.push_str("\n  ");
+                text.push_str(line);
+            }
+        }
+    }
+    text
 }
 
 /// Start time of a process in clock ticks since boot (field 22 of

@@ -1,5 +1,6 @@
 //! The Firecracker backend: one `firecracker` process per VM, configured through
-//! its API socket, readiness read from its serial console.
+//! its API socket, readiness read from its serial console; optionally under
+//! the jailer, one jail per VM (see [`tfc_firecracker::jailer`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,7 +16,10 @@ use tfc_firecracker::models::{
     PartialNetworkInterface, RateLimiter, SnapshotCreateParams, SnapshotLoadParams, SnapshotType,
     TokenBucket,
 };
-use tfc_firecracker::{ExitReason, FirecrackerProcess, SpawnConfig, StopPolicy, VmConfig};
+use tfc_firecracker::{
+    CgroupVersion, ExitReason, FirecrackerProcess, Jail, JailerConfig, SpawnConfig, StopPolicy,
+    VmConfig,
+};
 
 use super::{
     console_ready, probe_vsock, require_file, BackendError, CreateRequest, RestoreRequest,
@@ -36,12 +40,100 @@ pub struct FirecrackerBackend {
     pub boot_timeout: Duration,
     pub console_log_limit: u64,
     pub stop: StopPolicy,
+    /// Run each VMM under the jailer; `None`: as the daemon's user, unconfined.
+    pub jailer: Option<JailerConfig>,
+}
+
+/// The kernel's name in a jail (the VMM's working directory there).
+const JAIL_KERNEL: &str = "vmlinux";
+/// Snapshot files in a jail: written there by the VMM and moved to the
+/// catalog, or linked in from the catalog for a load.
+const JAIL_SNAPSHOT_STATE: &str = "snapshot.state";
+const JAIL_SNAPSHOT_MEMORY: &str = "snapshot.mem";
+/// A jailed VMM's memory limit above its guest's memory: the VMM itself
+/// (~22 MB resident per booted VM measured here), its page cache reads of
+/// kernel and images, and room to spare, since hitting the limit kills the VM.
+const VMM_MEMORY_OVERHEAD_MIB: u64 = 128;
+/// The CPU quota's period.
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// The cgroup limits of a jailed VM of `vcpus` and `memory_mib`: its guest's
+/// memory plus [`VMM_MEMORY_OVERHEAD_MIB`], and one core per vCPU plus one for
+/// the VMM's own threads (device emulation, API), so no VM takes more CPU
+/// than it was sized for.
+pub fn cgroup_limits(version: CgroupVersion, vcpus: u8, memory_mib: u32) -> Vec<(String, String)> {
+    let memory = (u64::from(memory_mib) + VMM_MEMORY_OVERHEAD_MIB) * 1024 * 1024;
+    let quota = (u64::from(vcpus) + 1) * CPU_PERIOD_US;
+    let pairs = match version {
+        CgroupVersion::V1 => vec![
+            ("memory.limit_in_bytes", memory.to_string()),
+            ("cpu.cfs_period_us", CPU_PERIOD_US.to_string()),
+            ("cpu.cfs_quota_us", quota.to_string()),
+        ],
+        CgroupVersion::V2 => vec![
+            ("memory.max", memory.to_string()),
+            ("cpu.max", format!("{quota} {CPU_PERIOD_US}")),
+        ],
+    };
+    pairs
+        .into_iter()
+        .map(|(file, value)| (file.to_owned(), value))
+        .collect()
+}
+
+/// Removes `jail` once no process runs in it: the VMM has ended (or been
+/// sent SIGKILL) when this is called, but a killed process leaves its
+/// cgroup only as it finishes exiting, so this waits up to a second.
+fn release_jail(jail: &Jail) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let result = if jail.processes().is_empty() {
+            jail.remove()
+        } else {
+            Err(tfc_firecracker::JailError::RemoveDir {
+                path: jail.dir(),
+                source: std::io::Error::from_raw_os_error(libc::EBUSY),
+            })
+        };
+        match result {
+            Ok(()) => return,
+            Err(err) if std::time::Instant::now() >= deadline => {
+                tracing::warn!(jail = %jail.dir().display(), error = %tfc_core::error_chain(&err), "cannot remove the VM's jail; the next daemon start removes it");
+                return;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Ends every process running in `jail` (signalled through pidfds, each
+/// checked to be in the jail after its open) and returns their pids.
+fn end_jailed(jail: &Jail) -> Vec<u32> {
+    let mut ended = Vec::new();
+    for pid in jail.processes() {
+        let Ok(pidfd) = tfc_firecracker::pidfd::Pidfd::open(pid) else {
+            continue;
+        };
+        if jail.holds(pid) && pidfd.send_signal(libc::SIGKILL).is_ok() {
+            pidfd.wait_exited(Duration::from_secs(5));
+            ended.push(pid);
+        }
+    }
+    ended
 }
 
 /// One VM backed by a Firecracker process.
 #[derive(Debug)]
 pub struct FirecrackerMachine {
     process: FirecrackerProcess,
+    /// The VM's jail, when its VMM runs under the jailer; removed once the
+    /// VMM has ended (see [`release_jail`]), unless the VM is detached.
+    /// Boxed: most machines have none.
+    jail: Option<Box<Jail>>,
+    /// Set by [`VmMachine::detach`]: the VMM and its jail outlive this handle.
+    detached: std::sync::atomic::AtomicBool,
+    /// The jail has been removed (the VMM ended).
+    released: std::sync::atomic::AtomicBool,
     readiness: String,
     boot_timeout: Duration,
     stop: StopPolicy,
@@ -126,13 +218,27 @@ fn patch_limiter(limit: Option<IoLimit>) -> RateLimiter {
 }
 
 impl FirecrackerBackend {
+    /// The jail of VM `id`, when VMMs run under the jailer.
+    fn jail(&self, id: &VmId) -> Result<Option<Jail>, BackendError> {
+        self.jailer
+            .as_ref()
+            .map(|config| Jail::new(config, &self.binary, id.as_str()))
+            .transpose()
+            .map_err(BackendError::Jail)
+    }
+
     fn spawn_config(
         &self,
         id: &VmId,
         spec: &VmSpec,
         workdir: &Path,
         netns: Option<PathBuf>,
+        jail: Option<Jail>,
     ) -> SpawnConfig {
+        let cgroups = jail
+            .as_ref()
+            .map(|j| cgroup_limits(j.config().cgroup_version, spec.vcpus, spec.memory_mib))
+            .unwrap_or_default();
         SpawnConfig {
             binary: self.binary.clone(),
             workdir: workdir.to_owned(),
@@ -144,30 +250,75 @@ impl FirecrackerBackend {
             ],
             extra_args: Vec::new(),
             netns,
+            jail,
+            cgroups,
         }
     }
 
-    /// Links the root image into `workdir`, spawns the VMM there, waits for its
-    /// API and runs `then` on it, marking each phase (`then` returns the one it
-    /// reached, if any). A failure after the spawn stops the process: nothing
-    /// is left behind.
+    /// Puts the files the VMM opens where it looks for them: the root image
+    /// as the relative link in `workdir`, or, under the jailer, the root
+    /// image (and, for a boot, the kernel) linked into a fresh jail. Returns
+    /// the VM's configuration with paths as the VMM sees them.
+    fn place_files(
+        &self,
+        spec: &VmSpec,
+        workdir: &Path,
+        jail: Option<&Jail>,
+        boot: bool,
+    ) -> Result<VmConfig, BackendError> {
+        let mut vm = vm_config(spec);
+        let Some(jail) = jail else {
+            vm.link_into(workdir).map_err(BackendError::Workdir)?;
+            return Ok(vm);
+        };
+        jail.prepare().map_err(BackendError::Jail)?;
+        let linked = (|| {
+            jail.link_in(&spec.rootfs, tfc_firecracker::vm_config::ROOTFS_LINK)?;
+            if boot {
+                jail.link_in(&spec.kernel, JAIL_KERNEL)?;
+            }
+            Ok(())
+        })();
+        if let Err(err) = linked {
+            release_jail(jail);
+            return Err(BackendError::Jail(err));
+        }
+        vm.kernel = PathBuf::from(JAIL_KERNEL);
+        Ok(vm)
+    }
+
+    /// Places the VM's files (see [`Self::place_files`]), spawns the VMM in
+    /// `workdir`, waits for its API and runs `then` on it, marking each phase
+    /// (`then` returns the one it reached, if any). A failure after the
+    /// spawn stops the process: nothing is left behind, jail included.
+    #[allow(clippy::too_many_arguments)]
     async fn launch(
         &self,
         id: &VmId,
         spec: &VmSpec,
         workdir: &Path,
         netns: Option<PathBuf>,
+        boot: bool,
         mark: &mut (dyn FnMut(BootPhase) + Send),
-        then: impl AsyncFnOnce(&tfc_firecracker::ApiClient) -> Result<Option<BootPhase>, BackendError>,
+        then: impl AsyncFnOnce(
+            &tfc_firecracker::ApiClient,
+            &VmConfig,
+        ) -> Result<Option<BootPhase>, BackendError>,
     ) -> Result<FirecrackerMachine, BackendError> {
-        vm_config(spec)
-            .link_into(workdir)
-            .map_err(BackendError::Workdir)?;
-        let process = FirecrackerProcess::spawn(&self.spawn_config(id, spec, workdir, netns))
-            .await
-            .map_err(BackendError::Spawn)?;
+        let jail = self.jail(id)?;
+        let vm = self.place_files(spec, workdir, jail.as_ref(), boot)?;
+        let config = self.spawn_config(id, spec, workdir, netns, jail.clone());
+        let process = match FirecrackerProcess::spawn(&config).await {
+            Ok(process) => process,
+            Err(err) => {
+                if let Some(jail) = &jail {
+                    release_jail(jail);
+                }
+                return Err(BackendError::Spawn(err));
+            }
+        };
         mark(BootPhase::Spawned);
-        let machine = self.machine(process, spec);
+        let machine = self.machine(process, spec, jail);
         let prepared = async {
             machine
                 .process
@@ -175,8 +326,8 @@ impl FirecrackerBackend {
                 .await
                 .map_err(BackendError::Spawn)?;
             mark(BootPhase::ApiReady);
-            enable_metrics(machine.process.api(), workdir).await;
-            if let Some(reached) = then(machine.process.api()).await? {
+            enable_metrics(machine.process.api(), workdir, machine.jail.as_deref()).await;
+            if let Some(reached) = then(machine.process.api(), &vm).await? {
                 mark(reached);
             }
             Ok::<(), BackendError>(())
@@ -185,15 +336,23 @@ impl FirecrackerBackend {
         match prepared {
             Ok(()) => Ok(machine),
             Err(e) => {
-                machine.process.stop(StopPolicy::default()).await;
+                machine.stop().await;
                 Err(e)
             }
         }
     }
 
-    fn machine(&self, process: FirecrackerProcess, spec: &VmSpec) -> FirecrackerMachine {
+    fn machine(
+        &self,
+        process: FirecrackerProcess,
+        spec: &VmSpec,
+        jail: Option<Jail>,
+    ) -> FirecrackerMachine {
         FirecrackerMachine {
             process,
+            jail: jail.map(Box::new),
+            detached: std::sync::atomic::AtomicBool::new(false),
+            released: std::sync::atomic::AtomicBool::new(false),
             readiness: spec.readiness.console_marker().to_owned(),
             boot_timeout: self.boot_timeout,
             stop: self.stop,
@@ -202,20 +361,43 @@ impl FirecrackerBackend {
             network: spec.network.is_some(),
         }
     }
+
+    /// Start-up cleanup of jails: a jail no process runs in is removed (the
+    /// VM it served has ended); one whose VM is not in `recorded` has its
+    /// processes ended first. Jails of recorded VMs whose VMM runs stay.
+    pub fn reap_jails(&self, recorded: &std::collections::HashSet<String>) -> Vec<u32> {
+        let Some(config) = &self.jailer else {
+            return Vec::new();
+        };
+        let mut killed = Vec::new();
+        for jail in Jail::all(config, &self.binary) {
+            let pids = jail.processes();
+            if !pids.is_empty() && recorded.contains(jail.id()) {
+                continue;
+            }
+            for pid in end_jailed(&jail) {
+                tracing::warn!(pid, jail = %jail.dir().display(), "ended VMM left in a jail by an earlier daemon");
+                killed.push(pid);
+            }
+            release_jail(&jail);
+        }
+        killed
+    }
+
+    /// The VM's jail and its VMM's working directory, for tests and tools:
+    /// `None` without the jailer.
+    pub fn jail_of(&self, id: &VmId) -> Option<Jail> {
+        self.jail(id).ok().flatten()
+    }
 }
 
 /// Has the VMM write its counters to [`FIRECRACKER_METRICS_FILE`] in
-/// `workdir` (relative: the VMM runs there), which the daemon's metrics sum.
-/// Allowed before a boot and before a snapshot load. Metrics are not worth
-/// a failed start: a failure is logged.
-async fn enable_metrics(api: &tfc_firecracker::ApiClient, workdir: &Path) {
-    // The VMM opens the file without creating it.
+/// `workdir` (relative: the VMM runs there, or in its jail's root), which
+/// the daemon's metrics sum. Allowed before a boot and before a snapshot
+/// load. Metrics are not worth a failed start: a failure is logged.
+async fn enable_metrics(api: &tfc_firecracker::ApiClient, workdir: &Path, jail: Option<&Jail>) {
     let path = workdir.join(FIRECRACKER_METRICS_FILE);
-    if let Err(err) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-    {
+    if let Err(err) = metrics_file(&path, jail) {
         tracing::warn!(path = %path.display(), %err, "cannot create the VMM's metrics file; no VMM metrics for this VM");
         return;
     }
@@ -227,7 +409,52 @@ async fn enable_metrics(api: &tfc_firecracker::ApiClient, workdir: &Path) {
     }
 }
 
+/// Creates the empty metrics file at `path` (the VMM opens it without
+/// creating it). A jailed VMM writes it through a hard link in its jail,
+/// owned by the jail's user; the file in `workdir` outlives the jail, so the
+/// VMM's last flush is still read after the jail is gone. (A jail on another
+/// filesystem gets its own file, reached through a symlink, whose last
+/// flush goes with the jail.)
+fn metrics_file(path: &Path, jail: Option<&Jail>) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let Some(jail) = jail else {
+        return Ok(());
+    };
+    std::os::unix::fs::chown(path, Some(jail.config().uid), Some(jail.config().gid))?;
+    let inside = jail.host_path(FIRECRACKER_METRICS_FILE);
+    let _ = std::fs::remove_file(&inside);
+    if std::fs::hard_link(path, &inside).is_err() {
+        jail.create_writable(FIRECRACKER_METRICS_FILE)
+            .map_err(std::io::Error::other)?;
+        std::fs::remove_file(path)?;
+        std::os::unix::fs::symlink(&inside, path)?;
+    }
+    Ok(())
+}
+
 impl FirecrackerMachine {
+    /// Removes the VM's jail, once: call after the VMM has ended.
+    async fn release(&self) {
+        let Some(jail) = self.jail.as_deref().cloned() else {
+            return;
+        };
+        if self
+            .released
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let _ = tokio::task::spawn_blocking(move || release_jail(&jail)).await;
+    }
+
+    /// The VM's jail, when its VMM runs under the jailer.
+    pub fn jail(&self) -> Option<&Jail> {
+        self.jail.as_deref()
+    }
+
     /// The guest's state as the VMM reports it.
     async fn instance_state(&self) -> Result<InstanceState, BackendError> {
         self.process
@@ -288,11 +515,27 @@ impl VmBackend for FirecrackerBackend {
     }
 
     async fn adopt(&self, request: CreateRequest<'_>) -> Result<FirecrackerMachine, BackendError> {
-        let config = self.spawn_config(request.id, request.spec, request.workdir, None);
-        let process = FirecrackerProcess::adopt(&config)
-            .await
-            .map_err(BackendError::Adopt)?;
-        Ok(self.machine(process, request.spec))
+        let jail = self.jail(request.id)?;
+        let config = self.spawn_config(request.id, request.spec, request.workdir, None, jail);
+        match FirecrackerProcess::adopt(&config).await {
+            Ok(process) => Ok(self.machine(process, request.spec, config.jail)),
+            Err(err) => {
+                // A VMM that cannot be taken over is ended by the caller
+                // (found by its record); its jail goes here, with whatever
+                // still runs in it, or it would outlive the VM.
+                if let Some(jail) = config.jail {
+                    tokio::task::spawn_blocking(move || {
+                        for pid in end_jailed(&jail) {
+                            tracing::warn!(pid, "ended a jailed VMM that could not be adopted");
+                        }
+                        release_jail(&jail);
+                    })
+                    .await
+                    .expect("ending a jail's processes does not panic");
+                }
+                Err(BackendError::Adopt(err))
+            }
+        }
     }
 
     async fn restore(
@@ -310,8 +553,9 @@ impl VmBackend for FirecrackerBackend {
             spec,
             request.workdir,
             request.netns,
+            false,
             mark,
-            async |_| Ok(None),
+            async |_, _| Ok(None),
         )
         .await
     }
@@ -325,14 +569,14 @@ impl VmBackend for FirecrackerBackend {
         require_file("kernel", &spec.kernel)?;
         require_file("rootfs", &spec.rootfs)?;
         check_kvm()?;
-        let vm = vm_config(spec);
         self.launch(
             request.id,
             spec,
             request.workdir,
             request.netns,
+            true,
             mark,
-            async |api| {
+            async |api, vm| {
                 vm.apply(api).await.map_err(BackendError::Configure)?;
                 Ok(Some(BootPhase::Configured))
             },
@@ -383,11 +627,28 @@ impl VmMachine for FirecrackerMachine {
         resume: bool,
     ) -> Result<(), BackendError> {
         let limits = self.limits();
+        // A jailed VMM sees only its chroot: the files are linked in for
+        // the load and unlinked after it (the VMM keeps its mapping).
+        let (state_path, memory_path) = match &self.jail {
+            None => (
+                state_file.display().to_string(),
+                memory_file.display().to_string(),
+            ),
+            Some(jail) => {
+                jail.link_in(state_file, JAIL_SNAPSHOT_STATE)
+                    .and_then(|()| jail.link_in(memory_file, JAIL_SNAPSHOT_MEMORY))
+                    .map_err(BackendError::Jail)?;
+                (
+                    JAIL_SNAPSHOT_STATE.to_owned(),
+                    JAIL_SNAPSHOT_MEMORY.to_owned(),
+                )
+            }
+        };
         let load = SnapshotLoadParams {
-            snapshot_path: state_file.display().to_string(),
+            snapshot_path: state_path,
             mem_backend: Some(MemoryBackend {
                 backend_type: MemoryBackendType::File,
-                backend_path: memory_file.display().to_string(),
+                backend_path: memory_path,
             }),
             enable_diff_snapshots: track_dirty_pages.then_some(true),
             // A VM with limits is loaded paused and resumed here, which
@@ -395,11 +656,13 @@ impl VmMachine for FirecrackerMachine {
             resume_vm: Some(resume && limits.is_empty()),
             network_overrides: Vec::new(),
         };
-        self.process
-            .api()
-            .load_snapshot(&load)
-            .await
-            .map_err(BackendError::Restore)?;
+        let loaded = self.process.api().load_snapshot(&load).await;
+        if let Some(jail) = &self.jail {
+            for name in [JAIL_SNAPSHOT_STATE, JAIL_SNAPSHOT_MEMORY] {
+                let _ = std::fs::remove_file(jail.host_path(name));
+            }
+        }
+        loaded.map_err(BackendError::Restore)?;
         if !limits.is_empty() {
             self.limits_pending
                 .store(true, std::sync::atomic::Ordering::Release);
@@ -497,9 +760,20 @@ impl VmMachine for FirecrackerMachine {
         state_file: &Path,
         memory_file: &Path,
     ) -> Result<(), BackendError> {
+        // A jailed VMM writes into its chroot; the files are moved out after.
+        let (state_path, memory_path) = match &self.jail {
+            None => (
+                state_file.display().to_string(),
+                memory_file.display().to_string(),
+            ),
+            Some(_) => (
+                JAIL_SNAPSHOT_STATE.to_owned(),
+                JAIL_SNAPSHOT_MEMORY.to_owned(),
+            ),
+        };
         let params = SnapshotCreateParams {
-            snapshot_path: state_file.display().to_string(),
-            mem_file_path: memory_file.display().to_string(),
+            snapshot_path: state_path,
+            mem_file_path: memory_path,
             snapshot_type: Some(match kind {
                 SnapshotKind::Full => SnapshotType::Full,
                 SnapshotKind::Diff => SnapshotType::Diff,
@@ -527,7 +801,13 @@ impl VmMachine for FirecrackerMachine {
             self.limits_pending
                 .store(true, std::sync::atomic::Ordering::Release);
         }
-        taken
+        taken?;
+        if let Some(jail) = &self.jail {
+            jail.move_out(JAIL_SNAPSHOT_STATE, state_file)
+                .and_then(|()| jail.move_out(JAIL_SNAPSHOT_MEMORY, memory_file))
+                .map_err(BackendError::Jail)?;
+        }
+        Ok(())
     }
 
     async fn stop(&self) -> ExitReason {
@@ -539,12 +819,14 @@ impl VmMachine for FirecrackerMachine {
         }
         let reason = self.process.stop(self.stop).await;
         self.process.remove_socket();
+        self.release().await;
         reason
     }
 
     async fn wait_exit(&self) -> ExitReason {
         let reason = self.process.wait_exit().await;
         self.process.remove_socket();
+        self.release().await;
         reason
     }
 
@@ -553,6 +835,54 @@ impl VmMachine for FirecrackerMachine {
     }
 
     fn detach(&self) {
+        self.detached
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.process.detach();
+    }
+}
+
+/// A machine dropped without a stop (a panicking owner) takes its VMM with
+/// it (see [`FirecrackerProcess`]'s drop) and its jail too. This blocks its
+/// thread until the killed VMM has left the jail (bounded: [`release_jail`]);
+/// done here rather than on another thread so that a VM relaunched with the
+/// same id never finds its new jail removed under it.
+impl Drop for FirecrackerMachine {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        let Some(jail) = &self.jail else {
+            return;
+        };
+        if self.detached.load(Ordering::SeqCst) || self.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.process.signal(libc::SIGKILL);
+        release_jail(jail);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_limits_follow_the_vm_size_in_each_version() {
+        let v1 = cgroup_limits(CgroupVersion::V1, 2, 256);
+        let mib = 1024 * 1024;
+        assert_eq!(
+            v1,
+            [
+                ("memory.limit_in_bytes".to_owned(), (384 * mib).to_string()),
+                ("cpu.cfs_period_us".to_owned(), "100000".to_owned()),
+                ("cpu.cfs_quota_us".to_owned(), "300000".to_owned()),
+            ]
+        );
+        let v2 = cgroup_limits(CgroupVersion::V2, 1, 128);
+        assert_eq!(
+            v2,
+            [
+                ("memory.max".to_owned(), (256 * mib).to_string()),
+                ("cpu.max".to_owned(), "200000 100000".to_owned()),
+            ]
+        );
     }
 }

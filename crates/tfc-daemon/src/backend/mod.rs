@@ -56,6 +56,8 @@ pub enum BackendError {
     Adopt(#[source] tfc_firecracker::ProcessError),
     #[error("cannot prepare the VM directory")]
     Workdir(#[source] std::io::Error),
+    #[error("cannot prepare or use the VM's jail")]
+    Jail(#[source] tfc_firecracker::JailError),
     #[error("the VMM could not load the snapshot")]
     Restore(#[source] tfc_firecracker::ApiError),
     #[error("the VMM runs no guest: {0}")]
@@ -374,6 +376,14 @@ impl Backend {
                 Err(_) => "(firecracker not available)",
             },
             Backend::Fake(_) => fake::FAKE_VERSION,
+        }
+    }
+
+    /// The Firecracker backend, when it runs its VMMs under the jailer.
+    pub fn jailed_firecracker(&self) -> Option<&FirecrackerBackend> {
+        match self {
+            Backend::Vmms(v) => v.firecracker.as_ref().ok().filter(|fc| fc.jailer.is_some()),
+            Backend::Fake(_) => None,
         }
     }
 

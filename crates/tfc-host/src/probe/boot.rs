@@ -185,6 +185,8 @@ pub async fn run(
         watch_for: marker::ALL.iter().map(|m| m.to_string()).collect(),
         extra_args: vec!["--config-file".to_string(), VM_CONFIG_FILE.to_string()],
         netns: None,
+        jail: None,
+        cgroups: Vec::new(),
     })
     .await
     .map_err(BootProbeError::Spawn)?;

@@ -1,0 +1,628 @@
+//! Running Firecracker under the jailer: its own uid/gid, a chroot, cgroup
+//! limits, optionally a new PID namespace, and Firecracker's seccomp filters
+//! left on.
+//!
+//! A [`Jail`] is one VM's chroot, `<chroot_base>/<exec file name>/<id>/root`
+//! (the layout the jailer itself uses), plus the cgroups the jailer makes,
+//! `<cgroup mount>/<parent_cgroup>/<id>`. Inside the chroot the VMM's working
+//! directory is `/`, so the relative paths the VM configuration uses (root
+//! drive link, vsock socket) resolve in the chroot exactly as they resolve in
+//! the VM's directory without the jailer. Files from outside (kernel, root
+//! image, snapshot files) are hard-linked in (copied across filesystems), and
+//! the host side of the VMM's sockets is reached through symlinks in the VM's
+//! directory (see [`crate::process`]).
+//!
+//! Invariant: a jail directory exists before the jailer can create the jail's
+//! cgroups, and [`Jail::remove`] removes the cgroups before the directory, so
+//! a jail's cgroups are always found through its directory.
+
+use std::ffi::OsString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The pid file the jailer writes in the chroot when it starts Firecracker in
+/// a new PID namespace: `<exec file name>.pid`.
+const PID_FILE_SUFFIX: &str = ".pid";
+/// Jail ids the jailer accepts: letters, digits and `-`, at most 64.
+const MAX_JAIL_ID_LEN: usize = 64;
+
+/// The cgroup hierarchy the jailer places the VMM in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    V1,
+    V2,
+}
+
+impl CgroupVersion {
+    /// The version mounted at `root` (normally `/sys/fs/cgroup`): v2 when the
+    /// unified hierarchy is mounted there (it has `cgroup.controllers`), v1
+    /// when controllers are mounted below it; `None` when neither.
+    pub fn detect(root: &Path) -> Option<Self> {
+        if root.join("cgroup.controllers").is_file() {
+            return Some(Self::V2);
+        }
+        let v1 = std::fs::read_dir(root).ok()?.flatten().any(|e| {
+            let dir = e.path();
+            dir.join("tasks").is_file() && dir.join("cgroup.procs").is_file()
+        });
+        v1.then_some(Self::V1)
+    }
+
+    /// The value of the jailer's `--cgroup-version`.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            Self::V1 => "1",
+            Self::V2 => "2",
+        }
+    }
+}
+
+/// How to run Firecracker under the jailer (shared by every VM of a daemon).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailerConfig {
+    pub binary: PathBuf,
+    /// The VMM switches to these after the jail is set up.
+    pub uid: u32,
+    pub gid: u32,
+    /// Jails are made under `<chroot_base>/<exec file name>/`.
+    pub chroot_base: PathBuf,
+    pub cgroup_version: CgroupVersion,
+    /// Every VM's cgroup is `<parent_cgroup>/<id>` in each hierarchy.
+    pub parent_cgroup: String,
+    /// Start Firecracker as pid 1 of a new PID namespace.
+    pub new_pid_ns: bool,
+}
+
+/// A jail step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    #[error("the jailer accepts ids of letters, digits and `-` only (at most {MAX_JAIL_ID_LEN}), not `{0}`: choose such a VM id")]
+    InvalidId(String),
+    #[error("the jailer runs only an exec file whose name contains \"firecracker\", not {0}: rename the binary or link it under such a name")]
+    ExecFileName(PathBuf),
+    #[error(
+        "jailer binary not found at {0}: run `tfc assets build` or set firecracker.jailer_binary"
+    )]
+    BinaryMissing(PathBuf),
+    #[error("cannot create the jail directory {path}")]
+    CreateRoot {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot put {from} into the jail as {to}")]
+    LinkIn {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot let the jail user read {path}")]
+    GrantRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot move {from} out of the jail to {to}")]
+    MoveOut {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot remove the jail's cgroup {path}")]
+    RemoveCgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot remove the jail directory {path}")]
+    RemoveDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One VM's jail: where its chroot and cgroups are, how to start the jailer
+/// for it, and how to move files in and out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jail {
+    config: JailerConfig,
+    id: String,
+    /// The firecracker binary; the jailer copies it into the chroot.
+    exec_file: PathBuf,
+    /// Its file name: the jail directory's parent and the pid file's stem.
+    exec_name: String,
+}
+
+impl Jail {
+    /// The jail of VM `id` running `exec_file` (which the jailer requires to
+    /// be named `*firecracker*`).
+    pub fn new(config: &JailerConfig, exec_file: &Path, id: &str) -> Result<Self, JailError> {
+        let valid_id = !id.is_empty()
+            && id.len() <= MAX_JAIL_ID_LEN
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !valid_id {
+            return Err(JailError::InvalidId(id.to_owned()));
+        }
+        let exec_name = exec_file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| n.contains("firecracker"))
+            .ok_or_else(|| JailError::ExecFileName(exec_file.to_owned()))?
+            .to_owned();
+        Ok(Self {
+            config: config.clone(),
+            id: id.to_owned(),
+            exec_file: exec_file.to_owned(),
+            exec_name,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn config(&self) -> &JailerConfig {
+        &self.config
+    }
+
+    /// `<chroot_base>/<exec name>/<id>`: everything of this jail on disk.
+    pub fn dir(&self) -> PathBuf {
+        self.config.chroot_base.join(&self.exec_name).join(&self.id)
+    }
+
+    /// The chroot: the VMM's `/` and working directory.
+    pub fn root(&self) -> PathBuf {
+        self.dir().join("root")
+    }
+
+    /// Where a path the VMM sees (absolute, or relative to its working
+    /// directory `/`) is on the host.
+    pub fn host_path(&self, jailed: &str) -> PathBuf {
+        self.root().join(jailed.trim_start_matches('/'))
+    }
+
+    /// The file in which the jailer records the VMM's pid (new PID namespace only).
+    pub fn pid_file(&self) -> PathBuf {
+        self.root()
+            .join(format!("{}{PID_FILE_SUFFIX}", self.exec_name))
+    }
+
+    /// The jailer's command line: its own options, then `--` and
+    /// `firecracker_args` (the jailer adds `--id` to them itself). Limits
+    /// are `(cgroup file, value)` pairs of the configured cgroup version.
+    pub fn command_args(
+        &self,
+        netns: Option<&Path>,
+        cgroups: &[(String, String)],
+        firecracker_args: &[OsString],
+    ) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut push = |flag: &str, value: OsString| {
+            args.push(flag.into());
+            args.push(value);
+        };
+        push("--id", self.id.clone().into());
+        push("--exec-file", self.exec_file.clone().into());
+        push("--uid", self.config.uid.to_string().into());
+        push("--gid", self.config.gid.to_string().into());
+        push("--chroot-base-dir", self.config.chroot_base.clone().into());
+        push(
+            "--cgroup-version",
+            self.config.cgroup_version.as_arg().into(),
+        );
+        push("--parent-cgroup", self.config.parent_cgroup.clone().into());
+        for (file, value) in cgroups {
+            push("--cgroup", format!("{file}={value}").into());
+        }
+        if let Some(netns) = netns {
+            push("--netns", netns.into());
+        }
+        if self.config.new_pid_ns {
+            args.push("--new-pid-ns".into());
+        }
+        args.push("--".into());
+        args.extend(firecracker_args.iter().cloned());
+        args
+    }
+
+    /// Makes an empty chroot (a stale one of an earlier VM with this id is
+    /// removed first), owned by the jail user, which the VMM must be able to
+    /// create its sockets and snapshot files in.
+    pub fn prepare(&self) -> Result<(), JailError> {
+        self.remove()?;
+        let root = self.root();
+        let failed = |source| JailError::CreateRoot {
+            path: root.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&root).map_err(failed)?;
+        std::os::unix::fs::chown(&root, Some(self.config.uid), Some(self.config.gid))
+            .map_err(failed)?;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).map_err(failed)
+    }
+
+    /// Creates an empty file in the chroot that the VMM may write (its log:
+    /// Firecracker opens its log path but does not create it). Returns its
+    /// host path.
+    pub fn create_writable(&self, name: &str) -> Result<PathBuf, JailError> {
+        let path = self.host_path(name);
+        let failed = |source| JailError::CreateRoot {
+            path: path.clone(),
+            source,
+        };
+        std::fs::File::create(&path).map_err(failed)?;
+        std::os::unix::fs::chown(&path, Some(self.config.uid), Some(self.config.gid))
+            .map_err(failed)?;
+        Ok(path)
+    }
+
+    /// Puts `source` into the chroot as `name`, for the VMM to read: a hard
+    /// link (so a shared image or memory file is not copied), or a copy when
+    /// `source` is on another filesystem. The VMM opens such files read-only;
+    /// a file the jail user cannot read gets the jail's group with group read
+    /// (never write) added, which, on a hard link, its original gets too.
+    pub fn link_in(&self, source: &Path, name: &str) -> Result<(), JailError> {
+        let target = self.host_path(name);
+        let failed = |err| JailError::LinkIn {
+            from: source.to_owned(),
+            to: target.clone(),
+            source: err,
+        };
+        match std::fs::remove_file(&target) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(failed(e)),
+            _ => {}
+        }
+        match std::fs::hard_link(source, &target) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                std::fs::copy(source, &target).map_err(failed)?;
+            }
+            Err(e) => return Err(failed(e)),
+        }
+        self.grant_read(&target)
+    }
+
+    fn grant_read(&self, path: &Path) -> Result<(), JailError> {
+        let failed = |source| JailError::GrantRead {
+            path: path.to_owned(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(failed)?;
+        let mode = meta.mode();
+        let readable = mode & 0o004 != 0
+            || (meta.uid() == self.config.uid && mode & 0o400 != 0)
+            || (meta.gid() == self.config.gid && mode & 0o040 != 0);
+        if readable {
+            return Ok(());
+        }
+        std::os::unix::fs::chown(path, None, Some(self.config.gid)).map_err(failed)?;
+        let mode = (mode | 0o040) & !0o020 & 0o7777;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(failed)
+    }
+
+    /// Moves a file the VMM wrote in the chroot (`name`) to `dest` outside,
+    /// owned by this process's user and group from then on.
+    pub fn move_out(&self, name: &str, dest: &Path) -> Result<(), JailError> {
+        let from = self.host_path(name);
+        let failed = |source| JailError::MoveOut {
+            from: from.clone(),
+            to: dest.to_owned(),
+            source,
+        };
+        match std::fs::rename(&from, dest) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                std::fs::copy(&from, dest).map_err(failed)?;
+                std::fs::remove_file(&from).map_err(failed)?;
+            }
+            Err(e) => return Err(failed(e)),
+        }
+        // SAFETY: geteuid and getegid only read this process's credentials.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        std::os::unix::fs::chown(dest, Some(uid), Some(gid)).map_err(failed)
+    }
+
+    /// The cgroups of this jail that exist, in every mounted hierarchy.
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        cgroup_mounts()
+            .into_iter()
+            .map(|mount| mount.join(&self.config.parent_cgroup).join(&self.id))
+            .filter(|dir| dir.is_dir())
+            .collect()
+    }
+
+    /// Whether process `pid` runs inside this jail (its root directory is
+    /// the chroot: same device and inode, which also holds across the mount
+    /// namespace the jailer gives it).
+    pub fn holds(&self, pid: u32) -> bool {
+        let Ok(root) = std::fs::metadata(self.root()) else {
+            return false;
+        };
+        std::fs::metadata(format!("/proc/{pid}/root"))
+            .is_ok_and(|m| m.dev() == root.dev() && m.ino() == root.ino())
+    }
+
+    /// The processes running inside this jail.
+    pub fn processes(&self) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| self.holds(*pid))
+            .collect()
+    }
+
+    /// Removes the jail's cgroups, then its directory. Call once no process
+    /// runs in it (a cgroup with processes cannot be removed). Removing a
+    /// jail that is not there succeeds.
+    pub fn remove(&self) -> Result<(), JailError> {
+        for dir in self.cgroup_dirs() {
+            std::fs::remove_dir(&dir).map_err(|source| JailError::RemoveCgroup {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let dir = self.dir();
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(JailError::RemoveDir {
+                path: dir,
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The jails of `exec_file` that exist under `config.chroot_base`.
+    pub fn all(config: &JailerConfig, exec_file: &Path) -> Vec<Jail> {
+        let Ok(probe) = Jail::new(config, exec_file, "x") else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir(config.chroot_base.join(&probe.exec_name)) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| Jail::new(config, exec_file, e.file_name().to_str()?).ok())
+            .collect()
+    }
+}
+
+/// Mount points of the cgroup hierarchies (v1 controllers and v2), from
+/// `/proc/self/mounts`.
+fn cgroup_mounts() -> Vec<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+            matches!(fstype, "cgroup" | "cgroup2").then(|| PathBuf::from(unescape_mount(dir)))
+        })
+        .collect()
+}
+
+/// `/proc/self/mounts` writes space, tab, newline and backslash in paths as
+/// three-digit octal escapes.
+fn unescape_mount(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            let d = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(d, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// This process runs as root, which the jailer needs (chroot, setuid,
+/// cgroups, device nodes).
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid only reads this process's credentials.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(base: &Path) -> JailerConfig {
+        JailerConfig {
+            binary: "/opt/fc/jailer".into(),
+            uid: 123,
+            gid: 456,
+            chroot_base: base.to_owned(),
+            cgroup_version: CgroupVersion::V1,
+            parent_cgroup: "tfc".into(),
+            new_pid_ns: true,
+        }
+    }
+
+    #[test]
+    fn the_command_line_has_every_jailer_option_then_firecrackers() {
+        let jail = Jail::new(
+            &config(Path::new("/srv/jails")),
+            Path::new("/opt/fc/firecracker"),
+            "vm-1a",
+        )
+        .unwrap();
+        let args = jail.command_args(
+            Some(Path::new("/run/netns/tfc-1")),
+            &[
+                ("memory.limit_in_bytes".into(), "1024".into()),
+                ("cpu.cfs_quota_us".into(), "200000".into()),
+            ],
+            &["--api-sock".into(), "/api.sock".into()],
+        );
+        let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            args,
+            [
+                "--id",
+                "vm-1a",
+                "--exec-file",
+                "/opt/fc/firecracker",
+                "--uid",
+                "123",
+                "--gid",
+                "456",
+                "--chroot-base-dir",
+                "/srv/jails",
+                "--cgroup-version",
+                "1",
+                "--parent-cgroup",
+                "tfc",
+                "--cgroup",
+                "memory.limit_in_bytes=1024",
+                "--cgroup",
+                "cpu.cfs_quota_us=200000",
+                "--netns",
+                "/run/netns/tfc-1",
+                "--new-pid-ns",
+                "--",
+                "--api-sock",
+                "/api.sock",
+            ]
+        );
+    }
+
+    #[test]
+    fn without_a_netns_or_pid_namespace_those_options_are_left_out() {
+        let mut config = config(Path::new("/srv/jails"));
+        config.new_pid_ns = false;
+        config.cgroup_version = CgroupVersion::V2;
+        let jail = Jail::new(&config, Path::new("/bin/firecracker-v1.12"), "a").unwrap();
+        let args = jail.command_args(None, &[], &[]);
+        let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert!(!args.contains(&"--netns") && !args.contains(&"--new-pid-ns"));
+        assert_eq!(
+            &args[10..],
+            ["--cgroup-version", "2", "--parent-cgroup", "tfc", "--"]
+        );
+    }
+
+    #[test]
+    fn paths_are_remapped_into_the_chroot() {
+        let jail = Jail::new(
+            &config(Path::new("/srv/jails")),
+            Path::new("/opt/fc/firecracker"),
+            "vm-1",
+        )
+        .unwrap();
+        assert_eq!(jail.dir(), Path::new("/srv/jails/firecracker/vm-1"));
+        assert_eq!(jail.root(), Path::new("/srv/jails/firecracker/vm-1/root"));
+        assert_eq!(
+            jail.host_path("/api.sock"),
+            Path::new("/srv/jails/firecracker/vm-1/root/api.sock")
+        );
+        assert_eq!(
+            jail.host_path("rootfs.ext4"),
+            Path::new("/srv/jails/firecracker/vm-1/root/rootfs.ext4")
+        );
+        assert_eq!(
+            jail.pid_file(),
+            Path::new("/srv/jails/firecracker/vm-1/root/firecracker.pid")
+        );
+    }
+
+    #[test]
+    fn ids_and_exec_files_the_jailer_refuses_are_refused_here() {
+        let config = config(Path::new("/j"));
+        let fc = Path::new("/bin/firecracker");
+        for id in ["", "vm_1", "vm/1", "vm.1", &"a".repeat(65)] {
+            let err = Jail::new(&config, fc, id).unwrap_err();
+            assert!(matches!(err, JailError::InvalidId(_)), "{id}: {err}");
+        }
+        let err = Jail::new(&config, Path::new("/bin/fc"), "vm-1").unwrap_err();
+        assert!(matches!(err, JailError::ExecFileName(_)));
+    }
+
+    #[test]
+    fn mount_paths_are_unescaped() {
+        assert_eq!(unescape_mount("/sys/fs/cgroup/cpu"), "/sys/fs/cgroup/cpu");
+        assert_eq!(unescape_mount("/a\\040b\\134c"), "/a b\\c");
+    }
+
+    /// Needs root (chown to another user); says so rather than passing.
+    #[test]
+    fn files_linked_in_stay_read_only_and_become_readable_by_the_jail_user() {
+        if !running_as_root() {
+            eprintln!("NOT RUN (needs root): files_linked_in_stay_read_only_and_become_readable_by_the_jail_user");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let jail = Jail::new(
+            &config(&dir.path().join("jails")),
+            Path::new("/bin/firecracker"),
+            "vm-1",
+        )
+        .unwrap();
+        jail.prepare().unwrap();
+        let root = std::fs::metadata(jail.root()).unwrap();
+        assert_eq!(
+            (root.uid(), root.gid(), root.mode() & 0o777),
+            (123, 456, 0o700)
+        );
+
+        let open = dir.path().join("image");
+        std::fs::write(&open, b"image").unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o444)).unwrap();
+        jail.link_in(&open, "rootfs.ext4").unwrap();
+        let linked = std::fs::metadata(jail.host_path("rootfs.ext4")).unwrap();
+        assert_eq!(linked.ino(), std::fs::metadata(&open).unwrap().ino());
+        assert_eq!(
+            linked.mode() & 0o777,
+            0o444,
+            "a readable file is left as it is"
+        );
+
+        let private = dir.path().join("memory");
+        std::fs::write(&private, b"memory").unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+        jail.link_in(&private, "snapshot.mem").unwrap();
+        let linked = std::fs::metadata(jail.host_path("snapshot.mem")).unwrap();
+        assert_eq!(linked.gid(), 456);
+        assert_eq!(linked.mode() & 0o777, 0o640, "group read, never write");
+
+        std::fs::write(jail.host_path("out"), b"written").unwrap();
+        let dest = dir.path().join("out");
+        jail.move_out("out", &dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"written");
+        assert!(!jail.host_path("out").exists());
+
+        jail.remove().unwrap();
+        assert!(!jail.dir().exists());
+        assert!(dir.path().join("jails/firecracker").is_dir());
+    }
+
+    #[test]
+    fn this_hosts_cgroup_version_is_detected() {
+        let root = Path::new("/sys/fs/cgroup");
+        let detected = CgroupVersion::detect(root);
+        let v2 = root.join("cgroup.controllers").is_file();
+        let v1 = root.join("memory/tasks").is_file() || root.join("cpu/tasks").is_file();
+        match detected {
+            Some(CgroupVersion::V2) => assert!(v2),
+            Some(CgroupVersion::V1) => assert!(v1 && !v2),
+            None => assert!(!v1 && !v2),
+        }
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(CgroupVersion::detect(empty.path()), None);
+    }
+}
