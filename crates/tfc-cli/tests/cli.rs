@@ -2181,6 +2181,13 @@ fn json_logs_carry_the_request_and_vm_of_each_line() {
         .unwrap_or_else(|| panic!("no answer logged for GET /v1/vms/{id}:\n{log}"));
     assert_eq!(answered["span"]["method"], "GET");
     assert_eq!(answered["fields"]["status"], 200);
+    // What the VM's owner logs (its boot here) is in a span naming the VM.
+    assert!(
+        lines.iter().any(|l| l["span"]["name"] == "vm_owner"
+            && l["span"]["vm"] == id
+            && l["fields"]["message"] == "VM ready"),
+        "no owner line for {id}:\n{log}"
+    );
     assert!(lines
         .iter()
         .any(|l| l["fields"]["message"] == "tfc daemon listening"));

@@ -13,6 +13,7 @@ use tfc_api::{ExitInfo, SnapshotKind, SnapshotTiming, StartInfo, VmInfo};
 use tfc_core::{error_chain, transition, BootPhase, BootTimeline, VmEvent, VmId, VmSpec, VmState};
 use tfc_store::{AnyStore, Store, VmRow};
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
 
 use crate::agent::{AgentAddress, AgentLink, LinkError};
 use crate::backend::{
@@ -429,7 +430,8 @@ pub fn spawn(
 ) -> VmHandle {
     let (handle, mut owner) = handle_and_owner(info, requested_at, store);
     owner.boot_timeout = boot_timeout;
-    tokio::spawn(owner.run(backend));
+    let span = owner_span(&owner.id);
+    tokio::spawn(owner.run(backend).instrument(span));
     handle
 }
 
@@ -443,7 +445,8 @@ pub fn adopt(
 ) -> VmHandle {
     let (handle, mut owner) = handle_and_owner(info, Instant::now(), store);
     owner.boot_timeout = boot_timeout;
-    tokio::spawn(owner.readopt(backend));
+    let span = owner_span(&owner.id);
+    tokio::spawn(owner.readopt(backend).instrument(span));
     handle
 }
 
@@ -462,8 +465,16 @@ pub fn spawn_running(
     if let (Some(link), Some(connection)) = (&owner.agent, agent) {
         link.open(Some(connection));
     }
-    tokio::spawn(owner.run_restored(machine));
+    let span = owner_span(&owner.id);
+    tokio::spawn(owner.run_restored(machine).instrument(span));
     handle
+}
+
+/// The span every line an owner logs is in: it names the VM, so one VM's
+/// story can be picked out of the log (the requests that reach it are in
+/// spans naming it too, see `api::observe_request`).
+fn owner_span(id: &VmId) -> tracing::Span {
+    tracing::info_span!("vm_owner", vm = %id)
 }
 
 /// The agent port of a re-adopted VM that needs the identity fix-up now: it
