@@ -246,6 +246,14 @@ impl From<LogsError> for ApiError {
     fn from(err: LogsError) -> Self {
         let code = match &err {
             LogsError::BadTail(_) => ErrorCode::InvalidRequest,
+            // Not a regular file, or a link: what a jailed VMM's user may
+            // leave in its jail instead of its log. Refused, not followed.
+            LogsError::Read { source, .. }
+                if source.raw_os_error() == Some(libc::ELOOP)
+                    || source.kind() == std::io::ErrorKind::InvalidInput =>
+            {
+                ErrorCode::InvalidState
+            }
             LogsError::Read { .. } => ErrorCode::Internal,
         };
         ApiError::new(code, tfc_core::error_chain(&err))
@@ -420,11 +428,19 @@ pub fn router(manager: VmManager) -> Router {
             get(get_snapshot).delete(delete_snapshot),
         )
         .route("/v1/templates", get(list_templates))
-        .route("/v1/templates/{vm_type}/build", post(build_template))
+        // Acquires may restore or boot (warm and cold tiers) and builds
+        // boot: they count as creations.
+        .route(
+            "/v1/templates/{vm_type}/build",
+            post(build_template).layer(capped(&creates)),
+        )
         .route("/v1/network", get(network_status))
         .route("/v1/pools", get(list_pools))
         .route("/v1/pools/{vm_type}", get(get_pool).patch(resize_pool))
-        .route("/v1/pools/{vm_type}/acquire", post(acquire))
+        .route(
+            "/v1/pools/{vm_type}/acquire",
+            post(acquire).layer(capped(&creates)),
+        )
         .route("/v1/vms/{id}/release", post(release_vm))
         .route(
             "/v1/vms/{id}/exec",
@@ -487,9 +503,14 @@ async fn observe_request(
             );
         }
     });
+    // The method is the client's to choose: unknown ones share one series.
+    let method_label = match method.as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
+        _ => "other",
+    };
     manager
         .metrics()
-        .request(method.as_str(), &route, status.as_u16(), took);
+        .request(method_label, &route, status.as_u16(), took);
     response
 }
 
@@ -642,7 +663,8 @@ struct LogsParams {
     (status = 200, content_type = "text/plain", body = String, description = "the log's text",
         headers(("x-tfc-log-offset" = u64, description = "the log's length after this read: the next read's `since`"))),
     (status = 400, body = ErrorBody, description = "a bad tail, or both tail and since"),
-    (status = 404, body = ErrorBody)
+    (status = 404, body = ErrorBody),
+    (status = 409, body = ErrorBody, description = "the log is not a regular file (a link or a FIFO a jailed VMM's user put in its jail): refused, not followed")
 ))]
 async fn vm_logs(
     State(manager): State<VmManager>,
@@ -804,7 +826,8 @@ async fn list_templates(State(manager): State<VmManager>) -> Json<TemplateList> 
     (status = 200, body = TemplateInfo),
     (status = 400, body = ErrorBody, description = "unknown VM type"),
     (status = 501, body = ErrorBody, description = "the type's backend takes no snapshots (`qemu-tcg`), so it has no template"),
-    (status = 502, body = ErrorBody, description = "the build failed")
+    (status = 502, body = ErrorBody, description = "the build failed"),
+    (status = 503, body = ErrorBody, description = "`api.max_concurrent_creates` creations in flight; see Retry-After")
 ))]
 async fn build_template(
     State(manager): State<VmManager>,

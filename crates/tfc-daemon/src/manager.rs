@@ -1314,7 +1314,8 @@ impl VmManager {
         }
         // Before the row goes: a VM's network outlives nothing it names.
         self.detach_network(handle.id()).await;
-        self.inner.metrics.vm_ended(handle.id().as_str());
+        let (manager, id) = (self.clone(), handle.id().to_string());
+        let _ = tokio::task::spawn_blocking(move || manager.inner.metrics.vm_ended(&id)).await;
         let workdir = vms_dir(&self.inner.data_dir).join(handle.id().as_str());
         if let Err(err) = std::fs::remove_dir_all(&workdir) {
             if err.kind() != std::io::ErrorKind::NotFound {
@@ -1886,7 +1887,7 @@ impl VmManager {
                 }
             }
             let _ = record.wait_for(|r| r.state.is_terminal()).await;
-            manager.inner.metrics.vm_ended(&id);
+            let _ = tokio::task::spawn_blocking(move || manager.inner.metrics.vm_ended(&id)).await;
         });
     }
 

@@ -32,6 +32,10 @@ const BUCKETS: [f64; 18] = [
 /// read at the next.
 const MAX_READ_PER_SCRAPE: u64 = 4 * 1024 * 1024;
 
+/// Longest line kept while waiting for its end; a longer one (no flush is
+/// near this) is dropped up to its newline.
+const MAX_PARTIAL_LINE: usize = 1024 * 1024;
+
 /// The Firecracker counters summed: (section, field, metric name, help).
 /// Every one is a per-flush delta in Firecracker's output.
 pub const FIRECRACKER_COUNTERS: &[(&str, &str, &str, &str)] = &[
@@ -201,13 +205,17 @@ struct FirecrackerFile {
     offset: u64,
     /// The start of a line not yet terminated.
     partial: Vec<u8>,
+    /// Inside an overlong line, which is skipped to its end.
+    skipping: bool,
     totals: FirecrackerTotals,
 }
 
 impl FirecrackerFile {
     /// Reads what was appended since the last read (a bounded amount).
     fn catch_up(&mut self) {
-        let Ok(mut file) = std::fs::File::open(&self.path) else {
+        // A jailed VMM's user owns the file (a hard link into its jail): it
+        // is read as untrusted, never through a link or from a FIFO.
+        let Ok(mut file) = tfc_firecracker::open_untrusted(&self.path) else {
             return;
         };
         if file.seek(SeekFrom::Start(self.offset)).is_err() {
@@ -222,8 +230,22 @@ impl FirecrackerFile {
             return;
         };
         self.offset += read;
-        self.partial.extend_from_slice(&fresh);
+        let mut fresh = &fresh[..];
+        if self.skipping {
+            match fresh.iter().position(|b| *b == b'\n') {
+                Some(end) => {
+                    self.skipping = false;
+                    fresh = &fresh[end + 1..];
+                }
+                None => return,
+            }
+        }
+        self.partial.extend_from_slice(fresh);
         let Some(end) = self.partial.iter().rposition(|b| *b == b'\n') else {
+            if self.partial.len() > MAX_PARTIAL_LINE {
+                self.partial.clear();
+                self.skipping = true;
+            }
             return;
         };
         let complete: Vec<u8> = self.partial.drain(..=end).collect();
@@ -235,10 +257,20 @@ impl FirecrackerFile {
     }
 }
 
-/// The metrics recorded as events happen.
+/// The metrics recorded as events happen. Two locks: the one every request
+/// takes never waits on file reads, which happen under the other.
 #[derive(Debug, Default)]
 pub struct Metrics {
     inner: Mutex<Recorded>,
+    files: Mutex<Files>,
+}
+
+#[derive(Debug, Default)]
+struct Files {
+    /// Firecracker files of VMs still in the table, by VM id.
+    firecracker: HashMap<String, FirecrackerFile>,
+    /// Totals of VMs that have ended, per VM type.
+    firecracker_ended: BTreeMap<String, FirecrackerTotals>,
 }
 
 #[derive(Debug, Default)]
@@ -249,10 +281,6 @@ struct Recorded {
     phases: BTreeMap<(String, &'static str, &'static str, &'static str), Histogram>,
     /// (VM type, tier).
     acquires: BTreeMap<(String, &'static str), Histogram>,
-    /// Firecracker files of VMs still in the table, by VM id.
-    firecracker: HashMap<String, FirecrackerFile>,
-    /// Totals of VMs that have ended, per VM type.
-    firecracker_ended: BTreeMap<String, FirecrackerTotals>,
 }
 
 /// A VM's start as [`Metrics::vm_started`] records it.
@@ -267,6 +295,12 @@ pub struct Start<'a> {
 impl Metrics {
     fn lock(&self) -> std::sync::MutexGuard<'_, Recorded> {
         self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn files(&self) -> std::sync::MutexGuard<'_, Files> {
+        self.files
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -308,7 +342,7 @@ impl Metrics {
 
     /// Starts following the Firecracker metrics file of VM `id`.
     pub fn follow_firecracker(&self, id: &str, vm_type: &str, workdir: &Path) {
-        self.lock()
+        self.files()
             .firecracker
             .entry(id.to_owned())
             .or_insert_with(|| FirecrackerFile {
@@ -316,18 +350,19 @@ impl Metrics {
                 path: workdir.join(FIRECRACKER_METRICS_FILE),
                 offset: 0,
                 partial: Vec::new(),
+                skipping: false,
                 totals: FirecrackerTotals::default(),
             });
     }
 
     /// VM `id` has ended: its file is read a last time and its totals kept
-    /// under its type. Call before its directory goes; a second call is a
-    /// no-op.
+    /// under its type. Call before its directory goes, off the async
+    /// threads (it reads a file); a second call is a no-op.
     pub fn vm_ended(&self, id: &str) {
-        let mut recorded = self.lock();
-        if let Some(mut file) = recorded.firecracker.remove(id) {
+        let mut files = self.files();
+        if let Some(mut file) = files.firecracker.remove(id) {
             file.catch_up();
-            recorded
+            files
                 .firecracker_ended
                 .entry(file.vm_type)
                 .or_default()
@@ -338,9 +373,9 @@ impl Metrics {
     /// Firecracker totals per VM type, live and ended VMs together, after
     /// reading what the live VMs' files gained.
     pub fn firecracker_totals(&self) -> BTreeMap<String, FirecrackerTotals> {
-        let mut recorded = self.lock();
-        let mut totals = recorded.firecracker_ended.clone();
-        for file in recorded.firecracker.values_mut() {
+        let mut files = self.files();
+        let mut totals = files.firecracker_ended.clone();
+        for file in files.firecracker.values_mut() {
             file.catch_up();
             totals
                 .entry(file.vm_type.clone())
@@ -882,6 +917,33 @@ mod tests {
         assert_eq!(mmio(&metrics), 8);
         metrics.vm_ended("vm1");
         assert_eq!(mmio(&metrics), 8);
+    }
+
+    #[test]
+    fn an_overlong_line_is_dropped_to_its_end_and_a_fifo_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FIRECRACKER_METRICS_FILE);
+        let metrics = Metrics::default();
+        metrics.follow_firecracker("vm1", "small", dir.path());
+        let mmio = |m: &Metrics| m.firecracker_totals()["small"].0[2];
+        use std::io::Write;
+        let mut file = std::fs::File::create(&path).unwrap();
+        // More than a line may hold, with no newline: dropped, not kept.
+        file.write_all(&vec![b'x'; MAX_PARTIAL_LINE + 10]).unwrap();
+        assert_eq!(mmio(&metrics), 0);
+        assert!(metrics.files().firecracker["vm1"].partial.is_empty());
+        file.write_all(b"xx\n{\"vcpu\":{\"exit_mmio_read\":2}}\n")
+            .unwrap();
+        assert_eq!(mmio(&metrics), 2);
+        // A FIFO (or a link) where the file was is not opened.
+        std::fs::remove_file(&path).unwrap();
+        let fifo = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert_eq!(mmio(&metrics), 2, "a FIFO would have blocked here");
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &path).unwrap();
+        assert_eq!(mmio(&metrics), 2);
     }
 
     proptest::proptest! {

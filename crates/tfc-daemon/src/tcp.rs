@@ -21,10 +21,17 @@ use crate::access::ClientAddr;
 use crate::config::ApiConfig;
 
 /// Longest a client may take over its TLS handshake.
-const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(3);
 
 /// Most TLS handshakes under way at once; connections beyond are closed.
 const MAX_HANDSHAKES: usize = 128;
+
+/// Most TCP connections open at once, and per client address: beyond, a
+/// new connection is closed at once. Unauthenticated clients cannot run the
+/// daemon out of file descriptors (which its VMs and the Unix socket need),
+/// and one client cannot take every slot.
+const MAX_CONNECTIONS: usize = 512;
+const MAX_CONNECTIONS_PER_CLIENT: usize = 32;
 
 /// Why the TCP listener cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +93,94 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TcpError> {
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
+/// Open connections, in all and per client address.
+#[derive(Debug)]
+struct Connections {
+    all: Arc<tokio::sync::Semaphore>,
+    per_client: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One open connection's place, given back when the connection is dropped.
+#[derive(Debug)]
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    client: std::net::IpAddr,
+    connections: Arc<Connections>,
+}
+
+impl Connections {
+    fn take(self: &Arc<Self>, client: std::net::IpAddr) -> Option<Slot> {
+        let permit = self.all.clone().try_acquire_owned().ok()?;
+        let mut per_client = self.per_client.lock().expect("connections lock");
+        let open = per_client.entry(client).or_default();
+        if *open >= MAX_CONNECTIONS_PER_CLIENT {
+            return None;
+        }
+        *open += 1;
+        Some(Slot {
+            _permit: permit,
+            client,
+            connections: self.clone(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut per_client = self
+            .connections
+            .per_client
+            .lock()
+            .expect("connections lock");
+        if let Some(open) = per_client.get_mut(&self.client) {
+            *open -= 1;
+            if *open == 0 {
+                per_client.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// A connection's stream holding its [`Slot`].
+struct Counted {
+    stream: Box<dyn Stream>,
+    _slot: Slot,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 /// The TCP listener as the server sees it: connections ready for HTTP,
 /// with their peers.
 #[derive(Debug)]
@@ -140,6 +235,10 @@ async fn accept_loop(
     ready: mpsc::Sender<(Box<dyn Stream>, SocketAddr)>,
 ) {
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let connections = Arc::new(Connections {
+        all: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+        per_client: Default::default(),
+    });
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -151,9 +250,17 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Some(slot) = connections.take(peer.ip()) else {
+            tracing::debug!(%peer, "too many TCP connections open: connection closed");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let Some(acceptor) = &tls else {
-            if ready.send((Box::new(stream), peer)).await.is_err() {
+            let counted = Counted {
+                stream: Box::new(stream),
+                _slot: slot,
+            };
+            if ready.send((Box::new(counted), peer)).await.is_err() {
                 return;
             }
             continue;
@@ -167,7 +274,11 @@ async fn accept_loop(
             let _permit = permit;
             match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => {
-                    let _ = ready.send((Box::new(stream), peer)).await;
+                    let counted = Counted {
+                        stream: Box::new(stream),
+                        _slot: slot,
+                    };
+                    let _ = ready.send((Box::new(counted), peer)).await;
                 }
                 Ok(Err(err)) => tracing::info!(%peer, error = %err, "TLS handshake failed"),
                 Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
@@ -198,5 +309,35 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpA
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, TcpApiListener>) -> Self {
         ClientAddr::Tcp(*stream.remote_addr())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_capped_per_client_and_given_back() {
+        let connections = Arc::new(Connections {
+            all: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            per_client: Default::default(),
+        });
+        // Addresses as values only: nothing is sent anywhere.
+        let one: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let other: std::net::IpAddr = "192.0.2.2".parse().unwrap();
+        let slots: Vec<Slot> = (0..MAX_CONNECTIONS_PER_CLIENT)
+            .map(|_| connections.take(one).expect("under the cap"))
+            .collect();
+        assert!(connections.take(one).is_none(), "over the client's cap");
+        let theirs = connections.take(other).expect("another client has room");
+        assert_eq!(
+            connections.all.available_permits(),
+            MAX_CONNECTIONS - MAX_CONNECTIONS_PER_CLIENT - 1
+        );
+        drop(slots);
+        drop(theirs);
+        assert_eq!(connections.all.available_permits(), MAX_CONNECTIONS);
+        assert!(connections.per_client.lock().unwrap().is_empty());
+        assert!(connections.take(one).is_some());
     }
 }

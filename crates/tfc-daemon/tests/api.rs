@@ -515,4 +515,18 @@ async fn a_vms_logs_are_read_whole_by_tail_or_from_an_offset() {
         .send(Method::GET, "/v1/vms/vm-000000000000/logs", None)
         .await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+
+    // A jailed VMM's log is a link into its jail, whose user may replace
+    // the file there with a link to a host file: refused, never followed.
+    let secret = workdir.join("host-secret");
+    std::fs::write(&secret, "secret\n").unwrap();
+    let jailed = workdir.join("jail-log");
+    std::os::unix::fs::symlink(&secret, &jailed).unwrap();
+    std::fs::remove_file(workdir.join("firecracker.log")).unwrap();
+    std::os::unix::fs::symlink(&jailed, workdir.join("firecracker.log")).unwrap();
+    let (status, body) = h
+        .send(Method::GET, &format!("/v1/vms/{id}/logs?source=vmm"), None)
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "invalid_state");
+    assert!(!body.to_string().contains("secret\\n"), "{body}");
 }

@@ -17,7 +17,7 @@
 //! a jail's cgroups are always found through its directory.
 
 use std::ffi::OsString;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The pid file the jailer writes in the chroot when it starts Firecracker in
@@ -285,12 +285,18 @@ impl Jail {
         self.grant_read(&target)
     }
 
+    /// Lets the jail's group read `path`, a file just placed in the chroot.
+    /// Through a descriptor opened without following links: the chroot is
+    /// the jail user's, so whatever is at `path` now may not be what was
+    /// placed there, and a link must not turn this into a change of a host
+    /// file.
     fn grant_read(&self, path: &Path) -> Result<(), JailError> {
         let failed = |source| JailError::GrantRead {
             path: path.to_owned(),
             source,
         };
-        let meta = std::fs::metadata(path).map_err(failed)?;
+        let file = open_untrusted(path).map_err(failed)?;
+        let meta = file.metadata().map_err(failed)?;
         let mode = meta.mode();
         let readable = mode & 0o004 != 0
             || (meta.uid() == self.config.uid && mode & 0o400 != 0)
@@ -298,13 +304,19 @@ impl Jail {
         if readable {
             return Ok(());
         }
-        std::os::unix::fs::chown(path, None, Some(self.config.gid)).map_err(failed)?;
+        std::os::unix::fs::fchown(&file, None, Some(self.config.gid)).map_err(failed)?;
         let mode = (mode | 0o040) & !0o020 & 0o7777;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(failed)
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(failed)
     }
 
     /// Moves a file the VMM wrote in the chroot (`name`) to `dest` outside,
     /// owned by this process's user and group from then on.
+    ///
+    /// The chroot is the jail user's, and the guest has run: only a regular
+    /// file that user owns, with no other name, is taken (not a link to a
+    /// host file, not a FIFO), and the file moved is checked to be the one
+    /// examined. Ownership changes go through the descriptor.
     pub fn move_out(&self, name: &str, dest: &Path) -> Result<(), JailError> {
         let from = self.host_path(name);
         let failed = |source| JailError::MoveOut {
@@ -312,17 +324,48 @@ impl Jail {
             to: dest.to_owned(),
             source,
         };
+        let refused = |why: &str| {
+            failed(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("refused: {why}"),
+            ))
+        };
+        let mut source = open_untrusted(&from).map_err(failed)?;
+        let meta = source.metadata().map_err(failed)?;
+        if meta.uid() != self.config.uid {
+            return Err(refused("not owned by the jail's user"));
+        }
+        if meta.nlink() != 1 {
+            return Err(refused("the file has other names"));
+        }
+        // SAFETY: geteuid and getegid only read this process's credentials.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         match std::fs::rename(&from, dest) {
-            Ok(()) => {}
+            Ok(()) => {
+                // What the name pointed to when renamed must be what was examined.
+                let moved = std::fs::symlink_metadata(dest).map_err(failed)?;
+                if (moved.dev(), moved.ino()) != (meta.dev(), meta.ino()) {
+                    let _ = std::fs::remove_file(dest);
+                    return Err(refused("the file changed while it was moved"));
+                }
+            }
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                std::fs::copy(&from, dest).map_err(failed)?;
+                let mut copy = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(0o600)
+                    .open(dest)
+                    .map_err(failed)?;
+                std::io::copy(&mut source, &mut copy).map_err(failed)?;
+                copy.sync_all().map_err(failed)?;
                 std::fs::remove_file(&from).map_err(failed)?;
             }
             Err(e) => return Err(failed(e)),
         }
-        // SAFETY: geteuid and getegid only read this process's credentials.
-        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-        std::os::unix::fs::chown(dest, Some(uid), Some(gid)).map_err(failed)
+        let moved = open_untrusted(dest).map_err(failed)?;
+        std::os::unix::fs::fchown(&moved, Some(uid), Some(gid)).map_err(failed)
     }
 
     /// The cgroups of this jail that exist, in every mounted hierarchy.
@@ -433,6 +476,39 @@ fn unescape_mount(field: &str) -> String {
 
 /// This process runs as root, which the jailer needs (chroot, setuid,
 /// cgroups, device nodes).
+/// Opens `path` for reading when its last component is a regular file, not
+/// following a symbolic link there and not blocking on a FIFO: for files in
+/// places another user controls (a jail's chroot is its user's). The
+/// directories above `path` must be trusted.
+pub fn open_untrusted(path: &Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
+/// [`open_untrusted`] of `path`, or, when `path` is a symbolic link (the
+/// links the daemon makes from a VM's directory into its jail), of the
+/// link's target: the link is trusted, the file it names is not.
+pub fn open_untrusted_link(path: &Path) -> std::io::Result<std::fs::File> {
+    if std::fs::symlink_metadata(path)?.file_type().is_symlink() {
+        let target = std::fs::read_link(path)?;
+        let target = match path.parent() {
+            Some(dir) if target.is_relative() => dir.join(target),
+            _ => target,
+        };
+        return open_untrusted(&target);
+    }
+    open_untrusted(path)
+}
+
 pub fn running_as_root() -> bool {
     // SAFETY: geteuid only reads this process's credentials.
     unsafe { libc::geteuid() == 0 }
@@ -600,11 +676,37 @@ mod tests {
         assert_eq!(linked.gid(), 456);
         assert_eq!(linked.mode() & 0o777, 0o640, "group read, never write");
 
+        // What the VMM wrote (as the jail's user) comes out, ours.
         std::fs::write(jail.host_path("out"), b"written").unwrap();
+        std::os::unix::fs::chown(jail.host_path("out"), Some(123), Some(456)).unwrap();
         let dest = dir.path().join("out");
         jail.move_out("out", &dest).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"written");
+        assert_eq!(std::fs::metadata(&dest).unwrap().uid(), 0);
         assert!(!jail.host_path("out").exists());
+
+        // The jail's user controls the chroot: a link to a host file, a
+        // second name of a file, or a file it does not own is refused, and
+        // the host file is left as it was.
+        let host_file = dir.path().join("host-secret");
+        std::fs::write(&host_file, b"secret").unwrap();
+        std::fs::set_permissions(&host_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&host_file, jail.host_path("snapshot.state")).unwrap();
+        let taken = dir.path().join("taken");
+        assert!(jail.move_out("snapshot.state", &taken).is_err());
+        assert!(!taken.exists());
+        let linked = jail.host_path("twice");
+        std::fs::write(&linked, b"x").unwrap();
+        std::os::unix::fs::chown(&linked, Some(123), Some(456)).unwrap();
+        std::fs::hard_link(&linked, jail.host_path("twice-too")).unwrap();
+        assert!(jail.move_out("twice", &taken).is_err());
+        std::fs::write(jail.host_path("roots"), b"x").unwrap();
+        assert!(jail.move_out("roots", &taken).is_err());
+        assert!(!taken.exists());
+        // Nor does granting read follow a link out of the jail.
+        assert!(jail.grant_read(&jail.host_path("snapshot.state")).is_err());
+        let host = std::fs::metadata(&host_file).unwrap();
+        assert_eq!((host.gid(), host.mode() & 0o777), (0, 0o600));
 
         jail.remove().unwrap();
         assert!(!jail.dir().exists());

@@ -26,7 +26,9 @@ pub mod vsock;
 
 pub use client::{ApiClient, ApiError};
 pub use console::{ConsoleError, ConsoleWatch};
-pub use jailer::{CgroupVersion, Jail, JailError, JailerConfig};
+pub use jailer::{
+    open_untrusted, open_untrusted_link, CgroupVersion, Jail, JailError, JailerConfig,
+};
 pub use process::{
     ExitReason, FirecrackerProcess, ProcessError, ProcessRecord, SpawnConfig, StopPolicy,
 };

@@ -700,10 +700,24 @@ fn watch_exit(pidfd: &Pidfd) -> Result<watch::Receiver<Option<ExitReason>>, Proc
 }
 
 /// Last lines of Firecracker's own log and stderr in `workdir`.
+/// How much of the end of each VMM log an error quotes from.
+const EXCERPT_BYTES: u64 = 16 * 1024;
+
 fn log_excerpt(workdir: &Path) -> String {
     let mut text = String::new();
     for name in [VMM_STDERR, VMM_LOG] {
-        if let Ok(content) = std::fs::read_to_string(workdir.join(name)) {
+        // The VMM's log may be in its jail: opened as untrusted, and only
+        // its end read.
+        let content = crate::jailer::open_untrusted_link(&workdir.join(name)).and_then(|file| {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut file = file;
+            let len = file.metadata()?.len();
+            file.seek(SeekFrom::Start(len.saturating_sub(EXCERPT_BYTES)))?;
+            let mut bytes = Vec::new();
+            file.take(EXCERPT_BYTES).read_to_end(&mut bytes)?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        });
+        if let Ok(content) = content {
             for line in content
                 .lines()
                 .rev()

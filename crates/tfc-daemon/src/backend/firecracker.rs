@@ -311,8 +311,15 @@ impl FirecrackerBackend {
         let process = match FirecrackerProcess::spawn(&config).await {
             Ok(process) => process,
             Err(err) => {
-                if let Some(jail) = &jail {
-                    release_jail(jail);
+                if let Some(jail) = jail {
+                    // The VMM may run though the spawn failed (the jailer
+                    // forked it, then its pid could not be confirmed): it is
+                    // ended before its jail goes. Off the async threads.
+                    let _ = tokio::task::spawn_blocking(move || {
+                        end_jailed(&jail);
+                        release_jail(&jail);
+                    })
+                    .await;
                 }
                 return Err(BackendError::Spawn(err));
             }
@@ -412,9 +419,9 @@ async fn enable_metrics(api: &tfc_firecracker::ApiClient, workdir: &Path, jail: 
 /// Creates the empty metrics file at `path` (the VMM opens it without
 /// creating it). A jailed VMM writes it through a hard link in its jail,
 /// owned by the jail's user; the file in `workdir` outlives the jail, so the
-/// VMM's last flush is still read after the jail is gone. (A jail on another
-/// filesystem gets its own file, reached through a symlink, whose last
-/// flush goes with the jail.)
+/// VMM's last flush is still read after the jail is gone. A jail on another
+/// filesystem gets no metrics file: a link into the jail would let its user
+/// choose what the daemon reads.
 fn metrics_file(path: &Path, jail: Option<&Jail>) -> std::io::Result<()> {
     std::fs::OpenOptions::new()
         .create(true)
@@ -426,13 +433,7 @@ fn metrics_file(path: &Path, jail: Option<&Jail>) -> std::io::Result<()> {
     std::os::unix::fs::chown(path, Some(jail.config().uid), Some(jail.config().gid))?;
     let inside = jail.host_path(FIRECRACKER_METRICS_FILE);
     let _ = std::fs::remove_file(&inside);
-    if std::fs::hard_link(path, &inside).is_err() {
-        jail.create_writable(FIRECRACKER_METRICS_FILE)
-            .map_err(std::io::Error::other)?;
-        std::fs::remove_file(path)?;
-        std::os::unix::fs::symlink(&inside, path)?;
-    }
-    Ok(())
+    std::fs::hard_link(path, &inside)
 }
 
 impl FirecrackerMachine {
