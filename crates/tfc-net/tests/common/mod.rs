@@ -632,3 +632,31 @@ pub fn read_all(mut reader: impl Read) -> String {
     let _ = reader.read_to_string(&mut s);
     s
 }
+
+/// Moves the calling thread, and the threads and processes it starts from
+/// then on, into a network namespace of its own with only loopback, up: a
+/// test's TCP to 127.0.0.1 then stays inside a namespace it made, which goes
+/// when the last of them ends. Root only: otherwise says NOT RUN (this is
+/// not a pass) and returns `false`, as [`not_run`] does.
+pub fn private_netns(test: &str) -> bool {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return not_run(test, "not root (a network namespace of its own needs root)");
+    }
+    // SAFETY: unshare(2) with CLONE_NEWNET changes only this thread's
+    // network namespace; it touches no memory of ours.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNET): {}",
+        std::io::Error::last_os_error()
+    );
+    // A child started from this thread is in its namespace.
+    let up = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .expect("ip runs");
+    assert!(up.success(), "ip link set lo up");
+    true
+}
