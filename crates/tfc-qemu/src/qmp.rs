@@ -129,6 +129,16 @@ impl QmpClient {
     pub async fn quit(&self) -> Result<(), QmpError> {
         match self.execute("quit").await {
             Ok(_) | Err(QmpError::Closed(_)) => Ok(()),
+            // QEMU exiting with our `quit` unread may reset the connection
+            // rather than close it: the same answer.
+            Err(QmpError::Io(err))
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                Ok(())
+            }
             Err(err) => Err(err),
         }
     }

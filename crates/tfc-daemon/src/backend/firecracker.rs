@@ -307,7 +307,10 @@ impl FirecrackerBackend {
     ) -> Result<FirecrackerMachine, BackendError> {
         let jail = self.jail(id)?;
         let vm = self.place_files(spec, workdir, jail.as_ref(), boot)?;
-        let config = self.spawn_config(id, spec, workdir, netns, jail.clone());
+        let mut config = self.spawn_config(id, spec, workdir, netns, jail.clone());
+        config
+            .extra_args
+            .extend(metrics_args(workdir, jail.as_ref()));
         let process = match FirecrackerProcess::spawn(&config).await {
             Ok(process) => process,
             Err(err) => {
@@ -333,7 +336,6 @@ impl FirecrackerBackend {
                 .await
                 .map_err(BackendError::Spawn)?;
             mark(BootPhase::ApiReady);
-            enable_metrics(machine.process.api(), workdir, machine.jail.as_deref()).await;
             if let Some(reached) = then(machine.process.api(), &vm).await? {
                 mark(reached);
             }
@@ -398,21 +400,24 @@ impl FirecrackerBackend {
     }
 }
 
-/// Has the VMM write its counters to [`FIRECRACKER_METRICS_FILE`] in
-/// `workdir` (relative: the VMM runs there, or in its jail's root), which
-/// the daemon's metrics sum. Allowed before a boot and before a snapshot
-/// load. Metrics are not worth a failed start: a failure is logged.
-async fn enable_metrics(api: &tfc_firecracker::ApiClient, workdir: &Path, jail: Option<&Jail>) {
+/// The VMM's arguments that have it write its counters to
+/// [`FIRECRACKER_METRICS_FILE`] in `workdir` (relative: the VMM runs there,
+/// or in its jail's root), which the daemon's metrics sum; made now, before
+/// the spawn. Metrics are not worth a failed start: a failure is logged and
+/// the VMM runs without.
+fn metrics_args(workdir: &Path, jail: Option<&Jail>) -> Vec<String> {
     let path = workdir.join(FIRECRACKER_METRICS_FILE);
-    if let Err(err) = metrics_file(&path, jail) {
-        tracing::warn!(path = %path.display(), %err, "cannot create the VMM's metrics file; no VMM metrics for this VM");
-        return;
-    }
-    let body = tfc_firecracker::models::Metrics {
-        metrics_path: FIRECRACKER_METRICS_FILE.to_owned(),
-    };
-    if let Err(err) = api.put_metrics(&body).await {
-        tracing::warn!(error = %tfc_core::error_chain(&err), "the VMM refused its metrics file; no VMM metrics for this VM");
+    match metrics_file(&path, jail) {
+        // On the command line, not through the API: no call is added to a
+        // boot's or a restore's path.
+        Ok(()) => vec![
+            "--metrics-path".to_owned(),
+            FIRECRACKER_METRICS_FILE.to_owned(),
+        ],
+        Err(err) => {
+            tracing::warn!(path = %path.display(), %err, "cannot create the VMM's metrics file; no VMM metrics for this VM");
+            Vec::new()
+        }
     }
 }
 
