@@ -1111,30 +1111,12 @@ mod tests {
         (format!("https://localhost:{port}"), cert, stop)
     }
 
-    /// Moves this test's thread (and what it starts) into a network
-    /// namespace of its own with loopback up, so its TCP stays there.
-    /// Needs root; the test is in the network lane.
-    fn private_netns() {
-        // SAFETY: unshare(2) with CLONE_NEWNET changes only this thread's
-        // network namespace.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET) (needs root): {}",
-            std::io::Error::last_os_error()
-        );
-        let up = std::process::Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .expect("ip runs");
-        assert!(up.success(), "ip link set lo up");
-    }
-
     #[tokio::test]
     #[ignore = "network lane: needs root (TCP inside a network namespace of its own); run by the project's test command"]
     async fn a_tcp_daemon_is_reached_over_tls_with_its_token() {
-        private_netns();
+        if !crate::net_testing::private_netns("a_tcp_daemon_is_reached_over_tls_with_its_token") {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let token = "cli-test-token-0123456789";
         let (url, cert, _stop) = tls_daemon(dir.path(), token).await;

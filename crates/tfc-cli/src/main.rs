@@ -19,7 +19,8 @@
 //! - [`assets`]: `tfc assets`, the kernel, root filesystem and Firecracker binary.
 //! - [`bench`]: `tfc bench`, raw Firecracker vs tfc, measured in the same run
 //!   (`bench_restore`, `bench_pool`, `bench_exec` for the other subcommands).
-//! - `fake_daemon` (tests only): a one-shot stand-in for the daemon's socket.
+//! - `fake_daemon` (tests only): a one-shot stand-in for the daemon's socket;
+//!   `net_testing` (tests only): the network tests' helpers, from tfc-net.
 
 mod assets;
 mod bench;
@@ -34,6 +35,10 @@ mod fake_daemon;
 mod guest;
 mod logs;
 mod net;
+/// The network tests' shared helpers (a private namespace for TCP tests).
+#[cfg(test)]
+#[path = "../../tfc-net/tests/common/mod.rs"]
+mod net_testing;
 mod output;
 mod pool;
 mod serve;

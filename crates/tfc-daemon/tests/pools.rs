@@ -30,23 +30,7 @@ struct Harness {
 /// A config with one VM type, `box`, whose pool section is `pool` (TOML
 /// lines), and real (tiny) kernel and rootfs files for template digests.
 fn config(dir: &Path, pool: &str) -> Config {
-    let (kernel, rootfs) = common::tiny_assets(dir);
-    let text = format!(
-        r#"
-[daemon]
-backend = "fake"
-default_vm_type = "box"
-[vm_types.box]
-kernel = "{k}"
-rootfs = "{r}"
-boot_args = "console=ttyS0"
-[vm_types.box.pool]
-{pool}
-"#,
-        k = kernel.display(),
-        r = rootfs.display()
-    );
-    Config::parse(&text, "test").unwrap()
+    common::box_config(dir, &format!("[vm_types.box.pool]\n{pool}"))
 }
 
 async fn harness_in(dir: tempfile::TempDir, store: AnyStore, pool: &str) -> Harness {

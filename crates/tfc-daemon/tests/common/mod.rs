@@ -54,6 +54,21 @@ pub fn tiny_assets(dir: &std::path::Path) -> (std::path::PathBuf, std::path::Pat
     (kernel, rootfs)
 }
 
+/// A fake-backend config whose default VM type, `box`, runs the tiny assets
+/// of `dir` (see [`tiny_assets`]); `extra` (TOML) follows the type's keys,
+/// e.g. `[vm_types.box.pool]` or `[alerts]` sections.
+#[allow(dead_code)]
+pub fn box_config(dir: &std::path::Path, extra: &str) -> tfc_daemon::config::Config {
+    let (kernel, rootfs) = tiny_assets(dir);
+    let text = format!(
+        "[daemon]\nbackend = \"fake\"\ndefault_vm_type = \"box\"\n\
+         [vm_types.box]\nkernel = {:?}\nrootfs = {:?}\nboot_args = \"console=ttyS0\"\n{extra}\n",
+        kernel.display().to_string(),
+        rootfs.display().to_string(),
+    );
+    tfc_daemon::config::Config::parse(&text, "test").unwrap()
+}
+
 /// The `tfc-agent` binary the fake backend runs behind fake VMs' vsock
 /// sockets, built now when needed (`cargo build -p tfc-agent`, into the
 /// same target directory), once per test process.
