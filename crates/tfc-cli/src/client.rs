@@ -2,8 +2,11 @@
 //! or over TCP (plain or TLS, with the API's bearer token) when the daemon
 //! serves `api.tcp`.
 //!
-//! One HTTP/1.1 connection per request: a CLI run makes one or two requests,
-//! and a fresh connection cannot inherit a broken state from an earlier one.
+//! Plain requests share one kept-alive HTTP/1.1 connection, used by one
+//! request at a time (a client that runs many, like `tfc top` or the
+//! benchmarks, saves a connect, an accept and a handshake on each); a kept
+//! connection the daemon has closed is replaced before the request is sent.
+//! Streamed answers (exec, logs, files) each get a connection of their own.
 //! Every answer is kept both decoded and as the JSON the daemon sent, so
 //! `--json` prints exactly what the daemon said.
 
@@ -41,6 +44,15 @@ const WAIT_MARGIN: Duration = Duration::from_secs(30);
 
 /// Longest excerpt of an unexpected answer quoted in an error.
 const EXCERPT_CHARS: usize = 200;
+
+/// How long an unused connection is kept for the next request. Well under
+/// the daemon's own idle limit, so the daemon does not close it as a
+/// request goes out (a request it never received is sent again on a fresh
+/// connection; one it may have received cannot be).
+const KEEP_IDLE: Duration = Duration::from_secs(5);
+
+/// The sending half of an open HTTP/1.1 connection to the daemon.
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// An exchange with the daemon that did not produce the expected answer.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +211,9 @@ pub struct Client {
     endpoint: Endpoint,
     /// The API token, sent as `Authorization: Bearer` over TCP.
     token: Option<String>,
+    /// The connection kept after the last plain request, and when it was
+    /// left; shared by the clones, taken by one request at a time.
+    idle: Arc<std::sync::Mutex<Option<(Sender, std::time::Instant)>>>,
 }
 
 impl fmt::Debug for Client {
@@ -217,6 +232,7 @@ impl Client {
         Self {
             endpoint: Endpoint::Unix(socket),
             token: None,
+            idle: Arc::default(),
         }
     }
 
@@ -276,6 +292,7 @@ impl Client {
                 tls,
             },
             token,
+            idle: Arc::default(),
         })
     }
 
@@ -751,8 +768,9 @@ impl Client {
         Ok(Answer { value, json })
     }
 
-    /// Sends one request on a fresh connection; returns the body of a 2xx
-    /// answer and turns anything else into [`ClientError::Refused`].
+    /// Sends one request (on the kept connection when there is one); returns
+    /// the body of a 2xx answer and turns anything else into
+    /// [`ClientError::Refused`].
     async fn exchange(
         &self,
         method: Method,
@@ -762,9 +780,8 @@ impl Client {
     ) -> Result<Bytes, ClientError> {
         let mut request = build_request(&method, &path, body)?;
         self.address(&mut request)?;
-        let stream = self.connect().await?;
         tracing::debug!(%method, %path, daemon = %self.target(), "request");
-        let answer = send(stream, request);
+        let answer = self.send(request);
         let (status, retry_after, bytes) =
             match limit {
                 Some(limit) => tokio::time::timeout(limit, answer).await.map_err(|_| {
@@ -782,6 +799,76 @@ impl Client {
         } else {
             Err(self.refused(status, retry_after, &bytes))
         }
+    }
+
+    /// Sends `request` and reads its whole answer, on the kept connection if
+    /// it is still open, else on a fresh one, which is kept afterwards.
+    async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Option<u64>, Bytes), ClientError> {
+        let kept = self
+            .idle
+            .lock()
+            .expect("idle connection lock")
+            .take()
+            .filter(|(_, since)| since.elapsed() < KEEP_IDLE);
+        let (mut sender, response) = match kept {
+            Some((mut sender, _)) => match sender.try_send_request(request).await {
+                Ok(response) => (sender, response),
+                // The daemon closed it before the request went out: nothing
+                // reached it, so the request goes on a fresh connection.
+                Err(mut err) => match err.take_message() {
+                    Some(request) => self.send_fresh(request).await?,
+                    None => return Err(ClientError::Exchange(err.into_error())),
+                },
+            },
+            None => self.send_fresh(request).await?,
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse().ok());
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(ClientError::Exchange)?
+            .to_bytes();
+        // Kept only once it can carry another request, and only one: a
+        // clone that finds one kept already closes its own.
+        if sender.ready().await.is_ok() {
+            let mut idle = self.idle.lock().expect("idle connection lock");
+            if idle.is_none() {
+                *idle = Some((sender, std::time::Instant::now()));
+            }
+        }
+        Ok((status, retry_after, bytes))
+    }
+
+    /// Opens a connection and sends `request` on it.
+    async fn send_fresh(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(Sender, http::Response<hyper::body::Incoming>), ClientError> {
+        let stream = self.connect().await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(ClientError::Exchange)?;
+        // The connection task drives the socket; its failures also fail
+        // `send_request`, which is where they are reported.
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "connection to the daemon ended with an error");
+            }
+        });
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(ClientError::Exchange)?;
+        Ok((sender, response))
     }
 }
 
@@ -886,39 +973,6 @@ fn build_request(
 
 /// Sends `request` and returns the answer's status, its `Retry-After` (whole
 /// seconds; the HTTP-date form is not used by the daemon) and its body.
-async fn send(
-    stream: Box<dyn Stream>,
-    request: Request<Full<Bytes>>,
-) -> Result<(StatusCode, Option<u64>, Bytes), ClientError> {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(ClientError::Exchange)?;
-    // The connection task drives the socket; its failures also fail
-    // `send_request`, which is where they are reported.
-    tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            tracing::debug!(error = %err, "connection to the daemon ended with an error");
-        }
-    });
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(ClientError::Exchange)?;
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(header::RETRY_AFTER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse().ok());
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(ClientError::Exchange)?
-        .to_bytes();
-    Ok((status, retry_after, bytes))
-}
-
 /// A TLS client that trusts only the certificates in the PEM file `ca_cert`.
 fn tls_connector(ca_cert: &Path) -> Result<tokio_rustls::TlsConnector, ClientError> {
     use rustls_pki_types::pem::PemObject;
@@ -999,6 +1053,76 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// A daemon stand-in on a Unix socket that answers every request with an
+    /// empty pool list and counts the connections it accepts; with
+    /// `close_each` it closes each connection after one answer, as a daemon
+    /// closing idle connections does.
+    async fn counting_server(
+        socket: &Path,
+        close_each: bool,
+    ) -> Arc<std::sync::atomic::AtomicUsize> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const ANSWER: &[u8] =
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 12\r\n\r\n{\"pools\":[]}";
+        let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        head.drain(..end + 4);
+                        stream.write_all(ANSWER).await.unwrap();
+                        if close_each {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        accepted
+    }
+
+    #[tokio::test]
+    async fn plain_requests_share_one_kept_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let accepted = counting_server(&socket, false).await;
+        let client = Client::new(socket);
+        for _ in 0..3 {
+            assert!(client.list_pools().await.unwrap().value.pools.is_empty());
+        }
+        // A clone shares the kept connection.
+        assert!(client.clone().list_pools().await.is_ok());
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_the_daemon_closed_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let accepted = counting_server(&socket, true).await;
+        let client = Client::new(socket);
+        for _ in 0..3 {
+            assert!(client.list_pools().await.unwrap().value.pools.is_empty());
+            // Time for the close to reach the client, as between a daemon's
+            // idle close and a request much later.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`console`]: bounded capture of the serial console with line watching (readiness).
 //! - [`pidfd`]: process file descriptors, so signals never reach a recycled pid.
 //! - [`process`]: spawn, wait for the API socket, detect exit, graceful stop, cleanup.
+//! - [`listener`]: waiting, without a busy timer, for a new VMM's socket to accept.
 //! - [`jailer`]: running the process under Firecracker's jailer: chroot, uid/gid,
 //!   cgroups, PID namespace; files moved in and out of the chroot.
 //! - [`vm_config`]: a VM's boot configuration, applied over the API or as a config file.
@@ -17,6 +18,7 @@
 pub mod client;
 pub mod console;
 pub mod jailer;
+pub mod listener;
 pub mod memfile;
 pub mod models;
 pub mod pidfd;

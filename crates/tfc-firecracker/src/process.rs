@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use crate::client::ApiClient;
 use crate::console::{self, ConsoleWatch};
 use crate::jailer::{Jail, JailError};
+use crate::listener;
 use crate::pidfd::Pidfd;
 pub use tfc_core::ExitReason;
 
@@ -549,30 +550,22 @@ impl FirecrackerProcess {
     pub async fn wait_api_ready(&self, timeout: Duration) -> Result<(), ProcessError> {
         let socket = self.api.socket().to_owned();
         let exit = self.exit.clone();
+        // Woken by the process's end as well as by the socket's creation.
+        let pidfd = self.pidfd.try_clone().map_err(ProcessError::Pidfd)?;
         let ready = tokio::task::spawn_blocking(move || {
             let deadline = Instant::now() + timeout;
-            loop {
-                if let Some(reason) = *exit.borrow() {
-                    return Err(Some(reason));
-                }
-                if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-                    return Ok(());
-                }
-                if Instant::now() >= deadline {
-                    return Err(None);
-                }
-                std::thread::sleep(Duration::from_micros(50));
-            }
+            let ended = || *exit.borrow();
+            listener::wait_for(&socket, &pidfd, deadline, ended)
         })
         .await
-        .unwrap_or(Err(None));
+        .unwrap_or(Err(listener::NotReady::TimedOut));
         match ready {
             Ok(()) => Ok(()),
-            Err(Some(reason)) => Err(ProcessError::ExitedEarly {
+            Err(listener::NotReady::Exited(reason)) => Err(ProcessError::ExitedEarly {
                 reason,
                 stderr: self.stderr_excerpt(),
             }),
-            Err(None) => Err(ProcessError::ApiTimeout {
+            Err(listener::NotReady::TimedOut) => Err(ProcessError::ApiTimeout {
                 socket: self.api.socket().to_owned(),
                 timeout,
             }),
