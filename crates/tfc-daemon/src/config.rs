@@ -551,6 +551,26 @@ pub struct PoolConfig {
     pub acquire_timeout_ms: u64,
     /// Scale the hot target with demand; off when absent.
     pub autoscale: Option<AutoscaleConfig>,
+    /// The CPU priority of VMs being prewarmed and waiting (see
+    /// [`PrewarmPriority`]).
+    #[serde(default)]
+    pub prewarm_priority: PrewarmPriority,
+}
+
+/// `pool.prewarm_priority`: the CPU priority a pool's VMs get from their
+/// restore until they are handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrewarmPriority {
+    /// Linux's `SCHED_IDLE`: restores and waiting guests use only CPU time
+    /// nothing else wants, so they never hold up VMs in use or the API.
+    /// The hand-over gives the VM normal priority before its resume. A
+    /// daemon without `CAP_SYS_NICE` (not root) could not give it back, and
+    /// uses `normal`.
+    #[default]
+    Idle,
+    /// The same priority as every other VM.
+    Normal,
 }
 
 impl Default for PoolConfig {
@@ -567,6 +587,7 @@ impl Default for PoolConfig {
             health_interval_ms: default_health_interval(),
             acquire_timeout_ms: default_acquire_timeout(),
             autoscale: None,
+            prewarm_priority: PrewarmPriority::Idle,
         }
     }
 }

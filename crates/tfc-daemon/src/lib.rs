@@ -239,10 +239,16 @@ fn firecracker_backend(
     } else {
         None
     };
+    // Asked once: a VMM started idle must be given its priority back.
+    let idle_priority = tfc_firecracker::priority::can_leave_idle();
+    if !idle_priority {
+        tracing::info!("pools prewarm at normal CPU priority: this daemon cannot give a VMM started at idle priority its normal priority back (it needs CAP_SYS_NICE)");
+    }
     Ok(FirecrackerBackend {
         binary,
         version,
         jailer,
+        idle_priority,
         boot_timeout: Duration::from_secs(fc.boot_timeout_secs),
         console_log_limit: fc.console_log_limit_kib * 1024,
         stop: tfc_firecracker::StopPolicy {

@@ -26,7 +26,7 @@ use tfc_store::{AnyStore, MemoryStore, Store};
 use crate::agent::{AgentAddress, LinkError, SessionEnd};
 use crate::alerts::Monitor;
 use crate::backend::{Backend, BackendError, RestoreRequest, VmBackend, VmMachine};
-use crate::config::{AgentMode, Config, Image, ShutdownPolicy};
+use crate::config::{AgentMode, Config, Image, PrewarmPriority, ShutdownPolicy};
 use crate::metrics::Metrics;
 use crate::network::{self, NetworkError, Networking};
 use crate::pools::{self, Pools};
@@ -131,8 +131,9 @@ pub(crate) struct BootExtras {
 pub(crate) enum RestoreFor {
     /// A caller of `POST /v1/vms`: the VM is ready and theirs.
     Caller,
-    /// A pool's tier: a running VM waits (`running`), a paused one (`hot`).
-    Pool(PoolTier),
+    /// A pool's tier: a running VM waits (`running`), a paused one (`hot`),
+    /// at the pool's CPU priority until it is handed out.
+    Pool(PoolTier, PrewarmPriority),
     /// A caller of acquire (asked at the instant given), served by this
     /// tier: the VM is theirs, recorded as handed out.
     Acquire(PoolTier, Instant),
@@ -142,7 +143,7 @@ impl RestoreFor {
     fn slot(self) -> Option<PoolSlot> {
         match self {
             RestoreFor::Caller => None,
-            RestoreFor::Pool(tier) => Some(PoolSlot {
+            RestoreFor::Pool(tier, _) => Some(PoolSlot {
                 tier,
                 acquired_at_ms: None,
                 acquire_us: None,
@@ -812,6 +813,7 @@ impl VmManager {
                     spec: &spec,
                     workdir: &workdir,
                     netns: record.network.as_ref().map(network::netns_path),
+                    background: matches!(purpose, RestoreFor::Pool(_, PrewarmPriority::Idle)),
                 },
                 &mut mark,
             )
@@ -842,7 +844,7 @@ impl VmManager {
         for (phase, at) in phases {
             record.timeline.mark(phase, at);
         }
-        let resume = !matches!(purpose, RestoreFor::Pool(PoolTier::Hot));
+        let resume = !matches!(purpose, RestoreFor::Pool(PoolTier::Hot, _));
         record.state = if resume {
             transition(record.state, VmEvent::Restored).expect("creating may restore")
         } else {
@@ -2223,6 +2225,7 @@ mod tests {
                 console_log_limit: 4096,
                 stop: tfc_firecracker::StopPolicy::default(),
                 jailer: None,
+                idle_priority: false,
             }),
             qemu: Err("not needed".to_owned()),
         }))

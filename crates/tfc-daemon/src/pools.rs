@@ -910,7 +910,12 @@ async fn prewarm(manager: VmManager, pool: Arc<Pool>, template: String, tier: Po
     let started = Instant::now();
     let start = start_info(tier, Some(&template), "prewarmed from the template");
     let restored = manager
-        .restore(&template, start, started, RestoreFor::Pool(tier))
+        .restore(
+            &template,
+            start,
+            started,
+            RestoreFor::Pool(tier, pool.config.prewarm_priority),
+        )
         .await;
     let handle = restored.and_then(|vm| {
         let handle = manager.handle_of(&vm.id)?;

@@ -770,6 +770,13 @@ impl Owner {
                 }
             }
         }
+        // A pool's VM handed out by a daemon that died before giving it
+        // normal priority still runs idle; one still waiting stays so.
+        if !waiting_in_pool(&info) {
+            if let Err(err) = machine.foreground() {
+                tracing::warn!(vm = %self.id, error = %error_chain(&err), "the adopted VM runs at idle CPU priority");
+            }
+        }
         // A clone whose fix-up the previous daemon did not finish (it died
         // between recording the VM ready and the fix-up) must not be used
         // as it is: it shares its template's clock and random state.
@@ -1179,6 +1186,9 @@ impl Owner {
             }
         };
         let resume = async {
+            // The caller's VM competes for the CPU like any other from here
+            // on: a pool's VM waited at idle priority.
+            machine.foreground()?;
             if matches!(from, VmState::Paused | VmState::Snapshotted) {
                 machine.resume().await
             } else {
@@ -1225,19 +1235,17 @@ impl Owner {
                 false
             }
             (Ok(()), Err(source)) => {
-                // Recorded as handed out, but its guest does not run: the
-                // caller cannot use it and nobody else may.
+                // Recorded as handed out, but its guest does not run (or
+                // not at its priority): the caller cannot use it and nobody
+                // else may.
+                let failure = format!("its hand-over failed: {}", error_chain(&source));
                 let _ = reply.send(Err(VmError::Backend {
                     id: self.id.clone(),
                     op: VmOp::Allocate,
                     source: Box::new(source),
                 }));
                 let exit = machine.stop().await;
-                self.fail(
-                    "the resume that handed it out failed".to_owned(),
-                    Some(exit),
-                )
-                .await;
+                self.fail(failure, Some(exit)).await;
                 true
             }
         }

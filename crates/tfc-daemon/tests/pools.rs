@@ -212,6 +212,40 @@ async fn a_pool_fills_to_target_and_hands_out_hot_vms_by_resuming_them() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn waiting_vms_run_in_the_background_until_handed_out() {
+    let h = harness("target = 2\nrunning = 1").await;
+    h.until("1 running + 2 hot", |p| {
+        p["sizes"]["running"] == 1 && p["sizes"]["hot"] == 2 && p["sizes"]["starting"] == 0
+    })
+    .await;
+    let background = |id: &str| h.fake.in_background(&VmId::new(id.to_owned()).unwrap());
+    let waiting = h.waiting_ids().await;
+    assert_eq!(waiting.len(), 3);
+    for vm in &waiting {
+        assert_eq!(background(vm), Some(true), "waiting VM {vm}");
+    }
+    // Each tier's hand-over gives the VM normal priority.
+    for tier in ["running", "hot"] {
+        let (status, got) = h.acquire(json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{got}");
+        assert_eq!(got["tier"], tier);
+        assert_eq!(background(&id(&got)), Some(false), "{got}");
+    }
+    // A VM a caller asks for is never in the background.
+    let (_, plain) = h
+        .send(Method::POST, "/v1/vms", Some(json!({"wait": true})))
+        .await;
+    assert_eq!(background(plain["id"].as_str().unwrap()), Some(false));
+
+    // A pool can keep its VMs at normal priority.
+    let h = harness("target = 1\nprewarm_priority = \"normal\"").await;
+    h.hot(1).await;
+    for vm in h.waiting_ids().await {
+        assert_eq!(h.fake.in_background(&VmId::new(vm).unwrap()), Some(false));
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_running_tier_is_tried_first_and_needs_no_resume() {
     let h = harness("target = 1\nrunning = 1").await;
     h.until("1 running + 1 hot", |p| {

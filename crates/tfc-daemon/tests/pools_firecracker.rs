@@ -89,6 +89,18 @@ impl Daemon {
 }
 
 /// What the VMM itself says about its guest.
+/// The scheduling policies the threads of process `pid` run under, each
+/// once.
+fn policies(pid: u64) -> Vec<i32> {
+    let mut seen = std::collections::BTreeSet::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid: i32 = task.unwrap().file_name().to_str().unwrap().parse().unwrap();
+        // SAFETY: sched_getscheduler only reads the scheduler's state.
+        seen.insert(unsafe { libc::sched_getscheduler(tid) });
+    }
+    seen.into_iter().collect()
+}
+
 async fn vmm_state(vm: &Value) -> InstanceState {
     let socket = Path::new(vm["workdir"].as_str().unwrap()).join("api.sock");
     tfc_firecracker::ApiClient::new(socket)
@@ -115,8 +127,11 @@ async fn a_pool_serves_fifty_cycles_and_leaves_nothing_behind() {
         };
         assert_eq!(vmm_state(vm).await, expected, "{vm}");
         // Firecracker's seccomp filters are on: every thread of the VMM
-        // (main, API, vCPUs) runs under a filter.
+        // (main, API, vCPUs) runs under a filter. And a waiting VM runs at
+        // idle CPU priority, every thread of it (the tests run as root,
+        // which can give it normal priority back).
         let pid = vm["pid"].as_u64().unwrap();
+        assert_eq!(policies(pid), vec![libc::SCHED_IDLE], "{vm}");
         for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
             let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
             assert!(
@@ -163,6 +178,9 @@ async fn a_pool_serves_fifty_cycles_and_leaves_nothing_behind() {
         assert!(handed.insert(id.clone()), "{id} handed out twice");
         assert_eq!(vm["state"], "running");
         assert_eq!(vmm_state(vm).await, InstanceState::Running, "{vm}");
+        // Handed out at normal priority, every thread of it.
+        let pid = vm["pid"].as_u64().unwrap();
+        assert_eq!(policies(pid), vec![libc::SCHED_OTHER], "{vm}");
         *tiers
             .entry(got["tier"].as_str().unwrap().to_owned())
             .or_default() += 1;

@@ -7,6 +7,7 @@
 //!   becomes part of our error.
 //! - [`console`]: bounded capture of the serial console with line watching (readiness).
 //! - [`pidfd`]: process file descriptors, so signals never reach a recycled pid.
+//! - [`priority`]: VMMs started at idle CPU priority and given normal priority back.
 //! - [`process`]: spawn, wait for the API socket, detect exit, graceful stop, cleanup.
 //! - [`listener`]: waiting, without a busy timer, for a new VMM's socket to accept.
 //! - [`jailer`]: running the process under Firecracker's jailer: chroot, uid/gid,
@@ -22,6 +23,7 @@ pub mod listener;
 pub mod memfile;
 pub mod models;
 pub mod pidfd;
+pub mod priority;
 pub mod process;
 pub mod vm_config;
 pub mod vsock;

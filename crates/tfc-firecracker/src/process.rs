@@ -24,6 +24,7 @@ use crate::console::{self, ConsoleWatch};
 use crate::jailer::{Jail, JailError};
 use crate::listener;
 use crate::pidfd::Pidfd;
+use crate::priority::{IdleWhileSpawning, Priority, PriorityError};
 pub use tfc_core::ExitReason;
 
 pub const API_SOCKET: &str = "api.sock";
@@ -133,6 +134,10 @@ pub struct SpawnConfig {
     pub jail: Option<Jail>,
     /// The jail's cgroup limits, `(cgroup file, value)`; unused without a jail.
     pub cgroups: Vec<(String, String)>,
+    /// Start the process (and so every thread it starts) at this CPU
+    /// priority; [`Priority::Idle`] only once [`crate::priority::can_leave_idle`]
+    /// said yes. See [`FirecrackerProcess::set_priority`].
+    pub priority: Priority,
 }
 
 /// A failure to start or talk to the process.
@@ -316,7 +321,12 @@ impl FirecrackerProcess {
             // reach the VMs; the daemon decides what happens to them.
             .process_group(0)
             .kill_on_drop(false);
-        let spawned = command.spawn();
+        let spawned = {
+            // An idle VMM is idle from its first instruction: it inherits
+            // this thread's policy, which is lowered for the spawn alone.
+            let _idle = (config.priority == Priority::Idle).then(IdleWhileSpawning::enter);
+            command.spawn()
+        };
         drop(netns_file);
         let spawned_binary = || match &config.jail {
             Some(jail) => jail.config().binary.clone(),
@@ -502,6 +512,18 @@ impl FirecrackerProcess {
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Moves every thread of the VMM to `priority` (a hand-over gives a
+    /// VMM started idle its normal priority back).
+    pub fn set_priority(&self, priority: Priority) -> Result<(), PriorityError> {
+        crate::priority::set_process(self.pid, priority)
+    }
+
+    /// The priority the VMM runs at (its main thread's, which its other
+    /// threads inherit).
+    pub fn priority(&self) -> Result<Priority, PriorityError> {
+        crate::priority::process_priority(self.pid)
     }
 
     pub fn api(&self) -> &ApiClient {

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -93,6 +93,9 @@ pub struct FakeBackend {
     /// Connections each machine's vsock relay passed to its agent, so tests
     /// can see the daemon keep one connection per VM.
     agent_connections: Arc<Mutex<HashMap<VmId, Arc<RelayControl>>>>,
+    /// Whether each machine runs in the background (see
+    /// [`FakeBackend::in_background`]).
+    background: Arc<Mutex<HashMap<VmId, Arc<AtomicBool>>>>,
 }
 
 type ExitChannel = watch::Sender<Option<ExitReason>>;
@@ -107,7 +110,15 @@ impl FakeBackend {
             })),
             machines: Arc::default(),
             agent_connections: Arc::default(),
+            background: Arc::default(),
         }
+    }
+
+    /// Whether machine `id` runs in the background (restored so, not given
+    /// normal priority since); `None` for a machine never created.
+    pub fn in_background(&self, id: &VmId) -> Option<bool> {
+        let background = self.background.lock().expect("fake priorities lock");
+        background.get(id).map(|b| b.load(Ordering::SeqCst))
     }
 
     /// How many connections machine `id`'s vsock relay has passed to its
@@ -183,6 +194,12 @@ impl FakeBackend {
             (Some(agent), Some(port)) if spec.vsock => Some((agent.clone(), port)),
             _ => None,
         };
+        let background = Arc::new(AtomicBool::new(false));
+        let mut priorities = self.background.lock().expect("fake priorities lock");
+        // An entry no machine holds any more is of a machine gone.
+        priorities.retain(|_, b| Arc::strong_count(b) > 1);
+        priorities.insert(id.clone(), background.clone());
+        drop(priorities);
         let connections = Arc::new(RelayControl::default());
         if agent.is_some() {
             let mut counters = self.agent_connections.lock().expect("fake counters lock");
@@ -200,6 +217,7 @@ impl FakeBackend {
             agent,
             guest: Mutex::default(),
             connections,
+            background,
         }
     }
 }
@@ -223,6 +241,8 @@ pub struct FakeMachine {
     guest: Mutex<Option<Box<FakeGuest>>>,
     /// Its relay's count and cut (see [`FakeBackend::agent_connections`]).
     connections: Arc<RelayControl>,
+    /// Restored in the background and not given normal priority since.
+    background: Arc<AtomicBool>,
 }
 
 /// A fake VM's guest: the agent process and the relay that plays the
@@ -446,7 +466,11 @@ impl VmBackend for FakeBackend {
         }
         mark(BootPhase::Spawned);
         mark(BootPhase::ApiReady);
-        Ok(self.machine(request.id, &next, request.spec, request.workdir))
+        let machine = self.machine(request.id, &next, request.spec, request.workdir);
+        machine
+            .background
+            .store(request.background, Ordering::SeqCst);
+        Ok(machine)
     }
 
     /// Answers unless the script names the VM unhealthy.
@@ -687,4 +711,9 @@ impl VmMachine for FakeMachine {
 
     /// A fake machine lives in the daemon's memory; it cannot outlive it.
     fn detach(&self) {}
+
+    fn foreground(&self) -> Result<(), BackendError> {
+        self.background.store(false, Ordering::SeqCst);
+        Ok(())
+    }
 }

@@ -16,6 +16,7 @@ use tfc_firecracker::models::{
     PartialNetworkInterface, RateLimiter, SnapshotCreateParams, SnapshotLoadParams, SnapshotType,
     TokenBucket,
 };
+use tfc_firecracker::priority::Priority;
 use tfc_firecracker::{
     CgroupVersion, ExitReason, FirecrackerProcess, Jail, JailerConfig, SpawnConfig, StopPolicy,
     VmConfig,
@@ -42,6 +43,10 @@ pub struct FirecrackerBackend {
     pub stop: StopPolicy,
     /// Run each VMM under the jailer; `None`: as the daemon's user, unconfined.
     pub jailer: Option<JailerConfig>,
+    /// VMMs asked for in the background start at idle CPU priority; false
+    /// when this daemon could not give them normal priority back (see
+    /// [`tfc_firecracker::priority::can_leave_idle`]).
+    pub idle_priority: bool,
 }
 
 /// The kernel's name in a jail (the VMM's working directory there).
@@ -144,6 +149,8 @@ pub struct FirecrackerMachine {
     limits_pending: std::sync::atomic::AtomicBool,
     /// The VM has a network interface.
     network: bool,
+    /// The VMM runs at idle CPU priority until [`VmMachine::foreground`].
+    background: std::sync::atomic::AtomicBool,
 }
 
 /// Firecracker reports a missing or unusable /dev/kvm only at `InstanceStart`, as a
@@ -252,6 +259,7 @@ impl FirecrackerBackend {
             netns,
             jail,
             cgroups,
+            priority: Priority::Normal,
         }
     }
 
@@ -299,6 +307,7 @@ impl FirecrackerBackend {
         workdir: &Path,
         netns: Option<PathBuf>,
         boot: bool,
+        priority: Priority,
         mark: &mut (dyn FnMut(BootPhase) + Send),
         then: impl AsyncFnOnce(
             &tfc_firecracker::ApiClient,
@@ -308,6 +317,7 @@ impl FirecrackerBackend {
         let jail = self.jail(id)?;
         let vm = self.place_files(spec, workdir, jail.as_ref(), boot)?;
         let mut config = self.spawn_config(id, spec, workdir, netns, jail.clone());
+        config.priority = priority;
         config
             .extra_args
             .extend(metrics_args(workdir, jail.as_ref()));
@@ -328,7 +338,7 @@ impl FirecrackerBackend {
             }
         };
         mark(BootPhase::Spawned);
-        let machine = self.machine(process, spec, jail);
+        let machine = self.machine(process, spec, jail, priority);
         let prepared = async {
             machine
                 .process
@@ -356,8 +366,10 @@ impl FirecrackerBackend {
         process: FirecrackerProcess,
         spec: &VmSpec,
         jail: Option<Jail>,
+        priority: Priority,
     ) -> FirecrackerMachine {
         FirecrackerMachine {
+            background: std::sync::atomic::AtomicBool::new(priority == Priority::Idle),
             process,
             jail: jail.map(Box::new),
             detached: std::sync::atomic::AtomicBool::new(false),
@@ -524,7 +536,12 @@ impl VmBackend for FirecrackerBackend {
         let jail = self.jail(request.id)?;
         let config = self.spawn_config(request.id, request.spec, request.workdir, None, jail);
         match FirecrackerProcess::adopt(&config).await {
-            Ok(process) => Ok(self.machine(process, request.spec, config.jail)),
+            Ok(process) => {
+                // A pool's VM waiting when the earlier daemon ended still
+                // runs idle; the priority it runs at is the one to undo.
+                let priority = process.priority().unwrap_or(Priority::Normal);
+                Ok(self.machine(process, request.spec, config.jail, priority))
+            }
             Err(err) => {
                 // A VMM that cannot be taken over is ended by the caller
                 // (found by its record); its jail goes here, with whatever
@@ -554,12 +571,18 @@ impl VmBackend for FirecrackerBackend {
         check_kvm()?;
         // The snapshot names the root drive by the relative link, which
         // `launch` creates in this VM's own directory.
+        let priority = if request.background && self.idle_priority {
+            Priority::Idle
+        } else {
+            Priority::Normal
+        };
         self.launch(
             request.id,
             spec,
             request.workdir,
             request.netns,
             false,
+            priority,
             mark,
             async |_, _| Ok(None),
         )
@@ -581,6 +604,7 @@ impl VmBackend for FirecrackerBackend {
             request.workdir,
             request.netns,
             true,
+            Priority::Normal,
             mark,
             async |api, vm| {
                 vm.apply(api).await.map_err(BackendError::Configure)?;
@@ -844,6 +868,18 @@ impl VmMachine for FirecrackerMachine {
         self.detached
             .store(true, std::sync::atomic::Ordering::SeqCst);
         self.process.detach();
+    }
+
+    fn foreground(&self) -> Result<(), BackendError> {
+        use std::sync::atomic::Ordering;
+        if !self.background.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.process
+            .set_priority(Priority::Normal)
+            .map_err(BackendError::Priority)?;
+        self.background.store(false, Ordering::SeqCst);
+        Ok(())
     }
 }
 

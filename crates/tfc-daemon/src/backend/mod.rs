@@ -56,6 +56,8 @@ pub enum BackendError {
     Adopt(#[source] tfc_firecracker::ProcessError),
     #[error("cannot prepare the VM directory")]
     Workdir(#[source] std::io::Error),
+    #[error("cannot give the VMM normal CPU priority")]
+    Priority(#[source] tfc_firecracker::priority::PriorityError),
     #[error("cannot prepare or use the VM's jail")]
     Jail(#[source] tfc_firecracker::JailError),
     #[error("the VMM could not load the snapshot")]
@@ -200,6 +202,10 @@ pub struct RestoreRequest<'a> {
     /// As [`CreateRequest::netns`]: the clone's network namespace, whose tap
     /// has the name the snapshot recorded.
     pub netns: Option<PathBuf>,
+    /// Start the VMM at idle CPU priority (a pool's prewarmed VM): until
+    /// [`VmMachine::foreground`] it runs only on CPU time nothing else wants.
+    /// Ignored by a backend (or a daemon) that could not undo it.
+    pub background: bool,
 }
 
 /// Creates machines.
@@ -310,6 +316,12 @@ pub trait VmMachine: Send + Sync {
     /// Lets the VM outlive this handle (and this daemon): dropping the machine
     /// afterwards leaves its VMM running for a later daemon to adopt.
     fn detach(&self);
+
+    /// Gives a VMM started in the background (see
+    /// [`RestoreRequest::background`]) normal CPU priority, on every thread;
+    /// nothing for one that runs at normal priority already. Called before
+    /// a VM is handed to anyone.
+    fn foreground(&self) -> Result<(), BackendError>;
 }
 
 /// The backend the daemon runs with, chosen from configuration: the real
@@ -528,5 +540,9 @@ impl VmMachine for Machine {
     }
     fn detach(&self) {
         dispatch!(self, m => m.detach())
+    }
+
+    fn foreground(&self) -> Result<(), BackendError> {
+        dispatch!(self, m => m.foreground())
     }
 }

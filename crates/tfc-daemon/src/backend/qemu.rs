@@ -266,4 +266,10 @@ impl VmMachine for QemuMachine {
     fn detach(&self) {
         self.vm.detach();
     }
+
+    fn foreground(&self) -> Result<(), BackendError> {
+        // Never in the background: this backend takes no snapshots, so it
+        // restores nothing and no pool prewarms its VMs.
+        Ok(())
+    }
 }

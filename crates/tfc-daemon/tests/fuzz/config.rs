@@ -90,6 +90,7 @@ const KEYS: &[&str] = &[
     "vm_types.*.pool.tiers",
     "vm_types.*.pool.strategy",
     "vm_types.*.pool.prewarm_concurrency",
+    "vm_types.*.pool.prewarm_priority",
     "vm_types.*.pool.max_age_secs",
     "vm_types.*.pool.health_interval_ms",
     "vm_types.*.pool.acquire_timeout_ms",

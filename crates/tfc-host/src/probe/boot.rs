@@ -187,6 +187,7 @@ pub async fn run(
         netns: None,
         jail: None,
         cgroups: Vec::new(),
+        priority: tfc_firecracker::priority::Priority::Normal,
     })
     .await
     .map_err(BootProbeError::Spawn)?;
