@@ -208,15 +208,20 @@ fn jailer_config(
     create_dir(&chroot_base)?;
     let jailer = tfc_firecracker::JailerConfig {
         binary,
-        uid: fc.uid,
-        gid: fc.gid,
+        ids: fc.jail_ids(),
         chroot_base,
         cgroup_version,
         parent_cgroup: fc.parent_cgroup.clone(),
         new_pid_ns: fc.new_pid_ns,
     };
     // Refused at start rather than at the first VM.
-    tfc_firecracker::Jail::new(&jailer, firecracker, "check").map_err(DaemonError::Jailer)?;
+    tfc_firecracker::Jail::new(
+        &jailer,
+        firecracker,
+        "check",
+        tfc_firecracker::JailUser::NONE,
+    )
+    .map_err(DaemonError::Jailer)?;
     Ok(jailer)
 }
 
@@ -235,7 +240,10 @@ fn firecracker_backend(
     .map_err(DaemonError::FirecrackerUnusable)?
     .version;
     let jailer = if fc.jailer {
-        Some(jailer_config(config, data_dir, &binary)?)
+        Some(crate::backend::Jailer::new(
+            jailer_config(config, data_dir, &binary)?,
+            &binary,
+        ))
     } else {
         None
     };

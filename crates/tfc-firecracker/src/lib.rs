@@ -10,12 +10,15 @@
 //! - [`process`]: spawn, wait for the API socket, detect exit, graceful stop, cleanup.
 //! - [`jailer`]: running the process under Firecracker's jailer: chroot, uid/gid,
 //!   cgroups, PID namespace; files moved in and out of the chroot.
+//! - [`jail_ids`]: the user each jail runs as: one id per jail from a range, or
+//!   one shared user.
 //! - [`vm_config`]: a VM's boot configuration, applied over the API or as a config file.
 //! - [`memfile`]: snapshot memory files; merging diff snapshots onto their base.
 //! - [`vsock`]: the host side of the vsock device's connect handshake; a guest liveness probe.
 
 pub mod client;
 pub mod console;
+pub mod jail_ids;
 pub mod jailer;
 pub mod memfile;
 pub mod models;
@@ -26,6 +29,7 @@ pub mod vsock;
 
 pub use client::{ApiClient, ApiError};
 pub use console::{ConsoleError, ConsoleWatch};
+pub use jail_ids::{JailIdError, JailIdPool, JailIds, JailUser};
 pub use jailer::{
     open_untrusted, open_untrusted_link, CgroupVersion, Jail, JailError, JailerConfig,
 };
