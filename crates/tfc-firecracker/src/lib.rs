@@ -27,7 +27,7 @@ pub mod process;
 pub mod vm_config;
 pub mod vsock;
 
-pub use client::{ApiClient, ApiError};
+pub use client::{ApiClient, ApiError, ExpectedPeer};
 pub use console::{ConsoleError, ConsoleWatch};
 pub use jail_ids::{JailIdError, JailIdPool, JailIds, JailUser};
 pub use jailer::{
