@@ -129,6 +129,9 @@ pub struct ServeOptions {
     pub socket: Option<PathBuf>,
     /// Data directory; overrides `TFC_DATA_DIR` and the configuration.
     pub data_dir: Option<PathBuf>,
+    /// The API token from the environment, taken out of it before the
+    /// runtime started ([`access::take_env_token`]).
+    pub env_token: Option<access::EnvToken>,
 }
 
 /// Finds the firecracker binary: configuration, then the built assets, then PATH.
@@ -530,7 +533,7 @@ pub async fn serve_until(
         // Outermost first: the rate limit, then the token check, so
         // guessing tokens is rate limited too.
         let mut app = app.layer(axum::middleware::from_fn_with_state(
-            std::sync::Arc::new(token),
+            std::sync::Arc::new(access::TokenGate::new(token)),
             access::require_token,
         ));
         if let Some(limiter) = limiter {
@@ -576,8 +579,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
     let config = Config::load(options.config_path.as_deref())?;
     // The token and TLS files are checked first, so a refused access
     // configuration stops the daemon before it touches anything.
-    let env_token = std::env::var(access::TOKEN_ENV).ok();
-    let tcp = bind_tcp(&config, env_token.as_deref()).await?;
+    let env_token = options.env_token.as_ref().map(access::EnvToken::as_str);
+    let tcp = bind_tcp(&config, env_token).await?;
     let data_dir = options.data_dir.unwrap_or_else(|| config.data_dir());
     create_dir(&data_dir)?;
     restrict_data_dir(&data_dir)?;
