@@ -38,6 +38,12 @@ const REQUEST_LIMIT: Duration = Duration::from_secs(120);
 /// to disk (up to 64 GiB), which a slow disk does at tens of MiB/s.
 const SNAPSHOT_LIMIT: Duration = Duration::from_secs(30 * 60);
 
+/// How long reaching a daemon over TCP may take: the connection and, with
+/// TLS, the handshake (which the daemon itself bounds to 3 s). A host that
+/// drops packets, or a server that accepts and says nothing, gets this
+/// long, not the system's minutes of SYN retries.
+const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+
 /// Extra time a waiting create gets beyond its own wait timeout, so the
 /// daemon's timeout answer arrives before ours fires.
 const WAIT_MARGIN: Duration = Duration::from_secs(30);
@@ -63,6 +69,8 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the tfc daemon at {target} did not accept a connection within {} s: is the address right, and the daemon reachable from here?", limit.as_secs())]
+    ConnectTimedOut { target: String, limit: Duration },
     #[error("--host {host:?}: {reason}")]
     BadHost { host: String, reason: &'static str },
     #[error("cannot read the CA certificate {path}")]
@@ -315,24 +323,30 @@ impl Client {
                 UnixStream::connect(socket).await.map_err(connect_err)?,
             )),
             Endpoint::Tcp { authority, tls, .. } => {
-                let stream = TcpStream::connect(authority.as_str())
-                    .await
-                    .map_err(connect_err)?;
-                let _ = stream.set_nodelay(true);
-                match tls {
-                    None => Ok(Box::new(stream)),
-                    Some((connector, server)) => {
-                        let stream =
-                            connector
-                                .connect(server.clone(), stream)
-                                .await
-                                .map_err(|source| ClientError::Tls {
+                let reach = async {
+                    let stream = TcpStream::connect(authority.as_str())
+                        .await
+                        .map_err(connect_err)?;
+                    let _ = stream.set_nodelay(true);
+                    match tls {
+                        None => Ok::<Box<dyn Stream>, _>(Box::new(stream)),
+                        Some((connector, server)) => {
+                            let stream = connector.connect(server.clone(), stream).await.map_err(
+                                |source| ClientError::Tls {
                                     target: self.target(),
                                     source,
-                                })?;
-                        Ok(Box::new(stream))
+                                },
+                            )?;
+                            Ok(Box::new(stream) as Box<dyn Stream>)
+                        }
                     }
-                }
+                };
+                tokio::time::timeout(CONNECT_LIMIT, reach)
+                    .await
+                    .map_err(|_| ClientError::ConnectTimedOut {
+                        target: self.target(),
+                        limit: CONNECT_LIMIT,
+                    })?
             }
         }
     }
@@ -1274,6 +1288,46 @@ mod tests {
             Client::remote(&url, Some(token.to_owned()), Some(&stranger_pem)).unwrap();
         let err = distrustful.list_vms().await.unwrap_err();
         assert!(matches!(err, ClientError::Tls { .. }), "{err:?}");
+    }
+
+    /// A server that accepts the connection and never answers the TLS
+    /// handshake: the client gives up after its limit (on tokio's paused
+    /// clock, which moves on while nothing else can happen) and says so.
+    #[tokio::test]
+    #[ignore = "network lane: needs root (TCP inside a network namespace of its own); run by the project's test command"]
+    async fn a_server_that_never_answers_the_handshake_is_given_up_on() {
+        if !crate::net_testing::private_netns(
+            "a_server_that_never_answers_the_handshake_is_given_up_on",
+        ) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(&pem, cert.cert.pem()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "https://localhost:{}",
+            listener.local_addr().unwrap().port()
+        );
+        let silent = tokio::spawn(async move {
+            // Held open, never written to.
+            let (_stream, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        tokio::time::pause();
+        let client = Client::remote(&url, Some("t".repeat(24)), Some(&pem)).unwrap();
+        let err = client.list_vms().await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::ConnectTimedOut { limit, .. } if limit == CONNECT_LIMIT),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("did not accept a connection within 10 s"),
+            "{err}"
+        );
+        silent.abort();
     }
 
     #[tokio::test]

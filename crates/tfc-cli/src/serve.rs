@@ -30,6 +30,9 @@ pub fn run(args: ServeArgs, overrides: Overrides, out: &mut impl Write) -> anyho
         out.write_all(tfc_daemon::config::DEFAULT_CONFIG.as_bytes())?;
         return Ok(());
     }
+    // Before the runtime's threads exist: the environment may only change
+    // while no other thread can read it.
+    let env_token = tfc_daemon::access::take_env_token();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -38,6 +41,7 @@ pub fn run(args: ServeArgs, overrides: Overrides, out: &mut impl Write) -> anyho
         config_path: args.config,
         socket: overrides.socket,
         data_dir: overrides.data_dir,
+        env_token,
     }))?;
     Ok(())
 }

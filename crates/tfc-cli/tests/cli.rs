@@ -2149,6 +2149,74 @@ fn top_and_alerts_show_pools_vms_and_a_missed_target() {
     );
 }
 
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // The parent is the second field after the command's `)`.
+            let ppid = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            ppid == Some(pid)
+        })
+        .collect()
+}
+
+/// Whether the environment `pid` started with holds `name`.
+fn started_with_env(pid: u32, name: &str) -> bool {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let prefix = format!("{name}=");
+    environ
+        .split(|b| *b == 0)
+        .any(|var| var.starts_with(prefix.as_bytes()))
+}
+
+/// The daemon takes `TFC_TOKEN` out of its environment before it starts
+/// anything: a process it starts (here a fake VM's real guest agent) does
+/// not inherit the API's token.
+#[test]
+fn processes_the_daemon_starts_do_not_inherit_its_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "[daemon]\nbackend = \"fake\"\nshutdown_policy = \"stop\"\n\
+         [fake]\nagent = \"{}\"\n[vm_types.default]\nagent = \"on\"\n",
+        agent_binary().display()
+    );
+    std::fs::write(dir.path().join("tfc.toml"), config).expect("config written");
+    let socket = dir.path().join("tfc.sock");
+    let child = Daemon::spawn_with_env(
+        dir.path(),
+        &socket,
+        &[("TFC_TOKEN", "env-token-0123456789abcdef")],
+    );
+    let mut daemon = Daemon { child, dir, socket };
+    daemon.wait_until_listening();
+    let vm = daemon.must_json(&["vm", "create", "--wait", "--json"]);
+    assert_eq!(vm["state"], "ready", "{vm:#}");
+    let pid = daemon.child.id();
+    // The daemon itself was started with the token (its start-up
+    // environment, which /proc shows, does not change)...
+    assert!(started_with_env(pid, "TFC_TOKEN"));
+    // ...the agent it started was not.
+    let children = children_of(pid);
+    assert!(!children.is_empty(), "the fake VM's agent is not running");
+    for child in children {
+        assert!(
+            !started_with_env(child, "TFC_TOKEN"),
+            "process {child} inherited TFC_TOKEN"
+        );
+        assert!(
+            started_with_env(child, "TFC_DATA_DIR"),
+            "process {child}: environment unreadable"
+        );
+    }
+}
+
 #[test]
 fn json_logs_carry_the_request_and_vm_of_each_line() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -2217,9 +2285,18 @@ fn the_data_directory_is_the_daemons_users_alone() {
     assert_eq!(std::fs::metadata(&data).expect("stat").uid(), me);
 }
 
-/// The TCP address `tfc serve` reported listening on, from its log.
+/// The TCP address `tfc serve` reported listening on, from its log. The
+/// TCP listener's task logs it as it starts serving, which may be just
+/// after the Unix socket answers: the log is read again until it shows.
 fn tcp_address(daemon: &Daemon) -> String {
-    let log = daemon.log();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = daemon.log();
+        if log.contains("API listening on TCP") || Instant::now() >= deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let line = log
         .lines()
         .find(|line| line.contains("API listening on TCP"))
@@ -2278,6 +2355,22 @@ fn a_tcp_daemon_needs_its_token_from_the_command_line() {
     )
     .error_line();
     assert!(line.contains("refused the token"), "{line}");
+    // Refusals of one client are logged at most once a second: a third,
+    // after that second, is logged with the count of those left out.
+    std::thread::sleep(tfc_daemon::access::REFUSAL_LOG_INTERVAL);
+    let line = tfc(
+        &[
+            "--host",
+            &host,
+            "--token",
+            "still-not-the-token-at-all",
+            "vm",
+            "list",
+        ],
+        &[],
+    )
+    .error_line();
+    assert!(line.contains("refused the token"), "{line}");
     let token_path = token_file.to_str().expect("utf-8 path");
     let listed = tfc(
         &[
@@ -2312,7 +2405,10 @@ fn a_tcp_daemon_needs_its_token_from_the_command_line() {
         "{log}"
     );
     assert!(refusals[0].contains("no Authorization header"), "{log}");
-    assert!(refusals[1].contains("wrong token"), "{log}");
+    assert!(
+        refusals[1].contains("wrong token") && refusals[1].contains("suppressed=1"),
+        "{log}"
+    );
     assert!(
         !log.contains("not-the-token-at-all") && !log.contains("cli-token-"),
         "{log}"

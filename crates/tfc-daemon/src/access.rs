@@ -136,6 +136,33 @@ impl Token {
     }
 }
 
+/// The value [`TOKEN_ENV`] had when the daemon started; it is no longer in
+/// the environment (see [`take_env_token`]). Its `Debug` shows no token.
+#[derive(Clone)]
+pub struct EnvToken(String);
+
+impl EnvToken {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for EnvToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnvToken(..)")
+    }
+}
+
+/// Reads [`TOKEN_ENV`] and removes it from this process's environment, so
+/// no process the daemon starts (VMMs, the jailer, QEMU, helpers) inherits
+/// the API's token. Call it before any other thread of the process starts:
+/// changing the environment while another thread may read it is unsound.
+pub fn take_env_token() -> Option<EnvToken> {
+    let token = std::env::var(TOKEN_ENV).ok();
+    std::env::remove_var(TOKEN_ENV);
+    token.map(EnvToken)
+}
+
 /// `a == b`, in time that depends on neither the contents nor the lengths:
 /// both are hashed and the digests compared in constant time.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -180,13 +207,90 @@ fn client_of(request: &Request) -> ClientAddr {
         .map_or(ClientAddr::Local, |ConnectInfo(client)| *client)
 }
 
+/// The TCP side's token check: the token, and the log of refusals.
+#[derive(Debug)]
+pub struct TokenGate {
+    token: Token,
+    refusals: RefusalLog,
+}
+
+impl TokenGate {
+    pub fn new(token: Token) -> Self {
+        Self {
+            token,
+            refusals: RefusalLog::default(),
+        }
+    }
+}
+
+/// How often a refusal of one client is logged, at most.
+pub const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Which refusals are logged: at most one line per client (see
+/// [`client_key`]) per [`REFUSAL_LOG_INTERVAL`], so a flood of bad requests
+/// cannot fill the log; the next line says how many were left out.
+#[derive(Debug, Default)]
+pub struct RefusalLog {
+    clients: Mutex<HashMap<Option<IpAddr>, Refusals>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Refusals {
+    logged_at: Instant,
+    /// Refusals since `logged_at` that were not logged.
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    /// Whether a refusal of `client` at `now` is logged: `Some(n)` with the
+    /// number of its refusals left out since its last line, or `None` when
+    /// this one is left out.
+    pub fn admit(&self, client: ClientAddr, now: Instant) -> Option<u64> {
+        let key = match client {
+            ClientAddr::Tcp(addr) => Some(client_key(addr.ip())),
+            ClientAddr::Local => None,
+        };
+        let mut clients = self.clients.lock().expect("refusal log lock");
+        if clients.len() >= MAX_TRACKED_CLIENTS && !clients.contains_key(&key) {
+            clients
+                .retain(|_, r| now.saturating_duration_since(r.logged_at) < REFUSAL_LOG_INTERVAL);
+        }
+        match clients.get_mut(&key) {
+            Some(r) if now.saturating_duration_since(r.logged_at) < REFUSAL_LOG_INTERVAL => {
+                r.suppressed += 1;
+                None
+            }
+            Some(r) => {
+                let suppressed = r.suppressed;
+                *r = Refusals {
+                    logged_at: now,
+                    suppressed: 0,
+                };
+                Some(suppressed)
+            }
+            None => {
+                clients.insert(
+                    key,
+                    Refusals {
+                        logged_at: now,
+                        suppressed: 0,
+                    },
+                );
+                Some(0)
+            }
+        }
+    }
+}
+
 /// Middleware of the TCP side: a request without `Authorization: Bearer
-/// <token>` gets 401 and a log line with its peer (never what it sent).
+/// <token>` gets 401 and a log line with its peer (never what it sent), at
+/// most one per client per second (see [`RefusalLog`]).
 pub async fn require_token(
-    State(token): State<Arc<Token>>,
+    State(gate): State<Arc<TokenGate>>,
     request: Request,
     next: Next,
 ) -> Response {
+    let token = &gate.token;
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -200,13 +304,17 @@ pub async fn require_token(
         },
     };
     if let Err(reason) = verdict {
-        tracing::warn!(
-            peer = %client_of(&request),
-            method = %request.method(),
-            path = %request.uri().path(),
-            reason,
-            "refused an API request without a valid token"
-        );
+        let client = client_of(&request);
+        if let Some(suppressed) = gate.refusals.admit(client, Instant::now()) {
+            tracing::warn!(
+                peer = %client,
+                method = %request.method(),
+                path = %request.uri().path(),
+                reason,
+                suppressed,
+                "refused an API request without a valid token"
+            );
+        }
         let mut response = ApiError::new(
             ErrorCode::Unauthorized,
             "this API needs its token: send `Authorization: Bearer <token>` (tfc: --token-file, TFC_TOKEN or --token)",
@@ -227,6 +335,20 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
     scheme
         .eq_ignore_ascii_case(b"bearer ")
         .then(|| rest.trim_ascii())
+}
+
+/// The client `ip` is counted as: IPv6 clients per /64, which one host
+/// usually has whole, so new addresses do not make a new client; an
+/// IPv4-mapped address as its IPv4 one.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let seg = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(seg[0], seg[1], seg[2], seg[3], 0, 0, 0, 0))
+        }
+        IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().expect("checked above")),
+        v4 => v4,
+    }
 }
 
 /// Most clients tracked at once; past it, clients whose buckets are full
@@ -272,14 +394,7 @@ impl RateLimiter {
     /// Takes one request from `ip`'s bucket at `now`; when it is empty, the
     /// whole seconds until it holds one again.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), u64> {
-        let key = match ip {
-            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-                let seg = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(seg[0], seg[1], seg[2], seg[3], 0, 0, 0, 0))
-            }
-            IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().expect("checked above")),
-            v4 => v4,
-        };
+        let key = client_key(ip);
         let mut buckets = self.buckets.lock().expect("rate limiter lock");
         if buckets.len() >= MAX_TRACKED_CLIENTS && !buckets.contains_key(&key) {
             buckets.retain(|_, b| self.refilled(*b, now) < self.burst);
@@ -450,6 +565,26 @@ mod tests {
         assert_eq!(bearer(b"bearer  abc "), Some(&b"abc"[..]));
         assert_eq!(bearer(b"Basic abc"), None);
         assert_eq!(bearer(b"Bearer"), None);
+    }
+
+    #[test]
+    fn refusals_are_logged_once_per_client_per_interval_with_a_count() {
+        let log = RefusalLog::default();
+        let client = |addr: &str| ClientAddr::Tcp(addr.parse().unwrap());
+        let t0 = Instant::now();
+        assert_eq!(log.admit(client("192.0.2.1:1000"), t0), Some(0));
+        // A flood from the same host, whatever its ports, is left out...
+        for port in 1001..1100 {
+            assert_eq!(log.admit(client(&format!("192.0.2.1:{port}")), t0), None);
+        }
+        // ...but not another host's refusals.
+        assert_eq!(log.admit(client("192.0.2.2:1000"), t0), Some(0));
+        let later = t0 + REFUSAL_LOG_INTERVAL;
+        assert_eq!(log.admit(client("192.0.2.1:2000"), later), Some(99));
+        assert_eq!(log.admit(client("192.0.2.1:2001"), later), None);
+        // One IPv6 /64 is one client.
+        assert_eq!(log.admit(client("[2001:db8::1]:1"), t0), Some(0));
+        assert_eq!(log.admit(client("[2001:db8::2]:1"), t0), None);
     }
 
     #[test]

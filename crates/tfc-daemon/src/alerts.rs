@@ -445,7 +445,7 @@ impl Monitor {
                 let timeout = Duration::from_millis(self.config.webhook_timeout_ms);
                 tokio::spawn(async move {
                     if let Err(err) = webhook.post(body, timeout).await {
-                        tracing::warn!(url = %webhook.url, error = %err, "cannot deliver an alert to the webhook");
+                        tracing::warn!(url = %webhook.shown, error = %err, "cannot deliver an alert to the webhook");
                     }
                 });
             }
@@ -536,7 +536,9 @@ fn describe(
 /// A plain-HTTP endpoint alerts are POSTed to.
 #[derive(Debug, Clone)]
 pub struct Webhook {
-    url: String,
+    /// The URL as logs show it: without its query, which webhook services
+    /// often use to carry their secret key.
+    shown: String,
     authority: String,
     path: String,
 }
@@ -562,7 +564,7 @@ impl Webhook {
             .path_and_query()
             .map_or("/".to_owned(), |p| p.as_str().to_owned());
         Ok(Self {
-            url: url.to_owned(),
+            shown: format!("http://{authority}{}", uri.path()),
             authority,
             path,
         })
@@ -801,8 +803,10 @@ mod tests {
             ..AlertsConfig::default()
         };
         assert!(config.validate().is_err());
-        let webhook = Webhook::parse("http://127.0.0.1:9/hooks/tfc?x=1").unwrap();
+        let webhook = Webhook::parse("http://127.0.0.1:9/hooks/tfc?key=s3cret").unwrap();
         assert_eq!(webhook.authority, "127.0.0.1:9");
-        assert_eq!(webhook.path, "/hooks/tfc?x=1");
+        assert_eq!(webhook.path, "/hooks/tfc?key=s3cret");
+        // Logs name the webhook without the query, which may hold a key.
+        assert_eq!(webhook.shown, "http://127.0.0.1:9/hooks/tfc");
     }
 }

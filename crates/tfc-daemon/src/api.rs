@@ -136,7 +136,9 @@ fn manager_error(err: &ManagerError) -> ApiError {
         ManagerError::Unsupported { .. }
         | ManagerError::Restore(BackendError::Unsupported { .. }) => (ErrorCode::Unsupported, None),
         ManagerError::VmmUnavailable(_)
-        | ManagerError::Restore(BackendError::Unavailable { .. }) => (ErrorCode::Unavailable, None),
+        | ManagerError::Restore(BackendError::Unavailable { .. } | BackendError::NoJailId(_)) => {
+            (ErrorCode::Unavailable, None)
+        }
         ManagerError::Restore(_) | ManagerError::TemplateBuild { .. } => {
             (ErrorCode::BackendError, None)
         }

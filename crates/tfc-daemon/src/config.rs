@@ -158,11 +158,13 @@ pub struct FirecrackerConfig {
     pub jailer: bool,
     /// The jailer binary; default: the one `tfc assets build` installed, else PATH.
     pub jailer_binary: Option<PathBuf>,
-    /// The user and group the jailed VMM runs as.
-    #[serde(default = "default_jail_id")]
-    pub uid: u32,
-    #[serde(default = "default_jail_id")]
-    pub gid: u32,
+    /// The ids jailed VMMs run as, one per jail (uid = gid): `"START:COUNT"`;
+    /// default [`DEFAULT_JAIL_IDS`]. Read through [`Self::jail_ids`].
+    pub jail_ids: Option<String>,
+    /// One user (and group, default: the same id) every jailed VMM runs as,
+    /// instead of an id per jail.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
     /// Where the jails are made; default: `<data_dir>/jail`.
     pub chroot_base: Option<PathBuf>,
     #[serde(default)]
@@ -173,6 +175,26 @@ pub struct FirecrackerConfig {
     /// Start each jailed VMM as pid 1 of a new PID namespace.
     #[serde(default = "default_true")]
     pub new_pid_ns: bool,
+}
+
+impl FirecrackerConfig {
+    /// The users jailed VMMs run as: `uid`/`gid` shared by all when set,
+    /// else an id per jail from `jail_ids` (validated at load).
+    pub fn jail_ids(&self) -> tfc_firecracker::JailIds {
+        use tfc_firecracker::{JailIds, JailUser};
+        if let Some(uid) = self.uid {
+            return JailIds::Shared(JailUser {
+                uid,
+                gid: self.gid.unwrap_or(uid),
+            });
+        }
+        let (start, count) = self
+            .jail_ids
+            .as_deref()
+            .and_then(|text| parse_jail_ids(text).ok())
+            .unwrap_or(DEFAULT_JAIL_IDS);
+        JailIds::PerJail { start, count }
+    }
 }
 
 /// `firecracker.cgroup_version`: the hierarchy the jailer uses.
@@ -186,12 +208,35 @@ pub enum CgroupVersionSetting {
     V2,
 }
 
-/// The jailed VMM's default uid and gid: `nobody`/`nogroup`, which exist on
-/// every Debian-like host and own no files, so the VMM can reach nothing
-/// beyond what is linked into its chroot. Every VM shares it: a host that
-/// wants VMs unable to signal one another sets a dedicated id per daemon.
-fn default_jail_id() -> u32 {
-    65534
+/// The default `firecracker.jail_ids`: 65536 ids from 0x70000000, above the
+/// ids user accounts, `/etc/subuid` ranges and systemd-nspawn's containers
+/// are usually given, and below 2^31, which some tools mishandle. No
+/// account has them, so they own no file outside the jails.
+pub const DEFAULT_JAIL_IDS: (u32, u32) = (0x7000_0000, 65_536);
+
+/// Parses `"START:COUNT"`: ids START to START + COUNT - 1, none of them 0
+/// (root) or `u32::MAX` (which the kernel reads as "no id").
+fn parse_jail_ids(text: &str) -> Result<(u32, u32), String> {
+    let usage = "give \"START:COUNT\" (e.g. \"1879048192:65536\"): COUNT ids from START, uid = gid";
+    let (start, count) = text
+        .split_once(':')
+        .and_then(|(s, c)| Some((s.trim().parse::<u32>().ok()?, c.trim().parse::<u32>().ok()?)))
+        .ok_or_else(|| format!("`{text}` is not two whole numbers: {usage}"))?;
+    if start == 0 {
+        return Err(format!(
+            "must not start at 0: jailed VMMs must not run as root; {usage}"
+        ));
+    }
+    if count == 0 {
+        return Err(format!("must hold at least one id; {usage}"));
+    }
+    if u64::from(start) + u64::from(count) > u64::from(u32::MAX) {
+        return Err(format!(
+            "{start}:{count} runs past the last id, {}: start lower or give fewer",
+            u32::MAX - 1
+        ));
+    }
+    Ok((start, count))
 }
 
 fn default_parent_cgroup() -> String {
@@ -212,8 +257,9 @@ impl Default for FirecrackerConfig {
             ctrl_alt_del_grace_ms: 0,
             jailer: false,
             jailer_binary: None,
-            uid: default_jail_id(),
-            gid: default_jail_id(),
+            jail_ids: None,
+            uid: None,
+            gid: None,
             chroot_base: None,
             cgroup_version: CgroupVersionSetting::Auto,
             parent_cgroup: default_parent_cgroup(),
@@ -981,7 +1027,22 @@ impl Config {
                 "must be one cgroup name: letters, digits, '-', '_' or '.', not starting with '.'",
             ));
         }
-        if fc.jailer && (fc.uid == 0 || fc.gid == 0) {
+        if let Some(text) = &fc.jail_ids {
+            parse_jail_ids(text).map_err(|reason| invalid("firecracker.jail_ids", reason))?;
+            if fc.uid.is_some() {
+                return Err(invalid(
+                    "firecracker.uid",
+                    "a uid shared by every jail and firecracker.jail_ids (an id per jail) exclude each other: remove one",
+                ));
+            }
+        }
+        if fc.gid.is_some() && fc.uid.is_none() {
+            return Err(invalid(
+                "firecracker.gid",
+                "a shared group needs a shared user: set firecracker.uid too (or remove gid for an id per jail)",
+            ));
+        }
+        if fc.uid == Some(0) || fc.gid == Some(0) {
             return Err(invalid(
                 "firecracker.uid",
                 "the jailed VMM must not run as root (uid or gid 0): choose an unprivileged id",
@@ -1333,7 +1394,13 @@ mod tests {
         let config = Config::parse("", "t").unwrap();
         let fc = &config.firecracker;
         assert!(!fc.jailer);
-        assert_eq!((fc.uid, fc.gid), (65534, 65534));
+        assert_eq!(
+            fc.jail_ids(),
+            tfc_firecracker::JailIds::PerJail {
+                start: 0x7000_0000,
+                count: 65536
+            }
+        );
         assert_eq!(fc.cgroup_version, CgroupVersionSetting::Auto);
         assert_eq!(fc.parent_cgroup, "tfc");
         assert!(fc.new_pid_ns && fc.chroot_base.is_none() && fc.jailer_binary.is_none());
@@ -1345,10 +1412,49 @@ mod tests {
         .unwrap();
         let fc = &config.firecracker;
         assert!(fc.jailer && !fc.new_pid_ns);
-        assert_eq!((fc.uid, fc.gid), (1234, 4321));
+        assert_eq!(
+            fc.jail_ids(),
+            tfc_firecracker::JailIds::Shared(tfc_firecracker::JailUser {
+                uid: 1234,
+                gid: 4321
+            })
+        );
         assert_eq!(fc.cgroup_version, CgroupVersionSetting::V2);
         assert_eq!(fc.chroot_base.as_deref(), Some(Path::new("/srv/j")));
         assert_eq!(fc.jailer_binary.as_deref(), Some(Path::new("/opt/jailer")));
+    }
+
+    #[test]
+    fn jail_ids_are_a_range_or_one_shared_user() {
+        use tfc_firecracker::{JailIds, JailUser};
+        let ids = |text: &str| Config::parse(text, "t").unwrap().firecracker.jail_ids();
+        assert_eq!(
+            ids("[firecracker]\njail_ids = \"200000:16\""),
+            JailIds::PerJail {
+                start: 200_000,
+                count: 16
+            }
+        );
+        // The range may end at the last id there is, u32::MAX - 1.
+        assert_eq!(
+            ids("[firecracker]\njail_ids = \"4294967290:5\""),
+            JailIds::PerJail {
+                start: 4_294_967_290,
+                count: 5
+            }
+        );
+        assert_eq!(
+            ids("[firecracker]\nuid = 65534"),
+            JailIds::Shared(JailUser {
+                uid: 65534,
+                gid: 65534
+            })
+        );
+        let err = Config::parse("[firecracker]\njail_ids = \"4294967290:6\"", "t").unwrap_err();
+        assert!(
+            tfc_core::error_chain(&err).contains("runs past the last id, 4294967294"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1414,6 +1520,20 @@ mod tests {
                 "[firecracker]\njailer = true\nuid = 0",
                 "firecracker.uid",
             ),
+            ("[firecracker]\ngid = 7", "firecracker.gid"),
+            (
+                "[firecracker]\nuid = 7\njail_ids = \"100:10\"",
+                "firecracker.uid",
+            ),
+            ("[firecracker]\njail_ids = \"0:10\"", "firecracker.jail_ids"),
+            ("[firecracker]\njail_ids = \"100:0\"", "firecracker.jail_ids"),
+            ("[firecracker]\njail_ids = \"100\"", "firecracker.jail_ids"),
+            ("[firecracker]\njail_ids = \"-1:10\"", "firecracker.jail_ids"),
+            (
+                "[firecracker]\njail_ids = \"4294967290:6\"",
+                "firecracker.jail_ids",
+            ),
+            ("[firecracker]\njail_ids = 100", "jail_ids"),
             ("[firecracker]\ncgroup_version = \"3\"", "cgroup_version"),
             (
                 "[firecracker]\nboot_timeout_secs = \"long\"",

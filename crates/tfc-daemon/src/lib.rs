@@ -129,6 +129,9 @@ pub struct ServeOptions {
     pub socket: Option<PathBuf>,
     /// Data directory; overrides `TFC_DATA_DIR` and the configuration.
     pub data_dir: Option<PathBuf>,
+    /// The API token from the environment, taken out of it before the
+    /// runtime started ([`access::take_env_token`]).
+    pub env_token: Option<access::EnvToken>,
 }
 
 /// Finds the firecracker binary: configuration, then the built assets, then PATH.
@@ -208,15 +211,20 @@ fn jailer_config(
     create_dir(&chroot_base)?;
     let jailer = tfc_firecracker::JailerConfig {
         binary,
-        uid: fc.uid,
-        gid: fc.gid,
+        ids: fc.jail_ids(),
         chroot_base,
         cgroup_version,
         parent_cgroup: fc.parent_cgroup.clone(),
         new_pid_ns: fc.new_pid_ns,
     };
     // Refused at start rather than at the first VM.
-    tfc_firecracker::Jail::new(&jailer, firecracker, "check").map_err(DaemonError::Jailer)?;
+    tfc_firecracker::Jail::new(
+        &jailer,
+        firecracker,
+        "check",
+        tfc_firecracker::JailUser::NONE,
+    )
+    .map_err(DaemonError::Jailer)?;
     Ok(jailer)
 }
 
@@ -235,7 +243,10 @@ fn firecracker_backend(
     .map_err(DaemonError::FirecrackerUnusable)?
     .version;
     let jailer = if fc.jailer {
-        Some(jailer_config(config, data_dir, &binary)?)
+        Some(crate::backend::Jailer::new(
+            jailer_config(config, data_dir, &binary)?,
+            &binary,
+        ))
     } else {
         None
     };
@@ -528,7 +539,7 @@ pub async fn serve_until(
         // Outermost first: the rate limit, then the token check, so
         // guessing tokens is rate limited too.
         let mut app = app.layer(axum::middleware::from_fn_with_state(
-            std::sync::Arc::new(token),
+            std::sync::Arc::new(access::TokenGate::new(token)),
             access::require_token,
         ));
         if let Some(limiter) = limiter {
@@ -574,8 +585,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), DaemonError> {
     let config = Config::load(options.config_path.as_deref())?;
     // The token and TLS files are checked first, so a refused access
     // configuration stops the daemon before it touches anything.
-    let env_token = std::env::var(access::TOKEN_ENV).ok();
-    let tcp = bind_tcp(&config, env_token.as_deref()).await?;
+    let env_token = options.env_token.as_ref().map(access::EnvToken::as_str);
+    let tcp = bind_tcp(&config, env_token).await?;
     let data_dir = options.data_dir.unwrap_or_else(|| config.data_dir());
     create_dir(&data_dir)?;
     restrict_data_dir(&data_dir)?;

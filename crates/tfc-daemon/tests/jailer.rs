@@ -1,9 +1,9 @@
 //! Tier 1: the daemon running the real `firecracker` under the real jailer.
 //! One guest boots (~25 s on a nested-KVM host); its snapshot is restored
-//! (milliseconds). Each jailed VMM is checked from the host: its uid/gid, its
-//! root (the chroot), its cgroups and their limits, seccomp on every thread,
-//! its PID namespace; after delete, and after the start-up reaper, nothing is
-//! left: no process, chroot or cgroup.
+//! (milliseconds). Each jailed VMM is checked from the host: its uid/gid (one
+//! of its own per VM), its root (the chroot), its cgroups and their limits,
+//! seccomp on every thread, its PID namespace; after delete, and after the
+//! start-up reaper, nothing is left: no process, chroot, cgroup or taken id.
 //!
 //! Needs root, KVM and built assets: `#[ignore]`d like every tier-1 test; a
 //! run without root says NOT RUN and does not pass silently. The network
@@ -24,10 +24,10 @@ use serde_json::{json, Value};
 use tfc_daemon::config::{Config, ShutdownPolicy};
 use tfc_daemon::manager::VmManager;
 
-/// The jailed VMMs' user and group: unprivileged ids no account uses here,
-/// so a check of them cannot pass by accident.
-const UID: u32 = 64_321;
-const GID: u32 = 64_322;
+/// The jailed VMMs' ids (`firecracker.jail_ids`): unprivileged ids no
+/// account uses here, so a check of them cannot pass by accident.
+const IDS_START: u32 = 64_321;
+const IDS_COUNT: u32 = 8;
 
 struct Daemon {
     app: axum::Router,
@@ -83,7 +83,7 @@ async fn daemon(new_pid_ns: bool, network: Option<&net::TestNet>, extra: &str) -
     });
     let config = format!(
         "[firecracker]\nbinary = {:?}\nboot_timeout_secs = 240\nstop_grace_ms = 1000\n\
-         jailer = true\njailer_binary = {:?}\nuid = {UID}\ngid = {GID}\n\
+         jailer = true\njailer_binary = {:?}\njail_ids = \"{IDS_START}:{IDS_COUNT}\"\n\
          parent_cgroup = {parent_cgroup:?}\nnew_pid_ns = {new_pid_ns}\n{network_section}\
          [vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {:?}\n{extra}",
         manifest.firecracker.path,
@@ -158,8 +158,15 @@ impl Daemon {
             .collect()
     }
 
-    /// Checks everything the jailer promises about the VMM of `vm`.
-    fn check_jailed(&self, vm: &Value, new_pid_ns: bool) {
+    /// How many jail ids the daemon holds taken.
+    fn ids_taken(&self) -> usize {
+        let fc = self.backend.jailed_firecracker().unwrap();
+        fc.jail_ids().unwrap().taken()
+    }
+
+    /// Checks everything the jailer promises about the VMM of `vm`;
+    /// returns the id it runs as.
+    fn check_jailed(&self, vm: &Value, new_pid_ns: bool) -> u32 {
         let id = vm["id"].as_str().unwrap();
         let pid = vm["pid"].as_u64().unwrap();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -172,11 +179,17 @@ impl Daemon {
                 .map(str::to_owned)
                 .collect()
         };
-        assert_eq!(field("Uid"), vec![UID.to_string(); 4], "{id}: uid");
-        assert_eq!(field("Gid"), vec![GID.to_string(); 4], "{id}: gid");
+        let uid: u32 = field("Uid")[0].parse().unwrap();
+        assert!(
+            (IDS_START..IDS_START + IDS_COUNT).contains(&uid),
+            "{id}: uid {uid} is not one of jail_ids"
+        );
+        assert_eq!(field("Uid"), vec![uid.to_string(); 4], "{id}: uid");
+        assert_eq!(field("Gid"), vec![uid.to_string(); 4], "{id}: gid = uid");
 
         let root = self.jail_dir(id).join("root");
         let jail = std::fs::metadata(&root).unwrap();
+        assert_eq!((jail.uid(), jail.gid()), (uid, uid), "{id}: chroot owner");
         let seen = std::fs::metadata(format!("/proc/{pid}/root")).unwrap();
         assert_eq!(
             (seen.dev(), seen.ino()),
@@ -234,6 +247,7 @@ impl Daemon {
         // One vCPU plus one core for the VMM's threads.
         assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "200000");
         assert_eq!(read(cpu.join("cpu.cfs_period_us")), "100000");
+        uid
     }
 
     /// Nothing of VM `id` is left: no process in its jail, no jail, no cgroup.
@@ -291,7 +305,8 @@ async fn jailed_vms_boot_snapshot_restore_and_leave_nothing_behind() {
         "{vm}"
     );
     let id = vm["id"].as_str().unwrap().to_owned();
-    d.check_jailed(&vm, true);
+    let vm_uid = d.check_jailed(&vm, true);
+    assert_eq!(d.ids_taken(), 1);
     // The root image is shared by hard link, not copied, and left as it was.
     let rootfs = common::tier1::assets().rootfs.path;
     let linked = std::fs::metadata(d.jail_dir(&id).join("root/rootfs.ext4")).unwrap();
@@ -329,7 +344,11 @@ async fn jailed_vms_boot_snapshot_restore_and_leave_nothing_behind() {
         "{clone}"
     );
     let clone_id = clone["id"].as_str().unwrap().to_owned();
-    d.check_jailed(&clone, true);
+    // Each VMM runs as a user of its own: no jailed VMM can signal or
+    // trace another.
+    let clone_uid = d.check_jailed(&clone, true);
+    assert_ne!(clone_uid, vm_uid);
+    assert_eq!(d.ids_taken(), 2);
     assert!(!d.jail_dir(&clone_id).join("root/snapshot.mem").exists());
 
     // A second clone, left to the start-up reaper as if its daemon had died
@@ -344,6 +363,8 @@ async fn jailed_vms_boot_snapshot_restore_and_leave_nothing_behind() {
     assert_eq!(status, StatusCode::CREATED, "{orphan}");
     let orphan_id = orphan["id"].as_str().unwrap().to_owned();
     let orphan_pid = orphan["pid"].as_u64().unwrap();
+    let orphan_uid = d.check_jailed(&orphan, true);
+    assert!(orphan_uid != vm_uid && orphan_uid != clone_uid);
     let recorded = HashSet::from([id.clone(), clone_id.clone()]);
     let fc = d.backend.jailed_firecracker().unwrap();
     let killed = fc.reap_jails(&recorded);
@@ -358,6 +379,8 @@ async fn jailed_vms_boot_snapshot_restore_and_leave_nothing_behind() {
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    // Its id is free again once its VM is deleted.
+    assert_eq!(d.ids_taken(), 2);
 
     // A restarted daemon adopts the jailed VMMs it has records of; its
     // reaper leaves their jails alone. One VMM, stopped (SIGSTOP) while no
@@ -379,7 +402,7 @@ async fn jailed_vms_boot_snapshot_restore_and_leave_nothing_behind() {
         "{now}"
     );
     assert_eq!(now["pid"], vm["pid"], "{now}");
-    d.check_jailed(&now, true);
+    assert_eq!(d.check_jailed(&now, true), vm_uid);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let failed = loop {
         let (_, now) = d
@@ -401,9 +424,35 @@ async fn jailed_vms_boot_snapshot_restore_and_leave_nothing_behind() {
         "{failed}"
     );
     d.check_gone(&clone_id, clone_pid);
+    // The adopted VM's id is marked taken; the failed clone's is not.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while d.ids_taken() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ids taken after the restart: {} (expected the adopted VM's alone)",
+            d.ids_taken()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // A VM restored by the new daemon never gets the adopted VM's id (the
+    // new daemon's pool starts its search at the range's first id, which
+    // the first VM took).
+    let (status, late) = d
+        .send(
+            Method::POST,
+            "/v1/vms",
+            Some(json!({"from_snapshot": snapshot["id"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{late}");
+    assert_eq!(vm_uid, IDS_START);
+    assert_ne!(d.check_jailed(&late, true), vm_uid);
+    assert_eq!(d.ids_taken(), 2);
+    d.delete(&late).await;
 
     d.delete(&clone).await;
     d.delete(&vm).await;
+    assert_eq!(d.ids_taken(), 0);
     // The jailed VMMs wrote their own counters (through a link in the jail)
     // and their last flush outlived the jail: the booted guest's console
     // wrote to the serial port.
@@ -449,6 +498,7 @@ async fn jailed_vm_runs_in_its_network_namespace_without_a_pid_namespace() {
         "{vm}"
     );
     d.check_jailed(&vm, false);
+    assert_eq!(d.ids_taken(), 1);
     let pid = vm["pid"].as_u64().unwrap();
     let ns = format!(
         "/run/netns/{}",
@@ -466,6 +516,7 @@ async fn jailed_vm_runs_in_its_network_namespace_without_a_pid_namespace() {
         .unwrap_or_else(|e| panic!("the jailed guest kernel answers at {address}: {e}"));
 
     d.delete(&vm).await;
+    assert_eq!(d.ids_taken(), 0);
     // The daemon's own network objects go with it.
     d.manager.shutdown(ShutdownPolicy::Stop).await;
     assert_eq!(t.inventory(), before);

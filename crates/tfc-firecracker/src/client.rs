@@ -1,6 +1,12 @@
 //! HTTP/1.1 client for Firecracker's API socket. One connection per call: the
 //! API server is local, a connect costs microseconds, and a fresh connection never
 //! carries state from a call that timed out halfway.
+//!
+//! A jailed VMM's socket is in its chroot, which the jail's user controls:
+//! whatever listens at that path is not trusted until the kernel says who it
+//! is. A client given the VMM's identity ([`ApiClient::with_peer`]) checks
+//! every connection's peer credentials (`SO_PEERCRED`: the pid and uid of
+//! the process that listened) and refuses any other server.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,6 +38,13 @@ pub enum ApiError {
         socket: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("refused the Firecracker API socket {socket}: it is served by {found}, not by the VMM (pid {expected_pid}, uid {expected_uid}); something in the VM's jail replaced the socket")]
+    WrongPeer {
+        socket: PathBuf,
+        found: String,
+        expected_pid: u32,
+        expected_uid: u32,
     },
     #[error("HTTP exchange with Firecracker failed on {method} {path}")]
     Http {
@@ -68,17 +81,63 @@ pub enum ApiError {
     },
 }
 
+/// The process that must be serving an API socket: the VMM, by its pid as
+/// this process sees it, and the user it runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpectedPeer {
+    pub pid: u32,
+    pub uid: u32,
+}
+
 /// Client of one Firecracker process's API socket.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     socket: PathBuf,
+    /// When set, every connection's peer must be this process.
+    peer: Option<ExpectedPeer>,
 }
 
 impl ApiClient {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
             socket: socket.into(),
+            peer: None,
         }
+    }
+
+    /// The same client, refusing every connection not served by `peer`.
+    pub fn with_peer(self, peer: ExpectedPeer) -> Self {
+        Self {
+            peer: Some(peer),
+            ..self
+        }
+    }
+
+    /// Fails unless `stream`'s peer is the expected process (when there is
+    /// one). The credentials are the listener's, fixed by the kernel when
+    /// it listened: a process cannot claim another's.
+    fn check_peer(&self, stream: &UnixStream) -> Result<(), ApiError> {
+        let Some(expected) = self.peer else {
+            return Ok(());
+        };
+        let cred = stream.peer_cred().map_err(|source| ApiError::Connect {
+            socket: self.socket.clone(),
+            source,
+        })?;
+        let pid = cred.pid().and_then(|p| u32::try_from(p).ok());
+        if pid == Some(expected.pid) && cred.uid() == expected.uid {
+            return Ok(());
+        }
+        let found = match pid {
+            Some(pid) => format!("pid {pid}, uid {}", cred.uid()),
+            None => format!("an unknown pid, uid {}", cred.uid()),
+        };
+        Err(ApiError::WrongPeer {
+            socket: self.socket.clone(),
+            found,
+            expected_pid: expected.pid,
+            expected_uid: expected.uid,
+        })
     }
 
     pub fn socket(&self) -> &Path {
@@ -122,6 +181,7 @@ impl ApiClient {
                     socket: self.socket.clone(),
                     source,
                 })?;
+        self.check_peer(&stream)?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(http_err)?;
@@ -306,5 +366,91 @@ impl ApiClient {
 
     pub async fn version(&self) -> Result<FirecrackerVersion, ApiError> {
         self.get("/version").await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves `/` on a socket in this process: answers every connection
+    /// with one `GET /` answer, as Firecracker would.
+    fn serve(socket: &Path) -> tokio::task::JoinHandle<()> {
+        let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 1024];
+                    let _ = stream.read(&mut request).await;
+                    let body = r#"{"id":"vm","state":"Running","vmm_version":"1.12.1","app_name":"Firecracker"}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                });
+            }
+        })
+    }
+
+    fn own_uid() -> u32 {
+        // SAFETY: geteuid only reads this process's credentials.
+        unsafe { libc::geteuid() }
+    }
+
+    #[tokio::test]
+    async fn a_socket_served_by_the_expected_process_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let server = serve(&socket);
+        let me = ExpectedPeer {
+            pid: std::process::id(),
+            uid: own_uid(),
+        };
+        let api = ApiClient::new(&socket).with_peer(me);
+        let info = api.describe_instance().await.unwrap();
+        assert_eq!(info.id, "vm");
+        server.abort();
+    }
+
+    /// The socket is served by this test process, not by the process the
+    /// client expects (a real other process, here `sleep`), or by the right
+    /// pid under another user: both are refused before a byte is sent.
+    #[tokio::test]
+    async fn a_socket_served_by_another_process_or_user_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let server = serve(&socket);
+        let mut other = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let cases = [
+            ExpectedPeer {
+                pid: other.id(),
+                uid: own_uid(),
+            },
+            ExpectedPeer {
+                pid: std::process::id(),
+                uid: own_uid().wrapping_add(1),
+            },
+        ];
+        for expected in cases {
+            let api = ApiClient::new(&socket).with_peer(expected);
+            let err = api.describe_instance().await.unwrap_err();
+            let message = err.to_string();
+            assert!(
+                matches!(err, ApiError::WrongPeer { .. })
+                    && message.contains(&format!("served by pid {}", std::process::id()))
+                    && message.contains(&format!("not by the VMM (pid {}", expected.pid)),
+                "{message}"
+            );
+        }
+        // Without an expected peer (a VMM not confined), it is used.
+        assert!(ApiClient::new(&socket).describe_instance().await.is_ok());
+        other.kill().unwrap();
+        other.wait().unwrap();
+        server.abort();
     }
 }

@@ -1,6 +1,6 @@
-//! Running Firecracker under the jailer: its own uid/gid, a chroot, cgroup
-//! limits, optionally a new PID namespace, and Firecracker's seccomp filters
-//! left on.
+//! Running Firecracker under the jailer: its own uid/gid (see
+//! [`crate::jail_ids`]), a chroot, cgroup limits, optionally a new PID
+//! namespace, and Firecracker's seccomp filters left on.
 //!
 //! A [`Jail`] is one VM's chroot, `<chroot_base>/<exec file name>/<id>/root`
 //! (the layout the jailer itself uses), plus the cgroups the jailer makes,
@@ -19,6 +19,8 @@
 use std::ffi::OsString;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use crate::jail_ids::{JailIds, JailUser};
 
 /// The pid file the jailer writes in the chroot when it starts Firecracker in
 /// a new PID namespace: `<exec file name>.pid`.
@@ -61,9 +63,8 @@ impl CgroupVersion {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JailerConfig {
     pub binary: PathBuf,
-    /// The VMM switches to these after the jail is set up.
-    pub uid: u32,
-    pub gid: u32,
+    /// The users VMMs switch to after their jail is set up.
+    pub ids: JailIds,
     /// Jails are made under `<chroot_base>/<exec file name>/`.
     pub chroot_base: PathBuf,
     pub cgroup_version: CgroupVersion,
@@ -134,12 +135,19 @@ pub struct Jail {
     exec_file: PathBuf,
     /// Its file name: the jail directory's parent and the pid file's stem.
     exec_name: String,
+    /// The user and group the VMM runs as, which own its chroot.
+    user: JailUser,
 }
 
 impl Jail {
     /// The jail of VM `id` running `exec_file` (which the jailer requires to
-    /// be named `*firecracker*`).
-    pub fn new(config: &JailerConfig, exec_file: &Path, id: &str) -> Result<Self, JailError> {
+    /// be named `*firecracker*`) as `user`.
+    pub fn new(
+        config: &JailerConfig,
+        exec_file: &Path,
+        id: &str,
+        user: JailUser,
+    ) -> Result<Self, JailError> {
         let valid_id = !id.is_empty()
             && id.len() <= MAX_JAIL_ID_LEN
             && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
@@ -157,11 +165,34 @@ impl Jail {
             id: id.to_owned(),
             exec_file: exec_file.to_owned(),
             exec_name,
+            user,
         })
+    }
+
+    /// The jail of VM `id` as an earlier daemon made it: its user is the
+    /// owner of its chroot, which [`Self::prepare`] set and which only root
+    /// can change. A jail without a chroot (its removal was cut short) gets
+    /// [`JailUser::NONE`]: nothing remains of it but to remove it.
+    pub fn found(config: &JailerConfig, exec_file: &Path, id: &str) -> Result<Self, JailError> {
+        let mut jail = Self::new(config, exec_file, id, JailUser::NONE)?;
+        if let Ok(root) = std::fs::symlink_metadata(jail.root()) {
+            if root.is_dir() {
+                jail.user = JailUser {
+                    uid: root.uid(),
+                    gid: root.gid(),
+                };
+            }
+        }
+        Ok(jail)
     }
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The user and group the VMM runs as.
+    pub fn user(&self) -> JailUser {
+        self.user
     }
 
     pub fn config(&self) -> &JailerConfig {
@@ -206,8 +237,8 @@ impl Jail {
         };
         push("--id", self.id.clone().into());
         push("--exec-file", self.exec_file.clone().into());
-        push("--uid", self.config.uid.to_string().into());
-        push("--gid", self.config.gid.to_string().into());
+        push("--uid", self.user.uid.to_string().into());
+        push("--gid", self.user.gid.to_string().into());
         push("--chroot-base-dir", self.config.chroot_base.clone().into());
         push(
             "--cgroup-version",
@@ -239,7 +270,7 @@ impl Jail {
             source,
         };
         std::fs::create_dir_all(&root).map_err(failed)?;
-        std::os::unix::fs::chown(&root, Some(self.config.uid), Some(self.config.gid))
+        std::os::unix::fs::chown(&root, Some(self.user.uid), Some(self.user.gid))
             .map_err(failed)?;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).map_err(failed)
     }
@@ -254,7 +285,7 @@ impl Jail {
             source,
         };
         std::fs::File::create(&path).map_err(failed)?;
-        std::os::unix::fs::chown(&path, Some(self.config.uid), Some(self.config.gid))
+        std::os::unix::fs::chown(&path, Some(self.user.uid), Some(self.user.gid))
             .map_err(failed)?;
         Ok(path)
     }
@@ -299,12 +330,12 @@ impl Jail {
         let meta = file.metadata().map_err(failed)?;
         let mode = meta.mode();
         let readable = mode & 0o004 != 0
-            || (meta.uid() == self.config.uid && mode & 0o400 != 0)
-            || (meta.gid() == self.config.gid && mode & 0o040 != 0);
+            || (meta.uid() == self.user.uid && mode & 0o400 != 0)
+            || (meta.gid() == self.user.gid && mode & 0o040 != 0);
         if readable {
             return Ok(());
         }
-        std::os::unix::fs::fchown(&file, None, Some(self.config.gid)).map_err(failed)?;
+        std::os::unix::fs::fchown(&file, None, Some(self.user.gid)).map_err(failed)?;
         let mode = (mode | 0o040) & !0o020 & 0o7777;
         file.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(failed)
@@ -332,7 +363,7 @@ impl Jail {
         };
         let mut source = open_untrusted(&from).map_err(failed)?;
         let meta = source.metadata().map_err(failed)?;
-        if meta.uid() != self.config.uid {
+        if meta.uid() != self.user.uid {
             return Err(refused("not owned by the jail's user"));
         }
         if meta.nlink() != 1 {
@@ -420,9 +451,10 @@ impl Jail {
         }
     }
 
-    /// The jails of `exec_file` that exist under `config.chroot_base`.
+    /// The jails of `exec_file` that exist under `config.chroot_base`
+    /// (see [`Self::found`]).
     pub fn all(config: &JailerConfig, exec_file: &Path) -> Vec<Jail> {
-        let Ok(probe) = Jail::new(config, exec_file, "x") else {
+        let Ok(probe) = Jail::new(config, exec_file, "x", JailUser::NONE) else {
             return Vec::new();
         };
         let Ok(entries) = std::fs::read_dir(config.chroot_base.join(&probe.exec_name)) else {
@@ -430,7 +462,7 @@ impl Jail {
         };
         entries
             .flatten()
-            .filter_map(|e| Jail::new(config, exec_file, e.file_name().to_str()?).ok())
+            .filter_map(|e| Jail::found(config, exec_file, e.file_name().to_str()?).ok())
             .collect()
     }
 }
@@ -518,11 +550,16 @@ pub fn running_as_root() -> bool {
 mod tests {
     use super::*;
 
+    /// The jail user of the tests' jails.
+    const USER: JailUser = JailUser { uid: 123, gid: 456 };
+
     fn config(base: &Path) -> JailerConfig {
         JailerConfig {
             binary: "/opt/fc/jailer".into(),
-            uid: 123,
-            gid: 456,
+            ids: JailIds::PerJail {
+                start: 1000,
+                count: 10,
+            },
             chroot_base: base.to_owned(),
             cgroup_version: CgroupVersion::V1,
             parent_cgroup: "tfc".into(),
@@ -536,6 +573,7 @@ mod tests {
             &config(Path::new("/srv/jails")),
             Path::new("/opt/fc/firecracker"),
             "vm-1a",
+            USER,
         )
         .unwrap();
         let args = jail.command_args(
@@ -583,7 +621,7 @@ mod tests {
         let mut config = config(Path::new("/srv/jails"));
         config.new_pid_ns = false;
         config.cgroup_version = CgroupVersion::V2;
-        let jail = Jail::new(&config, Path::new("/bin/firecracker-v1.12"), "a").unwrap();
+        let jail = Jail::new(&config, Path::new("/bin/firecracker-v1.12"), "a", USER).unwrap();
         let args = jail.command_args(None, &[], &[]);
         let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
         assert!(!args.contains(&"--netns") && !args.contains(&"--new-pid-ns"));
@@ -599,6 +637,7 @@ mod tests {
             &config(Path::new("/srv/jails")),
             Path::new("/opt/fc/firecracker"),
             "vm-1",
+            USER,
         )
         .unwrap();
         assert_eq!(jail.dir(), Path::new("/srv/jails/firecracker/vm-1"));
@@ -622,10 +661,10 @@ mod tests {
         let config = config(Path::new("/j"));
         let fc = Path::new("/bin/firecracker");
         for id in ["", "vm_1", "vm/1", "vm.1", &"a".repeat(65)] {
-            let err = Jail::new(&config, fc, id).unwrap_err();
+            let err = Jail::new(&config, fc, id, USER).unwrap_err();
             assert!(matches!(err, JailError::InvalidId(_)), "{id}: {err}");
         }
-        let err = Jail::new(&config, Path::new("/bin/fc"), "vm-1").unwrap_err();
+        let err = Jail::new(&config, Path::new("/bin/fc"), "vm-1", USER).unwrap_err();
         assert!(matches!(err, JailError::ExecFileName(_)));
     }
 
@@ -647,6 +686,7 @@ mod tests {
             &config(&dir.path().join("jails")),
             Path::new("/bin/firecracker"),
             "vm-1",
+            USER,
         )
         .unwrap();
         jail.prepare().unwrap();
@@ -654,6 +694,13 @@ mod tests {
         assert_eq!(
             (root.uid(), root.gid(), root.mode() & 0o777),
             (123, 456, 0o700)
+        );
+        // A later daemon finds the jail's user in its chroot's owner.
+        let found = Jail::found(jail.config(), Path::new("/bin/firecracker"), "vm-1").unwrap();
+        assert_eq!(found.user(), USER);
+        assert_eq!(
+            Jail::all(jail.config(), Path::new("/bin/firecracker")),
+            [found]
         );
 
         let open = dir.path().join("image");
@@ -702,6 +749,10 @@ mod tests {
         assert!(jail.move_out("twice", &taken).is_err());
         std::fs::write(jail.host_path("roots"), b"x").unwrap();
         assert!(jail.move_out("roots", &taken).is_err());
+        // Nor a file of another jail's user.
+        std::fs::write(jail.host_path("neighbours"), b"x").unwrap();
+        std::os::unix::fs::chown(jail.host_path("neighbours"), Some(124), Some(124)).unwrap();
+        assert!(jail.move_out("neighbours", &taken).is_err());
         assert!(!taken.exists());
         // Nor does granting read follow a link out of the jail.
         assert!(jail.grant_read(&jail.host_path("snapshot.state")).is_err());
@@ -711,6 +762,11 @@ mod tests {
         jail.remove().unwrap();
         assert!(!jail.dir().exists());
         assert!(dir.path().join("jails/firecracker").is_dir());
+        // A jail whose chroot is gone has no user a file could have.
+        std::fs::create_dir_all(jail.dir()).unwrap();
+        let found = Jail::found(jail.config(), Path::new("/bin/firecracker"), "vm-1").unwrap();
+        assert_eq!(found.user(), JailUser::NONE);
+        found.remove().unwrap();
     }
 
     #[test]

@@ -12,12 +12,15 @@
 //! - [`listener`]: waiting, without a busy timer, for a new VMM's socket to accept.
 //! - [`jailer`]: running the process under Firecracker's jailer: chroot, uid/gid,
 //!   cgroups, PID namespace; files moved in and out of the chroot.
+//! - [`jail_ids`]: the user each jail runs as: one id per jail from a range, or
+//!   one shared user.
 //! - [`vm_config`]: a VM's boot configuration, applied over the API or as a config file.
 //! - [`memfile`]: snapshot memory files; merging diff snapshots onto their base.
 //! - [`vsock`]: the host side of the vsock device's connect handshake; a guest liveness probe.
 
 pub mod client;
 pub mod console;
+pub mod jail_ids;
 pub mod jailer;
 pub mod listener;
 pub mod memfile;
@@ -28,8 +31,9 @@ pub mod process;
 pub mod vm_config;
 pub mod vsock;
 
-pub use client::{ApiClient, ApiError};
+pub use client::{ApiClient, ApiError, ExpectedPeer};
 pub use console::{ConsoleError, ConsoleWatch};
+pub use jail_ids::{JailIdError, JailIdPool, JailIds, JailUser};
 pub use jailer::{
     open_untrusted, open_untrusted_link, CgroupVersion, Jail, JailError, JailerConfig,
 };

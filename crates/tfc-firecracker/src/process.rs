@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 use tokio::sync::watch;
 
-use crate::client::ApiClient;
+use crate::client::{ApiClient, ExpectedPeer};
 use crate::console::{self, ConsoleWatch};
 use crate::jailer::{Jail, JailError};
 use crate::listener;
@@ -451,7 +451,7 @@ impl FirecrackerProcess {
         let pidfd = record
             .pidfd()
             .ok_or_else(|| ProcessError::NotRunning(workdir.clone()))?;
-        let api = ApiClient::new(workdir.join(API_SOCKET));
+        let api = api_client(workdir, record.pid, config);
         if let Err(source) = tokio::time::timeout(Duration::from_secs(2), api.describe_instance())
             .await
             .unwrap_or_else(|_| {
@@ -501,7 +501,7 @@ impl FirecrackerProcess {
         };
         Ok(Self {
             pid,
-            api: ApiClient::new(workdir.join(API_SOCKET)),
+            api: api_client(&workdir, pid, config),
             workdir,
             console,
             exit,
@@ -682,6 +682,19 @@ fn jailed_command(config: &SpawnConfig, jail: &Jail) -> Result<Command, ProcessE
     let mut command = Command::new(jailer);
     command.args(jail.command_args(config.netns.as_deref(), &config.cgroups, &args));
     Ok(command)
+}
+
+/// The client of the API socket in `workdir`, which only the VMM `pid`
+/// may serve: running as its jail's user, or, unjailed, as this process's.
+/// (The socket of a jailed VMM is in its chroot, where the jail's user may
+/// put anything.)
+fn api_client(workdir: &Path, pid: u32, config: &SpawnConfig) -> ApiClient {
+    let uid = match &config.jail {
+        Some(jail) => jail.user().uid,
+        // SAFETY: geteuid only reads this process's credentials.
+        None => unsafe { libc::geteuid() },
+    };
+    ApiClient::new(workdir.join(API_SOCKET)).with_peer(ExpectedPeer { pid, uid })
 }
 
 fn exit_reason(status: std::process::ExitStatus) -> ExitReason {

@@ -3,6 +3,7 @@
 //! the jailer, one jail per VM (see [`tfc_firecracker::jailer`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tfc_api::SnapshotKind;
@@ -18,8 +19,8 @@ use tfc_firecracker::models::{
 };
 use tfc_firecracker::priority::Priority;
 use tfc_firecracker::{
-    CgroupVersion, ExitReason, FirecrackerProcess, Jail, JailerConfig, SpawnConfig, StopPolicy,
-    VmConfig,
+    CgroupVersion, ExitReason, FirecrackerProcess, Jail, JailIdPool, JailerConfig, SpawnConfig,
+    StopPolicy, VmConfig,
 };
 
 use super::{
@@ -42,11 +43,41 @@ pub struct FirecrackerBackend {
     pub console_log_limit: u64,
     pub stop: StopPolicy,
     /// Run each VMM under the jailer; `None`: as the daemon's user, unconfined.
-    pub jailer: Option<JailerConfig>,
+    pub jailer: Option<Jailer>,
     /// VMMs asked for in the background start at idle CPU priority; false
     /// when this daemon could not give them normal priority back (see
     /// [`tfc_firecracker::priority::can_leave_idle`]).
     pub idle_priority: bool,
+}
+
+/// How the VMMs run under the jailer: its settings, and the ids their jails
+/// run as (shared by every clone of the backend).
+#[derive(Debug, Clone)]
+pub struct Jailer {
+    pub config: JailerConfig,
+    pub ids: Arc<JailIdPool>,
+}
+
+impl Jailer {
+    /// The jailer of `config` running `exec_file`. Every jail already on
+    /// disk (of VMs an earlier daemon left running, or stale ones the
+    /// reaper will remove) holds its user's id from the start, before any
+    /// VM is adopted, created or reaped: whatever becomes of such a jail,
+    /// its id is given back exactly when it is removed.
+    pub fn new(config: JailerConfig, exec_file: &Path) -> Self {
+        let ids = Arc::new(JailIdPool::new(config.ids));
+        for jail in Jail::all(&config, exec_file) {
+            ids.mark(jail.user(), jail.id());
+        }
+        Self { config, ids }
+    }
+}
+
+/// A VM's jail and the pool its user's id came from.
+#[derive(Debug, Clone)]
+struct HeldJail {
+    jail: Jail,
+    ids: Arc<JailIdPool>,
 }
 
 /// The kernel's name in a jail (the VMM's working directory there).
@@ -88,8 +119,11 @@ pub fn cgroup_limits(version: CgroupVersion, vcpus: u8, memory_mib: u32) -> Vec<
 
 /// Removes `jail` once no process runs in it: the VMM has ended (or been
 /// sent SIGKILL) when this is called, but a killed process leaves its
-/// cgroup only as it finishes exiting, so this waits up to a second.
-fn release_jail(jail: &Jail) {
+/// cgroup only as it finishes exiting, so this waits up to a second. Its
+/// user's id goes back to `ids` once the jail is gone, never before: a jail
+/// that cannot be removed (a process still in it) keeps its id until the
+/// next daemon start.
+fn release_jail(jail: &Jail, ids: &JailIdPool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(1);
     loop {
         let result = if jail.processes().is_empty() {
@@ -101,7 +135,10 @@ fn release_jail(jail: &Jail) {
             })
         };
         match result {
-            Ok(()) => return,
+            Ok(()) => {
+                ids.release(jail.user(), jail.id());
+                return;
+            }
             Err(err) if std::time::Instant::now() >= deadline => {
                 tracing::warn!(jail = %jail.dir().display(), error = %tfc_core::error_chain(&err), "cannot remove the VM's jail; the next daemon start removes it");
                 return;
@@ -134,7 +171,7 @@ pub struct FirecrackerMachine {
     /// The VM's jail, when its VMM runs under the jailer; removed once the
     /// VMM has ended (see [`release_jail`]), unless the VM is detached.
     /// Boxed: most machines have none.
-    jail: Option<Box<Jail>>,
+    jail: Option<Box<HeldJail>>,
     /// Set by [`VmMachine::detach`]: the VMM and its jail outlive this handle.
     detached: std::sync::atomic::AtomicBool,
     /// The jail has been removed (the VMM ended).
@@ -225,13 +262,46 @@ fn patch_limiter(limit: Option<IoLimit>) -> RateLimiter {
 }
 
 impl FirecrackerBackend {
-    /// The jail of VM `id`, when VMMs run under the jailer.
-    fn jail(&self, id: &VmId) -> Result<Option<Jail>, BackendError> {
+    /// A new jail for VM `id`, when VMMs run under the jailer, with a user
+    /// of its own from the pool (held until the jail is removed: see
+    /// [`release_jail`]).
+    fn new_jail(&self, id: &VmId) -> Result<Option<HeldJail>, BackendError> {
+        let Some(jailer) = &self.jailer else {
+            return Ok(None);
+        };
+        let user = jailer
+            .ids
+            .allocate(id.as_str())
+            .map_err(BackendError::NoJailId)?;
+        match Jail::new(&jailer.config, &self.binary, id.as_str(), user) {
+            Ok(jail) => Ok(Some(HeldJail {
+                jail,
+                ids: jailer.ids.clone(),
+            })),
+            Err(err) => {
+                jailer.ids.release(user, id.as_str());
+                Err(BackendError::Jail(err))
+            }
+        }
+    }
+
+    /// The jail an earlier daemon made for VM `id`, its user read from the
+    /// jail (see [`Jail::found`]).
+    fn found_jail(&self, id: &VmId) -> Result<Option<Jail>, BackendError> {
         self.jailer
             .as_ref()
-            .map(|config| Jail::new(config, &self.binary, id.as_str()))
+            .map(|jailer| Jail::found(&jailer.config, &self.binary, id.as_str()))
             .transpose()
             .map_err(BackendError::Jail)
+    }
+
+    /// Fails when a new VM could not get a jail now (every jail id is
+    /// taken), before anything of it is started.
+    pub fn check_jail_ids(&self) -> Result<(), BackendError> {
+        match &self.jailer {
+            Some(jailer) => jailer.ids.check_free().map_err(BackendError::NoJailId),
+            None => Ok(()),
+        }
     }
 
     fn spawn_config(
@@ -271,16 +341,20 @@ impl FirecrackerBackend {
         &self,
         spec: &VmSpec,
         workdir: &Path,
-        jail: Option<&Jail>,
+        held: Option<&HeldJail>,
         boot: bool,
     ) -> Result<VmConfig, BackendError> {
         let mut vm = vm_config(spec);
-        let Some(jail) = jail else {
+        let Some(jail) = held else {
             vm.link_into(workdir).map_err(BackendError::Workdir)?;
             return Ok(vm);
         };
-        jail.prepare().map_err(BackendError::Jail)?;
+        if let Err(err) = jail.jail.prepare() {
+            release_jail(&jail.jail, &jail.ids);
+            return Err(BackendError::Jail(err));
+        }
         let linked = (|| {
+            let jail = &jail.jail;
             jail.link_in(&spec.rootfs, tfc_firecracker::vm_config::ROOTFS_LINK)?;
             if boot {
                 jail.link_in(&spec.kernel, JAIL_KERNEL)?;
@@ -288,7 +362,7 @@ impl FirecrackerBackend {
             Ok(())
         })();
         if let Err(err) = linked {
-            release_jail(jail);
+            release_jail(&jail.jail, &jail.ids);
             return Err(BackendError::Jail(err));
         }
         vm.kernel = PathBuf::from(JAIL_KERNEL);
@@ -314,23 +388,29 @@ impl FirecrackerBackend {
             &VmConfig,
         ) -> Result<Option<BootPhase>, BackendError>,
     ) -> Result<FirecrackerMachine, BackendError> {
-        let jail = self.jail(id)?;
+        let jail = self.new_jail(id)?;
         let vm = self.place_files(spec, workdir, jail.as_ref(), boot)?;
-        let mut config = self.spawn_config(id, spec, workdir, netns, jail.clone());
+        let mut config = self.spawn_config(
+            id,
+            spec,
+            workdir,
+            netns,
+            jail.as_ref().map(|h| h.jail.clone()),
+        );
         config.priority = priority;
         config
             .extra_args
-            .extend(metrics_args(workdir, jail.as_ref()));
+            .extend(metrics_args(workdir, config.jail.as_ref()));
         let process = match FirecrackerProcess::spawn(&config).await {
             Ok(process) => process,
             Err(err) => {
-                if let Some(jail) = jail {
+                if let Some(held) = jail {
                     // The VMM may run though the spawn failed (the jailer
                     // forked it, then its pid could not be confirmed): it is
                     // ended before its jail goes. Off the async threads.
                     let _ = tokio::task::spawn_blocking(move || {
-                        end_jailed(&jail);
-                        release_jail(&jail);
+                        end_jailed(&held.jail);
+                        release_jail(&held.jail, &held.ids);
                     })
                     .await;
                 }
@@ -365,7 +445,7 @@ impl FirecrackerBackend {
         &self,
         process: FirecrackerProcess,
         spec: &VmSpec,
-        jail: Option<Jail>,
+        jail: Option<HeldJail>,
         priority: Priority,
     ) -> FirecrackerMachine {
         FirecrackerMachine {
@@ -386,12 +466,13 @@ impl FirecrackerBackend {
     /// Start-up cleanup of jails: a jail no process runs in is removed (the
     /// VM it served has ended); one whose VM is not in `recorded` has its
     /// processes ended first. Jails of recorded VMs whose VMM runs stay.
+    /// (Their ids were marked taken when the backend was made.)
     pub fn reap_jails(&self, recorded: &std::collections::HashSet<String>) -> Vec<u32> {
-        let Some(config) = &self.jailer else {
+        let Some(jailer) = &self.jailer else {
             return Vec::new();
         };
         let mut killed = Vec::new();
-        for jail in Jail::all(config, &self.binary) {
+        for jail in Jail::all(&jailer.config, &self.binary) {
             let pids = jail.processes();
             if !pids.is_empty() && recorded.contains(jail.id()) {
                 continue;
@@ -400,15 +481,21 @@ impl FirecrackerBackend {
                 tracing::warn!(pid, jail = %jail.dir().display(), "ended VMM left in a jail by an earlier daemon");
                 killed.push(pid);
             }
-            release_jail(&jail);
+            release_jail(&jail, &jailer.ids);
         }
         killed
     }
 
-    /// The VM's jail and its VMM's working directory, for tests and tools:
-    /// `None` without the jailer.
+    /// The VM's jail as it is on disk, for tests and tools: `None` without
+    /// the jailer.
     pub fn jail_of(&self, id: &VmId) -> Option<Jail> {
-        self.jail(id).ok().flatten()
+        self.found_jail(id).ok().flatten()
+    }
+
+    /// The pool of the jails' ids, for tests and tools: `None` without the
+    /// jailer.
+    pub fn jail_ids(&self) -> Option<&JailIdPool> {
+        self.jailer.as_ref().map(|j| &*j.ids)
     }
 }
 
@@ -447,7 +534,8 @@ fn metrics_file(path: &Path, jail: Option<&Jail>) -> std::io::Result<()> {
     let Some(jail) = jail else {
         return Ok(());
     };
-    std::os::unix::fs::chown(path, Some(jail.config().uid), Some(jail.config().gid))?;
+    let user = jail.user();
+    std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid))?;
     let inside = jail.host_path(FIRECRACKER_METRICS_FILE);
     let _ = std::fs::remove_file(&inside);
     std::fs::hard_link(path, &inside)
@@ -456,7 +544,7 @@ fn metrics_file(path: &Path, jail: Option<&Jail>) -> std::io::Result<()> {
 impl FirecrackerMachine {
     /// Removes the VM's jail, once: call after the VMM has ended.
     async fn release(&self) {
-        let Some(jail) = self.jail.as_deref().cloned() else {
+        let Some(held) = self.jail.as_deref().cloned() else {
             return;
         };
         if self
@@ -465,12 +553,12 @@ impl FirecrackerMachine {
         {
             return;
         }
-        let _ = tokio::task::spawn_blocking(move || release_jail(&jail)).await;
+        let _ = tokio::task::spawn_blocking(move || release_jail(&held.jail, &held.ids)).await;
     }
 
     /// The VM's jail, when its VMM runs under the jailer.
     pub fn jail(&self) -> Option<&Jail> {
-        self.jail.as_deref()
+        self.jail.as_deref().map(|held| &held.jail)
     }
 
     /// The guest's state as the VMM reports it.
@@ -533,25 +621,35 @@ impl VmBackend for FirecrackerBackend {
     }
 
     async fn adopt(&self, request: CreateRequest<'_>) -> Result<FirecrackerMachine, BackendError> {
-        let jail = self.jail(request.id)?;
+        let jail = self.found_jail(request.id)?;
         let config = self.spawn_config(request.id, request.spec, request.workdir, None, jail);
         match FirecrackerProcess::adopt(&config).await {
             Ok(process) => {
                 // A pool's VM waiting when the earlier daemon ended still
                 // runs idle; the priority it runs at is the one to undo.
                 let priority = process.priority().unwrap_or(Priority::Normal);
-                Ok(self.machine(process, request.spec, config.jail, priority))
+                // The adopted VMM keeps running as its jail's user: that id
+                // stays taken (marked when the backend was made) until the
+                // jail is removed.
+                let held = config.jail.zip(self.jailer.as_ref()).map(|(jail, jailer)| {
+                    jailer.ids.mark(jail.user(), jail.id());
+                    HeldJail {
+                        jail,
+                        ids: jailer.ids.clone(),
+                    }
+                });
+                Ok(self.machine(process, request.spec, held, priority))
             }
             Err(err) => {
                 // A VMM that cannot be taken over is ended by the caller
                 // (found by its record); its jail goes here, with whatever
                 // still runs in it, or it would outlive the VM.
-                if let Some(jail) = config.jail {
+                if let Some((jail, jailer)) = config.jail.zip(self.jailer.clone()) {
                     tokio::task::spawn_blocking(move || {
                         for pid in end_jailed(&jail) {
                             tracing::warn!(pid, "ended a jailed VMM that could not be adopted");
                         }
-                        release_jail(&jail);
+                        release_jail(&jail, &jailer.ids);
                     })
                     .await
                     .expect("ending a jail's processes does not panic");
@@ -659,7 +757,7 @@ impl VmMachine for FirecrackerMachine {
         let limits = self.limits();
         // A jailed VMM sees only its chroot: the files are linked in for
         // the load and unlinked after it (the VMM keeps its mapping).
-        let (state_path, memory_path) = match &self.jail {
+        let (state_path, memory_path) = match self.jail() {
             None => (
                 state_file.display().to_string(),
                 memory_file.display().to_string(),
@@ -687,7 +785,7 @@ impl VmMachine for FirecrackerMachine {
             network_overrides: Vec::new(),
         };
         let loaded = self.process.api().load_snapshot(&load).await;
-        if let Some(jail) = &self.jail {
+        if let Some(jail) = self.jail() {
             for name in [JAIL_SNAPSHOT_STATE, JAIL_SNAPSHOT_MEMORY] {
                 let _ = std::fs::remove_file(jail.host_path(name));
             }
@@ -791,7 +889,7 @@ impl VmMachine for FirecrackerMachine {
         memory_file: &Path,
     ) -> Result<(), BackendError> {
         // A jailed VMM writes into its chroot; the files are moved out after.
-        let (state_path, memory_path) = match &self.jail {
+        let (state_path, memory_path) = match self.jail() {
             None => (
                 state_file.display().to_string(),
                 memory_file.display().to_string(),
@@ -832,7 +930,7 @@ impl VmMachine for FirecrackerMachine {
                 .store(true, std::sync::atomic::Ordering::Release);
         }
         taken?;
-        if let Some(jail) = &self.jail {
+        if let Some(jail) = self.jail() {
             jail.move_out(JAIL_SNAPSHOT_STATE, state_file)
                 .and_then(|()| jail.move_out(JAIL_SNAPSHOT_MEMORY, memory_file))
                 .map_err(BackendError::Jail)?;
@@ -891,14 +989,14 @@ impl VmMachine for FirecrackerMachine {
 impl Drop for FirecrackerMachine {
     fn drop(&mut self) {
         use std::sync::atomic::Ordering;
-        let Some(jail) = &self.jail else {
+        let Some(held) = &self.jail else {
             return;
         };
         if self.detached.load(Ordering::SeqCst) || self.released.swap(true, Ordering::AcqRel) {
             return;
         }
         self.process.signal(libc::SIGKILL);
-        release_jail(jail);
+        release_jail(&held.jail, &held.ids);
     }
 }
 

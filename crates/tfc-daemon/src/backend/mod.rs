@@ -20,7 +20,7 @@ use tfc_core::{BootPhase, VmId, VmSpec, Vmm};
 use tfc_firecracker::ConsoleWatch;
 
 pub use self::fake::{FakeAgent, FakeBackend, FakeMachine, FakeScript};
-pub use self::firecracker::{FirecrackerBackend, FirecrackerMachine};
+pub use self::firecracker::{FirecrackerBackend, FirecrackerMachine, Jailer};
 pub use self::qemu::{QemuBackend, QemuMachine};
 
 pub use tfc_core::ExitReason;
@@ -60,6 +60,9 @@ pub enum BackendError {
     Priority(#[source] tfc_firecracker::priority::PriorityError),
     #[error("cannot prepare or use the VM's jail")]
     Jail(#[source] tfc_firecracker::JailError),
+    /// Every jail id is taken: the host is full until a VM goes (503).
+    #[error("no user for the VM's jail")]
+    NoJailId(#[source] tfc_firecracker::JailIdError),
     #[error("the VMM could not load the snapshot")]
     Restore(#[source] tfc_firecracker::ApiError),
     #[error("the VMM runs no guest: {0}")]
@@ -399,12 +402,12 @@ impl Backend {
         }
     }
 
-    /// Whether VMs on `vmm` can run here; the error says what to install.
-    /// The fake runs every VM.
+    /// Whether VMs on `vmm` can run here; the error says what to install,
+    /// or that every jail id is taken. The fake runs every VM.
     pub fn check_available(&self, vmm: Vmm) -> Result<(), BackendError> {
         match (self, vmm) {
             (Backend::Fake(_), _) => Ok(()),
-            (Backend::Vmms(v), Vmm::Firecracker) => v.firecracker().map(drop),
+            (Backend::Vmms(v), Vmm::Firecracker) => v.firecracker()?.check_jail_ids(),
             (Backend::Vmms(v), Vmm::QemuTcg) => v.qemu().map(drop),
         }
     }
