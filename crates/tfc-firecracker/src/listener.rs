@@ -6,6 +6,10 @@
 //! 50 µs kept a thread waking ~10,000 times a second for the VMM's whole
 //! start-up, which on a small host took CPU from the requests served beside
 //! a pool's refill.
+//!
+//! Closing an inotify instance waits for an RCU grace period (5-20 ms
+//! measured here), so a [`SocketWatch`] is dropped after its answer has been
+//! passed on, never on a timed path.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -35,18 +39,51 @@ pub enum NotReady {
     TimedOut,
 }
 
-/// Blocks until `socket` accepts a connection, `ended` reports the process's
-/// end (checked whenever `pidfd` turns readable, and at least every
-/// [`MAX_SLEEP`]), or `deadline` passes. For a blocking thread.
-pub fn wait_for(
+/// A wait for one socket to accept connections. Slow to drop (see the
+/// module's docs): drop it after passing its answer on.
+pub struct SocketWatch {
+    /// `None` when no inotify instance or watch was left for this user: the
+    /// wait still works, on the [`MAX_SLEEP`] timer.
+    watch: Option<DirWatch>,
+}
+
+impl SocketWatch {
+    /// Starts watching `socket`'s directory.
+    pub fn new(socket: &Path) -> Self {
+        Self {
+            watch: socket.parent().and_then(|dir| DirWatch::new(dir).ok()),
+        }
+    }
+
+    /// Blocks until `socket` accepts a connection, `ended` reports the
+    /// process's end (checked whenever `pidfd` turns readable, and at least
+    /// every [`MAX_SLEEP`]), or `deadline` passes. For a blocking thread.
+    pub fn wait(
+        &self,
+        socket: &Path,
+        pidfd: &Pidfd,
+        deadline: Instant,
+        ended: impl Fn() -> Option<ExitReason>,
+    ) -> Result<(), NotReady> {
+        wait_for(self.watch.as_ref(), socket, pidfd, deadline, ended)
+    }
+}
+
+impl std::fmt::Debug for SocketWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketWatch")
+            .field("inotify", &self.watch.is_some())
+            .finish()
+    }
+}
+
+fn wait_for(
+    watch: Option<&DirWatch>,
     socket: &Path,
     pidfd: &Pidfd,
     deadline: Instant,
     ended: impl Fn() -> Option<ExitReason>,
 ) -> Result<(), NotReady> {
-    // Without a watch (no inotify instance or watch left for this user) the
-    // wait still works, on the MAX_SLEEP timer.
-    let watch = socket.parent().and_then(|dir| DirWatch::new(dir).ok());
     let mut refused_retry = REFUSED_RETRY;
     loop {
         if let Some(reason) = ended() {
@@ -67,8 +104,8 @@ pub fn wait_for(
             return Err(NotReady::TimedOut);
         }
         let sleep = sleep.min(deadline - now);
-        wait_event(watch.as_ref(), pidfd, sleep);
-        if let Some(watch) = &watch {
+        wait_event(watch, pidfd, sleep);
+        if let Some(watch) = watch {
             watch.drain();
         }
     }
@@ -168,7 +205,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(100));
             UnixListener::bind(&bound).unwrap()
         });
-        let waited = wait_for(
+        let waited = SocketWatch::new(&socket).wait(
             &socket,
             &pidfd,
             Instant::now() + Duration::from_secs(10),
@@ -190,8 +227,9 @@ mod tests {
             signal: None,
         };
         let started = Instant::now();
-        let waited = wait_for(
-            &dir.path().join("api.sock"),
+        let socket = dir.path().join("api.sock");
+        let waited = SocketWatch::new(&socket).wait(
+            &socket,
             &waited_for,
             Instant::now() + Duration::from_secs(10),
             // The exit watch stands in for the daemon's: ended once the
@@ -207,8 +245,9 @@ mod tests {
     fn gives_up_at_the_deadline() {
         let dir = tempfile::tempdir().unwrap();
         let (mut process, pidfd) = child("sleep 30");
-        let waited = wait_for(
-            &dir.path().join("api.sock"),
+        let socket = dir.path().join("api.sock");
+        let waited = SocketWatch::new(&socket).wait(
+            &socket,
             &pidfd,
             Instant::now() + Duration::from_millis(50),
             || None,
@@ -225,7 +264,7 @@ mod tests {
         // Bound and closed: the file stays, connections are refused.
         drop(UnixListener::bind(&socket).unwrap());
         let (mut process, pidfd) = child("sleep 30");
-        let waited = wait_for(
+        let waited = SocketWatch::new(&socket).wait(
             &socket,
             &pidfd,
             Instant::now() + Duration::from_millis(100),

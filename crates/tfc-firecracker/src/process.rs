@@ -574,13 +574,15 @@ impl FirecrackerProcess {
         let exit = self.exit.clone();
         // Woken by the process's end as well as by the socket's creation.
         let pidfd = self.pidfd.try_clone().map_err(ProcessError::Pidfd)?;
-        let ready = tokio::task::spawn_blocking(move || {
+        let (answer, ready) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || {
             let deadline = Instant::now() + timeout;
-            let ended = || *exit.borrow();
-            listener::wait_for(&socket, &pidfd, deadline, ended)
-        })
-        .await
-        .unwrap_or(Err(listener::NotReady::TimedOut));
+            let watch = listener::SocketWatch::new(&socket);
+            let _ = answer.send(watch.wait(&socket, &pidfd, deadline, || *exit.borrow()));
+            // Closing the watch takes milliseconds: here, after the answer.
+            drop(watch);
+        });
+        let ready = ready.await.unwrap_or(Err(listener::NotReady::TimedOut));
         match ready {
             Ok(()) => Ok(()),
             Err(listener::NotReady::Exited(reason)) => Err(ProcessError::ExitedEarly {
