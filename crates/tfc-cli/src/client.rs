@@ -718,16 +718,8 @@ impl Client {
         let stream = self.connect().await?;
         tracing::debug!(%method, %path, daemon = %self.target(), "request");
         let head = async {
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(ClientError::Exchange)?;
-            tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    tracing::debug!(error = %err, "connection to the daemon ended with an error");
-                }
-            });
-            sender
+            handshake(stream)
+                .await?
                 .send_request(request)
                 .await
                 .map_err(ClientError::Exchange)
@@ -748,17 +740,7 @@ impl Client {
         if status.is_success() {
             return Ok(response);
         }
-        let retry_after = response
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.trim().parse().ok());
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(ClientError::Exchange)?
-            .to_bytes();
+        let (status, retry_after, bytes) = read_whole(response).await?;
         Err(self.refused(status, retry_after, &bytes))
     }
 
@@ -839,18 +821,7 @@ impl Client {
             },
             None => self.send_fresh(request).await?,
         };
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.trim().parse().ok());
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(ClientError::Exchange)?
-            .to_bytes();
+        let answer = read_whole(response).await?;
         // Kept only once it can carry another request, and only one: a
         // clone that finds one kept already closes its own.
         if sender.ready().await.is_ok() {
@@ -859,7 +830,7 @@ impl Client {
                 *idle = Some((sender, std::time::Instant::now()));
             }
         }
-        Ok((status, retry_after, bytes))
+        Ok(answer)
     }
 
     /// Opens a connection and sends `request` on it.
@@ -867,17 +838,7 @@ impl Client {
         &self,
         request: Request<Full<Bytes>>,
     ) -> Result<(Sender, http::Response<hyper::body::Incoming>), ClientError> {
-        let stream = self.connect().await?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(ClientError::Exchange)?;
-        // The connection task drives the socket; its failures also fail
-        // `send_request`, which is where they are reported.
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "connection to the daemon ended with an error");
-            }
-        });
+        let mut sender = handshake(self.connect().await?).await?;
         let response = sender
             .send_request(request)
             .await
@@ -987,6 +948,46 @@ fn build_request(
 
 /// Sends `request` and returns the answer's status, its `Retry-After` (whole
 /// seconds; the HTTP-date form is not used by the daemon) and its body.
+/// Starts HTTP/1.1 on `stream`. The connection task drives the socket; its
+/// failures also fail `send_request`, which is where they are reported.
+async fn handshake<B>(
+    stream: Box<dyn Stream>,
+) -> Result<hyper::client::conn::http1::SendRequest<B>, ClientError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(ClientError::Exchange)?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "connection to the daemon ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// An answer read whole: its status, its `Retry-After` in seconds, its body.
+async fn read_whole(
+    response: http::Response<hyper::body::Incoming>,
+) -> Result<(StatusCode, Option<u64>, Bytes), ClientError> {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse().ok());
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(ClientError::Exchange)?
+        .to_bytes();
+    Ok((status, retry_after, bytes))
+}
+
 /// A TLS client that trusts only the certificates in the PEM file `ca_cert`.
 fn tls_connector(ca_cert: &Path) -> Result<tokio_rustls::TlsConnector, ClientError> {
     use rustls_pki_types::pem::PemObject;
