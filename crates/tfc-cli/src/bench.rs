@@ -458,7 +458,6 @@ async fn boot_raw(manifest: &Manifest, dir: &Path, timeout: Duration) -> anyhow:
         netns: None,
         jail: None,
         cgroups: Vec::new(),
-        priority: tfc_firecracker::priority::Priority::Normal,
     })
     .await?;
     let ready = tokio::time::timeout(timeout, process.console().wait_for(READY_LINE)).await;

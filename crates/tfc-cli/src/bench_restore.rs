@@ -254,7 +254,6 @@ pub(crate) async fn raw_sample(
         netns: None,
         jail: None,
         cgroups: Vec::new(),
-        priority: tfc_firecracker::priority::Priority::Normal,
     })
     .await?;
     process.wait_api_ready(Duration::from_secs(5)).await?;

@@ -9,8 +9,13 @@
 //! VMM is given the normal policy back.
 //!
 //! Leaving `SCHED_IDLE` needs `CAP_SYS_NICE` (or a `RLIMIT_NICE` that allows
-//! nice 0), so [`can_leave_idle`] is asked before any VMM is started idle:
-//! a VMM that could not be given its priority back must never be started so.
+//! nice 0), so [`can_leave_idle`] is asked before any VMM is made idle: a
+//! VMM that could not be given its priority back must never be made so.
+//!
+//! A VMM is made idle by its pid right after its spawn, never by lowering
+//! the spawning thread for the spawn: the child of a spawn runs before the
+//! spawn returns, and an idle child on a CPU kept busy by normal threads
+//! (running guests) took seconds to exec, holding a daemon thread with it.
 
 use std::io;
 
@@ -123,56 +128,22 @@ pub fn process_priority(pid: u32) -> Result<Priority, PriorityError> {
     thread_priority(tid).map_err(|source| PriorityError::GetPolicy { pid, source })
 }
 
-/// The calling thread at idle priority until dropped, so that a process it
-/// spawns meanwhile starts idle from its first instruction (a child inherits
-/// its parent thread's policy, through exec too). Only for use once
-/// [`can_leave_idle`] said yes: the drop must be able to undo it.
-#[derive(Debug)]
-pub struct IdleWhileSpawning {
-    restore: Option<Priority>,
-}
-
-impl IdleWhileSpawning {
-    pub fn enter() -> Self {
-        let restore = thread_priority(0)
-            .ok()
-            .filter(|was| *was == Priority::Normal && set_thread(0, Priority::Idle).is_ok());
-        Self { restore }
-    }
-}
-
-impl Drop for IdleWhileSpawning {
-    fn drop(&mut self) {
-        if let Some(was) = self.restore {
-            if let Err(err) = set_thread(0, was) {
-                // Cannot happen after can_leave_idle said yes; if it does,
-                // this thread runs idle, which only makes it slower.
-                tracing::error!(error = %err, "cannot give a daemon thread its CPU priority back after a spawn");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_process_spawned_while_idle_runs_idle_and_can_be_given_normal_back() {
+    fn a_process_can_be_made_idle_and_given_normal_back() {
         if !can_leave_idle() {
             eprintln!("NOT RUN: this process cannot leave SCHED_IDLE (needs CAP_SYS_NICE)");
             return;
         }
-        let mut child = {
-            let _idle = IdleWhileSpawning::enter();
-            assert_eq!(thread_priority(0).unwrap(), Priority::Idle);
-            std::process::Command::new("sleep")
-                .arg("30")
-                .spawn()
-                .unwrap()
-        };
-        // The spawning thread has its priority back; the child kept idle.
-        assert_eq!(thread_priority(0).unwrap(), Priority::Normal);
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert_eq!(process_priority(child.id()).unwrap(), Priority::Normal);
+        set_process(child.id(), Priority::Idle).unwrap();
         assert_eq!(process_priority(child.id()).unwrap(), Priority::Idle);
         set_process(child.id(), Priority::Normal).unwrap();
         assert_eq!(process_priority(child.id()).unwrap(), Priority::Normal);

@@ -24,7 +24,7 @@ use crate::console::{self, ConsoleWatch};
 use crate::jailer::{Jail, JailError};
 use crate::listener;
 use crate::pidfd::Pidfd;
-use crate::priority::{IdleWhileSpawning, Priority, PriorityError};
+use crate::priority::{Priority, PriorityError};
 pub use tfc_core::ExitReason;
 
 pub const API_SOCKET: &str = "api.sock";
@@ -134,10 +134,6 @@ pub struct SpawnConfig {
     pub jail: Option<Jail>,
     /// The jail's cgroup limits, `(cgroup file, value)`; unused without a jail.
     pub cgroups: Vec<(String, String)>,
-    /// Start the process (and so every thread it starts) at this CPU
-    /// priority; [`Priority::Idle`] only once [`crate::priority::can_leave_idle`]
-    /// said yes. See [`FirecrackerProcess::set_priority`].
-    pub priority: Priority,
 }
 
 /// A failure to start or talk to the process.
@@ -321,12 +317,7 @@ impl FirecrackerProcess {
             // reach the VMs; the daemon decides what happens to them.
             .process_group(0)
             .kill_on_drop(false);
-        let spawned = {
-            // An idle VMM is idle from its first instruction: it inherits
-            // this thread's policy, which is lowered for the spawn alone.
-            let _idle = (config.priority == Priority::Idle).then(IdleWhileSpawning::enter);
-            command.spawn()
-        };
+        let spawned = command.spawn();
         drop(netns_file);
         let spawned_binary = || match &config.jail {
             Some(jail) => jail.config().binary.clone(),

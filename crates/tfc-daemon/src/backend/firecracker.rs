@@ -329,7 +329,6 @@ impl FirecrackerBackend {
             netns,
             jail,
             cgroups,
-            priority: Priority::Normal,
         }
     }
 
@@ -397,7 +396,6 @@ impl FirecrackerBackend {
             netns,
             jail.as_ref().map(|h| h.jail.clone()),
         );
-        config.priority = priority;
         config
             .extra_args
             .extend(metrics_args(workdir, config.jail.as_ref()));
@@ -420,11 +418,25 @@ impl FirecrackerBackend {
         mark(BootPhase::Spawned);
         let machine = self.machine(process, spec, jail, priority);
         let prepared = async {
+            // Made idle now and again once its API answers: a thread it
+            // started meanwhile may have been missed, and the threads it
+            // starts from then on (vCPUs) inherit its main thread's policy.
+            let background = async || {
+                if priority == Priority::Idle {
+                    machine
+                        .process
+                        .set_priority(Priority::Idle)
+                        .map_err(BackendError::Priority)?;
+                }
+                Ok::<(), BackendError>(())
+            };
+            background().await?;
             machine
                 .process
                 .wait_api_ready(API_READY_TIMEOUT)
                 .await
                 .map_err(BackendError::Spawn)?;
+            background().await?;
             mark(BootPhase::ApiReady);
             if let Some(reached) = then(machine.process.api(), &vm).await? {
                 mark(reached);
@@ -939,6 +951,11 @@ impl VmMachine for FirecrackerMachine {
     }
 
     async fn stop(&self) -> ExitReason {
+        // An idle VMM on a CPU kept busy by running guests would take its
+        // time to flush and exit: it stops at normal priority.
+        if let Err(err) = self.foreground() {
+            tracing::debug!(error = %tfc_core::error_chain(&err), "cannot give a stopping VMM normal priority");
+        }
         // The counters since the last periodic flush, while the VMM can
         // still write them; bounded, as a wedged VMM must still be stopped.
         if self.process.exited().is_none() {

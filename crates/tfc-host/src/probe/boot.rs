@@ -187,7 +187,6 @@ pub async fn run(
         netns: None,
         jail: None,
         cgroups: Vec::new(),
-        priority: tfc_firecracker::priority::Priority::Normal,
     })
     .await
     .map_err(BootProbeError::Spawn)?;
