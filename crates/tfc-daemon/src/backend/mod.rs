@@ -56,7 +56,7 @@ pub enum BackendError {
     Adopt(#[source] tfc_firecracker::ProcessError),
     #[error("cannot prepare the VM directory")]
     Workdir(#[source] std::io::Error),
-    #[error("cannot give the VMM normal CPU priority")]
+    #[error("cannot change the CPU priority of the VMM")]
     Priority(#[source] tfc_firecracker::priority::PriorityError),
     #[error("cannot prepare or use the VM's jail")]
     Jail(#[source] tfc_firecracker::JailError),
