@@ -221,12 +221,16 @@ pub async fn run(cmd: BenchCmd, data_dir: &Path) -> anyhow::Result<()> {
 
 /// The configuration of a benchmark's in-process daemon: the Firecracker
 /// backend and the `default` VM type on the built assets; `extra` (TOML)
-/// follows, still in the `default` type's table.
+/// follows, still in the `default` type's table. Its VMMs run unconfined,
+/// like the raw Firecracker they are compared with (`tfc bench pool
+/// --jailer` jails them).
 pub(crate) fn daemon_config(manifest: &Manifest, boot_timeout_secs: u64, extra: &str) -> String {
     format!(
-        "[daemon]\nbackend = \"firecracker\"\n[firecracker]\nbinary = {:?}\nboot_timeout_secs = {boot_timeout_secs}\n\
+        "[daemon]\nbackend = \"firecracker\"\n[firecracker]\nbinary = {:?}\njailer = false\njailer_binary = {:?}\n\
+         boot_timeout_secs = {boot_timeout_secs}\n\
          [vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {:?}\n{extra}",
         manifest.firecracker.path,
+        manifest.jailer.path,
         manifest.kernel.vmlinux,
         manifest.rootfs.path,
         manifest.boot_args,
@@ -317,8 +321,8 @@ pub(crate) async fn with_daemon_process<T>(
     while client.list_vms().await.is_err() {
         if let Some(status) = daemon.try_wait()? {
             bail!(
-                "`tfc serve` exited ({status}); its log: {}",
-                scratch.join("serve.log").display()
+                "`tfc serve` exited ({status}); the end of its log:\n{}",
+                log_tail(&scratch.join("serve.log"))
             );
         }
         if started.elapsed() > Duration::from_secs(60) {
@@ -338,11 +342,24 @@ pub(crate) async fn with_daemon_process<T>(
     let status = daemon.wait().await?;
     if !status.success() && result.is_ok() {
         bail!(
-            "`tfc serve` ended with {status}; its log: {}",
-            scratch.join("serve.log").display()
+            "`tfc serve` ended with {status}; the end of its log:\n{}",
+            log_tail(&scratch.join("serve.log"))
         );
     }
     result
+}
+
+/// The last lines of the daemon's log, quoted in an error: the scratch
+/// directory holding the log is gone once the error is printed.
+fn log_tail(path: &Path) -> String {
+    const LINES: usize = 20;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(LINES)..].join("\n")
+        }
+        Err(err) => format!("(cannot read {}: {err})", path.display()),
+    }
 }
 
 fn progress(kind: &str, i: usize, sample: Sample) {

@@ -222,7 +222,7 @@ async fn guest_lane(
     std::fs::create_dir_all(manifest_path.parent().context("manifest directory")?)?;
     std::fs::write(&manifest_path, serde_json::to_vec(&manifest)?)?;
     let config = format!(
-        "[daemon]\nbackend = \"firecracker\"\n[firecracker]\nbinary = {:?}\n[qemu]\nboot_timeout_secs = 300\n",
+        "[daemon]\nbackend = \"firecracker\"\n[firecracker]\nbinary = {:?}\njailer = false\n[qemu]\nboot_timeout_secs = 300\n",
         manifest.firecracker.path
     );
     eprintln!("  qemu-tcg guest: {boots} boots to agent-ready, then {execs} execs of `true` through the daemon");

@@ -64,6 +64,11 @@ pub struct PoolArgs {
     /// show what the record write costs.
     #[arg(long)]
     memory_store: bool,
+    /// Run the daemon's VMs under the jailer (needs root), as a root
+    /// daemon does by default. The raw samples stay unconfined: the
+    /// comparison then includes what the jail costs.
+    #[arg(long)]
+    jailer: bool,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -103,6 +108,8 @@ impl Phase {
 #[derive(Debug, Serialize)]
 struct Report {
     firecracker: String,
+    /// The daemon's VMs ran under the jailer (`--jailer`).
+    jailed: bool,
     store: String,
     memory_mib: u32,
     target: u32,
@@ -140,7 +147,10 @@ pub async fn run(args: PoolArgs, data_dir: &Path) -> anyhow::Result<()> {
         args.target,
         args.target.max(8),
     );
-    let config = crate::bench::daemon_config(&manifest, args.timeout, &pool);
+    let mut config = crate::bench::daemon_config(&manifest, args.timeout, &pool);
+    if args.jailer {
+        config = config.replacen("jailer = false\n", "jailer = true\n", 1);
+    }
     let store = if args.memory_store {
         StoreKind::Memory
     } else {
@@ -312,6 +322,7 @@ async fn measure(
 
     Ok(Report {
         firecracker: manifest.firecracker.version.clone(),
+        jailed: args.jailer,
         store: if args.memory_store {
             "memory"
         } else {
@@ -595,8 +606,16 @@ fn verdict(ok: bool) -> &'static str {
 
 fn print_report(r: &Report) {
     println!(
-        "pool of {} hot VMs ({} MiB each), {}, daemon store {}",
-        r.target, r.memory_mib, r.firecracker, r.store
+        "pool of {} hot VMs ({} MiB each), {}, daemon store {}, {}",
+        r.target,
+        r.memory_mib,
+        r.firecracker,
+        r.store,
+        if r.jailed {
+            "daemon's VMMs jailed, raw ones unconfined"
+        } else {
+            "every VMM unconfined (--jailer jails the daemon's)"
+        }
     );
     println!(
         "\n  {:<30} {:>9} {:>9} {:>9} {:>9}",

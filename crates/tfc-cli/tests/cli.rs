@@ -591,7 +591,7 @@ fn firecracker_config_with_type(extra: &str, type_keys: &str) -> String {
     let manifest = tfc_host::assets::load_manifest(&assets)
         .unwrap_or_else(|e| panic!("tier-1 tests need built assets ({e})"));
     format!(
-        "{extra}\n[firecracker]\nbinary = {:?}\n[vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {:?}\n{type_keys}\n",
+        "{extra}\n[firecracker]\nbinary = {:?}\njailer = false\n[vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {:?}\n{type_keys}\n",
         manifest.firecracker.path, manifest.kernel.vmlinux, manifest.rootfs.path, manifest.boot_args,
     )
 }
@@ -1268,7 +1268,7 @@ fn a_removed_kernel_fails_new_vms_clearly_and_spares_running_ones() {
     let kernel = kernels.path().join("vmlinux");
     std::fs::copy(&manifest.kernel.vmlinux, &kernel).expect("kernel copied");
     let config = format!(
-        "[firecracker]\nbinary = {:?}\n[vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {:?}\n",
+        "[firecracker]\nbinary = {:?}\njailer = false\n[vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {:?}\n",
         manifest.firecracker.path, kernel, manifest.rootfs.path, manifest.boot_args,
     );
     let daemon = Daemon::start_with(&config);
@@ -1946,7 +1946,7 @@ fn qemu_tcg_vm_serves_tfc_exec_and_tfc_cp() {
     std::fs::create_dir_all(manifest_path.parent().unwrap()).unwrap();
     std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
     let config = format!(
-        "[daemon]\nstorage = \"memory\"\nshutdown_policy = \"stop\"\n[firecracker]\nbinary = {:?}\n",
+        "[daemon]\nstorage = \"memory\"\nshutdown_policy = \"stop\"\n[firecracker]\nbinary = {:?}\njailer = false\n",
         manifest.firecracker.path
     );
     let daemon = Daemon::start_in(dir, &config);

@@ -153,9 +153,9 @@ pub struct FirecrackerConfig {
     /// down; 0 skips it (x86 guests need an i8042 driver to act on it).
     #[serde(default)]
     pub ctrl_alt_del_grace_ms: u64,
-    /// Run every Firecracker under the jailer (needs root).
+    /// Whether Firecracker runs under the jailer; see [`JailerSetting`].
     #[serde(default)]
-    pub jailer: bool,
+    pub jailer: JailerSetting,
     /// The jailer binary; default: the one `tfc assets build` installed, else PATH.
     pub jailer_binary: Option<PathBuf>,
     /// The ids jailed VMMs run as, one per jail (uid = gid): `"START:COUNT"`;
@@ -194,6 +194,45 @@ impl FirecrackerConfig {
             .and_then(|text| parse_jail_ids(text).ok())
             .unwrap_or(DEFAULT_JAIL_IDS);
         JailIds::PerJail { start, count }
+    }
+}
+
+/// `firecracker.jailer`: `true`, `false` or `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JailerSetting {
+    /// Under the jailer when the daemon runs as root and finds the jailer
+    /// binary; otherwise unconfined, and the log says why.
+    #[default]
+    Auto,
+    /// Always under the jailer: a daemon that cannot jail refuses to start.
+    On,
+    /// Never.
+    Off,
+}
+
+impl<'de> Deserialize<'de> for JailerSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = JailerSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or \"auto\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<JailerSetting, E> {
+                Ok(if on {
+                    JailerSetting::On
+                } else {
+                    JailerSetting::Off
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<JailerSetting, E> {
+                match text {
+                    "auto" => Ok(JailerSetting::Auto),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(text), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -255,7 +294,7 @@ impl Default for FirecrackerConfig {
             console_log_limit_kib: default_console_limit(),
             stop_grace_ms: default_stop_grace(),
             ctrl_alt_del_grace_ms: 0,
-            jailer: false,
+            jailer: JailerSetting::Auto,
             jailer_binary: None,
             jail_ids: None,
             uid: None,
@@ -1390,10 +1429,10 @@ mod tests {
     }
 
     #[test]
-    fn the_jailer_is_off_by_default_and_its_keys_parse() {
+    fn the_jailer_is_automatic_by_default_and_its_keys_parse() {
         let config = Config::parse("", "t").unwrap();
         let fc = &config.firecracker;
-        assert!(!fc.jailer);
+        assert_eq!(fc.jailer, JailerSetting::Auto);
         assert_eq!(
             fc.jail_ids(),
             tfc_firecracker::JailIds::PerJail {
@@ -1411,7 +1450,7 @@ mod tests {
         )
         .unwrap();
         let fc = &config.firecracker;
-        assert!(fc.jailer && !fc.new_pid_ns);
+        assert!(fc.jailer == JailerSetting::On && !fc.new_pid_ns);
         assert_eq!(
             fc.jail_ids(),
             tfc_firecracker::JailIds::Shared(tfc_firecracker::JailUser {
@@ -1422,6 +1461,25 @@ mod tests {
         assert_eq!(fc.cgroup_version, CgroupVersionSetting::V2);
         assert_eq!(fc.chroot_base.as_deref(), Some(Path::new("/srv/j")));
         assert_eq!(fc.jailer_binary.as_deref(), Some(Path::new("/opt/jailer")));
+    }
+
+    #[test]
+    fn the_jailer_setting_is_a_flag_or_auto() {
+        let setting = |text: &str| {
+            Config::parse(&format!("[firecracker]\njailer = {text}"), "t")
+                .map(|c| c.firecracker.jailer)
+                .map_err(|e| tfc_core::error_chain(&e))
+        };
+        assert_eq!(setting("true"), Ok(JailerSetting::On));
+        assert_eq!(setting("false"), Ok(JailerSetting::Off));
+        assert_eq!(setting("\"auto\""), Ok(JailerSetting::Auto));
+        for bad in ["\"yes\"", "1", "\"Auto\""] {
+            let err = setting(bad).unwrap_err();
+            assert!(
+                err.contains("jailer") && err.contains("true, false or \"auto\""),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -54,7 +54,7 @@ use tokio::net::UnixListener;
 use tfc_core::Vmm;
 
 use crate::backend::{Backend, FakeBackend, FirecrackerBackend, QemuBackend, Vmms};
-use crate::config::{BackendKind, Config, ConfigError, ShutdownPolicy};
+use crate::config::{BackendKind, Config, ConfigError, JailerSetting, ShutdownPolicy};
 use crate::manager::VmManager;
 
 /// Why the daemon could not start or run.
@@ -84,7 +84,9 @@ pub enum DaemonError {
     NoJailer { tried: String },
     #[error("cannot tell the cgroup version: neither cgroup v2 nor v1 controllers are mounted at /sys/fs/cgroup; mount them, or set firecracker.cgroup_version")]
     NoCgroups,
-    #[error("cannot run firecracker under the jailer")]
+    #[error(
+        "cannot run firecracker under the jailer (firecracker.jailer = false runs VMs unconfined)"
+    )]
     Jailer(#[source] tfc_firecracker::JailError),
     #[error("the qemu-tcg backend is configured ({by}) but cannot run here")]
     NoQemu {
@@ -228,6 +230,30 @@ fn jailer_config(
     Ok(jailer)
 }
 
+/// `firecracker.jailer = "auto"`: the jailer when this daemon runs as root
+/// and finds its binary; else none, and the log says why. Any other reason
+/// the jailer cannot be used (a `jailer_binary` named but missing, no
+/// cgroups, an unusable binary) stops the start: that host is set up for
+/// jailing, and wrongly.
+fn auto_jailer(
+    config: &Config,
+    data_dir: &Path,
+    firecracker: &Path,
+) -> Result<Option<tfc_firecracker::JailerConfig>, DaemonError> {
+    if !tfc_firecracker::jailer::running_as_root() {
+        tracing::info!("Firecracker VMs run unconfined: the jailer needs the daemon to run as root (firecracker.jailer = \"auto\")");
+        return Ok(None);
+    }
+    match jailer_config(config, data_dir, firecracker) {
+        Ok(jailer) => Ok(Some(jailer)),
+        Err(DaemonError::NoJailer { tried }) if config.firecracker.jailer_binary.is_none() => {
+            tracing::warn!("Firecracker VMs run unconfined: no jailer binary was found (tried: {tried}); run `tfc assets build` or set firecracker.jailer_binary to jail them, or firecracker.jailer = false to silence this");
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
+
 /// The Firecracker backend, if its binary is found and runs.
 fn firecracker_backend(
     config: &Config,
@@ -242,14 +268,19 @@ fn firecracker_backend(
     )
     .map_err(DaemonError::FirecrackerUnusable)?
     .version;
-    let jailer = if fc.jailer {
-        Some(crate::backend::Jailer::new(
-            jailer_config(config, data_dir, &binary)?,
-            &binary,
-        ))
-    } else {
-        None
-    };
+    let jailer = match fc.jailer {
+        JailerSetting::On => Some(jailer_config(config, data_dir, &binary)?),
+        JailerSetting::Off => None,
+        JailerSetting::Auto => auto_jailer(config, data_dir, &binary)?,
+    }
+    .map(|jailer| crate::backend::Jailer::new(jailer, &binary));
+    match &jailer {
+        Some(_) => tracing::info!("Firecracker VMs run under the jailer"),
+        None if fc.jailer == JailerSetting::Off => {
+            tracing::info!("Firecracker VMs run unconfined: firecracker.jailer = false")
+        }
+        None => {}
+    }
     // Asked once: a VMM started idle must be given its priority back.
     let idle_priority = tfc_firecracker::priority::can_leave_idle();
     if !idle_priority {

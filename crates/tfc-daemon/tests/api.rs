@@ -410,7 +410,10 @@ async fn missing_assets_and_a_broken_data_dir_have_their_own_codes() {
     std::fs::write(&binary, "#!/bin/sh\necho Firecracker v1.12.1\n").unwrap();
     std::fs::set_permissions(&binary, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let config = Config::parse(
-        &format!("[firecracker]\nbinary = \"{}\"\n", binary.display()),
+        &format!(
+            "[firecracker]\nbinary = \"{}\"\njailer = false\n",
+            binary.display()
+        ),
         "test",
     )
     .unwrap();

@@ -28,7 +28,7 @@ fn daemon(extra: &str) -> Daemon {
     let manifest = common::tier1::assets();
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "[firecracker]\nbinary = {:?}\nboot_timeout_secs = 240\nstop_grace_ms = 1000\n\
+        "[firecracker]\nbinary = {:?}\njailer = false\nboot_timeout_secs = 240\nstop_grace_ms = 1000\n\
          [vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {:?}\n{extra}",
         manifest.firecracker.path,
         manifest.kernel.vmlinux,

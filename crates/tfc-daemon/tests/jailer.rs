@@ -522,6 +522,41 @@ async fn jailed_vm_runs_in_its_network_namespace_without_a_pid_namespace() {
     assert_eq!(t.inventory(), before);
 }
 
+/// Unset, `firecracker.jailer` is "auto": a daemon running as root that
+/// finds the jailer runs every VMM under it; `false` turns it off; "auto"
+/// with no jailer anywhere runs VMMs unconfined (and logs so), while a
+/// `jailer_binary` named but missing stops the daemon.
+#[test]
+#[ignore = "tier 1: needs root and the built firecracker; run by the project's test command"]
+fn a_root_daemon_jails_its_vmms_by_default() {
+    if !root_or_not_run("a_root_daemon_jails_its_vmms_by_default") {
+        return;
+    }
+    let manifest = common::tier1::assets();
+    let dir = tempfile::tempdir().unwrap();
+    let backend = |keys: &str| {
+        let config = format!(
+            "[firecracker]\nbinary = {:?}\n{keys}",
+            manifest.firecracker.path
+        );
+        let config = Config::parse(&config, "jailer test").unwrap();
+        tfc_daemon::build_backend(&config, dir.path()).map_err(|err| tfc_core::error_chain(&err))
+    };
+    let jailer = format!("jailer_binary = {:?}\n", manifest.jailer.path);
+    let jailed = |keys: &str| backend(keys).unwrap().jailed_firecracker().is_some();
+    assert!(jailed(&jailer), "unset: jailed");
+    assert!(jailed(&format!("jailer = \"auto\"\n{jailer}")));
+    assert!(jailed(&format!("jailer = true\n{jailer}")));
+    assert!(!jailed(&format!("jailer = false\n{jailer}")));
+    // The data directory has no assets: without a jailer on PATH, "auto"
+    // finds none.
+    if tfc_host::find_on_path("jailer").is_none() {
+        assert!(!jailed(""), "no jailer anywhere: unconfined");
+        let err = backend("jailer_binary = \"/nonexistent/jailer\"\n").unwrap_err();
+        assert!(err.contains("/nonexistent/jailer"), "{err}");
+    }
+}
+
 /// A jailer configuration this host cannot honour stops the daemon at
 /// start, with an error that says what to do: no jailer binary, or a
 /// firecracker binary the jailer would refuse to run (its name).

@@ -517,7 +517,7 @@ async fn network_real_vms_and_their_clones_answer_at_their_addresses() {
     let before = t.inventory();
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "[firecracker]\nbinary = {:?}\nboot_timeout_secs = 240\nstop_grace_ms = 1000\n\
+        "[firecracker]\nbinary = {:?}\njailer = false\nboot_timeout_secs = 240\nstop_grace_ms = 1000\n\
          {}\
          [vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {:?}\nnetwork = \"isolated\"\n\
          [vm_types.default.rate_limits]\nnet_rx = {{ bytes_per_sec = 1000000 }}\n\

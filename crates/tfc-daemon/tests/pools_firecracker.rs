@@ -34,7 +34,7 @@ fn daemon() -> Daemon {
     // Hot target 3 and one running VM: the running one spins a core on a
     // nested-KVM host, so no more than one.
     let config = format!(
-        "[firecracker]\nbinary = {:?}\nboot_timeout_secs = 240\nstop_grace_ms = 1000\n\
+        "[firecracker]\nbinary = {:?}\njailer = false\nboot_timeout_secs = 240\nstop_grace_ms = 1000\n\
          [vm_types.default]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {args:?}\n\
          [vm_types.default.pool]\ntarget = 3\nrunning = 1\nhealth_interval_ms = 500\n\
          tiers = [\"running\", \"hot\"]\n",

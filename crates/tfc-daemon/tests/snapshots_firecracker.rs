@@ -38,7 +38,7 @@ fn daemon() -> Daemon {
     std::fs::copy(&manifest.kernel.vmlinux, &kernel).unwrap();
     std::fs::copy(&manifest.rootfs.path, &rootfs).unwrap();
     let config = format!(
-        "[firecracker]\nbinary = {:?}\nboot_timeout_secs = 240\nstop_grace_ms = 1000\n\
+        "[firecracker]\nbinary = {:?}\njailer = false\nboot_timeout_secs = 240\nstop_grace_ms = 1000\n\
          [vm_types.default]\nkernel = {kernel:?}\nrootfs = {rootfs:?}\nboot_args = {args:?}\n\
          diff_snapshots = true\n\
          [vm_types.gold]\nkernel = {:?}\nrootfs = {:?}\nboot_args = {args:?}\n",

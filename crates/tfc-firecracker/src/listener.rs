@@ -14,7 +14,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::pidfd::Pidfd;
@@ -48,10 +48,10 @@ pub struct SocketWatch {
 }
 
 impl SocketWatch {
-    /// Starts watching `socket`'s directory.
+    /// Starts watching the directory `socket` will appear in.
     pub fn new(socket: &Path) -> Self {
         Self {
-            watch: socket.parent().and_then(|dir| DirWatch::new(dir).ok()),
+            watch: watched_dir(socket).and_then(|dir| DirWatch::new(&dir).ok()),
         }
     }
 
@@ -74,6 +74,18 @@ impl std::fmt::Debug for SocketWatch {
         f.debug_struct("SocketWatch")
             .field("inotify", &self.watch.is_some())
             .finish()
+    }
+}
+
+/// Where `socket`'s entry will be created: its own directory, or, when it
+/// is a link (a jailed VMM's socket, reached through a link into its
+/// chroot), the directory of the link's target, where the VMM binds.
+fn watched_dir(socket: &Path) -> Option<PathBuf> {
+    let dir = socket.parent()?;
+    match std::fs::read_link(socket) {
+        // `join` keeps an absolute target as it is.
+        Ok(target) => dir.join(target).parent().map(Path::to_path_buf),
+        Err(_) => Some(dir.to_path_buf()),
     }
 }
 
@@ -201,6 +213,37 @@ mod tests {
         let socket = dir.path().join("api.sock");
         let (mut process, pidfd) = child("sleep 30");
         let bound = socket.clone();
+        let binder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            UnixListener::bind(&bound).unwrap()
+        });
+        let waited = SocketWatch::new(&socket).wait(
+            &socket,
+            &pidfd,
+            Instant::now() + Duration::from_secs(10),
+            || None,
+        );
+        assert_eq!(waited, Ok(()));
+        drop(binder.join().unwrap());
+        process.kill().unwrap();
+        process.wait().unwrap();
+    }
+
+    /// A jailed VMM binds in its chroot; the VM's directory holds a link.
+    #[test]
+    fn a_socket_behind_a_link_is_watched_where_it_is_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let chroot = dir.path().join("root");
+        std::fs::create_dir(&chroot).unwrap();
+        let bound = chroot.join("api.sock");
+        let socket = dir.path().join("api.sock");
+        std::os::unix::fs::symlink(&bound, &socket).unwrap();
+        assert_eq!(watched_dir(&socket), Some(chroot.clone()));
+        assert_eq!(
+            watched_dir(&dir.path().join("plain.sock")),
+            Some(dir.path().to_path_buf())
+        );
+        let (mut process, pidfd) = child("sleep 30");
         let binder = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
             UnixListener::bind(&bound).unwrap()

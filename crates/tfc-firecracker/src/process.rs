@@ -255,6 +255,10 @@ pub struct FirecrackerProcess {
     pidfd: Pidfd,
     /// Set by [`Self::detach`]: dropping the handle leaves the process running.
     detached: AtomicBool,
+    /// The process is the first of its own PID namespace (the jailer's
+    /// `--new-pid-ns`), which the kernel shields from every signal sent from
+    /// outside that it has no handler for: SIGTERM does nothing to it.
+    namespace_init: bool,
 }
 
 impl FirecrackerProcess {
@@ -498,6 +502,10 @@ impl FirecrackerProcess {
             exit,
             pidfd,
             detached: AtomicBool::new(false),
+            namespace_init: config
+                .jail
+                .as_ref()
+                .is_some_and(|jail| jail.config().new_pid_ns),
         })
     }
 
@@ -610,9 +618,14 @@ impl FirecrackerProcess {
                 }
             }
         }
-        self.signal(libc::SIGTERM);
-        if let Ok(reason) = tokio::time::timeout(policy.term_grace, self.wait_exit()).await {
-            return reason;
+        // Firecracker has no SIGTERM handler: outside a PID namespace of its
+        // own SIGTERM ends it at once, and inside one it is ignored, so a
+        // namespace's init would only sit out the grace.
+        if !self.namespace_init {
+            self.signal(libc::SIGTERM);
+            if let Ok(reason) = tokio::time::timeout(policy.term_grace, self.wait_exit()).await {
+                return reason;
+            }
         }
         self.signal(libc::SIGKILL);
         self.wait_exit().await

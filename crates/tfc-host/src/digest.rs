@@ -3,12 +3,20 @@
 //! `stat` instead of reading tens of megabytes.
 //!
 //! A remembered digest is trusted while the file's key (device, inode,
-//! size, mtime, ctime) is unchanged. A writer cannot set ctime, so any write
-//! changes the key, except for one case: two writes within one tick of the
-//! filesystem's timestamp clock, the first of which we hashed between them.
-//! To close that gap a digest is only remembered once the file's timestamps
-//! are `SETTLE` (2 s) older than the moment hashing began; a file still being
-//! written is re-hashed on every call until it settles.
+//! size, mtime) is unchanged: every write moves mtime. Two writes within one
+//! tick of the filesystem's timestamp clock could leave it where it was, the
+//! first of which we hashed between them; to close that gap a digest is only
+//! remembered once the file's mtime is `SETTLE` (2 s) older than the moment
+//! hashing began, so a file still being written is re-hashed on every call
+//! until it settles.
+//!
+//! ctime is not part of the key, though it would also catch a write followed
+//! by a deliberate reset of mtime to its old value, to the nanosecond: ctime
+//! moves whenever a hard link to the file is made or removed, and a jailed
+//! VM has the kernel and rootfs linked into its chroot. With ctime in
+//! the key, every jailed VM started or removed would make the next check
+//! read the whole rootfs again (tens of milliseconds per pool acquire,
+//! measured).
 
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
@@ -33,7 +41,6 @@ struct FileKey {
     ino: u64,
     size: u64,
     mtime: (i64, i64),
-    ctime: (i64, i64),
 }
 
 impl FileKey {
@@ -43,19 +50,18 @@ impl FileKey {
             ino: meta.ino(),
             size: meta.size(),
             mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
         }
     }
 
-    /// Whether both timestamps lie at least `SETTLE` before `started`, so
-    /// that a later write is bound to move one of them.
+    /// Whether mtime lies at least `SETTLE` before `started`, so that a
+    /// later write is bound to move it.
     fn settled(&self, started: SystemTime) -> bool {
         let Ok(since_epoch) = started.duration_since(UNIX_EPOCH) else {
             return false;
         };
         let limit = since_epoch.saturating_sub(SETTLE).as_nanos() as i128;
         let nanos = |(sec, nsec): (i64, i64)| i128::from(sec) * 1_000_000_000 + i128::from(nsec);
-        nanos(self.mtime) < limit && nanos(self.ctime) < limit
+        nanos(self.mtime) < limit
     }
 }
 
@@ -191,20 +197,42 @@ mod tests {
     }
 
     #[test]
-    fn settled_needs_both_timestamps_old_enough() {
+    fn settled_needs_an_old_enough_mtime() {
         let now = SystemTime::now();
         let secs = now.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
-        let key = |mtime: i64, ctime: i64| FileKey {
+        let key = |mtime: i64| FileKey {
             dev: 1,
             ino: 2,
             size: 3,
             mtime: (mtime, 0),
-            ctime: (ctime, 0),
         };
-        assert!(key(secs - 60, secs - 60).settled(now));
-        assert!(!key(secs - 60, secs).settled(now));
-        assert!(!key(secs, secs - 60).settled(now));
-        assert!(!key(secs - 60, secs + 60).settled(now));
+        assert!(key(secs - 60).settled(now));
+        assert!(!key(secs).settled(now));
+        assert!(!key(secs + 60).settled(now));
+    }
+
+    /// A jail's hard link to the rootfs moves the file's ctime, not its
+    /// content: the remembered digest stays in use.
+    #[test]
+    fn a_new_hard_link_keeps_the_remembered_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rootfs.ext4");
+        std::fs::write(&path, vec![3u8; 1 << 20]).unwrap();
+        digest_at(&path, later()).unwrap();
+        let canonical = std::fs::canonicalize(&path).unwrap();
+        let (key, _) = cache().get(&canonical).cloned().expect("remembered");
+        cache().insert(canonical, (key, "sha256:marker".into()));
+        let ctime = |p: &Path| std::fs::metadata(p).unwrap().ctime_nsec();
+        let before = ctime(&path);
+        // ctime's clock may be coarse: link until it moves.
+        let mut links = 0;
+        while ctime(&path) == before && links < 200 {
+            links += 1;
+            std::fs::hard_link(&path, dir.path().join(format!("link-{links}"))).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_ne!(ctime(&path), before, "linking never moved ctime");
+        assert_eq!(digest_at(&path, later()).unwrap(), "sha256:marker");
     }
 
     #[test]
