@@ -120,6 +120,9 @@ struct Report {
     running: Option<Phase>,
     /// CPU share of one core used by the idle running-tier VM.
     running_idle_cpu: Option<f64>,
+    /// `GET /healthz` round trips, one right before each running-tier
+    /// acquire: what any request costs here, handover or not.
+    request_floor: Option<Stats>,
     warm: Option<Phase>,
     beyond_capacity: Phase,
     /// Resident memory of the pool's paused VMMs, MiB each (median).
@@ -254,7 +257,7 @@ async fn measure(
     )
     .await?;
 
-    let (running, running_idle_cpu) = if args.running > 0 {
+    let (running, running_idle_cpu, request_floor) = if args.running > 0 {
         eprintln!("  running tier: 1 VM kept running, {} cycles", args.running);
         resize(client, Some(args.target), Some(1)).await?;
         until(client, Duration::from_secs(60), |p| {
@@ -262,21 +265,24 @@ async fn measure(
         })
         .await?;
         let cpu = idle_cpu(client).await;
+        let floor = std::cell::RefCell::new(Vec::new());
         let phase = cycles(
             client,
             args.running,
             async |client| {
-                until(client, Duration::from_secs(60), |p| p.sizes.running == 1)
-                    .await
-                    .map(drop)
+                until(client, Duration::from_secs(60), |p| p.sizes.running == 1).await?;
+                let started = Instant::now();
+                client.health().await?;
+                floor.borrow_mut().push(started.elapsed());
+                Ok(())
             },
             async |_| Ok(()),
         )
         .await?;
         resize(client, None, Some(0)).await?;
-        (Some(phase), cpu)
+        (Some(phase), cpu, Some(Stats::of(&floor.into_inner())))
     } else {
-        (None, None)
+        (None, None, None)
     };
 
     let mut raw_restore = Vec::new();
@@ -337,6 +343,7 @@ async fn measure(
         hot,
         running,
         running_idle_cpu,
+        request_floor,
         warm,
         beyond_capacity,
         paused_vmm_rss_mib,
@@ -628,6 +635,9 @@ fn print_report(r: &Report) {
     print_phase("hot tier (acquire = resume)", &r.hot);
     if let Some(p) = &r.running {
         print_phase("running tier (acquire = handover)", p);
+    }
+    if let Some(s) = &r.request_floor {
+        print_stats("  GET /healthz (any request)", s);
     }
     if let Some(cpu) = r.running_idle_cpu {
         println!(

@@ -405,6 +405,17 @@ impl Client {
             .await
     }
 
+    /// `GET /healthz`.
+    pub async fn health(&self) -> Result<Answer<tfc_api::Health>, ClientError> {
+        self.call(
+            Method::GET,
+            "/healthz".to_owned(),
+            None,
+            Some(REQUEST_LIMIT),
+        )
+        .await
+    }
+
     /// `GET /v1/vms/{id}`.
     pub async fn get_vm(&self, id: &VmId) -> Result<Answer<VmInfo>, ClientError> {
         self.call(
