@@ -329,15 +329,23 @@ async fn jailed_vms_boot_snapshot_restore_and_leave_nothing_behind() {
     assert_eq!((memory.uid(), memory.gid()), (0, 0));
     assert!(!d.jail_dir(&id).join("root/snapshot.mem").exists());
 
-    // A clone restored from it into a jail of its own; the snapshot's files
-    // are unlinked from the jail once loaded.
-    let (status, clone) = d
-        .send(
+    // Two clones restored from it at once (as a pool's refills do), each
+    // into a jail of its own; the snapshot's files are unlinked from the
+    // jail once loaded. The first is kept; the second is left to the
+    // start-up reaper below, as if its daemon had died without a record.
+    let restore = || {
+        d.send(
             Method::POST,
             "/v1/vms",
             Some(json!({"from_snapshot": snapshot["id"]})),
         )
-        .await;
+    };
+    let ((status, clone), (orphan_status, orphan)) = tokio::join!(restore(), restore());
+    // Both jails read the snapshot's files, which keep their owner and
+    // group: one jail's group would have locked the other out.
+    let memory = std::fs::metadata(snapshot_dir.join("memory")).unwrap();
+    assert_eq!((memory.uid(), memory.gid()), (0, 0));
+    assert_eq!(memory.mode() & 0o022, 0, "nobody may write the snapshot");
     assert_eq!(
         (status, clone["state"].as_str()),
         (StatusCode::CREATED, Some("ready")),
@@ -348,19 +356,16 @@ async fn jailed_vms_boot_snapshot_restore_and_leave_nothing_behind() {
     // trace another.
     let clone_uid = d.check_jailed(&clone, true);
     assert_ne!(clone_uid, vm_uid);
-    assert_eq!(d.ids_taken(), 2);
+    assert_eq!(d.ids_taken(), 3, "the VM and both clones");
     assert!(!d.jail_dir(&clone_id).join("root/snapshot.mem").exists());
 
-    // A second clone, left to the start-up reaper as if its daemon had died
-    // without a record of it: its VMM is ended and its jail removed.
-    let (status, orphan) = d
-        .send(
-            Method::POST,
-            "/v1/vms",
-            Some(json!({"from_snapshot": snapshot["id"]})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{orphan}");
+    // The second clone, left to the start-up reaper: its VMM is ended and
+    // its jail removed.
+    assert_eq!(
+        (orphan_status, orphan["state"].as_str()),
+        (StatusCode::CREATED, Some("ready")),
+        "{orphan}"
+    );
     let orphan_id = orphan["id"].as_str().unwrap().to_owned();
     let orphan_pid = orphan["pid"].as_u64().unwrap();
     let orphan_uid = d.check_jailed(&orphan, true);

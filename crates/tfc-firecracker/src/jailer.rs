@@ -293,8 +293,9 @@ impl Jail {
     /// Puts `source` into the chroot as `name`, for the VMM to read: a hard
     /// link (so a shared image or memory file is not copied), or a copy when
     /// `source` is on another filesystem. The VMM opens such files read-only;
-    /// a file the jail user cannot read gets the jail's group with group read
-    /// (never write) added, which, on a hard link, its original gets too.
+    /// a file the jail user cannot read is made readable (never writable) by
+    /// others, which, on a hard link, its original gets too: see
+    /// [`Self::grant_read`].
     pub fn link_in(&self, source: &Path, name: &str) -> Result<(), JailError> {
         let target = self.host_path(name);
         let failed = |err| JailError::LinkIn {
@@ -316,7 +317,17 @@ impl Jail {
         self.grant_read(&target)
     }
 
-    /// Lets the jail's group read `path`, a file just placed in the chroot.
+    /// Lets the jail's user read `path`, a file just placed in the chroot,
+    /// by adding read for others (never write), owner and group unchanged.
+    ///
+    /// Not by giving the file the jail's group: a file linked into several
+    /// jails at once (a template's snapshot, restored by concurrent pool
+    /// refills) has one group, and each jail taking it in turn took it from
+    /// a jail whose VMM had not opened the file yet (its load failed with
+    /// "permission denied"). Read for others reaches no one else: a name of
+    /// the file is reached only through the data directory (0700, the
+    /// daemon's) or a chroot (0700, its own jail's user).
+    ///
     /// Through a descriptor opened without following links: the chroot is
     /// the jail user's, so whatever is at `path` now may not be what was
     /// placed there, and a link must not turn this into a change of a host
@@ -335,8 +346,7 @@ impl Jail {
         if readable {
             return Ok(());
         }
-        std::os::unix::fs::fchown(&file, None, Some(self.user.gid)).map_err(failed)?;
-        let mode = (mode | 0o040) & !0o020 & 0o7777;
+        let mode = (mode | 0o004) & !0o002 & 0o7777;
         file.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(failed)
     }
@@ -720,8 +730,22 @@ mod tests {
         std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
         jail.link_in(&private, "snapshot.mem").unwrap();
         let linked = std::fs::metadata(jail.host_path("snapshot.mem")).unwrap();
-        assert_eq!(linked.gid(), 456);
-        assert_eq!(linked.mode() & 0o777, 0o640, "group read, never write");
+        assert_eq!(linked.gid(), 0, "the group is left as it was");
+        assert_eq!(linked.mode() & 0o777, 0o604, "read for others, never write");
+        // A second jail linking the same file at once leaves the first
+        // able to read it (one group could not serve both).
+        let other = Jail::new(
+            jail.config(),
+            Path::new("/bin/firecracker"),
+            "vm-2",
+            JailUser { uid: 124, gid: 457 },
+        )
+        .unwrap();
+        other.prepare().unwrap();
+        other.link_in(&private, "snapshot.mem").unwrap();
+        let linked = std::fs::metadata(jail.host_path("snapshot.mem")).unwrap();
+        assert_eq!((linked.gid(), linked.mode() & 0o777), (0, 0o604));
+        other.remove().unwrap();
 
         // What the VMM wrote (as the jail's user) comes out, ours.
         std::fs::write(jail.host_path("out"), b"written").unwrap();
