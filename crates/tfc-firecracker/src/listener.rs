@@ -207,18 +207,16 @@ mod tests {
         (child, pidfd)
     }
 
-    #[test]
-    fn returns_once_a_listener_appears_in_the_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("api.sock");
+    /// Waits on `socket` while a listener is bound at `bound` (the same
+    /// path, or a link's target) 100 ms later, beside a live process.
+    fn waits_for_a_listener_bound_later(socket: &Path, bound: PathBuf) {
         let (mut process, pidfd) = child("sleep 30");
-        let bound = socket.clone();
         let binder = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
             UnixListener::bind(&bound).unwrap()
         });
-        let waited = SocketWatch::new(&socket).wait(
-            &socket,
+        let waited = SocketWatch::new(socket).wait(
+            socket,
             &pidfd,
             Instant::now() + Duration::from_secs(10),
             || None,
@@ -227,6 +225,13 @@ mod tests {
         drop(binder.join().unwrap());
         process.kill().unwrap();
         process.wait().unwrap();
+    }
+
+    #[test]
+    fn returns_once_a_listener_appears_in_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        waits_for_a_listener_bound_later(&socket, socket.clone());
     }
 
     /// A jailed VMM binds in its chroot; the VM's directory holds a link.
@@ -243,21 +248,7 @@ mod tests {
             watched_dir(&dir.path().join("plain.sock")),
             Some(dir.path().to_path_buf())
         );
-        let (mut process, pidfd) = child("sleep 30");
-        let binder = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
-            UnixListener::bind(&bound).unwrap()
-        });
-        let waited = SocketWatch::new(&socket).wait(
-            &socket,
-            &pidfd,
-            Instant::now() + Duration::from_secs(10),
-            || None,
-        );
-        assert_eq!(waited, Ok(()));
-        drop(binder.join().unwrap());
-        process.kill().unwrap();
-        process.wait().unwrap();
+        waits_for_a_listener_bound_later(&socket, bound);
     }
 
     #[test]
