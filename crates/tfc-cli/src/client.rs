@@ -639,12 +639,7 @@ impl Client {
         // The answer comes after the whole upload, which takes as long as
         // the file is large.
         let response = self.open(request, None).await?;
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(ClientError::Exchange)?
-            .to_bytes();
+        let bytes = body_bytes(response).await?;
         let decode = |source| ClientError::Decode {
             method: Method::PUT,
             path: path.clone(),
@@ -703,12 +698,7 @@ impl Client {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse().ok())
             .unwrap_or(0);
-        let text = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(ClientError::Exchange)?
-            .to_bytes();
+        let text = body_bytes(response).await?;
         Ok((text, offset))
     }
 
@@ -990,13 +980,17 @@ async fn read_whole(
         .get(header::RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse().ok());
-    let bytes = response
+    Ok((status, retry_after, body_bytes(response).await?))
+}
+
+/// The whole body of `response`.
+async fn body_bytes(response: http::Response<hyper::body::Incoming>) -> Result<Bytes, ClientError> {
+    Ok(response
         .into_body()
         .collect()
         .await
         .map_err(ClientError::Exchange)?
-        .to_bytes();
-    Ok((status, retry_after, bytes))
+        .to_bytes())
 }
 
 /// A TLS client that trusts only the certificates in the PEM file `ca_cert`.

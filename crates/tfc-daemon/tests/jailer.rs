@@ -527,6 +527,18 @@ async fn jailed_vm_runs_in_its_network_namespace_without_a_pid_namespace() {
     assert_eq!(t.inventory(), before);
 }
 
+/// The backend of a daemon on `dir` whose `[firecracker]` table names
+/// `firecracker` and holds `keys`; an error as its whole chain.
+fn firecracker_backend(
+    firecracker: &Path,
+    keys: &str,
+    dir: &Path,
+) -> Result<tfc_daemon::backend::Backend, String> {
+    let config = format!("[firecracker]\nbinary = {firecracker:?}\n{keys}");
+    let config = Config::parse(&config, "jailer test").unwrap();
+    tfc_daemon::build_backend(&config, dir).map_err(|err| tfc_core::error_chain(&err))
+}
+
 /// Unset, `firecracker.jailer` is "auto": a daemon running as root that
 /// finds the jailer runs every VMM under it; `false` turns it off; "auto"
 /// with no jailer anywhere runs VMMs unconfined (and logs so), while a
@@ -539,14 +551,7 @@ fn a_root_daemon_jails_its_vmms_by_default() {
     }
     let manifest = common::tier1::assets();
     let dir = tempfile::tempdir().unwrap();
-    let backend = |keys: &str| {
-        let config = format!(
-            "[firecracker]\nbinary = {:?}\n{keys}",
-            manifest.firecracker.path
-        );
-        let config = Config::parse(&config, "jailer test").unwrap();
-        tfc_daemon::build_backend(&config, dir.path()).map_err(|err| tfc_core::error_chain(&err))
-    };
+    let backend = |keys: &str| firecracker_backend(&manifest.firecracker.path, keys, dir.path());
     let jailer = format!("jailer_binary = {:?}\n", manifest.jailer.path);
     let jailed = |keys: &str| backend(keys).unwrap().jailed_firecracker().is_some();
     assert!(jailed(&jailer), "unset: jailed");
@@ -574,12 +579,8 @@ fn jailer_settings_the_host_cannot_honour_stop_the_daemon_at_start() {
     let manifest = common::tier1::assets();
     let dir = tempfile::tempdir().unwrap();
     let start = |firecracker: &Path, jailer: &Path| {
-        let config = format!(
-            "[firecracker]\nbinary = {firecracker:?}\njailer = true\njailer_binary = {jailer:?}\n"
-        );
-        let config = Config::parse(&config, "jailer test").unwrap();
-        let err = tfc_daemon::build_backend(&config, dir.path()).unwrap_err();
-        tfc_core::error_chain(&err)
+        let keys = format!("jailer = true\njailer_binary = {jailer:?}\n");
+        firecracker_backend(firecracker, &keys, dir.path()).unwrap_err()
     };
     // Named in the configuration but absent. (PATH may hold a jailer, which
     // the daemon would then use: only checked when it holds none.)
