@@ -649,7 +649,8 @@ pub struct PoolConfig {
 pub enum PrewarmPriority {
     /// Linux's `SCHED_IDLE`: restores and waiting guests use only CPU time
     /// nothing else wants, so they never hold up VMs in use or the API.
-    /// The hand-over gives the VM normal priority before its resume. A
+    /// The hand-over gives the VMM's own threads normal priority before its
+    /// resume, and its vCPUs once the answer is out. A
     /// daemon without `CAP_SYS_NICE` (not root) could not give it back, and
     /// uses `normal`.
     #[default]

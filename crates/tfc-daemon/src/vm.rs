@@ -490,6 +490,42 @@ fn fixup_due(info: &VmInfo) -> Option<u32> {
     due.then_some(port)
 }
 
+/// How long a hand-over's resume runs with the guest's vCPUs still idle
+/// before they are given normal priority anyway: where normal threads take
+/// every CPU, an idle vCPU could wait long to take up the resume.
+const IDLE_RESUME_LIMIT: Duration = Duration::from_millis(2);
+
+/// How long after a hand-over's answer a pooled VM's vCPUs wait at idle
+/// priority (less when the VM is asked anything meanwhile): long enough for
+/// the answer to reach the caller without waiting behind the guest for a CPU
+/// (see [`tfc_firecracker::priority`]). The guest runs meanwhile, on any CPU
+/// no normal thread wants.
+const HANDOVER_SETTLE: Duration = Duration::from_millis(2);
+
+/// What a hand-over left of the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handover {
+    /// Not handed out (refused, or not recorded): as it was.
+    Unchanged,
+    /// Handed out; its vCPUs get normal priority at this instant at the
+    /// latest.
+    Settling(tokio::time::Instant),
+    /// Stopped: the hand-over failed past the point of return.
+    Ended,
+}
+
+/// Resumes a VM whose vCPUs may still be idle (a pool's, at its hand-over),
+/// giving them normal priority if the resume outlasts [`IDLE_RESUME_LIMIT`].
+async fn resume_idle(machine: &Machine) -> Result<(), BackendError> {
+    let resume = machine.resume();
+    tokio::pin!(resume);
+    if let Ok(resumed) = tokio::time::timeout(IDLE_RESUME_LIMIT, &mut resume).await {
+        return resumed;
+    }
+    machine.foreground()?;
+    resume.await
+}
+
 /// Bytes read from the end of the console and QEMU's stderr: the lines that
 /// tell a panic or an outside signal from a power-off are the last ones.
 const END_TAIL_BYTES: u64 = 16 * 1024;
@@ -954,13 +990,25 @@ impl Owner {
     /// Serves operations until the VM reaches a terminal state (true) or is
     /// detached (false).
     async fn serve(&mut self, machine: &Machine) -> bool {
+        // The instant by which a VM just handed out gets normal priority on
+        // its vCPUs too (see `HANDOVER_SETTLE`).
+        let mut settling: Option<tokio::time::Instant> = None;
         loop {
+            let settled =
+                tokio::time::sleep_until(settling.unwrap_or_else(tokio::time::Instant::now));
             tokio::select! {
                 reason = machine.wait_exit() => {
                     self.exited(reason).await;
                     return true;
                 }
+                () = settled, if settling.is_some() => {
+                    settling = None;
+                    self.foreground(machine);
+                }
                 command = self.commands.recv() => {
+                    if settling.take().is_some() {
+                        self.foreground(machine);
+                    }
                     match command {
                         // Every handle is gone: the manager forgot this VM.
                         None => {
@@ -987,8 +1035,10 @@ impl Owner {
                             let _ = reply.send(result);
                         }
                         Some(Command::Allocate { requested_at, reply }) => {
-                            if self.allocate(machine, requested_at, reply).await {
-                                return true;
+                            match self.allocate(machine, requested_at, reply).await {
+                                Handover::Ended => return true,
+                                Handover::Settling(at) => settling = Some(at),
+                                Handover::Unchanged => {}
                             }
                         }
                         Some(Command::Check { retire, reply }) => {
@@ -1000,6 +1050,13 @@ impl Owner {
                     }
                 }
             }
+        }
+    }
+
+    /// Gives a VM handed out its normal priority on every thread.
+    fn foreground(&self, machine: &Machine) {
+        if let Err(err) = machine.foreground() {
+            tracing::warn!(vm = %self.id, error = %error_chain(&err), "the handed-out VM runs at idle CPU priority");
         }
     }
 
@@ -1159,12 +1216,14 @@ impl Owner {
     /// with the resume already names the VM `running` and acquired, so a
     /// daemon that dies in between re-adopts it as the caller's.
     ///
-    /// Returns true when the VM ended (its resume failed and it was stopped).
-    async fn allocate(&self, machine: &Machine, requested_at: Instant, reply: Reply) -> bool {
+    /// A pool's VM is resumed with its vCPUs still idle, and keeps them so
+    /// until [`HANDOVER_SETTLE`] after the answer (see the returned
+    /// [`Handover`]).
+    async fn allocate(&self, machine: &Machine, requested_at: Instant, reply: Reply) -> Handover {
         let from = self.state();
         let Ok(allocating) = transition(from, VmEvent::Allocate) else {
             let _ = reply.send(Err(self.refuse(VmOp::Allocate)));
-            return false;
+            return Handover::Unchanged;
         };
         let running = transition(allocating, VmEvent::Allocated).expect("allocating ends running");
         let before = self.record.borrow().clone();
@@ -1186,11 +1245,13 @@ impl Owner {
             }
         };
         let resume = async {
-            // The caller's VM competes for the CPU like any other from here
-            // on: a pool's VM waited at idle priority.
-            machine.foreground()?;
+            // A pool's VM waited at idle priority, and its vCPUs keep it
+            // until the answer is out. A resume needs the VMM's own threads
+            // at normal priority first; a running VM's hand-over makes no
+            // VMM call.
             if matches!(from, VmState::Paused | VmState::Snapshotted) {
-                machine.resume().await
+                machine.foreground_control()?;
+                resume_idle(machine).await
             } else {
                 Ok(())
             }
@@ -1198,7 +1259,7 @@ impl Owner {
         let (stored, resumed) = tokio::join!(stored, resume);
         match (stored, resumed) {
             (Ok(()), Ok(())) => {
-                if let Err(source) = self.hand_over_agent().await {
+                if let Err(source) = self.hand_over_agent(machine).await {
                     // Recorded as handed out, but with the snapshot's clock
                     // and random state: the caller must not get it.
                     let failure = format!(
@@ -1211,7 +1272,7 @@ impl Owner {
                     }));
                     let exit = machine.stop().await;
                     self.fail(failure, Some(exit)).await;
-                    return true;
+                    return Handover::Ended;
                 }
                 self.record.send_modify(|r| {
                     if let Some(slot) = &mut r.pool {
@@ -1219,8 +1280,9 @@ impl Owner {
                     }
                 });
                 let _ = reply.send(Ok(self.record.borrow().clone()));
+                let settle_at = tokio::time::Instant::now() + HANDOVER_SETTLE;
                 self.commit().await;
-                false
+                Handover::Settling(settle_at)
             }
             (Err(reason), resumed) => {
                 // Unrecorded, the VM must not run for anyone: back as it was.
@@ -1232,7 +1294,7 @@ impl Owner {
                     id: self.id.clone(),
                     reason,
                 }));
-                false
+                Handover::Unchanged
             }
             (Ok(()), Err(source)) => {
                 // Recorded as handed out, but its guest does not run (or
@@ -1246,7 +1308,7 @@ impl Owner {
                 }));
                 let exit = machine.stop().await;
                 self.fail(failure, Some(exit)).await;
-                true
+                Handover::Ended
             }
         }
     }
@@ -1255,7 +1317,7 @@ impl Owner {
     /// from a snapshot gets its identity fix-up first (after the resume, so
     /// its agent runs), a booted one only its session. Costs nothing for a
     /// VM without an agent.
-    async fn hand_over_agent(&self) -> Result<(), LinkError> {
+    async fn hand_over_agent(&self, machine: &Machine) -> Result<(), LinkError> {
         let Some(link) = &self.agent else {
             return Ok(());
         };
@@ -1266,6 +1328,9 @@ impl Owner {
             }
             return Ok(());
         }
+        // The guest answers the fix-up: its vCPUs must not wait behind
+        // anything for a CPU.
+        self.foreground(machine);
         let (connection, fixup) = link.address().fix_identity().await?;
         tracing::debug!(vm = %self.id, us = fixup.duration_us, "identity fixed up at hand-over");
         self.record.send_modify(|r| r.identity_fixup = Some(fixup));

@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
 use tfc_core::VmId;
-use tfc_daemon::backend::{Backend, FakeBackend};
+use tfc_daemon::backend::{Backend, FakeBackend, FakePriority};
 use tfc_daemon::config::{Config, ShutdownPolicy};
 use tfc_daemon::manager::VmManager;
 use tfc_store::AnyStore;
@@ -218,30 +218,74 @@ async fn waiting_vms_run_in_the_background_until_handed_out() {
         p["sizes"]["running"] == 1 && p["sizes"]["hot"] == 2 && p["sizes"]["starting"] == 0
     })
     .await;
-    let background = |id: &str| h.fake.in_background(&VmId::new(id.to_owned()).unwrap());
+    let vm_id = |id: &str| VmId::new(id.to_owned()).unwrap();
+    let priority = |id: &str| h.fake.priority(&vm_id(id));
     let waiting = h.waiting_ids().await;
     assert_eq!(waiting.len(), 3);
     for vm in &waiting {
-        assert_eq!(background(vm), Some(true), "waiting VM {vm}");
+        assert_eq!(
+            priority(vm),
+            Some(FakePriority::Background),
+            "waiting VM {vm}"
+        );
     }
-    // Each tier's hand-over gives the VM normal priority.
-    for tier in ["running", "hot"] {
+    // A hot VM is resumed with the VMM's own threads at normal priority and
+    // its vCPUs still idle; a running VM's hand-over (no VMM call) changes
+    // nothing. Either gets normal priority on every thread a moment after
+    // the answer.
+    for (tier, answered) in [
+        ("running", FakePriority::Background),
+        ("hot", FakePriority::VcpusIdle),
+    ] {
         let (status, got) = h.acquire(json!({})).await;
         assert_eq!(status, StatusCode::OK, "{got}");
         assert_eq!(got["tier"], tier);
-        assert_eq!(background(&id(&got)), Some(false), "{got}");
+        let vm = id(&got);
+        assert_eq!(priority(&vm), Some(answered), "{got}");
+        let at_resume = h.fake.priority_at_resume(&vm_id(&vm));
+        let expected = (tier == "hot").then_some(FakePriority::VcpusIdle);
+        assert_eq!(at_resume, expected, "{tier}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(priority(&vm), Some(FakePriority::Normal), "{got}");
     }
     // A VM a caller asks for is never in the background.
     let (_, plain) = h
         .send(Method::POST, "/v1/vms", Some(json!({"wait": true})))
         .await;
-    assert_eq!(background(plain["id"].as_str().unwrap()), Some(false));
+    assert_eq!(
+        priority(plain["id"].as_str().unwrap()),
+        Some(FakePriority::Normal)
+    );
+
+    // Anything asked of the VM meanwhile gives it normal priority first.
+    let h = harness("target = 1\ntiers = [\"hot\"]").await;
+    let priority = |id: &str| h.fake.priority(&vm_id(id));
+    h.hot(1).await;
+    let (_, got) = h.acquire(json!({})).await;
+    let vm = id(&got);
+    assert_eq!(priority(&vm), Some(FakePriority::VcpusIdle));
+    let (status, paused) = h
+        .send(Method::POST, &format!("/v1/vms/{vm}/pause"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{paused}");
+    assert_eq!(priority(&vm), Some(FakePriority::Normal));
+    // A resume that takes long does not wait for idle vCPUs to take it up.
+    h.hot(1).await;
+    h.fake
+        .script(|s| s.resume_latency = Duration::from_millis(20));
+    let (status, got) = h.acquire(json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    let vm = vm_id(&id(&got));
+    assert_eq!(h.fake.priority_at_resume(&vm), Some(FakePriority::Normal));
 
     // A pool can keep its VMs at normal priority.
     let h = harness("target = 1\nprewarm_priority = \"normal\"").await;
     h.hot(1).await;
     for vm in h.waiting_ids().await {
-        assert_eq!(h.fake.in_background(&VmId::new(vm).unwrap()), Some(false));
+        assert_eq!(
+            h.fake.priority(&VmId::new(vm).unwrap()),
+            Some(FakePriority::Normal)
+        );
     }
 }
 

@@ -12,6 +12,16 @@
 //! nice 0), so [`can_leave_idle`] is asked before any VMM is made idle: a
 //! VMM that could not be given its priority back must never be made so.
 //!
+//! A hand-over that resumes a paused VM gives normal priority to the VMM's
+//! control threads first ([`Threads::Control`]) and to its vCPUs only
+//! afterwards. A vCPU woken at normal priority takes the CPU it lands on and
+//! keeps it for its whole time slice, with its guest running, and the
+//! threads that must carry the resume's answer back woken onto that CPU
+//! then wait for the next scheduler tick (4 ms at 250 Hz) unless another CPU
+//! takes them first; a woken idle vCPU gives way at once. Measured on a
+//! 2-core host: a raw resume 4.1 ms median, the same with the vCPU idle
+//! 0.76 ms.
+//!
 //! A VMM is made idle by its pid right after its spawn, never by lowering
 //! the spawning thread for the spawn: the child of a spawn runs before the
 //! spawn returns, and an idle child on a CPU kept busy by normal threads
@@ -36,6 +46,19 @@ impl Priority {
         }
     }
 }
+
+/// Which of a VMM's threads a priority change applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// Every thread.
+    All,
+    /// Every thread but the vCPUs': the VMM's main thread, which carries out
+    /// API requests, and its API thread, which answers them.
+    Control,
+}
+
+/// The name Firecracker gives its vCPU threads, followed by the index.
+const VCPU_THREAD: &str = "fc_vcpu";
 
 /// Failures to read or change a process's priority.
 #[derive(Debug, thiserror::Error)]
@@ -100,15 +123,34 @@ pub fn can_leave_idle() -> bool {
         .unwrap_or(false)
 }
 
-/// Sets `priority` on every thread of process `pid`. Threads it starts
-/// afterwards inherit the policy of the thread that starts them.
-pub fn set_process(pid: u32, priority: Priority) -> Result<(), PriorityError> {
+/// The thread ids of process `pid`.
+fn threads(pid: u32) -> Result<Vec<libc::pid_t>, PriorityError> {
     let list = |source| PriorityError::ListThreads { pid, source };
+    let mut tids = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/task")).map_err(list)? {
         let name = entry.map_err(list)?.file_name();
-        let Some(tid) = name.to_str().and_then(|n| n.parse::<libc::pid_t>().ok()) else {
+        if let Some(tid) = name.to_str().and_then(|n| n.parse::<libc::pid_t>().ok()) {
+            tids.push(tid);
+        }
+    }
+    Ok(tids)
+}
+
+/// Whether thread `tid` of process `pid` runs a vCPU (by its name; a thread
+/// that ended meanwhile is none).
+fn is_vcpu(pid: u32, tid: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+        .is_ok_and(|name| name.starts_with(VCPU_THREAD))
+}
+
+/// Sets `priority` on the threads of process `pid` that `which` names.
+/// Threads it starts afterwards inherit the policy of the thread that
+/// starts them.
+pub fn set_process(pid: u32, priority: Priority, which: Threads) -> Result<(), PriorityError> {
+    for tid in threads(pid)? {
+        if which == Threads::Control && is_vcpu(pid, tid) {
             continue;
-        };
+        }
         match set_thread(tid, priority) {
             Ok(()) => {}
             // A thread that ended meanwhile needs no priority.
@@ -119,13 +161,20 @@ pub fn set_process(pid: u32, priority: Priority) -> Result<(), PriorityError> {
     Ok(())
 }
 
-/// The priority of process `pid`'s main thread, which starts its others.
+/// The priority process `pid` runs at: idle when any of its threads is (a
+/// hand-over may have given its control threads normal priority but not yet
+/// its vCPUs).
 pub fn process_priority(pid: u32) -> Result<Priority, PriorityError> {
-    let tid = libc::pid_t::try_from(pid).map_err(|_| PriorityError::GetPolicy {
-        pid,
-        source: io::Error::from_raw_os_error(libc::ESRCH),
-    })?;
-    thread_priority(tid).map_err(|source| PriorityError::GetPolicy { pid, source })
+    let get = |source| PriorityError::GetPolicy { pid, source };
+    for tid in threads(pid)? {
+        match thread_priority(tid) {
+            Ok(Priority::Idle) => return Ok(Priority::Idle),
+            Ok(Priority::Normal) => {}
+            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(source) => return Err(get(source)),
+        }
+    }
+    Ok(Priority::Normal)
 }
 
 #[cfg(test)]
@@ -143,44 +192,66 @@ mod tests {
             .spawn()
             .unwrap();
         assert_eq!(process_priority(child.id()).unwrap(), Priority::Normal);
-        set_process(child.id(), Priority::Idle).unwrap();
+        set_process(child.id(), Priority::Idle, Threads::All).unwrap();
         assert_eq!(process_priority(child.id()).unwrap(), Priority::Idle);
-        set_process(child.id(), Priority::Normal).unwrap();
+        set_process(child.id(), Priority::Normal, Threads::All).unwrap();
         assert_eq!(process_priority(child.id()).unwrap(), Priority::Normal);
-        set_process(child.id(), Priority::Idle).unwrap();
+        set_process(child.id(), Priority::Idle, Threads::All).unwrap();
         assert_eq!(process_priority(child.id()).unwrap(), Priority::Idle);
         child.kill().unwrap();
         child.wait().unwrap();
     }
 
     #[test]
-    fn every_thread_of_a_process_changes() {
+    fn every_thread_or_every_thread_but_the_vcpus_changes() {
         if !can_leave_idle() {
             eprintln!("NOT RUN: this process cannot leave SCHED_IDLE (needs CAP_SYS_NICE)");
             return;
         }
-        // This test process has several threads (the test harness's); a
-        // child with threads of its own would need a helper binary.
-        let (tx, rx) = std::sync::mpsc::channel();
+        // This test process plays the VMM, with a thread named as a vCPU and
+        // one named as the API's, among the test harness's own; a child with
+        // threads of its own would need a helper binary. One test, so that
+        // no other in this process changes its threads meanwhile.
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let worker = std::thread::spawn(move || {
-            // SAFETY: gettid only reads the calling thread's id.
-            tx.send(unsafe { libc::gettid() }).unwrap();
-            let _ = done_rx.recv();
-        });
-        let tid = rx.recv().unwrap();
-        set_thread(tid, Priority::Idle).unwrap();
-        assert_eq!(thread_priority(tid).unwrap(), Priority::Idle);
-        set_process(std::process::id(), Priority::Normal).unwrap();
-        assert_eq!(thread_priority(tid).unwrap(), Priority::Normal);
-        assert_eq!(thread_priority(0).unwrap(), Priority::Normal);
-        done_tx.send(()).unwrap();
-        worker.join().unwrap();
+        let done_rx = std::sync::Arc::new(std::sync::Mutex::new(done_rx));
+        let worker = |name: &str| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let done_rx = done_rx.clone();
+            let handle = std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(move || {
+                    // SAFETY: gettid only reads the calling thread's id.
+                    tx.send(unsafe { libc::gettid() }).unwrap();
+                    let _ = done_rx.lock().unwrap().recv();
+                })
+                .unwrap();
+            (rx.recv().unwrap(), handle)
+        };
+        let (vcpu, vcpu_thread) = worker("fc_vcpu 0");
+        let (api, api_thread) = worker("fc_api");
+        let pid = std::process::id();
+        for tid in [vcpu, api] {
+            set_thread(tid, Priority::Idle).unwrap();
+            assert_eq!(thread_priority(tid).unwrap(), Priority::Idle);
+        }
+
+        set_process(pid, Priority::Normal, Threads::Control).unwrap();
+        assert_eq!(thread_priority(api).unwrap(), Priority::Normal);
+        assert_eq!(thread_priority(vcpu).unwrap(), Priority::Idle);
+        // One idle thread is enough for the process to read as idle.
+        assert_eq!(process_priority(pid).unwrap(), Priority::Idle);
+
+        set_process(pid, Priority::Normal, Threads::All).unwrap();
+        assert_eq!(thread_priority(vcpu).unwrap(), Priority::Normal);
+        assert_eq!(thread_priority(api).unwrap(), Priority::Normal);
+        drop(done_tx);
+        vcpu_thread.join().unwrap();
+        api_thread.join().unwrap();
     }
 
     #[test]
     fn a_missing_process_is_an_error() {
-        let err = set_process(u32::MAX, Priority::Normal).unwrap_err();
+        let err = set_process(u32::MAX, Priority::Normal, Threads::All).unwrap_err();
         assert!(matches!(err, PriorityError::ListThreads { .. }), "{err}");
         assert!(process_priority(u32::MAX).is_err());
     }

@@ -24,7 +24,7 @@ use crate::console::{self, ConsoleWatch};
 use crate::jailer::{Jail, JailError};
 use crate::listener;
 use crate::pidfd::Pidfd;
-use crate::priority::{Priority, PriorityError};
+use crate::priority::{Priority, PriorityError, Threads};
 pub use tfc_core::ExitReason;
 
 pub const API_SOCKET: &str = "api.sock";
@@ -513,14 +513,13 @@ impl FirecrackerProcess {
         self.pid
     }
 
-    /// Moves every thread of the VMM to `priority` (a hand-over gives a
-    /// VMM started idle its normal priority back).
-    pub fn set_priority(&self, priority: Priority) -> Result<(), PriorityError> {
-        crate::priority::set_process(self.pid, priority)
+    /// Moves the VMM's threads that `which` names to `priority` (a hand-over
+    /// gives a VMM started idle its normal priority back).
+    pub fn set_priority(&self, priority: Priority, which: Threads) -> Result<(), PriorityError> {
+        crate::priority::set_process(self.pid, priority, which)
     }
 
-    /// The priority the VMM runs at (its main thread's, which its other
-    /// threads inherit).
+    /// The priority the VMM runs at: idle when any of its threads is.
     pub fn priority(&self) -> Result<Priority, PriorityError> {
         crate::priority::process_priority(self.pid)
     }

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -93,9 +93,28 @@ pub struct FakeBackend {
     /// Connections each machine's vsock relay passed to its agent, so tests
     /// can see the daemon keep one connection per VM.
     agent_connections: Arc<Mutex<HashMap<VmId, Arc<RelayControl>>>>,
-    /// Whether each machine runs in the background (see
-    /// [`FakeBackend::in_background`]).
-    background: Arc<Mutex<HashMap<VmId, Arc<AtomicBool>>>>,
+    /// The CPU priority of each machine (see [`FakeBackend::priority`]).
+    priorities: Arc<Mutex<HashMap<VmId, Arc<Mutex<FakePriorities>>>>>,
+}
+
+/// The CPU priority a fake VM's threads run at, as a VMM's would (see
+/// [`VmMachine::foreground`] and [`VmMachine::foreground_control`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FakePriority {
+    /// Every thread at normal priority.
+    #[default]
+    Normal,
+    /// Restored in the background: every thread idle.
+    Background,
+    /// The threads that answer the API at normal priority, the vCPUs idle.
+    VcpusIdle,
+}
+
+/// A fake VM's priority now, and what it was when its last resume ended.
+#[derive(Debug, Clone, Copy, Default)]
+struct FakePriorities {
+    now: FakePriority,
+    at_resume: Option<FakePriority>,
 }
 
 type ExitChannel = watch::Sender<Option<ExitReason>>;
@@ -110,15 +129,25 @@ impl FakeBackend {
             })),
             machines: Arc::default(),
             agent_connections: Arc::default(),
-            background: Arc::default(),
+            priorities: Arc::default(),
         }
     }
 
-    /// Whether machine `id` runs in the background (restored so, not given
-    /// normal priority since); `None` for a machine never created.
-    pub fn in_background(&self, id: &VmId) -> Option<bool> {
-        let background = self.background.lock().expect("fake priorities lock");
-        background.get(id).map(|b| b.load(Ordering::SeqCst))
+    /// The priority machine `id` runs at; `None` for a machine never created.
+    pub fn priority(&self, id: &VmId) -> Option<FakePriority> {
+        let priorities = self.priorities.lock().expect("fake priorities lock");
+        priorities
+            .get(id)
+            .map(|p| p.lock().expect("fake priority lock").now)
+    }
+
+    /// The priority machine `id` ran at when its last resume ended; `None`
+    /// before any resume.
+    pub fn priority_at_resume(&self, id: &VmId) -> Option<FakePriority> {
+        let priorities = self.priorities.lock().expect("fake priorities lock");
+        priorities
+            .get(id)
+            .and_then(|p| p.lock().expect("fake priority lock").at_resume)
     }
 
     /// How many connections machine `id`'s vsock relay has passed to its
@@ -194,11 +223,11 @@ impl FakeBackend {
             (Some(agent), Some(port)) if spec.vsock => Some((agent.clone(), port)),
             _ => None,
         };
-        let background = Arc::new(AtomicBool::new(false));
-        let mut priorities = self.background.lock().expect("fake priorities lock");
+        let priority = Arc::new(Mutex::new(FakePriorities::default()));
+        let mut priorities = self.priorities.lock().expect("fake priorities lock");
         // An entry no machine holds any more is of a machine gone.
-        priorities.retain(|_, b| Arc::strong_count(b) > 1);
-        priorities.insert(id.clone(), background.clone());
+        priorities.retain(|_, p| Arc::strong_count(p) > 1);
+        priorities.insert(id.clone(), priority.clone());
         drop(priorities);
         let connections = Arc::new(RelayControl::default());
         if agent.is_some() {
@@ -217,7 +246,7 @@ impl FakeBackend {
             agent,
             guest: Mutex::default(),
             connections,
-            background,
+            priority,
         }
     }
 }
@@ -241,8 +270,8 @@ pub struct FakeMachine {
     guest: Mutex<Option<Box<FakeGuest>>>,
     /// Its relay's count and cut (see [`FakeBackend::agent_connections`]).
     connections: Arc<RelayControl>,
-    /// Restored in the background and not given normal priority since.
-    background: Arc<AtomicBool>,
+    /// The priority its threads run at.
+    priority: Arc<Mutex<FakePriorities>>,
 }
 
 /// A fake VM's guest: the agent process and the relay that plays the
@@ -467,9 +496,9 @@ impl VmBackend for FakeBackend {
         mark(BootPhase::Spawned);
         mark(BootPhase::ApiReady);
         let machine = self.machine(request.id, &next, request.spec, request.workdir);
-        machine
-            .background
-            .store(request.background, Ordering::SeqCst);
+        if request.background {
+            machine.priority.lock().expect("fake priority lock").now = FakePriority::Background;
+        }
         Ok(machine)
     }
 
@@ -495,6 +524,15 @@ impl VmBackend for FakeBackend {
 }
 
 impl FakeMachine {
+    /// Moves the machine from priority `from` to `to`; nothing when it runs
+    /// at another.
+    fn set_priority(&self, from: FakePriority, to: FakePriority) {
+        let mut priority = self.priority.lock().expect("fake priority lock");
+        if priority.now == from {
+            priority.now = to;
+        }
+    }
+
     fn exited(&self) -> Option<ExitReason> {
         *self.exit_rx.borrow()
     }
@@ -599,7 +637,10 @@ impl VmMachine for FakeMachine {
     async fn resume(&self) -> Result<(), BackendError> {
         let latency = self.script.lock().expect("fake script lock").resume_latency;
         tokio::time::sleep(latency).await;
-        self.pause_or_resume("resume", false)
+        self.pause_or_resume("resume", false)?;
+        let mut priority = self.priority.lock().expect("fake priority lock");
+        priority.at_resume = Some(priority.now);
+        Ok(())
     }
 
     /// Checks the snapshot's files the way a VMM's load would (present, and a
@@ -713,7 +754,13 @@ impl VmMachine for FakeMachine {
     fn detach(&self) {}
 
     fn foreground(&self) -> Result<(), BackendError> {
-        self.background.store(false, Ordering::SeqCst);
+        self.set_priority(FakePriority::Background, FakePriority::Normal);
+        self.set_priority(FakePriority::VcpusIdle, FakePriority::Normal);
+        Ok(())
+    }
+
+    fn foreground_control(&self) -> Result<(), BackendError> {
+        self.set_priority(FakePriority::Background, FakePriority::VcpusIdle);
         Ok(())
     }
 }

@@ -17,7 +17,7 @@ use tfc_firecracker::models::{
     PartialNetworkInterface, RateLimiter, SnapshotCreateParams, SnapshotLoadParams, SnapshotType,
     TokenBucket,
 };
-use tfc_firecracker::priority::Priority;
+use tfc_firecracker::priority::{Priority, Threads};
 use tfc_firecracker::{
     CgroupVersion, ExitReason, FirecrackerProcess, Jail, JailIdPool, JailerConfig, SpawnConfig,
     StopPolicy, VmConfig,
@@ -425,7 +425,7 @@ impl FirecrackerBackend {
                 if priority == Priority::Idle {
                     machine
                         .process
-                        .set_priority(Priority::Idle)
+                        .set_priority(Priority::Idle, Threads::All)
                         .map_err(BackendError::Priority)?;
                 }
                 Ok::<(), BackendError>(())
@@ -991,10 +991,20 @@ impl VmMachine for FirecrackerMachine {
             return Ok(());
         }
         self.process
-            .set_priority(Priority::Normal)
+            .set_priority(Priority::Normal, Threads::All)
             .map_err(BackendError::Priority)?;
         self.background.store(false, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn foreground_control(&self) -> Result<(), BackendError> {
+        use std::sync::atomic::Ordering;
+        if !self.background.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.process
+            .set_priority(Priority::Normal, Threads::Control)
+            .map_err(BackendError::Priority)
     }
 }
 

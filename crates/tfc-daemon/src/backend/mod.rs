@@ -19,7 +19,7 @@ use tfc_core::limits::RateLimits;
 use tfc_core::{BootPhase, VmId, VmSpec, Vmm};
 use tfc_firecracker::ConsoleWatch;
 
-pub use self::fake::{FakeAgent, FakeBackend, FakeMachine, FakeScript};
+pub use self::fake::{FakeAgent, FakeBackend, FakeMachine, FakePriority, FakeScript};
 pub use self::firecracker::{FirecrackerBackend, FirecrackerMachine, Jailer};
 pub use self::qemu::{QemuBackend, QemuMachine};
 
@@ -322,9 +322,17 @@ pub trait VmMachine: Send + Sync {
 
     /// Gives a VMM started in the background (see
     /// [`RestoreRequest::background`]) normal CPU priority, on every thread;
-    /// nothing for one that runs at normal priority already. Called before
-    /// a VM is handed to anyone.
+    /// nothing for one that runs at normal priority already. A VM handed to
+    /// anyone gets it, at the latest right after the hand-over's answer.
     fn foreground(&self) -> Result<(), BackendError>;
+
+    /// Gives normal CPU priority to the threads of a VMM started in the
+    /// background that carry out and answer its API, leaving its vCPUs as
+    /// they are (idle) until [`VmMachine::foreground`]. A hand-over resumes
+    /// the guest this way: a vCPU woken at normal priority would hold the CPU
+    /// the resume's answer needs (see [`tfc_firecracker::priority`]).
+    /// Nothing for a VMM at normal priority, or one without such threads.
+    fn foreground_control(&self) -> Result<(), BackendError>;
 }
 
 /// The backend the daemon runs with, chosen from configuration: the real
@@ -547,5 +555,8 @@ impl VmMachine for Machine {
 
     fn foreground(&self) -> Result<(), BackendError> {
         dispatch!(self, m => m.foreground())
+    }
+    fn foreground_control(&self) -> Result<(), BackendError> {
+        dispatch!(self, m => m.foreground_control())
     }
 }

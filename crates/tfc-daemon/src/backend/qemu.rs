@@ -272,4 +272,8 @@ impl VmMachine for QemuMachine {
         // restores nothing and no pool prewarms its VMs.
         Ok(())
     }
+
+    fn foreground_control(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
