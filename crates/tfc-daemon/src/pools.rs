@@ -26,7 +26,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::{Config, PoolConfig};
 use crate::manager::{BootExtras, ManagerError, RestoreFor, VmManager};
-use crate::vm::VmHandle;
+use crate::vm::{VmHandle, HANDOVER_SETTLE};
 
 /// Acquire latencies kept per tier for the stats.
 const LATENCY_SAMPLES: usize = 1000;
@@ -237,6 +237,15 @@ impl Pools {
 impl Pool {
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
         self.state.lock().expect("pool lock")
+    }
+
+    /// Wakes the pool's task `delay` from now.
+    fn wake_after(self: &Arc<Self>, delay: Duration) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            pool.wake.notify_one();
+        });
     }
 
     fn allows(&self, tier: PoolTier) -> bool {
@@ -453,13 +462,15 @@ pub(crate) async fn acquire(
             // A waiting VM is taken even with no wait left (it is there now);
             // after a failed hand-over, the next only while time is left.
             while let Some(member) = pool.take(tier) {
-                // The refill starts once the VM is handed over: a restore
-                // spawned meanwhile would compete with the resume for CPU.
+                // The refill starts once the VM is handed over and the answer
+                // is out: a restore spawned meanwhile would compete with the
+                // resume, then the answer, for CPU.
                 let allocated = hand_over(manager, &pool, member, requested_at, deadline).await;
-                pool.wake.notify_one();
                 if let Some(vm) = allocated {
+                    pool.wake_after(HANDOVER_SETTLE);
                     return Ok(served(&pool, vm, tier, requested_at));
                 }
+                pool.wake.notify_one();
                 if tokio::time::Instant::now() >= deadline {
                     break;
                 }

@@ -644,6 +644,31 @@ async fn a_restart_discards_waiting_vms_and_keeps_acquired_ones() {
     }
 }
 
+/// A running VM's hand-over writes its record on the worker thread itself
+/// (no VMM call to overlap it with), before the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_vm_is_recorded_as_handed_out_before_the_answer() {
+    use tfc_store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_owned();
+    let store = || AnyStore::open(tfc_store::StoreKind::Sqlite, &data).unwrap();
+    let h = harness_in(dir, store(), "target = 0\nrunning = 1").await;
+    h.until("1 running", |p| {
+        p["sizes"]["running"] == 1 && p["sizes"]["starting"] == 0
+    })
+    .await;
+    let (status, got) = h.acquire(json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got["tier"], "running");
+    let row = store()
+        .get_vm(&VmId::new(id(&got)).unwrap())
+        .unwrap()
+        .expect("recorded");
+    let record: Value = serde_json::from_str(&row.record).unwrap();
+    assert_eq!(record["state"], "running", "{record}");
+    assert!(record["pool"]["acquired_at_ms"].is_u64(), "{record}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn shutdown_removes_waiting_vms_whatever_the_policy() {
     let h = harness("target = 2").await;
