@@ -35,7 +35,7 @@ use tfc_host::assets::Manifest;
 use tfc_store::StoreKind;
 
 use crate::bench::Stats;
-use crate::bench_restore::{raw_sample, RawStep, Snapshot};
+use crate::bench_restore::{raw_sample, RawStep, Snapshot, PAUSED_FOR};
 use crate::client::{Client, ClientError};
 
 #[derive(Debug, clap::Args)]
@@ -176,13 +176,6 @@ pub async fn run(args: PoolArgs, data_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How long a raw sample's guest stays paused before its timed resume: a
-/// pooled VM waits before its hand-over (here, `target` VMs served by
-/// back-to-back cycles of a few milliseconds wait some tens of
-/// milliseconds), and a resume right after the load is faster than one after
-/// a wait on this kind of host (0.5 against ~2.4 ms median, measured).
-const RAW_PAUSED_FOR: Duration = Duration::from_millis(50);
-
 fn default_type() -> VmTypeName {
     VmTypeName::new("default").expect("a valid name")
 }
@@ -247,7 +240,7 @@ async fn measure(
                 raw_resume.push(
                     sampler
                         .sample(RawStep::Resume {
-                            paused_for: RAW_PAUSED_FOR,
+                            paused_for: PAUSED_FOR,
                         })
                         .await?,
                 );

@@ -2,8 +2,10 @@
 //! (a new process, then `PUT /snapshot/load` with `resume_vm`) and through tfc
 //! (`POST /v1/vms` with `from_snapshot` to an in-process daemon over its
 //! socket, with its default SQLite store), alternating which goes first, and
-//! prints min/median/max of each and the ratio of medians. Then restores per
-//! second with concurrent workers, for both.
+//! prints min/median/max of each and the ratio of medians. Then the resume
+//! of a paused guest, raw (`PATCH /vm`) and through tfc (`POST
+//! /v1/vms/{id}/resume`), and restores per second with concurrent workers,
+//! for both.
 //!
 //! Each sample runs from just before the work begins (the VM directory and
 //! its root-drive link, then the spawn, for raw; the request for tfc, which
@@ -29,7 +31,7 @@ use tfc_host::assets::Manifest;
 use tfc_store::StoreKind;
 
 use crate::bench::{median, Comparison};
-use crate::client::Client;
+use crate::client::{Client, VmAction};
 
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
@@ -70,8 +72,18 @@ struct Report {
     restore_to_running: Comparison,
     /// Medians of tfc's own phases, ms since the request.
     tfc_phase_medians_ms: Vec<(BootPhase, f64)>,
+    /// Resumes of a running guest paused [`PAUSED_FOR`] before, each kind in
+    /// one VM kept for all of them.
+    resume_paused: Comparison,
     throughput: Option<Throughput>,
 }
+
+/// How long a guest stays paused before each measured resume: a pooled VM
+/// waits before its hand-over (`target` VMs served by back-to-back cycles of
+/// a few milliseconds wait some tens of milliseconds), and a resume right
+/// after a load is faster than one after a wait on a small host (0.5 against
+/// ~2.4 ms median, measured).
+pub(crate) const PAUSED_FOR: Duration = Duration::from_millis(50);
 
 /// The files of the snapshot under test, as raw Firecracker needs them.
 #[derive(Debug, Clone)]
@@ -180,6 +192,19 @@ async fn measure(
         (*phase, median(&values))
     })
     .collect();
+    eprintln!(
+        "  resume after {PAUSED_FOR:?} paused: {} of each kind, alternating",
+        args.count
+    );
+    let resume_paused = resumes(
+        args.count,
+        &binary,
+        &snapshot,
+        &next_dir(),
+        client,
+        &snapshot_id,
+    )
+    .await?;
     let throughput = if args.per_worker > 0 && args.workers > 0 {
         eprintln!(
             "  throughput: {} workers x {} restores, raw then tfc",
@@ -196,12 +221,53 @@ async fn measure(
         memory_mib: m.spec.memory_mib,
         restore_to_running: Comparison::of(&raw, &tfc),
         tfc_phase_medians_ms,
+        resume_paused,
         throughput,
     })
 }
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// `count` resumes of a running guest after [`PAUSED_FOR`] paused, raw (one
+/// process loaded from `snapshot` in `dir`) and through the daemon (one VM
+/// restored from `snapshot_id`), alternating; the pauses are not timed.
+async fn resumes(
+    count: usize,
+    binary: &Path,
+    snapshot: &Snapshot,
+    dir: &Path,
+    client: &Client,
+    snapshot_id: &str,
+) -> anyhow::Result<Comparison> {
+    let process = raw_loaded(binary, snapshot, dir, true).await?;
+    let request = CreateVmRequest {
+        from_snapshot: Some(snapshot_id.to_owned()),
+        ..CreateVmRequest::default()
+    };
+    let vm = tfc_core::VmId::new(client.create_vm(&request).await?.value.id)?;
+    let measured = async {
+        let (mut raw, mut tfc) = (Vec::new(), Vec::new());
+        for _ in 0..count {
+            process.api().pause().await?;
+            tokio::time::sleep(PAUSED_FOR).await;
+            let started = Instant::now();
+            process.api().resume().await?;
+            raw.push(started.elapsed());
+
+            client.act(&vm, VmAction::Pause).await?;
+            tokio::time::sleep(PAUSED_FOR).await;
+            let started = Instant::now();
+            client.act(&vm, VmAction::Resume).await?;
+            tfc.push(started.elapsed());
+        }
+        Ok::<_, anyhow::Error>(Comparison::of(&raw, &tfc))
+    }
+    .await;
+    stop_raw(process, dir).await;
+    client.delete_vm(&vm, true).await?;
+    measured
 }
 
 /// One restore by hand: new process, wait for its socket, load and resume.
@@ -227,8 +293,29 @@ pub(crate) async fn raw_sample(
     dir: &Path,
     step: RawStep,
 ) -> anyhow::Result<Duration> {
-    let resume = step == RawStep::Restore;
     let started = Instant::now();
+    let process = raw_loaded(binary, snapshot, dir, step == RawStep::Restore).await?;
+    let took = match step {
+        RawStep::Restore => started.elapsed(),
+        RawStep::Resume { paused_for } => {
+            tokio::time::sleep(paused_for).await;
+            let resumed = Instant::now();
+            process.api().resume().await?;
+            resumed.elapsed()
+        }
+    };
+    stop_raw(process, dir).await;
+    Ok(took)
+}
+
+/// A new Firecracker process in the fresh directory `dir` that has loaded
+/// `snapshot`, its guest resumed or not.
+async fn raw_loaded(
+    binary: &Path,
+    snapshot: &Snapshot,
+    dir: &Path,
+    resume: bool,
+) -> anyhow::Result<FirecrackerProcess> {
     std::fs::create_dir_all(dir)?;
     // The snapshot names its root drive by the relative link, as every tfc VM
     // directory has it.
@@ -270,15 +357,11 @@ pub(crate) async fn raw_sample(
             network_overrides: Vec::new(),
         })
         .await?;
-    let took = match step {
-        RawStep::Restore => started.elapsed(),
-        RawStep::Resume { paused_for } => {
-            tokio::time::sleep(paused_for).await;
-            let resumed = Instant::now();
-            process.api().resume().await?;
-            resumed.elapsed()
-        }
-    };
+    Ok(process)
+}
+
+/// Stops a raw sample's process and removes its directory.
+async fn stop_raw(process: FirecrackerProcess, dir: &Path) {
     process
         .stop(StopPolicy {
             ctrl_alt_del_grace: None,
@@ -286,7 +369,6 @@ pub(crate) async fn raw_sample(
         })
         .await;
     let _ = std::fs::remove_dir_all(dir);
-    Ok(took)
 }
 
 /// One restore through the daemon's API; the VM is deleted afterwards.
@@ -379,6 +461,13 @@ fn print_report(r: &Report) {
     for (phase, ms) in &r.tfc_phase_medians_ms {
         println!("  {:<18} {ms:>10.2}", format!("{phase:?}"));
     }
+    crate::bench::print_comparison(
+        &format!(
+            "resume of a running guest paused {} ms before (one VM each)",
+            PAUSED_FOR.as_millis()
+        ),
+        &r.resume_paused,
+    );
     if let Some(t) = &r.throughput {
         println!(
             "\nthroughput, {} workers, {} restores (each followed by a delete): raw {:.1}/s, tfc {:.1}/s (ratio {:.3})",

@@ -514,7 +514,8 @@ fn fixup_due(info: &VmInfo) -> Option<u32> {
 const IDLE_RESUME_LIMIT: Duration = Duration::from_millis(2);
 
 /// How long after a hand-over's answer a pooled VM's vCPUs wait at idle
-/// priority (less when the VM is asked anything meanwhile): long enough for
+/// priority, and a resumed VM's after the resume's answer (less when the VM
+/// is asked anything meanwhile): long enough for
 /// the answer to reach the caller without waiting behind the guest for a CPU
 /// (see [`tfc_firecracker::priority`]). The guest runs meanwhile, on any CPU
 /// no normal thread wants. The record's final write and the pool's refill
@@ -533,8 +534,9 @@ enum Handover {
     Ended,
 }
 
-/// Resumes a VM whose vCPUs may still be idle (a pool's, at its hand-over),
-/// giving them normal priority if the resume outlasts [`IDLE_RESUME_LIMIT`].
+/// Resumes a VM whose vCPUs may be idle (a pool's at its hand-over, any at
+/// a resume), giving them normal priority if the resume outlasts
+/// [`IDLE_RESUME_LIMIT`].
 async fn resume_idle(machine: &Machine) -> Result<(), BackendError> {
     let resume = machine.resume();
     tokio::pin!(resume);
@@ -1047,6 +1049,11 @@ impl Owner {
                         }
                         Some(Command::Op { op, reply }) => {
                             let result = self.pause_or_resume(machine, op).await;
+                            // A resumed guest's vCPUs wait idle until the
+                            // answer is out, as at a hand-over.
+                            if op == VmOp::Resume && result.is_ok() {
+                                settling = Some(tokio::time::Instant::now() + HANDOVER_SETTLE);
+                            }
                             let _ = reply.send(result);
                         }
                         Some(Command::Snapshot { job, reply }) => {
@@ -1103,7 +1110,14 @@ impl Owner {
                 }
                 paused
             }
-            _ => machine.resume().await,
+            _ => {
+                // Resumed with its vCPUs idle, as a pool's VM at its
+                // hand-over (see `foreground_control`).
+                if let Err(err) = machine.background_vcpus() {
+                    tracing::warn!(vm = %self.id, error = %error_chain(&err), "cannot resume the VM with its vCPUs idle");
+                }
+                resume_idle(machine).await
+            }
         };
         done.map_err(|source| VmError::Backend {
             id: self.id.clone(),

@@ -252,10 +252,24 @@ async fn waiting_vms_run_in_the_background_until_handed_out() {
     let (_, plain) = h
         .send(Method::POST, "/v1/vms", Some(json!({"wait": true})))
         .await;
+    let plain = plain["id"].as_str().unwrap();
+    assert_eq!(priority(plain), Some(FakePriority::Normal));
+    // Its resume, like a hand-over, runs with its vCPUs idle until the
+    // answer is out.
+    for op in ["pause", "resume"] {
+        let (status, body) = h
+            .send(Method::POST, &format!("/v1/vms/{plain}/{op}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{op}: {body}");
+    }
+    let plain_id = vm_id(plain);
     assert_eq!(
-        priority(plain["id"].as_str().unwrap()),
-        Some(FakePriority::Normal)
+        h.fake.priority_at_resume(&plain_id),
+        Some(FakePriority::VcpusIdle)
     );
+    assert_eq!(priority(plain), Some(FakePriority::VcpusIdle));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(priority(plain), Some(FakePriority::Normal));
 
     // Anything asked of the VM meanwhile gives it normal priority first.
     let h = harness("target = 1\ntiers = [\"hot\"]").await;

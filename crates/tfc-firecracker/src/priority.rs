@@ -55,6 +55,8 @@ pub enum Threads {
     /// Every thread but the vCPUs': the VMM's main thread, which carries out
     /// API requests, and its API thread, which answers them.
     Control,
+    /// The vCPU threads.
+    Vcpus,
 }
 
 /// The name Firecracker gives its vCPU threads, followed by the index.
@@ -148,7 +150,12 @@ fn is_vcpu(pid: u32, tid: libc::pid_t) -> bool {
 /// starts them.
 pub fn set_process(pid: u32, priority: Priority, which: Threads) -> Result<(), PriorityError> {
     for tid in threads(pid)? {
-        if which == Threads::Control && is_vcpu(pid, tid) {
+        let named = match which {
+            Threads::All => true,
+            Threads::Control => !is_vcpu(pid, tid),
+            Threads::Vcpus => is_vcpu(pid, tid),
+        };
+        if !named {
             continue;
         }
         match set_thread(tid, priority) {
@@ -203,7 +210,7 @@ mod tests {
     }
 
     #[test]
-    fn every_thread_or_every_thread_but_the_vcpus_changes() {
+    fn every_thread_the_vcpus_or_the_others_change() {
         if !can_leave_idle() {
             eprintln!("NOT RUN: this process cannot leave SCHED_IDLE (needs CAP_SYS_NICE)");
             return;
@@ -244,6 +251,12 @@ mod tests {
         set_process(pid, Priority::Normal, Threads::All).unwrap();
         assert_eq!(thread_priority(vcpu).unwrap(), Priority::Normal);
         assert_eq!(thread_priority(api).unwrap(), Priority::Normal);
+
+        set_process(pid, Priority::Idle, Threads::Vcpus).unwrap();
+        assert_eq!(thread_priority(vcpu).unwrap(), Priority::Idle);
+        assert_eq!(thread_priority(api).unwrap(), Priority::Normal);
+        set_process(pid, Priority::Normal, Threads::Vcpus).unwrap();
+        assert_eq!(thread_priority(vcpu).unwrap(), Priority::Normal);
         drop(done_tx);
         vcpu_thread.join().unwrap();
         api_thread.join().unwrap();

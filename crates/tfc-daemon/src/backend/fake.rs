@@ -763,4 +763,9 @@ impl VmMachine for FakeMachine {
         self.set_priority(FakePriority::Background, FakePriority::VcpusIdle);
         Ok(())
     }
+
+    fn background_vcpus(&self) -> Result<(), BackendError> {
+        self.set_priority(FakePriority::Normal, FakePriority::VcpusIdle);
+        Ok(())
+    }
 }

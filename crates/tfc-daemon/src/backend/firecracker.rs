@@ -188,6 +188,9 @@ pub struct FirecrackerMachine {
     network: bool,
     /// The VMM runs at idle CPU priority until [`VmMachine::foreground`].
     background: std::sync::atomic::AtomicBool,
+    /// This daemon can give a thread normal priority back (see
+    /// [`FirecrackerBackend::idle_priority`]).
+    can_idle: bool,
 }
 
 /// Firecracker reports a missing or unusable /dev/kvm only at `InstanceStart`, as a
@@ -472,6 +475,7 @@ impl FirecrackerBackend {
             limits: std::sync::Mutex::new(spec.rate_limits),
             limits_pending: std::sync::atomic::AtomicBool::new(false),
             network: spec.network.is_some(),
+            can_idle: self.idle_priority,
         }
     }
 
@@ -1004,6 +1008,19 @@ impl VmMachine for FirecrackerMachine {
         }
         self.process
             .set_priority(Priority::Normal, Threads::Control)
+            .map_err(BackendError::Priority)
+    }
+
+    fn background_vcpus(&self) -> Result<(), BackendError> {
+        use std::sync::atomic::Ordering;
+        if !self.can_idle || self.background.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // Marked first: a failure half-way leaves threads idle that the
+        // next foreground must find.
+        self.background.store(true, Ordering::SeqCst);
+        self.process
+            .set_priority(Priority::Idle, Threads::Vcpus)
             .map_err(BackendError::Priority)
     }
 }

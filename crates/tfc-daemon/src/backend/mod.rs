@@ -333,6 +333,12 @@ pub trait VmMachine: Send + Sync {
     /// the resume's answer needs (see [`tfc_firecracker::priority`]).
     /// Nothing for a VMM at normal priority, or one without such threads.
     fn foreground_control(&self) -> Result<(), BackendError>;
+
+    /// Moves the vCPUs of a VM at normal priority to idle for a resume of
+    /// it, where [`VmMachine::foreground`] can give them normal priority
+    /// back afterwards (see [`VmMachine::foreground_control`] for why).
+    /// Nothing for a backend or a daemon that cannot.
+    fn background_vcpus(&self) -> Result<(), BackendError>;
 }
 
 /// The backend the daemon runs with, chosen from configuration: the real
@@ -558,5 +564,8 @@ impl VmMachine for Machine {
     }
     fn foreground_control(&self) -> Result<(), BackendError> {
         dispatch!(self, m => m.foreground_control())
+    }
+    fn background_vcpus(&self) -> Result<(), BackendError> {
+        dispatch!(self, m => m.background_vcpus())
     }
 }

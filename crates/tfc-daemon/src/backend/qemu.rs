@@ -276,4 +276,8 @@ impl VmMachine for QemuMachine {
     fn foreground_control(&self) -> Result<(), BackendError> {
         Ok(())
     }
+
+    fn background_vcpus(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
