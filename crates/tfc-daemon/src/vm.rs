@@ -508,18 +508,19 @@ fn fixup_due(info: &VmInfo) -> Option<u32> {
     due.then_some(port)
 }
 
-/// How long a hand-over's resume runs with the guest's vCPUs still idle
-/// before they are given normal priority anyway: where normal threads take
-/// every CPU, an idle vCPU could wait long to take up the resume.
+/// How long a resume (a hand-over's or any other) runs with the guest's
+/// vCPUs still idle before they are given normal priority anyway: where
+/// normal threads take every CPU, an idle vCPU could wait long to take up
+/// the resume.
 const IDLE_RESUME_LIMIT: Duration = Duration::from_millis(2);
 
 /// How long after a hand-over's answer a pooled VM's vCPUs wait at idle
 /// priority, and a resumed VM's after the resume's answer (less when the VM
-/// is asked anything meanwhile): long enough for
-/// the answer to reach the caller without waiting behind the guest for a CPU
-/// (see [`tfc_firecracker::priority`]). The guest runs meanwhile, on any CPU
-/// no normal thread wants. The record's final write and the pool's refill
-/// wait as long, for the same reason.
+/// is asked anything meanwhile): long enough for the answer to reach the
+/// caller without waiting behind the guest for a CPU (see
+/// [`tfc_firecracker::priority`]). The guest runs meanwhile, on any CPU no
+/// normal thread wants. The record's final write and the pool's refill wait
+/// as long, for the same reason.
 pub(crate) const HANDOVER_SETTLE: Duration = Duration::from_millis(2);
 
 /// What a hand-over left of the VM.
@@ -1011,8 +1012,8 @@ impl Owner {
     /// Serves operations until the VM reaches a terminal state (true) or is
     /// detached (false).
     async fn serve(&mut self, machine: &Machine) -> bool {
-        // The instant by which a VM just handed out gets normal priority on
-        // its vCPUs too (see `HANDOVER_SETTLE`).
+        // The instant by which a VM just handed out or resumed gets normal
+        // priority on its vCPUs too (see `HANDOVER_SETTLE`).
         let mut settling: Option<tokio::time::Instant> = None;
         loop {
             let settled =
@@ -1079,17 +1080,18 @@ impl Owner {
         }
     }
 
-    /// Ends a hand-over once its answer is out: the VM gets normal priority
-    /// on every thread, and its record the acquire time.
+    /// Ends a hand-over or a resume once its answer is out: the VM gets
+    /// normal priority on every thread, and its record is stored (a
+    /// hand-over's with the acquire time).
     async fn settle(&self, machine: &Machine) {
         self.foreground(machine);
         self.commit().await;
     }
 
-    /// Gives a VM handed out its normal priority on every thread.
+    /// Gives a VM handed out or resumed its normal priority on every thread.
     fn foreground(&self, machine: &Machine) {
         if let Err(err) = machine.foreground() {
-            tracing::warn!(vm = %self.id, error = %error_chain(&err), "the handed-out VM runs at idle CPU priority");
+            tracing::warn!(vm = %self.id, error = %error_chain(&err), "the VM runs at idle CPU priority");
         }
     }
 
