@@ -142,6 +142,20 @@ struct Sample {
     ready: Duration,
 }
 
+impl BenchCmd {
+    /// The runtime this bench runs on. The pool bench is one caller of a
+    /// daemon of its own process: one thread, as the CLI's client has. The
+    /// others that run a daemon run it in this process, on worker threads
+    /// as `tfc serve` has them.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = match self {
+            BenchCmd::Pool(_) => tokio::runtime::Builder::new_current_thread(),
+            _ => tokio::runtime::Builder::new_multi_thread(),
+        };
+        builder.enable_all().build()
+    }
+}
+
 pub async fn run(cmd: BenchCmd, data_dir: &Path) -> anyhow::Result<()> {
     let args = match cmd {
         BenchCmd::Boot(args) => args,

@@ -262,10 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(cmd) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
+            let runtime = cmd.runtime().context("cannot start the async runtime")?;
             runtime.block_on(bench::run(cmd, &data_dir))?;
             Ok(ExitCode::SUCCESS)
         }
